@@ -1,0 +1,87 @@
+package schema
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Stream, consumer and subject names. Programs other than the bridge publish
+// to these, so they are part of the public contract (see the README).
+const (
+	// StreamRequests is the work-queue stream that holds pending requests.
+	StreamRequests = "LAAS_REQUESTS"
+	// SubjectRequests is the prefix of every request subject; the stream
+	// captures SubjectRequests + ".>".
+	SubjectRequests = "laas.requests"
+	// SubjectInteractive is the lane of requests whose caller waits on HTTP.
+	SubjectInteractive = SubjectRequests + ".interactive"
+	// ConsumerWorkers is the durable pull consumer every worker shares.
+	ConsumerWorkers = "laas-workers"
+	// SubjectReplies prefixes reply subjects: laas.reply.<instance>.<request id>.
+	// Replies travel on core NATS, not through a stream.
+	SubjectReplies = "laas.reply"
+)
+
+// Header names on a request message.
+const (
+	// HeaderReplyTo names the core NATS subject where the worker publishes the
+	// Reply. JetStream does not keep a message's reply subject, so the
+	// publisher sets this header instead.
+	HeaderReplyTo = "Laas-Reply-To"
+	// HeaderMsgID is JetStream's de-duplication header; the bridge sets it to
+	// the request id.
+	HeaderMsgID = "Nats-Msg-Id"
+)
+
+// Envelope is the body of a request message on the queue.
+type Envelope struct {
+	// ID is the request id, unique per request; also the X-Request-Id.
+	ID string `json:"id"`
+	// Model is the public model alias, as configured in config.yaml.
+	Model string `json:"model"`
+	// EnqueuedAt is when the request was published.
+	EnqueuedAt time.Time `json:"enqueued_at"`
+	// Deadline is when the caller stops waiting; a worker never starts an
+	// upstream call after it.
+	Deadline time.Time `json:"deadline"`
+	// Request is the OpenAI chat completion request as the caller sent it.
+	Request json.RawMessage `json:"request"`
+}
+
+// Reply is what a worker publishes on the request's reply subject: either a
+// completion (Status 200) or an OpenAI error.
+type Reply struct {
+	ID         string          `json:"id"`
+	Status     int             `json:"status"`
+	Completion *ChatCompletion `json:"completion,omitempty"`
+	Error      *ErrorDetail    `json:"error,omitempty"`
+	// RetryAfter in seconds, for a 429 or 503 error.
+	RetryAfter int `json:"retry_after,omitempty"`
+	// Attempts is the delivery count of the job that produced this reply.
+	Attempts int `json:"attempts"`
+	// QueueMs is how long the job waited before a worker took it.
+	QueueMs int64 `json:"queue_ms"`
+	// UpstreamMs is how long the last LaaS call took.
+	UpstreamMs int64 `json:"upstream_ms"`
+}
+
+// Err returns the reply's error as an *Error, or nil for a success.
+func (r *Reply) Err() *Error {
+	if r.Error == nil {
+		return nil
+	}
+	e := &Error{Status: r.Status, Type: r.Error.Type, Message: r.Error.Message, RetryAfter: r.RetryAfter}
+	if r.Error.Code != nil {
+		e.Code = *r.Error.Code
+	}
+	if r.Error.Param != nil {
+		e.Param = *r.Error.Param
+	}
+	return e
+}
+
+// ErrorReply builds the reply that carries err to the caller.
+func ErrorReply(id string, err *Error) Reply {
+	d := err.Body().Error
+	return Reply{ID: id, Status: err.Status, Error: &d, RetryAfter: err.RetryAfter}
+}
