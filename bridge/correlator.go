@@ -1,0 +1,79 @@
+package bridge
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+)
+
+// correlator matches replies to waiting callers. It holds one core NATS
+// subscription per gateway instance, on <prefix>.*, and a map from request id
+// to the caller's channel. A caller registers with expect before it
+// publishes, so a fast reply is never missed. Safe for concurrent use.
+type correlator struct {
+	prefix string
+	sub    *nats.Subscription
+
+	mu      sync.Mutex
+	waiting map[string]chan []byte
+}
+
+func newCorrelator(nc *nats.Conn, prefix string) (*correlator, error) {
+	c := &correlator{prefix: prefix + ".", waiting: make(map[string]chan []byte)}
+	sub, err := nc.Subscribe(prefix+".*", c.deliver)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to replies on %s.*: %w", prefix, err)
+	}
+	// Thousands of callers may be answered at once; never drop a reply as a
+	// slow consumer.
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	c.sub = sub
+	return c, nil
+}
+
+// subject is the reply subject for request id.
+func (c *correlator) subject(id string) string { return c.prefix + id }
+
+// expect registers id and returns the channel its reply will arrive on.
+func (c *correlator) expect(id string) <-chan []byte {
+	ch := make(chan []byte, 1)
+	c.mu.Lock()
+	c.waiting[id] = ch
+	c.mu.Unlock()
+	return ch
+}
+
+// forget removes id; a reply that arrives later is dropped.
+func (c *correlator) forget(id string) {
+	c.mu.Lock()
+	delete(c.waiting, id)
+	c.mu.Unlock()
+}
+
+// pending is the number of callers waiting.
+func (c *correlator) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.waiting)
+}
+
+func (c *correlator) deliver(m *nats.Msg) {
+	id, ok := strings.CutPrefix(m.Subject, c.prefix)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	ch, found := c.waiting[id]
+	delete(c.waiting, id) // one answer per request: a duplicate is dropped
+	c.mu.Unlock()
+	if found {
+		ch <- m.Data // buffered, and only ever sent once
+	}
+}
+
+func (c *correlator) close() error { return c.sub.Unsubscribe() }

@@ -1,0 +1,143 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// Config configures a gateway instance.
+type Config struct {
+	// MasterKey, when set, is required as "Authorization: Bearer <key>" on
+	// every API route. Health routes never need it.
+	MasterKey schema.Secret
+	// InstanceID names this gateway's reply subjects; default a random NUID.
+	InstanceID string
+	// Subject is where chat requests are published; default the interactive lane.
+	Subject string
+	// PublishTimeout bounds the wait for the stream's ack; default 5s.
+	PublishTimeout time.Duration
+	// ShutdownGrace is how long Serve waits for callers on shutdown; default 30s.
+	ShutdownGrace time.Duration
+}
+
+var instanceIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func (c *Config) setDefaults() {
+	if c.InstanceID == "" {
+		c.InstanceID = nuid.Next()
+	}
+	if c.Subject == "" {
+		c.Subject = schema.SubjectInteractive
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = 5 * time.Second
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+}
+
+// Validate reports every invalid field at once.
+func (c Config) Validate() error {
+	var errs []error
+	if !instanceIDPattern.MatchString(c.InstanceID) {
+		errs = append(errs, fmt.Errorf("gateway instance id %q must be 1-64 of [A-Za-z0-9_-]", c.InstanceID))
+	}
+	if c.PublishTimeout <= 0 {
+		errs = append(errs, errors.New("publish timeout must be positive"))
+	}
+	if c.ShutdownGrace < 0 {
+		errs = append(errs, errors.New("shutdown grace must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Gateway is the HTTP front end. Create it with New, serve it with Serve.
+type Gateway struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	catalog  *schema.Catalog
+	log      *slog.Logger
+	corr     *correlator
+	echo     *echo.Echo
+	maxBody  int64
+	created  int64 // the models' "created" time
+	draining atomic.Bool
+}
+
+// New subscribes to this instance's replies and builds the routes. The
+// stream must already exist (see queue.Ensure). Close releases the
+// subscription.
+func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Catalog, log *slog.Logger) (*Gateway, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	corr, err := newCorrelator(nc, schema.SubjectReplies+"."+cfg.InstanceID)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{
+		cfg: cfg, nc: nc, js: js, catalog: catalog, log: log.With("gateway", cfg.InstanceID), corr: corr,
+		maxBody: maxBodyFor(nc.MaxPayload()),
+		created: time.Now().Unix(),
+	}
+	g.echo = g.routes()
+	return g, nil
+}
+
+// maxBodyFor is the largest request body that fits a queue message of
+// maxPayload bytes once wrapped in the envelope and headers.
+func maxBodyFor(maxPayload int64) int64 {
+	const envelopeOverhead = 4 << 10
+	return maxPayload - envelopeOverhead
+}
+
+// Handler returns the HTTP handler, for tests and custom servers.
+func (g *Gateway) Handler() http.Handler { return g.echo }
+
+// Close stops listening for replies.
+func (g *Gateway) Close() error { return g.corr.close() }
+
+// Serve answers HTTP on ln until ctx is done; then it turns readiness to 503,
+// stops accepting connections and waits up to ShutdownGrace for callers
+// still waiting on an answer.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           g.echo,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	g.log.Info("gateway listening", "addr", ln.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	g.draining.Store(true)
+	g.log.Info("gateway shutting down", "waiting_callers", g.corr.pending())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("gateway shutdown: %w", err)
+	}
+	return nil
+}

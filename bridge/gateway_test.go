@@ -1,0 +1,428 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/queue"
+	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
+)
+
+// fixture is a gateway on an embedded NATS server, served by httptest.
+type fixture struct {
+	q   *queuetest.Queue
+	gw  *Gateway
+	srv *httptest.Server
+}
+
+func testCatalog(t *testing.T) *schema.Catalog {
+	t.Helper()
+	c, err := schema.NewCatalog([]schema.Model{
+		{Alias: "claude-3.5-sonnet", LaaSModel: "claude-3.5-sonnet", PresetHash: "p1"},
+		{Alias: "team/fast", LaaSModel: "claude-4-sonnet", PresetHash: "p2", Timeout: 300 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newFixture(t *testing.T, cfg Config) *fixture {
+	t.Helper()
+	q := queuetest.Start(t, queue.Config{Memory: true})
+	gw, err := New(cfg, q.Conn, q.JS, testCatalog(t), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gw.Close() })
+	srv := httptest.NewServer(gw.Handler())
+	t.Cleanup(srv.Close)
+	return &fixture{q: q, gw: gw, srv: srv}
+}
+
+// fakeWorker answers every queued request with answer(env) until ctx ends.
+// Replies to a batch of up to n jobs are sent in random order.
+func (f *fixture) fakeWorker(t *testing.T, ctx context.Context, n int, answer func(schema.Envelope) schema.Reply) {
+	t.Helper()
+	nc := f.q.Connect(t)
+	go func() {
+		for ctx.Err() == nil {
+			batch, err := f.q.Consumer.Fetch(n, jetstream.FetchMaxWait(100*time.Millisecond))
+			if err != nil {
+				continue
+			}
+			var msgs []jetstream.Msg
+			for m := range batch.Messages() {
+				msgs = append(msgs, m)
+			}
+			rand.Shuffle(len(msgs), func(i, j int) { msgs[i], msgs[j] = msgs[j], msgs[i] })
+			for _, m := range msgs {
+				var env schema.Envelope
+				if err := json.Unmarshal(m.Data(), &env); err != nil {
+					t.Errorf("envelope: %v", err)
+					continue
+				}
+				data, _ := json.Marshal(answer(env))
+				_ = nc.Publish(m.Headers().Get(schema.HeaderReplyTo), data)
+				_ = m.Ack()
+			}
+		}
+	}()
+}
+
+// echoAnswer answers with the last message's text.
+func echoAnswer(env schema.Envelope) schema.Reply {
+	var req schema.ChatCompletionRequest
+	_ = json.Unmarshal(env.Request, &req)
+	text := req.Messages[len(req.Messages)-1].Content.Text
+	return schema.Reply{ID: env.ID, Status: 200, Attempts: 1, QueueMs: 7, UpstreamMs: 11, Completion: &schema.ChatCompletion{
+		ID: "chatcmpl-" + env.ID, Object: "chat.completion", Created: 1, Model: env.Model,
+		Choices: []schema.Choice{{Message: schema.AssistantMessage{Role: "assistant", Content: "echo: " + text}, FinishReason: "stop"}},
+	}}
+}
+
+func (f *fixture) do(t *testing.T, method, path, body string, header ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, b
+}
+
+func chatBody(model, text string) string {
+	b, _ := json.Marshal(map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": text}}})
+	return string(b)
+}
+
+func TestChatRoundTrip(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var seen []schema.Envelope
+	f.fakeWorker(t, ctx, 1, func(env schema.Envelope) schema.Reply {
+		mu.Lock()
+		seen = append(seen, env)
+		mu.Unlock()
+		return echoAnswer(env)
+	})
+
+	for _, path := range []string{"/v1/chat/completions", "/chat/completions"} {
+		t.Run(path, func(t *testing.T) {
+			resp, body := f.do(t, "POST", path, chatBody("claude-3.5-sonnet", "안녕하세요!"))
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			var cc schema.ChatCompletion
+			if err := json.Unmarshal(body, &cc); err != nil {
+				t.Fatal(err)
+			}
+			id := resp.Header.Get(HeaderRequestID)
+			if id == "" || cc.ID != "chatcmpl-"+id {
+				t.Errorf("request id %q, completion id %q", id, cc.ID)
+			}
+			if cc.Model != "claude-3.5-sonnet" || cc.Choices[0].Message.Content != "echo: 안녕하세요!" {
+				t.Errorf("answer = %+v", cc)
+			}
+			for h, want := range map[string]string{HeaderQueueMs: "7", HeaderUpstreamMs: "11", HeaderAttempts: "1"} {
+				if got := resp.Header.Get(h); got != want {
+					t.Errorf("%s = %q, want %q", h, got, want)
+				}
+			}
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 {
+		t.Fatalf("worker saw %d jobs, want 2", len(seen))
+	}
+	env := seen[0]
+	if env.Model != "claude-3.5-sonnet" || env.Deadline.Sub(env.EnqueuedAt) != schema.DefaultTimeout {
+		t.Errorf("envelope model %q, deadline after %s", env.Model, env.Deadline.Sub(env.EnqueuedAt))
+	}
+	if !json.Valid(env.Request) || !bytes.Contains(env.Request, []byte("안녕하세요!")) {
+		t.Errorf("envelope request = %s", env.Request)
+	}
+}
+
+// TestConcurrentCallersGetTheirOwnAnswers: 200 callers at once, answered in
+// shuffled order, each receive the answer to their own text.
+func TestConcurrentCallersGetTheirOwnAnswers(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.fakeWorker(t, ctx, 50, echoAnswer)
+
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			text := fmt.Sprintf("caller %d", i)
+			resp, err := http.Post(f.srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(chatBody("claude-3.5-sonnet", text)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			var cc schema.ChatCompletion
+			if err := json.NewDecoder(resp.Body).Decode(&cc); err != nil || resp.StatusCode != 200 {
+				errs <- fmt.Errorf("caller %d: status %d, %v", i, resp.StatusCode, err)
+				return
+			}
+			if got := cc.Choices[0].Message.Content; got != "echo: "+text {
+				errs <- fmt.Errorf("caller %d got %q", i, got)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if p := f.gw.corr.pending(); p != 0 {
+		t.Errorf("%d callers still registered after all answered", p)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	f := newFixture(t, Config{MasterKey: "sk-master"})
+	auth := []string{"Authorization", "Bearer sk-master"}
+	big := `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"` + strings.Repeat("x", int(f.gw.maxBody)) + `"}]}`
+	cases := []struct {
+		name, method, path, body string
+		header                   []string
+		status                   int
+		typ, code, param         string
+		msgHas                   string
+	}{
+		{"malformed JSON", "POST", "/v1/chat/completions", `{"model":`, auth, 400, "invalid_request_error", "invalid_json", "", "not valid JSON"},
+		{"empty body", "POST", "/v1/chat/completions", ``, auth, 400, "invalid_request_error", "invalid_json", "", "empty"},
+		{"wrong type", "POST", "/v1/chat/completions", `{"model":1,"messages":[]}`, auth, 400, "invalid_request_error", "invalid_json", "model", "'model'"},
+		{"no messages", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","messages":[]}`, auth, 400, "invalid_request_error", "invalid_value", "messages", "at least one"},
+		{"tool role", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","messages":[{"role":"tool","content":"x"}]}`, auth, 400, "invalid_request_error", "invalid_value", "messages[0].role", "role 'tool'"},
+		{"developer role", "POST", "/chat/completions", `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"a"},{"role":"developer","content":"x"}]}`, auth, 400, "invalid_request_error", "invalid_value", "messages[1].role", "only system, user and assistant"},
+		{"unknown model", "POST", "/v1/chat/completions", chatBody("gpt-9", "hi"), auth, 404, "invalid_request_error", "model_not_found", "model", "'gpt-9' does not exist"},
+		{"unknown model GET", "GET", "/v1/models/gpt-9", "", auth, 404, "invalid_request_error", "model_not_found", "model", "'gpt-9'"},
+		{"no key", "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"), nil, 401, "invalid_request_error", "invalid_api_key", "", "didn't provide"},
+		{"wrong key", "GET", "/v1/models", "", []string{"Authorization", "Bearer sk-wrong"}, 401, "invalid_request_error", "invalid_api_key", "", "Incorrect API key"},
+		{"key without Bearer", "GET", "/models", "", []string{"Authorization", "sk-master"}, 401, "invalid_request_error", "invalid_api_key", "", "Incorrect"},
+		{"unknown route", "GET", "/v1/nothing", "", auth, 404, "invalid_request_error", "unknown_url", "", "GET /v1/nothing"},
+		{"wrong method", "GET", "/v1/chat/completions", "", auth, 405, "invalid_request_error", "method_not_allowed", "", "GET"},
+		{"too large", "POST", "/v1/chat/completions", big, auth, 413, "invalid_request_error", "request_too_large", "", "larger than"},
+		{"streaming refused", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","stream":true,"messages":[{"role":"user","content":"x"}]}`, auth, 400, "invalid_request_error", "unsupported_parameter", "stream", "Streaming"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := f.do(t, tc.method, tc.path, tc.body, tc.header...)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, body)
+			}
+			var eb struct {
+				Error struct {
+					Message string  `json:"message"`
+					Type    string  `json:"type"`
+					Code    *string `json:"code"`
+					Param   *string `json:"param"`
+				} `json:"error"`
+			}
+			if err := json.Unmarshal(body, &eb); err != nil {
+				t.Fatalf("not an OpenAI error body: %s", body)
+			}
+			e := eb.Error
+			if e.Type != tc.typ || deref(e.Code) != tc.code || deref(e.Param) != tc.param || !strings.Contains(e.Message, tc.msgHas) {
+				t.Errorf("error = %+v code=%q param=%q; want type %q code %q param %q message containing %q",
+					e, deref(e.Code), deref(e.Param), tc.typ, tc.code, tc.param, tc.msgHas)
+			}
+			if resp.Header.Get(HeaderRequestID) == "" {
+				t.Error("no X-Request-Id on an error answer")
+			}
+			if strings.Contains(string(body), "sk-master") {
+				t.Error("the master key leaked into an answer")
+			}
+		})
+	}
+	if n, _ := f.q.Consumer.Info(context.Background()); n.NumPending != 0 {
+		t.Errorf("%d refused requests reached the queue", n.NumPending)
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func TestAuth(t *testing.T) {
+	t.Run("no master key: no auth needed", func(t *testing.T) {
+		f := newFixture(t, Config{})
+		if resp, body := f.do(t, "GET", "/v1/models", ""); resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+	})
+	t.Run("master key: health needs none, API needs it", func(t *testing.T) {
+		f := newFixture(t, Config{MasterKey: "sk-master"})
+		for _, p := range []string{"/health", "/health/liveliness", "/health/readiness", "/healthz", "/readyz"} {
+			if resp, body := f.do(t, "GET", p, ""); resp.StatusCode != 200 {
+				t.Errorf("%s: status %d: %s", p, resp.StatusCode, body)
+			}
+		}
+		if resp, _ := f.do(t, "GET", "/v1/models", "", "Authorization", "Bearer sk-master"); resp.StatusCode != 200 {
+			t.Errorf("with key: status %d", resp.StatusCode)
+		}
+	})
+}
+
+func TestModels(t *testing.T) {
+	f := newFixture(t, Config{})
+	for _, path := range []string{"/v1/models", "/models"} {
+		resp, body := f.do(t, "GET", path, "")
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+		var list schema.ModelList
+		if err := json.Unmarshal(body, &list); err != nil {
+			t.Fatal(err)
+		}
+		if list.Object != "list" || len(list.Data) != 2 || list.Data[0].ID != "claude-3.5-sonnet" || list.Data[1].ID != "team/fast" ||
+			list.Data[0].Object != "model" || list.Data[0].OwnedBy != "laas" || list.Data[0].Created == 0 {
+			t.Errorf("%s = %s", path, body)
+		}
+	}
+	resp, body := f.do(t, "GET", "/v1/models/team/fast", "")
+	var m schema.ModelObject
+	if err := json.Unmarshal(body, &m); err != nil || resp.StatusCode != 200 || m.ID != "team/fast" {
+		t.Errorf("GET /v1/models/team/fast = %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestWorkerErrorReachesCaller(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.fakeWorker(t, ctx, 1, func(env schema.Envelope) schema.Reply {
+		r := schema.ErrorReply(env.ID, &schema.Error{Status: 429, Type: schema.TypeRateLimit, Code: schema.CodeRateLimitExceeded, Message: "LaaS is rate limiting", RetryAfter: 7})
+		r.Attempts = 5
+		return r
+	})
+	resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"))
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "7" || resp.Header.Get(HeaderAttempts) != "5" {
+		t.Fatalf("status %d, Retry-After %q, attempts %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), resp.Header.Get(HeaderAttempts), body)
+	}
+	want := `{"error":{"message":"LaaS is rate limiting","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}`
+	if got := strings.TrimSpace(string(body)); got != want {
+		t.Errorf("body = %s\nwant   %s", got, want)
+	}
+}
+
+func TestDeadlineWithoutWorker(t *testing.T) {
+	f := newFixture(t, Config{})
+	resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("team/fast", "nobody will answer"))
+	if resp.StatusCode != 504 || !strings.Contains(string(body), `"code":"deadline_exceeded"`) || !strings.Contains(string(body), "300ms timeout") {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	if p := f.gw.corr.pending(); p != 0 {
+		t.Errorf("%d callers still registered", p)
+	}
+}
+
+func TestQueueUnavailable(t *testing.T) {
+	f := newFixture(t, Config{PublishTimeout: time.Second})
+	if err := f.q.JS.DeleteStream(context.Background(), schema.StreamRequests); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"))
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" || !strings.Contains(string(body), `"code":"queue_unavailable"`) {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	for _, p := range []string{"/health/readiness", "/readyz", "/health"} {
+		if resp, body := f.do(t, "GET", p, ""); resp.StatusCode != 503 || !strings.Contains(string(body), "request stream") {
+			t.Errorf("%s: status %d: %s", p, resp.StatusCode, body)
+		}
+	}
+	if resp, _ := f.do(t, "GET", "/healthz", ""); resp.StatusCode != 200 {
+		t.Errorf("liveness should stay 200, got %d", resp.StatusCode)
+	}
+}
+
+func TestHealthDetail(t *testing.T) {
+	f := newFixture(t, Config{})
+	resp, body := f.do(t, "GET", "/health", "")
+	var h Health
+	if err := json.Unmarshal(body, &h); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if h.Status != "ok" || h.NATS != "CONNECTED" || h.Stream != schema.StreamRequests || h.Consumer == nil ||
+		h.Consumer.Name != schema.ConsumerWorkers || h.WaitingCallers == nil || *h.WaitingCallers != 0 {
+		t.Errorf("health = %s", body)
+	}
+	f.gw.draining.Store(true)
+	if resp, body := f.do(t, "GET", "/readyz", ""); resp.StatusCode != 503 || !strings.Contains(string(body), "shutting down") {
+		t.Errorf("draining readiness = %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestCorrelatorDropsDuplicatesAndStrangers(t *testing.T) {
+	q := queuetest.Start(t, queue.Config{Memory: true})
+	c, err := newCorrelator(q.Conn, "laas.reply.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	ch := c.expect("a")
+	pub := q.Connect(t)
+	for _, s := range []string{"laas.reply.test.stranger", "laas.reply.test.a", "laas.reply.test.a"} {
+		if err := pub.Publish(s, []byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = pub.Flush()
+	select {
+	case got := <-ch:
+		if string(got) != "laas.reply.test.a" {
+			t.Errorf("got %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reply")
+	}
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case got := <-ch:
+		t.Errorf("second reply delivered: %q", got)
+	default:
+	}
+	if c.pending() != 0 {
+		t.Errorf("pending = %d", c.pending())
+	}
+}

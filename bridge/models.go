@@ -1,0 +1,36 @@
+package bridge
+
+import (
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// ownedBy is the owner every model reports.
+const ownedBy = "laas"
+
+func (g *Gateway) modelObject(m schema.Model) schema.ModelObject {
+	return schema.ModelObject{ID: m.Alias, Object: "model", Created: g.created, OwnedBy: ownedBy}
+}
+
+// listModels answers GET /v1/models with the configured aliases.
+func (g *Gateway) listModels(c echo.Context) error {
+	models := g.catalog.Models()
+	list := schema.ModelList{Object: "list", Data: make([]schema.ModelObject, 0, len(models))}
+	for _, m := range models {
+		list.Data = append(list.Data, g.modelObject(m))
+	}
+	return c.JSON(http.StatusOK, list)
+}
+
+// getModel answers GET /v1/models/{id}; ids may contain slashes.
+func (g *Gateway) getModel(c echo.Context) error {
+	id := c.Param("*")
+	m, ok := g.catalog.Lookup(id)
+	if !ok {
+		return schema.ModelNotFound(id)
+	}
+	return c.JSON(http.StatusOK, g.modelObject(m))
+}

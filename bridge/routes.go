@@ -1,0 +1,133 @@
+package bridge
+
+import (
+	"crypto/subtle"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/nats-io/nuid"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// HeaderRequestID carries the request id on every answer.
+const HeaderRequestID = "X-Request-Id"
+
+func (g *Gateway) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = g.handleError
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true}))
+	e.Use(requestID)
+
+	// Health: never behind the master key.
+	e.GET("/health", g.health)
+	e.GET("/health/liveliness", g.liveness)
+	e.GET("/health/liveness", g.liveness)
+	e.GET("/healthz", g.liveness)
+	e.GET("/health/readiness", g.readiness)
+	e.GET("/readyz", g.readiness)
+
+	// API routes, under /v1 and at the root as LiteLLM serves them. The key
+	// check is per route (not an echo Group, whose catch-all would turn every
+	// unknown URL into 401 or 404 and hide 405).
+	for _, prefix := range []string{"/v1", ""} {
+		e.POST(prefix+"/chat/completions", g.chatCompletions, g.authenticate)
+		e.GET(prefix+"/models", g.listModels, g.authenticate)
+		e.GET(prefix+"/models/*", g.getModel, g.authenticate)
+	}
+	return e
+}
+
+// requestID gives every answer a fresh X-Request-Id. The id also names the
+// job on the queue, so it is always generated here, never taken from the
+// caller: two callers sending the same id must not share an answer.
+func requestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		c.Response().Header().Set(HeaderRequestID, nuid.Next())
+		return next(c)
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// authenticate requires the master key, when one is set, as a Bearer token.
+func (g *Gateway) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
+	if g.cfg.MasterKey == "" {
+		return next
+	}
+	want := []byte(g.cfg.MasterKey.Reveal())
+	return func(c echo.Context) error {
+		auth := c.Request().Header.Get(echo.HeaderAuthorization)
+		token, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), want) != 1 {
+			msg := "Incorrect API key provided. Send the bridge's master key as 'Authorization: Bearer <key>'."
+			if auth == "" {
+				msg = "You didn't provide an API key. Send the bridge's master key as 'Authorization: Bearer <key>'."
+			}
+			return &schema.Error{Status: http.StatusUnauthorized, Type: schema.TypeInvalidRequest, Code: schema.CodeInvalidAPIKey, Message: msg}
+		}
+		return next(c)
+	}
+}
+
+// handleError is the one place errors become HTTP answers, in OpenAI's format.
+func (g *Gateway) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	e := g.toError(err, c.Request())
+	switch {
+	case e.Status >= 500:
+		g.log.Error("request failed", "request_id", c.Response().Header().Get(HeaderRequestID),
+			"status", e.Status, "code", e.Code, "error", e.Message, "cause", e.Cause)
+	case e.Status == statusClientClosed:
+		g.log.Info("caller went away", "request_id", c.Response().Header().Get(HeaderRequestID))
+		return
+	}
+	if e.RetryAfter > 0 {
+		c.Response().Header().Set("Retry-After", itoa(e.RetryAfter))
+	}
+	if c.Request().Method == http.MethodHead {
+		_ = c.NoContent(e.Status)
+		return
+	}
+	_ = c.JSON(e.Status, e.Body())
+}
+
+// statusClientClosed marks a caller that disconnected before its answer
+// (nginx's 499); nothing is written.
+const statusClientClosed = 499
+
+func (g *Gateway) toError(err error, r *http.Request) *schema.Error {
+	var he *echo.HTTPError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
+			Message: "The request body is larger than the " + itoa(int(mbe.Limit)) + " bytes this bridge accepts."}
+	case errors.As(err, &he):
+		switch he.Code {
+		case http.StatusNotFound:
+			return &schema.Error{Status: http.StatusNotFound, Type: schema.TypeInvalidRequest, Code: "unknown_url",
+				Message: "Unknown request URL: " + r.Method + " " + r.URL.Path + "."}
+		case http.StatusMethodNotAllowed:
+			return &schema.Error{Status: http.StatusMethodNotAllowed, Type: schema.TypeInvalidRequest, Code: "method_not_allowed",
+				Message: "Method " + r.Method + " is not allowed on " + r.URL.Path + "."}
+		}
+		msg := http.StatusText(he.Code)
+		if s, ok := he.Message.(string); ok {
+			msg = s
+		}
+		typ := schema.TypeInvalidRequest
+		if he.Code >= 500 {
+			typ = schema.TypeServer
+		}
+		return &schema.Error{Status: he.Code, Type: typ, Message: msg, Cause: err}
+	}
+	return schema.AsError(err)
+}

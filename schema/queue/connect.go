@@ -1,0 +1,73 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Connect dials the NATS servers in url (a comma-separated list) and keeps
+// reconnecting for as long as the process lives. The first connection must
+// succeed: an unreachable server is an error that names the URL without
+// credentials.
+func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	if strings.TrimSpace(url) == "" {
+		return nil, errors.New("NATS_URL is not set: gateway and worker need a NATS server (or run `laas-bridge serve`, which embeds one)")
+	}
+	nc, err := nats.Connect(url, options(name, log)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
+	}
+	return nc, nil
+}
+
+// ConnectEmbedded connects to an embedded server in-process, without a socket.
+func ConnectEmbedded(s *server.Server, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect("", append(options(name, log), nats.InProcessServer(s))...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to embedded NATS: %w", err)
+	}
+	return nc, nil
+}
+
+func options(name string, log *slog.Logger) []nats.Option {
+	return []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.Timeout(5 * time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Error("nats async error", "subject", subject, "error", err)
+		}),
+	}
+}
+
+// redactURL hides user:password in every server of a NATS URL list.
+func redactURL(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		if at := strings.LastIndex(p, "@"); at >= 0 {
+			if scheme := strings.Index(p, "://"); scheme >= 0 && scheme < at {
+				parts[i] = p[:scheme+3] + "[redacted]" + p[at:]
+			} else {
+				parts[i] = "[redacted]" + p[at:]
+			}
+		}
+	}
+	return strings.Join(parts, ",")
+}

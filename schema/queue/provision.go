@@ -1,0 +1,145 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// Config sizes the request stream and the workers' consumer.
+type Config struct {
+	// Replicas of the stream and consumer: 1 on one server, 3 on a cluster.
+	Replicas int
+	// MaxMsgs and MaxBytes bound the stream; a full stream refuses new
+	// requests (DiscardNew) rather than dropping accepted ones.
+	MaxMsgs  int64
+	MaxBytes int64
+	// AckWait is how long a worker may hold a job without an ack or an
+	// in-progress signal before it is redelivered.
+	AckWait time.Duration
+	// MaxDeliver bounds the attempts at one job.
+	MaxDeliver int
+	// MaxAckPending caps jobs in flight across every worker.
+	MaxAckPending int
+	// DuplicateWindow is how long a request id is remembered for
+	// de-duplication (Nats-Msg-Id).
+	DuplicateWindow time.Duration
+	// Memory keeps the stream in memory instead of on disk (tests only).
+	Memory bool
+}
+
+// Defaults for Config's zero fields.
+const (
+	DefaultMaxMsgs         = 100_000
+	DefaultMaxBytes        = 1 << 30
+	DefaultAckWait         = 30 * time.Second
+	DefaultMaxDeliver      = 5
+	DefaultMaxAckPending   = 1_000
+	DefaultDuplicateWindow = 2 * time.Minute
+)
+
+func (c *Config) setDefaults() {
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.MaxMsgs == 0 {
+		c.MaxMsgs = DefaultMaxMsgs
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = DefaultMaxBytes
+	}
+	if c.AckWait == 0 {
+		c.AckWait = DefaultAckWait
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = DefaultMaxDeliver
+	}
+	if c.MaxAckPending == 0 {
+		c.MaxAckPending = DefaultMaxAckPending
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = DefaultDuplicateWindow
+	}
+}
+
+// Validate reports every invalid field at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Replicas < 1 || c.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("stream replicas must be 1 to 5, got %d", c.Replicas))
+	}
+	if c.MaxMsgs < 1 {
+		errs = append(errs, fmt.Errorf("queue max messages must be positive, got %d", c.MaxMsgs))
+	}
+	if c.MaxBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("queue max bytes must be at least 1 MiB, got %d", c.MaxBytes))
+	}
+	if c.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("ack wait must be at least 1s, got %s", c.AckWait))
+	}
+	if c.MaxDeliver < 1 {
+		errs = append(errs, fmt.Errorf("max deliver must be positive, got %d", c.MaxDeliver))
+	}
+	if c.MaxAckPending < 1 {
+		errs = append(errs, fmt.Errorf("max ack pending must be positive, got %d", c.MaxAckPending))
+	}
+	return errors.Join(errs...)
+}
+
+// StreamConfig returns the request stream's configuration.
+func (c Config) StreamConfig() jetstream.StreamConfig {
+	c.setDefaults()
+	storage := jetstream.FileStorage
+	if c.Memory {
+		storage = jetstream.MemoryStorage
+	}
+	return jetstream.StreamConfig{
+		Name:        schema.StreamRequests,
+		Description: "laas-bridge pending chat requests (work queue)",
+		Subjects:    []string{schema.SubjectRequests + ".>"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     c.MaxMsgs,
+		MaxBytes:    c.MaxBytes,
+		Storage:     storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.DuplicateWindow,
+	}
+}
+
+// ConsumerConfig returns the workers' shared durable pull consumer.
+func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
+	c.setDefaults()
+	return jetstream.ConsumerConfig{
+		Durable:       schema.ConsumerWorkers,
+		Description:   "laas-bridge workers",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    c.MaxDeliver,
+		MaxAckPending: c.MaxAckPending,
+		Replicas:      c.Replicas,
+	}
+}
+
+// Ensure creates or updates the request stream and the workers' consumer to
+// match cfg, and returns the consumer. It is safe to call from every process
+// at once.
+func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Consumer, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, cfg.StreamConfig()); err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", schema.StreamRequests, err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, schema.StreamRequests, cfg.ConsumerConfig())
+	if err != nil {
+		return nil, fmt.Errorf("create or update consumer %s: %w", schema.ConsumerWorkers, err)
+	}
+	return cons, nil
+}
