@@ -33,6 +33,12 @@ func newCorrelator(nc *nats.Conn, prefix string) (*correlator, error) {
 		return nil, err
 	}
 	c.sub = sub
+	// Make sure the server has the subscription before any request is sent:
+	// a reply published by another connection must find it.
+	if err := nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to replies: %w", err)
+	}
 	return c, nil
 }
 

@@ -50,12 +50,15 @@ type LaaSResponse struct {
 
 // LaaSChoice is one choice of a LaaS answer; Content is a string or parts.
 type LaaSChoice struct {
-	Index   int `json:"index"`
-	Message struct {
-		Role    string  `json:"role"`
-		Content Content `json:"content"`
-	} `json:"message"`
-	FinishReason string `json:"finish_reason"`
+	Index        int        `json:"index"`
+	Message      LaaSAnswer `json:"message"`
+	FinishReason string     `json:"finish_reason"`
+}
+
+// LaaSAnswer is the message of a LaaS choice.
+type LaaSAnswer struct {
+	Role    string  `json:"role"`
+	Content Content `json:"content"`
 }
 
 // LaaSUsage holds both OpenAI- and Anthropic-style token counts.

@@ -96,6 +96,18 @@ type ContentPart struct {
 	DocumentURL *URLRef `json:"document_url,omitempty"`
 }
 
+// MarshalJSON always writes a text part's "text", even when empty.
+func (p ContentPart) MarshalJSON() ([]byte, error) {
+	type plain ContentPart
+	if p.Type != "text" {
+		return json.Marshal(plain(p))
+	}
+	return json.Marshal(struct {
+		Type string `json:"type"`
+		Text string `json:"text"`
+	}{p.Type, p.Text})
+}
+
 // URLRef is {"url": "..."}; a bare string is accepted too, as older clients
 // send it.
 type URLRef struct {

@@ -20,9 +20,12 @@ func (r *ChatCompletionRequest) Validate() error {
 	if r.N != nil && *r.N != 1 {
 		return unsupported("n", "LaaS returns one choice per request; 'n' must be 1 or absent.")
 	}
-	for field, v := range map[string][]byte{"tools": r.Tools, "tool_choice": r.ToolChoice, "functions": r.Functions, "function_call": r.FunctionCall} {
-		if len(v) > 0 && string(v) != "null" {
-			return unsupported(field, fmt.Sprintf("LaaS does not support tool or function calling; remove '%s'.", field))
+	for _, f := range []struct {
+		name  string
+		value []byte
+	}{{"tools", r.Tools}, {"tool_choice", r.ToolChoice}, {"functions", r.Functions}, {"function_call", r.FunctionCall}} {
+		if len(f.value) > 0 && string(f.value) != "null" {
+			return unsupported(f.name, fmt.Sprintf("LaaS does not support tool or function calling; remove '%s'.", f.name))
 		}
 	}
 	for i, m := range r.Messages {

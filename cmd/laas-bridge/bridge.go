@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/laas-bridge/laas-bridge/bridge"
+	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge/internal/config"
+	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/queue"
+	"github.com/laas-bridge/laas-bridge/worker"
+	"github.com/laas-bridge/laas-bridge/worker/laasmock"
+)
+
+// Demo credentials: only the in-process mock ever sees them.
+const (
+	demoProject = "demo-project"
+	demoAPIKey  = "demo-api-key"
+	demoPreset  = "demo-preset"
+)
+
+// runBridge runs `serve`, `gateway` or `worker`.
+func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer) error {
+	env, err := readEnv()
+	if err != nil {
+		return err
+	}
+	hasGateway, hasWorker := cmd != "worker", cmd != "gateway"
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	demo := false
+	if cmd == "serve" {
+		fs.BoolVar(&demo, "demo", false, "answer from a built-in LaaS mock instead of LaaS (no account needed)")
+		fs.StringVar(&env.DataDir, "data-dir", env.DataDir, "where the embedded NATS keeps its file store (BRIDGE_DATA_DIR)")
+		fs.StringVar(&env.NATSListen, "nats-listen", env.NATSListen, "address the embedded NATS listens on for other programs; empty for none (BRIDGE_NATS_LISTEN)")
+	}
+	fs.StringVar(&env.NATSURL, "nats-url", env.NATSURL, "NATS server URLs, comma-separated (NATS_URL)")
+	fs.StringVar(&env.Config, "config", env.Config, "LiteLLM-format model config (BRIDGE_CONFIG; default config.yaml when present)")
+	if hasGateway {
+		fs.StringVar(&env.Listen, "listen", env.Listen, "HTTP listen address (BRIDGE_LISTEN)")
+	}
+	if hasWorker {
+		fs.IntVar(&env.Concurrency, "concurrency", env.Concurrency, "LaaS calls this process runs at once (BRIDGE_WORKER_CONCURRENCY)")
+		fs.StringVar(&env.LaaSBaseURL, "laas-base-url", env.LaaSBaseURL, "LaaS base URL (LAAS_BASE_URL)")
+		fs.StringVar(&env.LaaSPresetHash, "preset-hash", env.LaaSPresetHash, "preset for models without their own (LAAS_PRESET_HASH)")
+	}
+	fs.StringVar(&env.LogLevel, "log-level", env.LogLevel, "debug, info, warn or error (BRIDGE_LOG_LEVEL)")
+	fs.StringVar(&env.LogFormat, "log-format", env.LogFormat, "text or json (BRIDGE_LOG_FORMAT)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, env.LogLevel, env.LogFormat)
+	if err != nil {
+		return err
+	}
+	log = log.With("role", cmd)
+
+	cfgFile, err := loadConfig(env.Config, log)
+	if err != nil {
+		return err
+	}
+	catalog := cfgFile.Catalog
+	if cmd != "serve" && env.NATSURL == "" {
+		return fmt.Errorf("NATS_URL is not set: `laas-bridge %s` connects to a NATS server with JetStream (set NATS_URL or --nats-url, or use `laas-bridge serve`, which embeds one)", cmd)
+	}
+
+	var up *worker.LaaSClient
+	if hasWorker {
+		if demo {
+			stopMock, err := startDemoMock(&env, log)
+			if err != nil {
+				return err
+			}
+			defer stopMock()
+		} else if missing := missingLaaS(env, catalog); len(missing) > 0 {
+			return fmt.Errorf("missing LaaS settings: %s. Set them in the environment or in .env, or run `laas-bridge serve --demo` to try the bridge with a built-in mock", strings.Join(missing, ", "))
+		}
+		catalog = catalog.WithDefaultPreset(env.LaaSPresetHash)
+		up, err = worker.NewLaaSClient(worker.LaaSConfig{BaseURL: env.LaaSBaseURL, ProjectCode: env.LaaSProjectCode, APIKey: env.LaaSAPIKey}, nil)
+		if err != nil {
+			return err
+		}
+	}
+
+	nc, stopNATS, err := connectNATS(cmd, env, log)
+	if err != nil {
+		return err
+	}
+	defer stopNATS()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ensureCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	cons, err := queue.Ensure(ensureCtx, js, queue.Config{})
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	var pool *worker.Pool
+	if hasWorker {
+		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency}, nc, cons, up, catalog, log); err != nil {
+			return err
+		}
+	}
+	var gw *bridge.Gateway
+	var ln net.Listener
+	if hasGateway {
+		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey}, nc, js, catalog, log); err != nil {
+			return err
+		}
+		defer gw.Close()
+		if ln, err = net.Listen("tcp", env.Listen); err != nil {
+			return fmt.Errorf("listen on %s: %w", env.Listen, err)
+		}
+	}
+	if env.MasterKey == "" && hasGateway {
+		log.Warn("BRIDGE_MASTER_KEY is not set: the API accepts any caller")
+	}
+	return runRoles(ctx, gw, ln, pool)
+}
+
+// runRoles runs the gateway and the pool until ctx is done, then stops them
+// in that order: the gateway waits for its callers while the workers still
+// answer them.
+func runRoles(ctx context.Context, gw *bridge.Gateway, ln net.Listener, pool *worker.Pool) error {
+	poolCtx, stopPool := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPool()
+	gwCtx, stopGateway := context.WithCancel(ctx)
+	defer stopGateway()
+	poolDone := make(chan error, 1)
+	if pool != nil {
+		go func() {
+			err := pool.Run(poolCtx)
+			stopGateway() // a pool that ends stops the process
+			poolDone <- err
+		}()
+	} else {
+		close(poolDone)
+	}
+	var gwErr error
+	if gw != nil {
+		gwErr = gw.Serve(gwCtx, ln)
+	} else {
+		<-gwCtx.Done()
+	}
+	stopPool()
+	return errors.Join(gwErr, <-poolDone)
+}
+
+// connectNATS connects to NATS_URL, or for `serve` without it starts the
+// embedded server. The returned func closes the connection and the server.
+func connectNATS(cmd string, env Env, log *slog.Logger) (*nats.Conn, func(), error) {
+	name := "laas-bridge " + cmd
+	if env.NATSURL != "" {
+		nc, err := queue.Connect(env.NATSURL, name, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
+		return nc, func() { _ = nc.Drain() }, nil
+	}
+	store := filepath.Join(env.DataDir, "nats")
+	if err := os.MkdirAll(store, 0o750); err != nil {
+		return nil, nil, fmt.Errorf("data dir: %w", err)
+	}
+	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: store, Listen: env.NATSListen})
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := queue.ConnectEmbedded(srv, name, log)
+	if err != nil {
+		srv.Shutdown()
+		return nil, nil, err
+	}
+	log.Info("embedded NATS started", "store", store, "client_url", srv.ClientURL())
+	return nc, func() {
+		_ = nc.Drain()
+		for !nc.IsClosed() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}, nil
+}
+
+// loadConfig reads the model config: path, or config.yaml when present.
+func loadConfig(path string, log *slog.Logger) (*config.File, error) {
+	explicit := path != ""
+	if !explicit {
+		path = "config.yaml"
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && !explicit {
+		log.Warn("no config.yaml found: no models are configured, so every chat request will answer model_not_found")
+		empty, err := schema.NewCatalog(nil)
+		return &config.File{Catalog: empty}, err
+	}
+	f, err := config.Load(path, os.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	if len(f.Ignored) > 0 {
+		log.Info("config keys laas-bridge does not use were ignored", "keys", strings.Join(f.Ignored, ","))
+	}
+	log.Info("config loaded", "path", path, "models", len(f.Catalog.Models()))
+	return f, nil
+}
+
+// missingLaaS names the LaaS settings a worker needs and does not have.
+func missingLaaS(env Env, catalog *schema.Catalog) []string {
+	var missing []string
+	if env.LaaSProjectCode == "" {
+		missing = append(missing, "LAAS_PROJECT_CODE")
+	}
+	if env.LaaSAPIKey == "" {
+		missing = append(missing, "LAAS_API_KEY")
+	}
+	if env.LaaSPresetHash == "" {
+		if without := catalog.MissingPresets(); len(without) > 0 {
+			missing = append(missing, fmt.Sprintf("LAAS_PRESET_HASH (models without their own preset_hash: %s)", strings.Join(without, ", ")))
+		}
+	}
+	return missing
+}
+
+// startDemoMock serves the LaaS mock on a free loopback port and points env
+// at it.
+func startDemoMock(env *Env, log *slog.Logger) (stop func(), err error) {
+	mock, err := laasmock.New(laasmock.Config{ProjectCode: demoProject, APIKey: demoAPIKey})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("demo mock: %w", err)
+	}
+	srv := &http.Server{Handler: mock, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	env.LaaSBaseURL = "http://" + ln.Addr().String()
+	env.LaaSProjectCode, env.LaaSAPIKey = demoProject, demoAPIKey
+	if env.LaaSPresetHash == "" {
+		env.LaaSPresetHash = demoPreset
+	}
+	log.Warn("DEMO MODE: answers come from the built-in LaaS mock, not from Wanted LaaS", "mock_url", env.LaaSBaseURL)
+	return func() { _ = srv.Close() }, nil
+}

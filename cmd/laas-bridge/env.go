@@ -1,0 +1,61 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// Env holds every environment setting. The names are fixed: existing .env
+// files of the earlier LiteLLM handler keep working.
+type Env struct {
+	LaaSProjectCode schema.Secret `envconfig:"LAAS_PROJECT_CODE"`
+	LaaSAPIKey      schema.Secret `envconfig:"LAAS_API_KEY"`
+	LaaSPresetHash  string        `envconfig:"LAAS_PRESET_HASH"`
+	LaaSBaseURL     string        `envconfig:"LAAS_BASE_URL" default:"https://api-laas.wanted.co.kr"`
+
+	Listen      string        `envconfig:"BRIDGE_LISTEN" default:":4000"`
+	Config      string        `envconfig:"BRIDGE_CONFIG"`
+	DataDir     string        `envconfig:"BRIDGE_DATA_DIR" default:"./data"`
+	MasterKey   schema.Secret `envconfig:"BRIDGE_MASTER_KEY"`
+	NATSURL     string        `envconfig:"NATS_URL"`
+	NATSListen  string        `envconfig:"BRIDGE_NATS_LISTEN" default:"127.0.0.1:4222"`
+	Concurrency int           `envconfig:"BRIDGE_WORKER_CONCURRENCY" default:"64"`
+	LogLevel    string        `envconfig:"BRIDGE_LOG_LEVEL" default:"info"`
+	LogFormat   string        `envconfig:"BRIDGE_LOG_FORMAT" default:"text"`
+
+	MockListen  string        `envconfig:"MOCK_LAAS_LISTEN" default:"127.0.0.1:9901"`
+	MockLatency time.Duration `envconfig:"MOCK_LAAS_LATENCY"`
+	MockRate429 float64       `envconfig:"MOCK_LAAS_RATE_429"`
+	MockRate500 float64       `envconfig:"MOCK_LAAS_RATE_500"`
+}
+
+// readEnv reads Env from the process environment.
+func readEnv() (Env, error) {
+	var e Env
+	if err := envconfig.Process("", &e); err != nil {
+		return e, fmt.Errorf("environment: %w", err)
+	}
+	return e, nil
+}
+
+// newLogger builds the process logger on w.
+func newLogger(w interface{ Write([]byte) (int, error) }, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("BRIDGE_LOG_LEVEL %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("BRIDGE_LOG_FORMAT %q: use text or json", format)
+}

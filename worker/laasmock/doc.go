@@ -1,0 +1,77 @@
+// Package laasmock is a look-alike of the Wanted LaaS preset API, for tests,
+// the demo and benchmarks. It serves only
+//
+//	POST /api/preset/v2/chat/completions   (schema.LaaSChatPath)
+//
+// and answers every valid request with a deterministic function of the
+// request, so a test can predict the answer byte for byte (apart from
+// "created").
+//
+// # Checks, in order
+//
+//  1. Any other path: 404. Another method on the path: 405 with "Allow: POST".
+//  2. A missing or empty "project" or "apiKey" header, or one that differs
+//     from Config.ProjectCode / Config.APIKey when those are set: 401.
+//  3. A body larger than MaxBodyBytes: 413. A body that is not a JSON object
+//     of the LaaS request shape (including "params" that is not an object of
+//     strings), an empty "hash", no messages, or a message whose role is not
+//     system, user or assistant: 400.
+//
+// Error bodies are small JSON objects, {"status": 400, "error": "Bad Request",
+// "message": "..."}, whose message names the problem. They never contain a
+// header value.
+//
+// A request that passes the checks has reached the answer stage: it counts in
+// Calls and gets an entry in Log. Then, in this order:
+//
+//  1. Injection: one draw of a math/rand/v2 PCG source seeded with
+//     (Config.Seed, 0), shared by all requests and guarded by a mutex, decides
+//     the outcome: draw < Rate429 answers 429 with "Retry-After: 1";
+//     draw < Rate429+Rate500 answers 500; otherwise the request is answered.
+//     With rates of zero no draw is made.
+//  2. Latency: the handler waits Config.Latency (injected failures too). If the
+//     request's context ends first (the client went away), it returns at once,
+//     writes nothing and records status 499.
+//  3. The answer, status 200.
+//
+// # The answer
+//
+// The text of a message (MessageText) is its content when the content is a
+// string; when it is an array of parts, what each part contributes, joined
+// with a single space:
+//
+//	"text" part        its text
+//	"image_url" part   the placeholder [image]
+//	"document" part    the placeholder [document]
+//	any other part     an empty string
+//
+// The answer's fields are:
+//
+//   - id: "mock-" followed by the first 16 hex digits of the SHA-256 of the
+//     request body, exactly as received.
+//   - object: "chat.completion".
+//   - created: time.Now().Unix().
+//   - model: the request's "model", or "mock-model" when it is empty.
+//   - choices: one, index 0, role "assistant", finish_reason "stop", content
+//     "mock[<hash>]: <text of the last user message>" (the text is empty when
+//     there is no user message, leaving a trailing space after the colon).
+//   - usage: prompt_tokens is the number of words (strings.Fields) in the
+//     texts of all messages, summed; completion_tokens the number of words in
+//     the content; total_tokens their sum.
+//
+// With Config.Wild the same answer comes in the shape seen in the wild: the
+// content is [{"type": "text", "text": "<content>"}] with "tool_calls": [] next
+// to it, created is time.Now().UnixMilli(), object is "chat.completion.chunk",
+// usage holds only input_tokens and output_tokens (the prompt and completion
+// counts above), and a top-level "session_id" (equal to the id) is added.
+//
+// # Observing the mock
+//
+// Calls counts requests that reached the answer stage, Served the 200 answers,
+// and Log keeps the last LogCapacity answer-stage requests in arrival order.
+// With Config.AccessLog set, one JSON line per request (every request, not
+// only answer-stage ones) is written: {"time", "status", "hash",
+// "latency_ms"}. All of these are updated before the answer is written, so a
+// client holding its answer sees them current. Neither the project nor the
+// apiKey header value is ever logged or echoed.
+package laasmock

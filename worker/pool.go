@@ -1,0 +1,311 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// Upstream runs one LaaS call. *LaaSClient implements it.
+type Upstream interface {
+	Complete(ctx context.Context, req *schema.LaaSRequest) (*schema.LaaSResponse, error)
+}
+
+var _ Upstream = (*LaaSClient)(nil)
+
+// Config configures a worker pool.
+type Config struct {
+	// Concurrency is how many LaaS calls this pool runs at once; default 64.
+	Concurrency int
+	// ShutdownGrace is how long in-flight calls may run after shutdown
+	// begins before they are abandoned to redelivery; default 30s.
+	ShutdownGrace time.Duration
+	// RetryBase and RetryMax bound the exponential backoff between attempts
+	// at a retryable failure; defaults 500ms and 30s.
+	RetryBase, RetryMax time.Duration
+}
+
+// DefaultConcurrency is Config.Concurrency's default.
+const DefaultConcurrency = 64
+
+func (c *Config) setDefaults() {
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 30 * time.Second
+	}
+	if c.RetryBase == 0 {
+		c.RetryBase = 500 * time.Millisecond
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = 30 * time.Second
+	}
+}
+
+// Validate reports every invalid field at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Concurrency < 1 || c.Concurrency > 10_000 {
+		errs = append(errs, fmt.Errorf("worker concurrency must be 1 to 10000, got %d", c.Concurrency))
+	}
+	if c.ShutdownGrace < 0 {
+		errs = append(errs, errors.New("worker shutdown grace must not be negative"))
+	}
+	if c.RetryBase <= 0 || c.RetryMax < c.RetryBase {
+		errs = append(errs, fmt.Errorf("retry backoff must satisfy 0 < base <= max, got %s and %s", c.RetryBase, c.RetryMax))
+	}
+	return errors.Join(errs...)
+}
+
+// Pool runs jobs from the shared consumer. Create it with NewPool and start
+// it with Run.
+type Pool struct {
+	cfg        Config
+	nc         *nats.Conn
+	cons       jetstream.Consumer
+	up         Upstream
+	catalog    *schema.Catalog
+	log        *slog.Logger
+	ackWait    time.Duration
+	maxDeliver int
+}
+
+// NewPool builds a pool over cons, which must be the workers' consumer on
+// the request stream (see queue.Ensure).
+func NewPool(cfg Config, nc *nats.Conn, cons jetstream.Consumer, up Upstream, catalog *schema.Catalog, log *slog.Logger) (*Pool, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	info := cons.CachedInfo()
+	p := &Pool{cfg: cfg, nc: nc, cons: cons, up: up, catalog: catalog, log: log,
+		ackWait: info.Config.AckWait, maxDeliver: info.Config.MaxDeliver}
+	if p.ackWait <= 0 {
+		p.ackWait = 30 * time.Second
+	}
+	return p, nil
+}
+
+// Run pulls and runs jobs until ctx is done. Then it stops pulling, hands
+// jobs it had buffered but not started back to the queue at once, and waits
+// up to ShutdownGrace for calls in flight; calls still running then are
+// abandoned and redelivered to another worker.
+func (p *Pool) Run(ctx context.Context) error {
+	it, err := p.cons.Messages(jetstream.PullMaxMessages(p.cfg.Concurrency))
+	if err != nil {
+		return fmt.Errorf("pull from %s: %w", schema.ConsumerWorkers, err)
+	}
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			it.Drain()
+		case <-stopped:
+		}
+	}()
+	defer close(stopped)
+
+	// In-flight calls outlive ctx by up to ShutdownGrace.
+	work, abandon := context.WithCancel(context.WithoutCancel(ctx))
+	defer abandon()
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, p.cfg.Concurrency)
+	p.log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_deliver", p.maxDeliver, "ack_wait", p.ackWait)
+	for {
+		slots <- struct{}{}
+		msg, err := it.Next()
+		if err != nil {
+			<-slots
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break
+			}
+			p.log.Warn("pull failed", "error", err)
+			continue
+		}
+		if ctx.Err() != nil { // buffered before shutdown: give it back now
+			<-slots
+			_ = msg.Nak()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			p.handle(work, msg)
+		}()
+	}
+
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(p.cfg.ShutdownGrace):
+		p.log.Warn("shutdown grace over; abandoning calls in flight to redelivery")
+		abandon()
+		<-done
+	}
+	p.log.Info("worker pool stopped")
+	return nil
+}
+
+// job is one delivery of one request.
+type job struct {
+	msg      jetstream.Msg
+	env      schema.Envelope
+	replyTo  string
+	attempt  int
+	received time.Time
+}
+
+func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
+	j := job{msg: msg, replyTo: msg.Headers().Get(schema.HeaderReplyTo), attempt: 1, received: time.Now()}
+	if md, err := msg.Metadata(); err == nil {
+		j.attempt = int(md.NumDelivered)
+	}
+	if err := json.Unmarshal(msg.Data(), &j.env); err != nil || j.env.ID == "" {
+		p.log.Error("dropping a message that is not a request envelope", "subject", msg.Subject(), "error", err)
+		_ = msg.Term()
+		return
+	}
+	log := p.log.With("request_id", j.env.ID, "model", j.env.Model, "attempt", j.attempt)
+
+	if !j.env.Deadline.IsZero() && !j.received.Before(j.env.Deadline) {
+		p.finish(log, &j, schema.ErrorReply(j.env.ID, &schema.Error{
+			Status: http.StatusGatewayTimeout, Type: schema.TypeTimeout, Code: schema.CodeDeadlineExceeded,
+			Message: fmt.Sprintf("The request waited %s in the queue and passed its deadline before a worker could start it.",
+				j.received.Sub(j.env.EnqueuedAt).Round(time.Millisecond)),
+		}), 0)
+		return
+	}
+	laasReq, model, err := p.prepare(&j.env)
+	if err != nil {
+		p.finish(log, &j, schema.ErrorReply(j.env.ID, schema.AsError(err)), 0)
+		return
+	}
+
+	callCtx, cancel := context.WithDeadline(ctx, j.env.Deadline)
+	defer cancel()
+	stopProgress := p.keepAlive(callCtx, msg)
+	start := time.Now()
+	resp, err := p.up.Complete(callCtx, laasReq)
+	upstream := time.Since(start)
+	stopProgress()
+
+	if err != nil {
+		if ctx.Err() != nil { // shutdown abandoned the call: let another worker run it
+			log.Warn("call abandoned at shutdown; job handed back", "error", err)
+			_ = msg.Nak()
+			return
+		}
+		var ue *UpstreamError
+		isUp := errors.As(err, &ue)
+		if isUp && ue.Retryable() {
+			if delay, ok := p.retryDelay(&j, ue.RetryAfter); ok {
+				log.Warn("upstream failed; will retry", "status", ue.Status, "delay", delay, "error", err)
+				_ = msg.NakWithDelay(delay)
+				return
+			}
+		}
+		e := schema.AsError(err)
+		if isUp {
+			e = ue.OpenAI()
+		}
+		log.Warn("upstream failed; answering with an error", "status", e.Status, "code", e.Code, "error", err)
+		p.finish(log, &j, schema.ErrorReply(j.env.ID, e), upstream)
+		return
+	}
+	cc, err := FromLaaS(resp, "chatcmpl-"+j.env.ID, model.Alias, time.Now())
+	if err != nil {
+		e := &schema.Error{Status: http.StatusBadGateway, Type: schema.TypeUpstream, Code: schema.CodeUpstreamError,
+			Message: "LaaS answered with something that is not a chat completion: " + err.Error(), Cause: err}
+		p.finish(log, &j, schema.ErrorReply(j.env.ID, e), upstream)
+		return
+	}
+	p.finish(log, &j, schema.Reply{ID: j.env.ID, Status: http.StatusOK, Completion: cc}, upstream)
+}
+
+// prepare turns the envelope into the LaaS call; its errors are the caller's
+// (a request published by a producer that skipped the gateway's checks).
+func (p *Pool) prepare(env *schema.Envelope) (*schema.LaaSRequest, schema.Model, error) {
+	model, ok := p.catalog.Lookup(env.Model)
+	if !ok {
+		return nil, model, schema.ModelNotFound(env.Model)
+	}
+	req, err := schema.DecodeChatRequest(env.Request)
+	if err != nil {
+		return nil, model, err
+	}
+	if err := req.Validate(); err != nil {
+		return nil, model, err
+	}
+	laasReq, err := ToLaaS(req, model)
+	return laasReq, model, err
+}
+
+// finish publishes the reply, then acknowledges the job: a crash between
+// the two redelivers the job rather than losing its answer.
+func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.Duration) {
+	rep.Attempts = j.attempt
+	rep.QueueMs = max(0, j.received.Sub(j.env.EnqueuedAt).Milliseconds())
+	rep.UpstreamMs = upstream.Milliseconds()
+	if j.replyTo != "" {
+		data, err := json.Marshal(rep)
+		if err == nil {
+			err = p.nc.Publish(j.replyTo, data)
+		}
+		if err != nil {
+			log.Error("publishing the reply failed; job handed back", "error", err)
+			_ = j.msg.Nak()
+			return
+		}
+	}
+	if err := j.msg.Ack(); err != nil {
+		log.Warn("ack failed; the job may be redelivered", "error", err)
+	}
+	log.Info("job done", "status", rep.Status, "queue_ms", rep.QueueMs, "upstream_ms", rep.UpstreamMs)
+}
+
+// keepAlive tells the server the job is still being worked on, so AckWait
+// never redelivers a long call. The returned func stops it.
+func (p *Pool) keepAlive(ctx context.Context, msg jetstream.Msg) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(p.ackWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return cancel
+}
+
+// retryDelay returns how long to wait before the next attempt, and false
+// when no attempt is left: MaxDeliver is reached or the deadline would pass.
+func (p *Pool) retryDelay(j *job, retryAfter time.Duration) (time.Duration, bool) {
+	if p.maxDeliver > 0 && j.attempt >= p.maxDeliver {
+		return 0, false
+	}
+	backoff := min(p.cfg.RetryMax, p.cfg.RetryBase<<min(j.attempt-1, 20))
+	delay := backoff/2 + rand.N(backoff/2+1) // jitter in [backoff/2, backoff]
+	delay = max(delay, retryAfter)
+	if !j.env.Deadline.IsZero() && time.Now().Add(delay).After(j.env.Deadline) {
+		return 0, false
+	}
+	return delay, true
+}

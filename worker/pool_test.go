@@ -1,0 +1,317 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/queue"
+	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
+)
+
+// upstreamFunc adapts a function to Upstream.
+type upstreamFunc func(context.Context, *schema.LaaSRequest) (*schema.LaaSResponse, error)
+
+func (f upstreamFunc) Complete(ctx context.Context, r *schema.LaaSRequest) (*schema.LaaSResponse, error) {
+	return f(ctx, r)
+}
+
+// recorder answers from script, one entry per call (the last repeats), and
+// records every call.
+type recorder struct {
+	mu     sync.Mutex
+	calls  []*schema.LaaSRequest
+	script []error
+	delay  time.Duration
+}
+
+func (r *recorder) Complete(ctx context.Context, req *schema.LaaSRequest) (*schema.LaaSResponse, error) {
+	r.mu.Lock()
+	n := len(r.calls)
+	r.calls = append(r.calls, req)
+	var err error
+	if len(r.script) > 0 {
+		err = r.script[min(n, len(r.script)-1)]
+	}
+	r.mu.Unlock()
+	if r.delay > 0 {
+		select {
+		case <-time.After(r.delay):
+		case <-ctx.Done():
+			return nil, &UpstreamError{Err: ctx.Err()}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp := &schema.LaaSResponse{ID: "up", Object: "chat.completion", Created: 1_700_000_000_000, Choices: []schema.LaaSChoice{{}}}
+	resp.Choices[0].Message.Content = schema.Content{Text: "answer to " + req.Messages[len(req.Messages)-1].Content[0].Text}
+	return resp, nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.calls)
+}
+
+type poolFixture struct {
+	q       *queuetest.Queue
+	replies *nats.Subscription
+}
+
+func catalog(t *testing.T) *schema.Catalog {
+	t.Helper()
+	c, err := schema.NewCatalog([]schema.Model{{Alias: "m", LaaSModel: "claude-4-sonnet", PresetHash: "p1", ServiceType: "ANTHROPIC"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// startPool runs a pool over up with MaxDeliver 3; it is stopped at cleanup.
+func startPool(t *testing.T, up Upstream, cfg Config) *poolFixture {
+	t.Helper()
+	q := queuetest.Start(t, queue.Config{Memory: true, MaxDeliver: 3, AckWait: 2 * time.Second})
+	if cfg.RetryBase == 0 {
+		cfg.RetryBase, cfg.RetryMax = 10*time.Millisecond, 40*time.Millisecond
+	}
+	p, err := NewPool(cfg, q.Conn, q.Consumer, up, catalog(t), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	sub, err := q.Conn.SubscribeSync("laas.reply.test.*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &poolFixture{q: q, replies: sub}
+}
+
+func (f *poolFixture) publish(t *testing.T, id, model string, deadline time.Duration, req string) {
+	t.Helper()
+	now := time.Now()
+	data, _ := json.Marshal(schema.Envelope{ID: id, Model: model, EnqueuedAt: now, Deadline: now.Add(deadline), Request: json.RawMessage(req)})
+	msg := &nats.Msg{Subject: schema.SubjectInteractive, Data: data, Header: nats.Header{}}
+	msg.Header.Set(schema.HeaderReplyTo, "laas.reply.test."+id)
+	if _, err := f.q.JS.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *poolFixture) reply(t *testing.T) schema.Reply {
+	t.Helper()
+	m, err := f.replies.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no reply: %v", err)
+	}
+	var r schema.Reply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// drained waits until the stream holds no message: every job was acked or
+// terminated.
+func (f *poolFixture) drained(t *testing.T) {
+	t.Helper()
+	for range 200 {
+		s, err := f.q.JS.Stream(context.Background(), schema.StreamRequests)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.CachedInfo().State.Msgs == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("jobs left on the stream")
+}
+
+const hello = `{"model":"m","messages":[{"role":"system","content":"sys"},{"role":"user","content":"hello"}],"temperature":0.2,"params":{"name":"Kim","n":3}}`
+
+func TestPoolAnswersAndAcks(t *testing.T) {
+	up := &recorder{}
+	f := startPool(t, up, Config{})
+	f.publish(t, "r1", "m", time.Minute, hello)
+	r := f.reply(t)
+	if r.ID != "r1" || r.Status != 200 || r.Attempts != 1 || r.Error != nil || r.Completion == nil {
+		t.Fatalf("reply = %+v", r)
+	}
+	cc := r.Completion
+	if cc.ID != "chatcmpl-r1" || cc.Model != "m" || cc.Created != 1_700_000_000 || cc.Choices[0].Message.Content != "answer to hello" {
+		t.Errorf("completion = %+v", cc)
+	}
+	f.drained(t)
+	got := up.calls[0]
+	if got.Hash != "p1" || got.Model != "claude-4-sonnet" || got.ServiceType != "ANTHROPIC" || *got.Temperature != 0.2 ||
+		got.Params["name"] != "Kim" || got.Params["n"] != "3" || len(got.Messages) != 2 || got.Messages[0].Role != "system" {
+		t.Errorf("LaaS request = %+v", got)
+	}
+}
+
+func TestPoolRetries(t *testing.T) {
+	e500 := &UpstreamError{Status: 500, Body: "boom"}
+	cases := []struct {
+		name         string
+		script       []error
+		deadline     time.Duration
+		wantStatus   int
+		wantCode     string
+		wantAttempts int
+		wantCalls    int
+	}{
+		{"retryable then success", []error{e500, &UpstreamError{Status: 429}, nil}, time.Minute, 200, "", 3, 3},
+		{"connection error then success", []error{&UpstreamError{Err: context.DeadlineExceeded, Timeout: true}, nil}, time.Minute, 200, "", 2, 2},
+		{"not retryable: answered at once", []error{&UpstreamError{Status: 400, Body: `{"message":"bad preset var"}`}}, time.Minute, 400, "", 1, 1},
+		{"auth refused: answered at once", []error{&UpstreamError{Status: 401}}, time.Minute, 502, schema.CodeUpstreamAuth, 1, 1},
+		{"attempts exhausted: last error", []error{e500, e500, &UpstreamError{Status: 503}}, time.Minute, 503, schema.CodeUpstreamError, 3, 3},
+		{"retry would pass the deadline", []error{&UpstreamError{Status: 429, RetryAfter: time.Hour}}, time.Minute, 429, schema.CodeRateLimitExceeded, 1, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			up := &recorder{script: tc.script}
+			f := startPool(t, up, Config{})
+			f.publish(t, "r1", "m", tc.deadline, hello)
+			r := f.reply(t)
+			if r.Status != tc.wantStatus || r.Attempts != tc.wantAttempts || up.count() != tc.wantCalls {
+				t.Fatalf("status %d attempts %d calls %d; want %d %d %d (%+v)", r.Status, r.Attempts, up.count(), tc.wantStatus, tc.wantAttempts, tc.wantCalls, r.Error)
+			}
+			if tc.wantCode != "" && (r.Error == nil || r.Error.Code == nil || *r.Error.Code != tc.wantCode) {
+				t.Errorf("error = %+v, want code %q", r.Error, tc.wantCode)
+			}
+			f.drained(t)
+			if _, err := f.replies.NextMsg(100 * time.Millisecond); err == nil {
+				t.Error("a second reply was published")
+			}
+		})
+	}
+}
+
+func TestPoolRefusesWithoutCallingLaaS(t *testing.T) {
+	cases := []struct {
+		name, model, req string
+		deadline         time.Duration
+		status           int
+		code             string
+	}{
+		{"deadline passed in the queue", "m", hello, -time.Second, http.StatusGatewayTimeout, schema.CodeDeadlineExceeded},
+		{"unknown model", "nope", hello, time.Minute, 404, schema.CodeModelNotFound},
+		{"invalid request from a producer", "m", `{"model":"m","messages":[{"role":"tool","content":"x"}]}`, time.Minute, 400, schema.CodeInvalidValue},
+		{"request that is not JSON", "m", `"just a string"`, time.Minute, 400, schema.CodeInvalidJSON},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			up := &recorder{}
+			f := startPool(t, up, Config{})
+			f.publish(t, "r1", tc.model, tc.deadline, tc.req)
+			r := f.reply(t)
+			if r.Status != tc.status || r.Error == nil || r.Error.Code == nil || *r.Error.Code != tc.code {
+				t.Fatalf("reply = %d %+v; want %d %q", r.Status, r.Error, tc.status, tc.code)
+			}
+			if up.count() != 0 {
+				t.Errorf("LaaS was called %d times", up.count())
+			}
+			f.drained(t)
+		})
+	}
+}
+
+func TestPoolDropsGarbage(t *testing.T) {
+	up := &recorder{}
+	f := startPool(t, up, Config{})
+	if _, err := f.q.JS.Publish(context.Background(), schema.SubjectInteractive, []byte("not an envelope")); err != nil {
+		t.Fatal(err)
+	}
+	f.drained(t)
+	if up.count() != 0 {
+		t.Error("garbage reached LaaS")
+	}
+}
+
+// TestPoolFinishesInFlightOnShutdown: a call under way when shutdown begins
+// is finished and answered within the grace period.
+func TestPoolFinishesInFlightOnShutdown(t *testing.T) {
+	q := queuetest.Start(t, queue.Config{Memory: true})
+	up := &recorder{delay: 300 * time.Millisecond}
+	p, err := NewPool(Config{ShutdownGrace: 10 * time.Second}, q.Conn, q.Consumer, up, catalog(t), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := q.Conn.SubscribeSync("laas.reply.test.*")
+	f := &poolFixture{q: q, replies: sub}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	f.publish(t, "r1", "m", time.Minute, hello)
+	for up.count() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if r := f.reply(t); r.Status != 200 {
+		t.Errorf("in-flight call answered %d", r.Status)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	f.drained(t)
+}
+
+// TestPoolSharesWork: two pools on one consumer split the jobs, and each
+// job is answered exactly once.
+func TestPoolSharesWork(t *testing.T) {
+	q := queuetest.Start(t, queue.Config{Memory: true})
+	var a, b atomic.Int64
+	mk := func(n *atomic.Int64) Upstream {
+		r := &recorder{delay: 20 * time.Millisecond}
+		return upstreamFunc(func(ctx context.Context, req *schema.LaaSRequest) (*schema.LaaSResponse, error) {
+			n.Add(1)
+			return r.Complete(ctx, req)
+		})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, n := range []*atomic.Int64{&a, &b} {
+		p, err := NewPool(Config{Concurrency: 4}, q.Conn, q.Consumer, mk(n), catalog(t), slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = p.Run(ctx) }()
+	}
+	defer func() { cancel(); wg.Wait() }()
+	sub, _ := q.Conn.SubscribeSync("laas.reply.test.*")
+	f := &poolFixture{q: q, replies: sub}
+	const jobs = 40
+	for i := range jobs {
+		f.publish(t, "r"+string(rune('A'+i)), "m", time.Minute, hello)
+	}
+	seen := map[string]bool{}
+	for range jobs {
+		r := f.reply(t)
+		if seen[r.ID] {
+			t.Errorf("job %s answered twice", r.ID)
+		}
+		seen[r.ID] = true
+	}
+	if a.Load()+b.Load() != jobs || a.Load() == 0 || b.Load() == 0 {
+		t.Errorf("pool calls %d + %d, want %d split between both", a.Load(), b.Load(), jobs)
+	}
+}
