@@ -79,6 +79,9 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 
 	var up *worker.LaaSClient
 	if hasWorker {
+		if env.Concurrency < 1 {
+			return fmt.Errorf("BRIDGE_WORKER_CONCURRENCY must be at least 1, got %d", env.Concurrency)
+		}
 		if demo {
 			stopMock, err := startDemoMock(&env, log)
 			if err != nil {

@@ -57,6 +57,26 @@ type instance struct {
 	logs *syncBuffer
 	done chan error
 	stop context.CancelFunc
+
+	once    sync.Once
+	exitErr error
+}
+
+// shutdown stops the instance and waits for run to return; it requires a
+// clean exit. Safe to call more than once.
+func (in *instance) shutdown(t *testing.T) {
+	t.Helper()
+	in.once.Do(func() {
+		in.stop()
+		select {
+		case in.exitErr = <-in.done:
+		case <-time.After(30 * time.Second):
+			in.exitErr = errors.New("laas-bridge did not stop within 30s")
+		}
+		if in.exitErr != nil {
+			t.Errorf("laas-bridge exited with %v", in.exitErr)
+		}
+	})
 }
 
 // startRun runs `laas-bridge args...` in-process and waits for its gateway
@@ -81,17 +101,7 @@ func startRun(t *testing.T, args ...string) *instance {
 			t.Fatalf("gateway did not listen within 30s:\n%s", in.logs)
 		}
 	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-in.done:
-			if err != nil {
-				t.Errorf("laas-bridge exited with %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("laas-bridge did not stop within 30s")
-		}
-	})
+	t.Cleanup(func() { in.shutdown(t) })
 	return in
 }
 
