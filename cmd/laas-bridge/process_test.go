@@ -120,7 +120,8 @@ var (
 	mockReady    = regexp.MustCompile(`mock-laas listening on (http://\S+)`)
 )
 
-// TestGatewayAndTwoWorkerProcesses runs the built binary as a mock LaaS, a
+// TestGatewayAndTwoWorkerProcesses runs the built binary as a mock LaaS (in
+// the variant answer shapes seen in the wild, which the workers normalise), a
 // gateway and two workers against one NATS server, and checks that both
 // workers share the work, every caller gets its own answer, and the LaaS
 // credentials appear in no process's output.
@@ -135,7 +136,7 @@ func TestGatewayAndTwoWorkerProcesses(t *testing.T) {
 	cfg, _ := filepath.Abs("testdata/config.yaml")
 
 	mock, mockURL := startProc(t, "mock-laas", t.TempDir(), baseEnv(), mockReady,
-		"mock-laas", "--listen", "127.0.0.1:0", "--project", project, "--api-key", apiKey, "--latency", "30ms", "--access-log")
+		"mock-laas", "--listen", "127.0.0.1:0", "--project", project, "--api-key", apiKey, "--latency", "30ms", "--access-log", "--wild")
 	gw, addr := startProc(t, "gateway", t.TempDir(), baseEnv("NATS_URL="+natsURL, "BRIDGE_CONFIG="+cfg, "TEST_OWN_PRESET=own-hash"),
 		gatewayReady, "gateway", "--listen", "127.0.0.1:0")
 	workerEnv := baseEnv("NATS_URL="+natsURL, "BRIDGE_CONFIG="+cfg, "TEST_OWN_PRESET=own-hash", "LAAS_PROJECT_CODE="+project,
