@@ -23,6 +23,15 @@ const (
 	HeaderAttempts   = "X-Laas-Bridge-Attempts"
 )
 
+// pending is one queued request whose caller is waiting.
+type pending struct {
+	id         string
+	model      schema.Model
+	enqueuedAt time.Time
+	deadline   time.Time
+	answer     <-chan []byte // the worker's raw schema.Reply
+}
+
 // chatCompletions validates a chat request, queues it and waits for its answer.
 func (g *Gateway) chatCompletions(c echo.Context) error {
 	r := c.Request()
@@ -41,33 +50,59 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if !ok {
 		return schema.ModelNotFound(req.Model)
 	}
-
-	id := c.Response().Header().Get(HeaderRequestID)
-	now := time.Now()
-	deadline := now.Add(model.Deadline())
-	data, err := json.Marshal(schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: deadline, Request: body})
+	p, err := g.enqueue(r.Context(), c.Response().Header().Get(HeaderRequestID), model, body)
 	if err != nil {
-		return fmt.Errorf("encode envelope: %w", err)
-	}
-
-	answer := g.corr.expect(id) // before publishing: a fast reply is never missed
-	defer g.corr.forget(id)
-	if err := g.publish(r.Context(), id, data); err != nil {
 		return err
 	}
+	defer g.corr.forget(p.id)
+	return g.awaitAnswer(c, p)
+}
 
-	timer := time.NewTimer(time.Until(deadline))
+// enqueue registers the caller and publishes the request. On success the
+// caller must eventually forget p.id.
+func (g *Gateway) enqueue(ctx context.Context, id string, model schema.Model, body []byte) (*pending, error) {
+	now := time.Now()
+	p := &pending{id: id, model: model, enqueuedAt: now, deadline: now.Add(model.Deadline())}
+	data, err := json.Marshal(schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: p.deadline, Request: body})
+	if err != nil {
+		return nil, fmt.Errorf("encode envelope: %w", err)
+	}
+	p.answer = g.corr.expect(id) // before publishing: a fast reply is never missed
+	if err := g.publish(ctx, id, data); err != nil {
+		g.corr.forget(id)
+		return nil, err
+	}
+	return p, nil
+}
+
+// awaitAnswer waits for the worker's reply and writes it as one JSON answer.
+func (g *Gateway) awaitAnswer(c echo.Context, p *pending) error {
+	timer := time.NewTimer(time.Until(p.deadline))
 	defer timer.Stop()
 	select {
-	case raw := <-answer:
-		return g.writeReply(c, raw)
-	case <-r.Context().Done():
-		return &schema.Error{Status: statusClientClosed, Type: schema.TypeInvalidRequest, Message: "client closed request", Cause: r.Context().Err()}
-	case <-timer.C:
-		return &schema.Error{
-			Status: http.StatusGatewayTimeout, Type: schema.TypeTimeout, Code: schema.CodeDeadlineExceeded,
-			Message: fmt.Sprintf("No answer within the model's %s timeout; the request was queued at %s.", model.Deadline(), now.UTC().Format(time.RFC3339)),
+	case raw := <-p.answer:
+		rep, err := g.decodeReply(c, raw)
+		if err != nil {
+			return err
 		}
+		return c.JSON(http.StatusOK, rep.Completion)
+	case <-c.Request().Context().Done():
+		return clientGone(c.Request().Context().Err())
+	case <-timer.C:
+		return p.timeout()
+	}
+}
+
+func clientGone(cause error) *schema.Error {
+	return &schema.Error{Status: statusClientClosed, Type: schema.TypeInvalidRequest, Message: "client closed request", Cause: cause}
+}
+
+// timeout is the error for a caller whose deadline passed without an answer.
+func (p *pending) timeout() *schema.Error {
+	return &schema.Error{
+		Status: http.StatusGatewayTimeout, Type: schema.TypeTimeout, Code: schema.CodeDeadlineExceeded,
+		Message: fmt.Sprintf("No answer within the model's %s timeout; the request was queued at %s.",
+			p.model.Deadline(), p.enqueuedAt.UTC().Format(time.RFC3339)),
 	}
 }
 
@@ -80,7 +115,7 @@ func (g *Gateway) publish(ctx context.Context, id string, data []byte) error {
 	defer cancel()
 	if _, err := g.js.PublishMsg(ctx, msg); err != nil {
 		if errors.Is(err, context.Canceled) {
-			return &schema.Error{Status: statusClientClosed, Type: schema.TypeInvalidRequest, Message: "client closed request", Cause: err}
+			return clientGone(err)
 		}
 		return &schema.Error{
 			Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
@@ -91,21 +126,22 @@ func (g *Gateway) publish(ctx context.Context, id string, data []byte) error {
 	return nil
 }
 
-// writeReply turns a worker's reply into the HTTP answer.
-func (g *Gateway) writeReply(c echo.Context, raw []byte) error {
+// decodeReply parses a worker's reply and sets the timing headers. It
+// returns the reply's error, if it carries one, as an *schema.Error.
+func (g *Gateway) decodeReply(c echo.Context, raw []byte) (*schema.Reply, error) {
 	var rep schema.Reply
 	if err := json.Unmarshal(raw, &rep); err != nil {
-		return fmt.Errorf("decode reply: %w", err)
+		return nil, fmt.Errorf("decode reply: %w", err)
 	}
 	h := c.Response().Header()
 	h.Set(HeaderQueueMs, strconv.FormatInt(rep.QueueMs, 10))
 	h.Set(HeaderUpstreamMs, strconv.FormatInt(rep.UpstreamMs, 10))
 	h.Set(HeaderAttempts, strconv.Itoa(rep.Attempts))
 	if err := rep.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	if rep.Completion == nil {
-		return errors.New("reply has neither completion nor error")
+		return nil, errors.New("reply has neither completion nor error")
 	}
-	return c.JSON(http.StatusOK, rep.Completion)
+	return &rep, nil
 }
