@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/multimodal"
 )
 
 // Answer headers that say where the time went.
@@ -35,7 +36,7 @@ type pending struct {
 // chatCompletions validates a chat request, queues it and waits for its answer.
 func (g *Gateway) chatCompletions(c echo.Context) error {
 	r := c.Request()
-	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, g.maxBody))
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, g.cfg.MaxBodyBytes))
 	if err != nil {
 		return err
 	}
@@ -46,15 +47,28 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if err := req.Validate(); err != nil {
 		return err
 	}
+	report, err := multimodal.Check(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	for _, w := range report.Warnings {
+		g.log.Info("request accepted with a warning", "request_id", c.Response().Header().Get(HeaderRequestID), "param", w.Param, "warning", w.Message)
+	}
 	model, ok := g.catalog.Lookup(req.Model)
 	if !ok {
 		return schema.ModelNotFound(req.Model)
+	}
+	if req.PresetHash != "" && !g.cfg.AllowPresetOverride {
+		return schema.PresetOverrideDisabled()
 	}
 	p, err := g.enqueue(r.Context(), c.Response().Header().Get(HeaderRequestID), model, body)
 	if err != nil {
 		return err
 	}
 	defer g.corr.forget(p.id)
+	if req.Stream {
+		return g.streamAnswer(c, p, req)
+	}
 	return g.awaitAnswer(c, p)
 }
 
@@ -63,16 +77,72 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 func (g *Gateway) enqueue(ctx context.Context, id string, model schema.Model, body []byte) (*pending, error) {
 	now := time.Now()
 	p := &pending{id: id, model: model, enqueuedAt: now, deadline: now.Add(model.Deadline())}
-	data, err := json.Marshal(schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: p.deadline, Request: body})
+	env := schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: p.deadline, Request: body}
+	if len(body) > g.inlineMax {
+		if err := g.storeBody(ctx, id, body); err != nil {
+			return nil, err
+		}
+		env.Request, env.RequestRef = nil, id
+	}
+	data, err := json.Marshal(env)
 	if err != nil {
 		return nil, fmt.Errorf("encode envelope: %w", err)
 	}
 	p.answer = g.corr.expect(id) // before publishing: a fast reply is never missed
 	if err := g.publish(ctx, id, data); err != nil {
 		g.corr.forget(id)
+		if env.RequestRef != "" {
+			g.dropBody(id)
+		}
 		return nil, err
 	}
 	return p, nil
+}
+
+// storeBody puts a body too large for a queue message in the object store,
+// under the request id; the worker deletes it when the job ends.
+func (g *Gateway) storeBody(ctx context.Context, id string, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.PublishTimeout+time.Duration(len(body)>>20)*time.Second)
+	defer cancel()
+	if _, err := g.bodies.PutBytes(ctx, id, body); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return clientGone(err)
+		}
+		return &schema.Error{
+			Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
+			Message: "The store for large requests is unavailable or full; try again shortly.", RetryAfter: 1,
+			Cause: fmt.Errorf("store body of %s (%d bytes): %w", id, len(body), err),
+		}
+	}
+	return nil
+}
+
+// claimCompletion fetches an answer too large for a NATS message from the
+// object store, and deletes it there.
+func (g *Gateway) claimCompletion(ctx context.Context, rep *schema.Reply) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	data, err := g.bodies.GetBytes(ctx, rep.CompletionRef)
+	if err != nil {
+		return fmt.Errorf("fetch large answer %s: %w", rep.CompletionRef, err)
+	}
+	if err := g.bodies.Delete(ctx, rep.CompletionRef); err != nil {
+		g.log.Warn("could not delete a large answer after reading it", "request_id", rep.ID, "error", err)
+	}
+	rep.Completion = new(schema.ChatCompletion)
+	if err := json.Unmarshal(data, rep.Completion); err != nil {
+		return fmt.Errorf("decode large answer %s: %w", rep.CompletionRef, err)
+	}
+	return nil
+}
+
+// dropBody deletes a stored body whose request never reached the queue.
+func (g *Gateway) dropBody(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.bodies.Delete(ctx, id); err != nil {
+		g.log.Warn("could not delete the body of a request that was not queued", "request_id", id, "error", err)
+	}
 }
 
 // awaitAnswer waits for the worker's reply and writes it as one JSON answer.
@@ -132,6 +202,11 @@ func (g *Gateway) decodeReply(c echo.Context, raw []byte) (*schema.Reply, error)
 	var rep schema.Reply
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		return nil, fmt.Errorf("decode reply: %w", err)
+	}
+	if rep.CompletionRef != "" {
+		if err := g.claimCompletion(c.Request().Context(), &rep); err != nil {
+			return nil, err
+		}
 	}
 	h := c.Response().Header()
 	h.Set(HeaderQueueMs, strconv.FormatInt(rep.QueueMs, 10))

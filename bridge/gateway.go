@@ -32,7 +32,20 @@ type Config struct {
 	PublishTimeout time.Duration
 	// ShutdownGrace is how long Serve waits for callers on shutdown; default 30s.
 	ShutdownGrace time.Duration
+	// KeepAlive is how often a streamed answer (stream: true) that is still
+	// queued sends an SSE comment, so proxies do not cut the idle
+	// connection; default 10s.
+	KeepAlive time.Duration
+	// AllowPresetOverride lets a request name its own preset_hash.
+	AllowPresetOverride bool
+	// MaxBodyBytes is the largest request body accepted; larger gets 413.
+	// The default, 64 MiB, fits the largest request LaaS accepts: a 32 MB
+	// PDF and three 4 MB images, base64-encoded.
+	MaxBodyBytes int64
 }
+
+// DefaultMaxBodyBytes is Config.MaxBodyBytes's default.
+const DefaultMaxBodyBytes = 64 << 20
 
 var instanceIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
@@ -49,6 +62,12 @@ func (c *Config) setDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 30 * time.Second
 	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = 10 * time.Second
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
 }
 
 // Validate reports every invalid field at once.
@@ -63,30 +82,45 @@ func (c Config) Validate() error {
 	if c.ShutdownGrace < 0 {
 		errs = append(errs, errors.New("shutdown grace must not be negative"))
 	}
+	if c.KeepAlive <= 0 {
+		errs = append(errs, errors.New("stream keep-alive interval must be positive"))
+	}
+	if c.MaxBodyBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("max body bytes must be at least 1 MiB, got %d", c.MaxBodyBytes))
+	}
 	return errors.Join(errs...)
 }
 
 // Gateway is the HTTP front end. Create it with New, serve it with Serve.
 type Gateway struct {
-	cfg      Config
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	catalog  *schema.Catalog
-	log      *slog.Logger
-	corr     *correlator
-	echo     *echo.Echo
-	maxBody  int64
-	created  int64 // the models' "created" time
-	draining atomic.Bool
+	cfg     Config
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	catalog *schema.Catalog
+	log     *slog.Logger
+	corr    *correlator
+	echo    *echo.Echo
+	bodies  jetstream.ObjectStore
+	// inlineMax is the largest body sent inside the queue message; larger
+	// bodies go through the object store.
+	inlineMax int
+	created   int64 // the models' "created" time
+	draining  atomic.Bool
 }
 
 // New subscribes to this instance's replies and builds the routes. The
-// stream must already exist (see queue.Ensure). Close releases the
-// subscription.
+// stream and the large-body store must already exist (see queue.Ensure).
+// Close releases the subscription.
 func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Catalog, log *slog.Logger) (*Gateway, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bodies, err := js.ObjectStore(ctx, schema.BucketBodies)
+	if err != nil {
+		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
 	}
 	corr, err := newCorrelator(nc, schema.SubjectReplies+"."+cfg.InstanceID)
 	if err != nil {
@@ -94,18 +128,19 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	}
 	g := &Gateway{
 		cfg: cfg, nc: nc, js: js, catalog: catalog, log: log.With("gateway", cfg.InstanceID), corr: corr,
-		maxBody: maxBodyFor(nc.MaxPayload()),
-		created: time.Now().Unix(),
+		bodies:    bodies,
+		inlineMax: inlineMaxFor(nc.MaxPayload()),
+		created:   time.Now().Unix(),
 	}
 	g.echo = g.routes()
 	return g, nil
 }
 
-// maxBodyFor is the largest request body that fits a queue message of
-// maxPayload bytes once wrapped in the envelope and headers.
-func maxBodyFor(maxPayload int64) int64 {
-	const envelopeOverhead = 4 << 10
-	return maxPayload - envelopeOverhead
+// inlineMaxFor is the largest request body that fits a queue message of
+// maxPayload bytes once wrapped in the envelope and headers. JSON-escaping
+// can grow a body inside the envelope, so only half the payload is used.
+func inlineMaxFor(maxPayload int64) int {
+	return int(maxPayload / 2)
 }
 
 // Handler returns the HTTP handler, for tests and custom servers.

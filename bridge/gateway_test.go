@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -75,6 +76,16 @@ func (f *fixture) fakeWorker(t *testing.T, ctx context.Context, n int, answer fu
 				if err := json.Unmarshal(m.Data(), &env); err != nil {
 					t.Errorf("envelope: %v", err)
 					continue
+				}
+				if env.RequestRef != "" {
+					store, err := f.q.JS.ObjectStore(ctx, schema.BucketBodies)
+					if err == nil {
+						env.Request, err = store.GetBytes(ctx, env.RequestRef)
+					}
+					if err != nil {
+						t.Errorf("large body %s: %v", env.RequestRef, err)
+						continue
+					}
 				}
 				data, _ := json.Marshal(answer(env))
 				_ = nc.Publish(m.Headers().Get(schema.HeaderReplyTo), data)
@@ -216,9 +227,9 @@ func TestConcurrentCallersGetTheirOwnAnswers(t *testing.T) {
 }
 
 func TestErrors(t *testing.T) {
-	f := newFixture(t, Config{MasterKey: "sk-master"})
+	f := newFixture(t, Config{MasterKey: "sk-master", MaxBodyBytes: 1 << 20})
 	auth := []string{"Authorization", "Bearer sk-master"}
-	big := `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"` + strings.Repeat("x", int(f.gw.maxBody)) + `"}]}`
+	big := `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"` + strings.Repeat("x", 1<<20) + `"}]}`
 	cases := []struct {
 		name, method, path, body string
 		header                   []string
@@ -232,6 +243,7 @@ func TestErrors(t *testing.T) {
 		{"no messages", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","messages":[]}`, auth, 400, "invalid_request_error", "invalid_value", "messages", "at least one"},
 		{"tool role", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","messages":[{"role":"tool","content":"x"}]}`, auth, 400, "invalid_request_error", "invalid_value", "messages[0].role", "role 'tool'"},
 		{"developer role", "POST", "/chat/completions", `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"a"},{"role":"developer","content":"x"}]}`, auth, 400, "invalid_request_error", "invalid_value", "messages[1].role", "only system, user and assistant"},
+		{"preset override not allowed", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","preset_hash":"x","messages":[{"role":"user","content":"x"}]}`, auth, 400, "invalid_request_error", "preset_override_disabled", "preset_hash", "allow_preset_override"},
 		{"unknown model", "POST", "/v1/chat/completions", chatBody("gpt-9", "hi"), auth, 404, "invalid_request_error", "model_not_found", "model", "'gpt-9' does not exist"},
 		{"unknown model GET", "GET", "/v1/models/gpt-9", "", auth, 404, "invalid_request_error", "model_not_found", "model", "'gpt-9'"},
 		{"no key", "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"), nil, 401, "invalid_request_error", "invalid_api_key", "", "didn't provide"},
@@ -240,7 +252,7 @@ func TestErrors(t *testing.T) {
 		{"unknown route", "GET", "/v1/nothing", "", auth, 404, "invalid_request_error", "unknown_url", "", "GET /v1/nothing"},
 		{"wrong method", "GET", "/v1/chat/completions", "", auth, 405, "invalid_request_error", "method_not_allowed", "", "GET"},
 		{"too large", "POST", "/v1/chat/completions", big, auth, 413, "invalid_request_error", "request_too_large", "", "larger than"},
-		{"streaming refused", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","stream":true,"messages":[{"role":"user","content":"x"}]}`, auth, 400, "invalid_request_error", "unsupported_parameter", "stream", "Streaming"},
+		{"stream_options without stream", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}`, auth, 400, "invalid_request_error", "invalid_value", "stream_options", "only allowed when 'stream' is enabled"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -324,6 +336,35 @@ func TestModels(t *testing.T) {
 	var m schema.ModelObject
 	if err := json.Unmarshal(body, &m); err != nil || resp.StatusCode != 200 || m.ID != "team/fast" {
 		t.Errorf("GET /v1/models/team/fast = %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestLargeBodyThroughObjectStore: a body too large for a NATS message goes
+// through the object store (a claim check) and arrives intact.
+func TestLargeBodyThroughObjectStore(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var ref string
+	f.fakeWorker(t, ctx, 1, func(env schema.Envelope) schema.Reply {
+		ref = env.RequestRef
+		var req schema.ChatCompletionRequest
+		_ = json.Unmarshal(env.Request, &req)
+		rep := echoAnswer(env)
+		rep.Completion.Choices[0].Message.Content = fmt.Sprintf("%x", sha256.Sum256([]byte(req.Messages[0].Content.Text)))
+		return rep
+	})
+	text := strings.Repeat("큰 요청 ", 300_000) // ~3 MB, over NATS's 1 MB max payload
+	resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", text))
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %.300s", resp.StatusCode, body)
+	}
+	var cc schema.ChatCompletion
+	if err := json.Unmarshal(body, &cc); err != nil || cc.Choices[0].Message.Content != fmt.Sprintf("%x", sha256.Sum256([]byte(text))) {
+		t.Fatalf("the worker did not receive the whole text (%v): %s", err, body)
+	}
+	if ref != resp.Header.Get(HeaderRequestID) {
+		t.Errorf("request_ref = %q, want the request id", ref)
 	}
 }
 

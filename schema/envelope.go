@@ -20,6 +20,11 @@ const (
 	// SubjectReplies prefixes reply subjects: laas.reply.<instance>.<request id>.
 	// Replies travel on core NATS, not through a stream.
 	SubjectReplies = "laas.reply"
+	// BucketBodies is the JetStream Object Store bucket that holds request
+	// bodies and answers too large for a NATS message (a claim check): the
+	// envelope then carries RequestRef instead of Request, the reply
+	// CompletionRef instead of Completion.
+	BucketBodies = "LAAS_BODIES"
 )
 
 // Header names on a request message.
@@ -45,7 +50,12 @@ type Envelope struct {
 	// upstream call after it.
 	Deadline time.Time `json:"deadline"`
 	// Request is the OpenAI chat completion request as the caller sent it.
-	Request json.RawMessage `json:"request"`
+	// Absent when RequestRef is set.
+	Request json.RawMessage `json:"request,omitempty"`
+	// RequestRef names the object in BucketBodies that holds Request, for a
+	// request too large for a NATS message. The worker deletes the object
+	// once the job is finished.
+	RequestRef string `json:"request_ref,omitempty"`
 }
 
 // Reply is what a worker publishes on the request's reply subject: either a
@@ -54,7 +64,10 @@ type Reply struct {
 	ID         string          `json:"id"`
 	Status     int             `json:"status"`
 	Completion *ChatCompletion `json:"completion,omitempty"`
-	Error      *ErrorDetail    `json:"error,omitempty"`
+	// CompletionRef names the object in BucketBodies that holds Completion
+	// when it is too large for a NATS message; the receiver deletes it.
+	CompletionRef string       `json:"completion_ref,omitempty"`
+	Error         *ErrorDetail `json:"error,omitempty"`
 	// RetryAfter in seconds, for a 429 or 503 error.
 	RetryAfter int `json:"retry_after,omitempty"`
 	// Attempts is the delivery count of the job that produced this reply.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 )
 
@@ -32,6 +33,7 @@ const (
 	CodeDeadlineExceeded  = "deadline_exceeded"
 	CodeQueueUnavailable  = "queue_unavailable"
 	CodeRequestTooLarge   = "request_too_large"
+	CodePresetOverride    = "preset_override_disabled"
 )
 
 // Error is the bridge's one error type. It carries the HTTP status a client
@@ -45,7 +47,7 @@ type Error struct {
 	Message string // shown to the client: must never contain a secret
 	// RetryAfter, in whole seconds, is sent as the Retry-After header when > 0.
 	RetryAfter int
-	Cause      error // for logs only; never serialised
+	Cause      error `json:"-"` // for logs only; never serialised
 }
 
 // Error returns the client-facing message with the status.
@@ -54,14 +56,16 @@ func (e *Error) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Typ
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Cause }
 
-// Body returns OpenAI's error body for e.
+// Body returns OpenAI's error body for e; it shares no memory with e.
 func (e *Error) Body() ErrorBody {
 	d := ErrorDetail{Message: e.Message, Type: e.Type}
 	if e.Param != "" {
-		d.Param = &e.Param
+		p := e.Param
+		d.Param = &p
 	}
 	if e.Code != "" {
-		d.Code = &e.Code
+		c := e.Code
+		d.Code = &c
 	}
 	return ErrorBody{Error: d}
 }
@@ -81,7 +85,19 @@ type ErrorDetail struct {
 }
 
 // MarshalJSON writes OpenAI's error body.
-func (e *Error) MarshalJSON() ([]byte, error) { return json.Marshal(e.Body()) }
+func (e Error) MarshalJSON() ([]byte, error) { return json.Marshal(e.Body()) }
+
+// LogValue logs the status, type, code, message and cause.
+func (e *Error) LogValue() slog.Value {
+	attrs := []slog.Attr{slog.Int("status", e.Status), slog.String("type", e.Type), slog.String("message", e.Message)}
+	if e.Code != "" {
+		attrs = append(attrs, slog.String("code", e.Code))
+	}
+	if e.Cause != nil {
+		attrs = append(attrs, slog.String("cause", e.Cause.Error()))
+	}
+	return slog.GroupValue(attrs...)
+}
 
 // AsError returns err as an *Error: itself if it is one (or wraps one), else a
 // 500 server_error whose message does not reveal err.
@@ -96,6 +112,15 @@ func AsError(err error) *Error {
 // Invalid returns a 400 invalid_request_error naming param.
 func Invalid(param, code, format string, args ...any) *Error {
 	return &Error{Status: http.StatusBadRequest, Type: TypeInvalidRequest, Code: code, Param: param, Message: fmt.Sprintf(format, args...)}
+}
+
+// PresetOverrideDisabled refuses a per-request preset_hash on a bridge whose
+// config does not allow it.
+func PresetOverrideDisabled() *Error {
+	return &Error{
+		Status: http.StatusBadRequest, Type: TypeInvalidRequest, Code: CodePresetOverride, Param: "preset_hash",
+		Message: "This bridge does not allow a per-request 'preset_hash'; its operator can allow it with bridge_settings.allow_preset_override in config.yaml.",
+	}
 }
 
 // ModelNotFound returns OpenAI's 404 for an unknown model.

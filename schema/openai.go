@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 )
 
 // ChatCompletionRequest is the body of POST /v1/chat/completions: the fields
@@ -28,12 +29,18 @@ type ChatCompletionRequest struct {
 	Seed                *int64          `json:"seed,omitempty"`
 	User                string          `json:"user,omitempty"`
 
-	// Fields LaaS cannot honour; read only to refuse them clearly.
-	N            *int            `json:"n,omitempty"`
-	Tools        json.RawMessage `json:"tools,omitempty"`
-	ToolChoice   json.RawMessage `json:"tool_choice,omitempty"`
-	Functions    json.RawMessage `json:"functions,omitempty"`
-	FunctionCall json.RawMessage `json:"function_call,omitempty"`
+	// Fields LaaS cannot honour; read only to refuse them clearly (see
+	// Validate). A JSON null counts as absent.
+	N                 *int            `json:"n,omitempty"`
+	Tools             json.RawMessage `json:"tools,omitempty"`
+	ToolChoice        json.RawMessage `json:"tool_choice,omitempty"`
+	Functions         json.RawMessage `json:"functions,omitempty"`
+	FunctionCall      json.RawMessage `json:"function_call,omitempty"`
+	ParallelToolCalls json.RawMessage `json:"parallel_tool_calls,omitempty"`
+	Logprobs          *bool           `json:"logprobs,omitempty"`
+	TopLogprobs       json.RawMessage `json:"top_logprobs,omitempty"`
+	Audio             json.RawMessage `json:"audio,omitempty"`
+	Modalities        []string        `json:"modalities,omitempty"`
 
 	// Params are the preset's template variables (extra_body={"params": {...}}).
 	Params map[string]json.RawMessage `json:"params,omitempty"`
@@ -88,12 +95,39 @@ func (c Content) MarshalJSON() ([]byte, error) {
 	return json.Marshal(c.Text)
 }
 
-// ContentPart is one part of a multi-part message.
+// ContentPart is one part of a multi-part message. Type selects which
+// fields matter:
+//
+//	"text"        Text
+//	"image_url"   ImageURL: {"url": "https://..." or "data:image/png;base64,...", "detail"}
+//	"document"    DocumentURL: {"url": "data:application/pdf;base64,..."} (LaaS's own part)
+//	"file"        File: {"file_data", "file_id", "filename"} (OpenAI Chat Completions)
+//	"input_file"  FileData, FileID, FileURL, Filename at the top level (OpenAI Responses style)
+//
+// file_data is a data URL or bare base64 (taken as a PDF). The worker sends
+// "file" and "input_file" parts to LaaS as "document" parts.
 type ContentPart struct {
 	Type        string  `json:"type"`
 	Text        string  `json:"text,omitempty"`
 	ImageURL    *URLRef `json:"image_url,omitempty"`
 	DocumentURL *URLRef `json:"document_url,omitempty"`
+	// File is the body of a "file" part.
+	File *FileRef `json:"file,omitempty"`
+	// FileData, FileID, FileURL and Filename are the fields of an
+	// "input_file" part.
+	FileData string `json:"file_data,omitempty"`
+	FileID   string `json:"file_id,omitempty"`
+	FileURL  string `json:"file_url,omitempty"`
+	Filename string `json:"filename,omitempty"`
+}
+
+// FileRef is the "file" object of OpenAI's file content part. LaaS needs
+// the bytes: FileData (a data URL, or bare base64 taken as a PDF); a FileID
+// alone is refused.
+type FileRef struct {
+	FileData string `json:"file_data,omitempty"`
+	FileID   string `json:"file_id,omitempty"`
+	Filename string `json:"filename,omitempty"`
 }
 
 // MarshalJSON always writes a text part's "text", even when empty.
@@ -184,13 +218,36 @@ func DecodeChatRequest(body []byte) (*ChatCompletionRequest, error) {
 			return nil, Invalid("", CodeInvalidJSON, "The request body is empty; expected a JSON object.")
 		case errors.As(err, &syn):
 			return nil, Invalid("", CodeInvalidJSON, "The request body is not valid JSON (at byte %d): %s.", syn.Offset, syn.Error())
+		case errors.As(err, &typ) && typ.Field == "":
+			return nil, Invalid("", CodeInvalidJSON, "The request body must be a JSON object, got JSON %s.", typ.Value)
 		case errors.As(err, &typ):
-			return nil, Invalid(typ.Field, CodeInvalidJSON, "Invalid type for '%s': expected %s, got JSON %s.", typ.Field, typ.Type, typ.Value)
+			return nil, Invalid(typ.Field, CodeInvalidJSON, "Invalid type for '%s': expected %s, got JSON %s.", typ.Field, goTypeKind(typ.Type), typ.Value)
 		default:
 			return nil, Invalid("", CodeInvalidJSON, "The request body could not be parsed: %s.", err.Error())
 		}
 	}
 	return &req, nil
+}
+
+// goTypeKind names what JSON a Go type decodes from, for error messages.
+func goTypeKind(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	}
+	return "an object"
 }
 
 // ParamString converts one params value to the string LaaS expects: strings

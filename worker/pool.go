@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/multimodal"
 )
 
 // Upstream runs one LaaS call. *LaaSClient implements it.
@@ -31,6 +32,8 @@ type Config struct {
 	// ShutdownGrace is how long in-flight calls may run after shutdown
 	// begins before they are abandoned to redelivery; default 30s.
 	ShutdownGrace time.Duration
+	// AllowPresetOverride lets a request name its own preset_hash.
+	AllowPresetOverride bool
 	// RetryBase and RetryMax bound the exponential backoff between attempts
 	// at a retryable failure; defaults 500ms and 30s.
 	RetryBase, RetryMax time.Duration
@@ -75,6 +78,8 @@ type Pool struct {
 	cfg        Config
 	nc         *nats.Conn
 	cons       jetstream.Consumer
+	bodies     jetstream.ObjectStore
+	inlineMax  int
 	up         Upstream
 	catalog    *schema.Catalog
 	log        *slog.Logger
@@ -83,14 +88,21 @@ type Pool struct {
 }
 
 // NewPool builds a pool over cons, which must be the workers' consumer on
-// the request stream (see queue.Ensure).
-func NewPool(cfg Config, nc *nats.Conn, cons jetstream.Consumer, up Upstream, catalog *schema.Catalog, log *slog.Logger) (*Pool, error) {
+// the request stream; the large-body store must exist (see queue.Ensure).
+func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Upstream, catalog *schema.Catalog, log *slog.Logger) (*Pool, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bodies, err := js.ObjectStore(ctx, schema.BucketBodies)
+	if err != nil {
+		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
+	}
 	info := cons.CachedInfo()
-	p := &Pool{cfg: cfg, nc: nc, cons: cons, up: up, catalog: catalog, log: log,
+	nc := js.Conn()
+	p := &Pool{cfg: cfg, nc: nc, cons: cons, bodies: bodies, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
 		ackWait: info.Config.AckWait, maxDeliver: info.Config.MaxDeliver}
 	if p.ackWait <= 0 {
 		p.ackWait = 30 * time.Second
@@ -188,7 +200,19 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		}), 0)
 		return
 	}
-	laasReq, model, err := p.prepare(&j.env)
+	if j.env.RequestRef != "" {
+		if err := p.claimRequest(ctx, &j.env); err != nil {
+			log.Error("large request body unavailable", "error", err)
+			if ctx.Err() == nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+				_ = msg.NakWithDelay(time.Second) // the store may come back
+				return
+			}
+			p.finish(log, &j, schema.ErrorReply(j.env.ID, &schema.Error{Status: http.StatusInternalServerError, Type: schema.TypeServer,
+				Message: "The request's body could not be read from the queue's store; send the request again.", Cause: err}), 0)
+			return
+		}
+	}
+	laasReq, model, err := p.prepare(ctx, &j.env)
 	if err != nil {
 		p.finish(log, &j, schema.ErrorReply(j.env.ID, schema.AsError(err)), 0)
 		return
@@ -235,9 +259,21 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 	p.finish(log, &j, schema.Reply{ID: j.env.ID, Status: http.StatusOK, Completion: cc}, upstream)
 }
 
+// claimRequest fetches a request body that travelled through the object store.
+func (p *Pool) claimRequest(ctx context.Context, env *schema.Envelope) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	data, err := p.bodies.GetBytes(ctx, env.RequestRef)
+	if err != nil {
+		return fmt.Errorf("fetch request body %s: %w", env.RequestRef, err)
+	}
+	env.Request = data
+	return nil
+}
+
 // prepare turns the envelope into the LaaS call; its errors are the caller's
 // (a request published by a producer that skipped the gateway's checks).
-func (p *Pool) prepare(env *schema.Envelope) (*schema.LaaSRequest, schema.Model, error) {
+func (p *Pool) prepare(ctx context.Context, env *schema.Envelope) (*schema.LaaSRequest, schema.Model, error) {
 	model, ok := p.catalog.Lookup(env.Model)
 	if !ok {
 		return nil, model, schema.ModelNotFound(env.Model)
@@ -249,22 +285,28 @@ func (p *Pool) prepare(env *schema.Envelope) (*schema.LaaSRequest, schema.Model,
 	if err := req.Validate(); err != nil {
 		return nil, model, err
 	}
+	if _, err := multimodal.Check(ctx, req); err != nil {
+		return nil, model, err
+	}
+	if req.PresetHash != "" {
+		if !p.cfg.AllowPresetOverride {
+			return nil, model, schema.PresetOverrideDisabled()
+		}
+		model.PresetHash = req.PresetHash
+	}
 	laasReq, err := ToLaaS(req, model)
 	return laasReq, model, err
 }
 
 // finish publishes the reply, then acknowledges the job: a crash between
-// the two redelivers the job rather than losing its answer.
+// the two redelivers the job rather than losing its answer. A large request
+// body is deleted once the job is acknowledged.
 func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.Duration) {
 	rep.Attempts = j.attempt
 	rep.QueueMs = max(0, j.received.Sub(j.env.EnqueuedAt).Milliseconds())
 	rep.UpstreamMs = upstream.Milliseconds()
 	if j.replyTo != "" {
-		data, err := json.Marshal(rep)
-		if err == nil {
-			err = p.nc.Publish(j.replyTo, data)
-		}
-		if err != nil {
+		if err := p.publishReply(j.replyTo, &rep); err != nil {
 			log.Error("publishing the reply failed; job handed back", "error", err)
 			_ = j.msg.Nak()
 			return
@@ -273,7 +315,41 @@ func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.
 	if err := j.msg.Ack(); err != nil {
 		log.Warn("ack failed; the job may be redelivered", "error", err)
 	}
+	if j.env.RequestRef != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := p.bodies.Delete(ctx, j.env.RequestRef); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			log.Warn("could not delete the large request body; the store's TTL will", "error", err)
+		}
+		cancel()
+	}
 	log.Info("job done", "status", rep.Status, "queue_ms", rep.QueueMs, "upstream_ms", rep.UpstreamMs)
+}
+
+// publishReply sends rep on core NATS; an answer too large for a message
+// goes through the object store and the reply names it.
+func (p *Pool) publishReply(subject string, rep *schema.Reply) error {
+	data, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	if len(data) > p.inlineMax && rep.Completion != nil {
+		completion, err := json.Marshal(rep.Completion)
+		if err != nil {
+			return err
+		}
+		ref := rep.ID + ".reply"
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := p.bodies.PutBytes(ctx, ref, completion); err != nil {
+			return fmt.Errorf("store large answer: %w", err)
+		}
+		small := *rep
+		small.Completion, small.CompletionRef = nil, ref
+		if data, err = json.Marshal(small); err != nil {
+			return err
+		}
+	}
+	return p.nc.Publish(subject, data)
 }
 
 // keepAlive tells the server the job is still being worked on, so AckWait

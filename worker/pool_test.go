@@ -3,14 +3,17 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/schema/queue"
@@ -84,7 +87,7 @@ func startPool(t *testing.T, up Upstream, cfg Config) *poolFixture {
 	if cfg.RetryBase == 0 {
 		cfg.RetryBase, cfg.RetryMax = 10*time.Millisecond, 40*time.Millisecond
 	}
-	p, err := NewPool(cfg, q.Conn, q.Consumer, up, catalog(t), slog.New(slog.DiscardHandler))
+	p, err := NewPool(cfg, q.JS, q.Consumer, up, catalog(t), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +254,7 @@ func TestPoolDropsGarbage(t *testing.T) {
 func TestPoolFinishesInFlightOnShutdown(t *testing.T) {
 	q := queuetest.Start(t, queue.Config{Memory: true})
 	up := &recorder{delay: 300 * time.Millisecond}
-	p, err := NewPool(Config{ShutdownGrace: 10 * time.Second}, q.Conn, q.Consumer, up, catalog(t), slog.New(slog.DiscardHandler))
+	p, err := NewPool(Config{ShutdownGrace: 10 * time.Second}, q.JS, q.Consumer, up, catalog(t), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +292,7 @@ func TestPoolSharesWork(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, n := range []*atomic.Int64{&a, &b} {
-		p, err := NewPool(Config{Concurrency: 4}, q.Conn, q.Consumer, mk(n), catalog(t), slog.New(slog.DiscardHandler))
+		p, err := NewPool(Config{Concurrency: 4}, q.JS, q.Consumer, mk(n), catalog(t), slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -314,4 +317,81 @@ func TestPoolSharesWork(t *testing.T) {
 	if a.Load()+b.Load() != jobs || a.Load() == 0 || b.Load() == 0 {
 		t.Errorf("pool calls %d + %d, want %d split between both", a.Load(), b.Load(), jobs)
 	}
+}
+
+// TestPoolLargeBodies: a request body in the object store is read, the
+// answer too large for a message goes back through the store, and the
+// request body is deleted once the job is done.
+func TestPoolLargeBodies(t *testing.T) {
+	up := &recorder{}
+	f := startPool(t, up, Config{})
+	ctx := context.Background()
+	store, err := f.q.JS.ObjectStore(ctx, schema.BucketBodies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Repeat("긴 문서 ", 200_000) // ~2.2 MB
+	body, _ := json.Marshal(map[string]any{"model": "m", "messages": []map[string]string{{"role": "user", "content": text}}})
+	if _, err := store.PutBytes(ctx, "big1", body); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	data, _ := json.Marshal(schema.Envelope{ID: "big1", Model: "m", EnqueuedAt: now, Deadline: now.Add(time.Minute), RequestRef: "big1"})
+	msg := &nats.Msg{Subject: schema.SubjectInteractive, Data: data, Header: nats.Header{}}
+	msg.Header.Set(schema.HeaderReplyTo, "laas.reply.test.big1")
+	if _, err := f.q.JS.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	r := f.reply(t)
+	if r.Status != 200 || r.Completion != nil || r.CompletionRef != "big1.reply" {
+		t.Fatalf("reply = status %d completion %v ref %q", r.Status, r.Completion != nil, r.CompletionRef)
+	}
+	stored, err := store.GetBytes(ctx, r.CompletionRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cc schema.ChatCompletion
+	if err := json.Unmarshal(stored, &cc); err != nil || cc.Choices[0].Message.Content != "answer to "+text {
+		t.Fatalf("stored answer is not the whole answer (%v)", err)
+	}
+	if got := up.calls[0].Messages[0].Content[0].Text; got != text {
+		t.Errorf("LaaS got %d bytes of text, want %d", len(got), len(text))
+	}
+	f.drained(t)
+	if _, err := store.GetInfo(ctx, "big1"); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("request body still stored after the job: %v", err)
+	}
+
+	// A reference to a body that is gone is answered, not retried forever.
+	data, _ = json.Marshal(schema.Envelope{ID: "gone", Model: "m", EnqueuedAt: now, Deadline: now.Add(time.Minute), RequestRef: "gone"})
+	msg = &nats.Msg{Subject: schema.SubjectInteractive, Data: data, Header: nats.Header{}}
+	msg.Header.Set(schema.HeaderReplyTo, "laas.reply.test.gone")
+	if _, err := f.q.JS.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.reply(t); r.Status != 500 || up.count() != 1 {
+		t.Errorf("missing body: status %d, LaaS calls %d", r.Status, up.count())
+	}
+	f.drained(t)
+}
+
+func TestPoolPresetOverride(t *testing.T) {
+	req := `{"model":"m","preset_hash":"custom","messages":[{"role":"user","content":"x"}]}`
+	t.Run("allowed", func(t *testing.T) {
+		up := &recorder{}
+		f := startPool(t, up, Config{AllowPresetOverride: true})
+		f.publish(t, "r1", "m", time.Minute, req)
+		if r := f.reply(t); r.Status != 200 || up.calls[0].Hash != "custom" {
+			t.Errorf("status %d, LaaS hash %q", r.Status, up.calls[0].Hash)
+		}
+	})
+	t.Run("not allowed", func(t *testing.T) {
+		up := &recorder{}
+		f := startPool(t, up, Config{})
+		f.publish(t, "r1", "m", time.Minute, req)
+		r := f.reply(t)
+		if r.Status != 400 || r.Error == nil || *r.Error.Code != schema.CodePresetOverride || up.count() != 0 {
+			t.Errorf("reply %d %+v, LaaS calls %d", r.Status, r.Error, up.count())
+		}
+	})
 }

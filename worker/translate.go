@@ -13,15 +13,25 @@ import (
 )
 
 // ToLaaS translates an OpenAI chat request, which should have passed
-// req.Validate, into the LaaS call that runs it on model m:
+// req.Validate and multimodal.Check, into the LaaS call that runs it on
+// model m. It checks nothing it does not need to translate:
 //
 //   - hash is m.PresetHash (a model without one is a configuration error:
 //     a 500 *schema.Error); model is m.LaaSModel and service_type
 //     m.ServiceType, both omitted when empty.
 //   - Each message keeps its role; its content always becomes an array of
 //     parts: a string is one text part, and content with no parts (an empty
-//     string, null or []) is one empty text part. Parts are copied as they
-//     are. Name, tool calls and tool call ids are dropped.
+//     string, null or []) is one empty text part. Name, tool calls and tool
+//     call ids are dropped.
+//   - Parts LaaS knows keep their own fields only: a text part its text, an
+//     image_url part its image_url ({url, detail}), a document part its
+//     document_url. OpenAI's "file" part (file.file_data) and the
+//     Responses-style "input_file" part (file_data) become LaaS document
+//     parts, {"type": "document", "document_url": {"url": <file_data>}}, where
+//     a file_data without the "data:" scheme is bare base64 and gets the
+//     prefix "data:application/pdf;base64,"; the filename is dropped, as LaaS
+//     has no field for it. Any other part (which Validate refuses) is copied
+//     as it is.
 //   - params holds every req.Params value converted by schema.ParamString
 //     (whose 400 *schema.Error is returned for an object or array); it is
 //     never nil, so LaaS always receives an object, {} when there are none.
@@ -73,18 +83,55 @@ func ToLaaS(req *schema.ChatCompletionRequest, m schema.Model) (*schema.LaaSRequ
 	return out, nil
 }
 
-// laasParts returns c as a non-empty array of parts.
+// laasParts returns c as a non-empty array of LaaS parts.
 func laasParts(c schema.Content) []schema.ContentPart {
 	if len(c.Parts) == 0 {
 		return []schema.ContentPart{{Type: "text", Text: c.Text}}
 	}
 	parts := make([]schema.ContentPart, len(c.Parts))
 	for i, p := range c.Parts {
-		p.ImageURL = clonePtr(p.ImageURL)
-		p.DocumentURL = clonePtr(p.DocumentURL)
-		parts[i] = p
+		parts[i] = laasPart(p)
 	}
 	return parts
+}
+
+// laasPart translates one part, sharing no memory with p (strings aside,
+// which are immutable: a 43 MB base64 string is not copied, except once
+// when a bare file_data gets its data URL prefix).
+func laasPart(p schema.ContentPart) schema.ContentPart {
+	switch p.Type {
+	case "text":
+		return schema.ContentPart{Type: p.Type, Text: p.Text}
+	case "image_url":
+		return schema.ContentPart{Type: p.Type, ImageURL: clonePtr(p.ImageURL)}
+	case "document":
+		return schema.ContentPart{Type: p.Type, DocumentURL: clonePtr(p.DocumentURL)}
+	case "file":
+		data := ""
+		if p.File != nil {
+			data = p.File.FileData
+		}
+		return documentPart(data)
+	case "input_file":
+		return documentPart(p.FileData)
+	}
+	p.ImageURL = clonePtr(p.ImageURL)
+	p.DocumentURL = clonePtr(p.DocumentURL)
+	p.File = clonePtr(p.File)
+	return p
+}
+
+// pdfDataURLPrefix turns bare base64 into a data URL LaaS reads as a PDF.
+const pdfDataURLPrefix = "data:application/pdf;base64,"
+
+// documentPart is the LaaS document part for a file_data value: a data URL
+// as it is, bare base64 as a PDF data URL.
+func documentPart(fileData string) schema.ContentPart {
+	url := fileData
+	if len(url) < 5 || !strings.EqualFold(url[:5], "data:") {
+		url = pdfDataURLPrefix + url
+	}
+	return schema.ContentPart{Type: "document", DocumentURL: &schema.URLRef{URL: url}}
 }
 
 func clonePtr[T any](p *T) *T {

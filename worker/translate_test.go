@@ -1,13 +1,20 @@
 package worker
 
 import (
+	"bytes"
+	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/multimodal"
+	"github.com/laas-bridge/laas-bridge/schema/multimodal/multimodaltest"
+	"github.com/laas-bridge/laas-bridge/worker/laasmock"
 )
 
 func TestToLaaS(t *testing.T) {
@@ -74,7 +81,7 @@ func TestToLaaS(t *testing.T) {
 				`{"role":"assistant","content":[{"type":"text","text":""}]},{"role":"assistant","content":[{"type":"text","text":""}]},{"role":"user","content":[{"type":"text","text":""}]}]}`,
 		},
 		{
-			name: "parts are copied as they are", model: base,
+			name: "image_url (also given as a bare string) and document parts keep their url and detail", model: base,
 			req: `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"what is this?"},` +
 				`{"type":"image_url","image_url":{"url":"https://example.com/a.png","detail":"low"}},` +
 				`{"type":"image_url","image_url":"data:image/png;base64,iVBORw0KGgo="},` +
@@ -82,6 +89,29 @@ func TestToLaaS(t *testing.T) {
 			want: `{"hash":"preset-1","params":{},"messages":[{"role":"user","content":[{"type":"text","text":"what is this?"},` +
 				`{"type":"image_url","image_url":{"url":"https://example.com/a.png","detail":"low"}},` +
 				`{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}},` +
+				`{"type":"document","document_url":{"url":"data:application/pdf;base64,JVBERi0="}}]}]}`,
+		},
+		{
+			name: "file and input_file parts become document parts; bare base64 gets the PDF data URL prefix", model: base,
+			req: `{"model":"m","messages":[{"role":"user","content":[` +
+				`{"type":"file","file":{"file_data":"data:application/pdf;base64,JVBERi0=","filename":"a.pdf"}},` +
+				`{"type":"file","file":{"file_data":"JVBERi0=","filename":"b.pdf","file_id":"file-1"}},` +
+				`{"type":"input_file","file_data":"JVBERi0=","filename":"c.pdf"},` +
+				`{"type":"input_file","file_data":"DATA:application/pdf;BASE64,JVBERi0="}]}]}`,
+			want: `{"hash":"preset-1","params":{},"messages":[{"role":"user","content":[` +
+				`{"type":"document","document_url":{"url":"data:application/pdf;base64,JVBERi0="}},` +
+				`{"type":"document","document_url":{"url":"data:application/pdf;base64,JVBERi0="}},` +
+				`{"type":"document","document_url":{"url":"data:application/pdf;base64,JVBERi0="}},` +
+				`{"type":"document","document_url":{"url":"DATA:application/pdf;BASE64,JVBERi0="}}]}]}`,
+		},
+		{
+			name: "LaaS parts keep only their own fields", model: base,
+			req: `{"model":"m","messages":[{"role":"user","content":[` +
+				`{"type":"text","text":"t","image_url":{"url":"https://x"},"file_data":"AA=="},` +
+				`{"type":"image_url","image_url":{"url":"https://x/a.png"},"text":"stray","document_url":{"url":"https://y"}},` +
+				`{"type":"document","document_url":{"url":"data:application/pdf;base64,JVBERi0="},"file":{"file_data":"AA=="},"filename":"x"}]}]}`,
+			want: `{"hash":"preset-1","params":{},"messages":[{"role":"user","content":[{"type":"text","text":"t"},` +
+				`{"type":"image_url","image_url":{"url":"https://x/a.png"}},` +
 				`{"type":"document","document_url":{"url":"data:application/pdf;base64,JVBERi0="}}]}]}`,
 		},
 		{
@@ -188,6 +218,107 @@ func TestToLaaSSharesNoMemory(t *testing.T) {
 	out.Messages[0].Content[0].Type = "changed"
 	if after, _ := json.Marshal(req); string(after) != string(before) {
 		t.Fatalf("request changed:\n%s\nwas\n%s", after, before)
+	}
+}
+
+// TestToLaaSPartsShareNoMemory changes every pointer of every translated
+// part, of each kind, and checks the request is untouched.
+func TestToLaaSPartsShareNoMemory(t *testing.T) {
+	body := `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"t"},` +
+		`{"type":"image_url","image_url":{"url":"https://a/b.png","detail":"low"}},` +
+		`{"type":"document","document_url":{"url":"data:application/pdf;base64,JVBERi0="}},` +
+		`{"type":"file","file":{"file_data":"JVBERi0=","filename":"a.pdf"}},{"type":"input_file","file_data":"JVBERi0="},` +
+		`{"type":"unknown","image_url":{"url":"u"},"document_url":{"url":"d"},"file":{"file_data":"f"}}]}]}`
+	req, err := schema.DecodeChatRequest([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := json.Marshal(req)
+	out, err := ToLaaS(req, schema.Model{PresetHash: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range out.Messages[0].Content {
+		p := &out.Messages[0].Content[i]
+		for _, ref := range []*schema.URLRef{p.ImageURL, p.DocumentURL} {
+			if ref != nil {
+				ref.URL, ref.Detail = "changed", "changed"
+			}
+		}
+		if p.File != nil {
+			p.File.FileData = "changed"
+		}
+	}
+	if after, _ := json.Marshal(req); string(after) != string(before) {
+		t.Fatalf("request changed:\n%s\nwas\n%s", after, before)
+	}
+}
+
+// TestMultimodalReachesMock runs an OpenAI request with an image of each
+// kind and a PDF of each part kind through decoding, Validate,
+// multimodal.Check and ToLaaS to the LaaS mock, and checks from the mock's
+// answer that LaaS received exactly the bytes the caller sent.
+func TestMultimodalReachesMock(t *testing.T) {
+	png, jpg := multimodaltest.PNG(4, 3, 0), multimodaltest.JPEG(3, 4)
+	pdfs := [][]byte{multimodaltest.PDF(1, 0), multimodaltest.PDF(20, 0), multimodaltest.PDF(2, 0)}
+	b64 := base64.StdEncoding.EncodeToString
+	body, err := json.Marshal(map[string]any{
+		"model": "m",
+		"messages": []any{map[string]any{"role": "user", "content": []any{
+			map[string]any{"type": "text", "text": "read"},
+			map[string]any{"type": "image_url", "image_url": map[string]any{"url": multimodaltest.DataURL("image/png", png)}},
+			map[string]any{"type": "image_url", "image_url": map[string]any{"url": multimodaltest.DataURL("image/jpeg", jpg), "detail": "high"}},
+			map[string]any{"type": "image_url", "image_url": map[string]any{"url": "https://example.com/a.png"}},
+			map[string]any{"type": "document", "document_url": map[string]any{"url": multimodaltest.DataURL("application/pdf", pdfs[0])}},
+			map[string]any{"type": "file", "file": map[string]any{"file_data": b64(pdfs[1]), "filename": "twenty.pdf"}},
+			map[string]any{"type": "input_file", "file_data": multimodaltest.DataURL("application/pdf", pdfs[2]), "filename": "two.pdf"},
+		}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := schema.DecodeChatRequest(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := req.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := multimodal.Check(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Images != 3 || rep.Documents != 3 || len(rep.Warnings) != 0 {
+		t.Fatalf("Report = %+v", rep)
+	}
+	laasReq, err := ToLaaS(req, schema.Model{PresetHash: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	laasBody, err := json.Marshal(laasReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	mock, err := laasmock.New(laasmock.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	hreq := httptest.NewRequest(http.MethodPost, schema.LaaSChatPath, bytes.NewReader(laasBody))
+	hreq.Header.Set(schema.LaaSHeaderProject, "p")
+	hreq.Header.Set(schema.LaaSHeaderAPIKey, "k")
+	mock.ServeHTTP(rec, hreq)
+	var answer schema.LaaSResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &answer); err != nil || rec.Code != http.StatusOK || len(answer.Choices) != 1 {
+		t.Fatalf("mock answered %d %s (%v)", rec.Code, rec.Body, err)
+	}
+	want := "mock[h]: read [image sha256:" + multimodaltest.Digest(png) + "] [image sha256:" + multimodaltest.Digest(jpg) + "]" +
+		" [image https://example.com/a.png]" +
+		" [document sha256:" + multimodaltest.Digest(pdfs[0]) + "] [document sha256:" + multimodaltest.Digest(pdfs[1]) + "]" +
+		" [document sha256:" + multimodaltest.Digest(pdfs[2]) + "]"
+	if got := answer.Choices[0].Message.Content.Text; got != want {
+		t.Fatalf("mock saw  %s\nwant      %s", got, want)
 	}
 }
 

@@ -116,14 +116,14 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 
 	var pool *worker.Pool
 	if hasWorker {
-		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency}, nc, cons, up, catalog, log); err != nil {
+		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log); err != nil {
 			return err
 		}
 	}
 	var gw *bridge.Gateway
 	var ln net.Listener
 	if hasGateway {
-		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey}, nc, js, catalog, log); err != nil {
+		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, AllowPresetOverride: cfgFile.AllowPresetOverride}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	neturl "net/url"
 	"strings"
 	"time"
 
@@ -20,7 +21,12 @@ func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
 		return nil, errors.New("NATS_URL is not set: gateway and worker need a NATS server (or run `laas-bridge serve`, which embeds one)")
 	}
 	nc, err := nats.Connect(url, options(name, log)...)
-	if err != nil {
+	var bad *neturl.Error
+	switch {
+	case errors.As(err, &bad):
+		// A parse error quotes the URL, password and all: say it without it.
+		return nil, fmt.Errorf("connect to NATS at %s: malformed URL (percent-encode special characters in the user and password)", redactURL(url))
+	case err != nil:
 		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
 	}
 	return nc, nil

@@ -44,12 +44,14 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		if err != nil || p < 0 || p > 65535 {
 			return nil, fmt.Errorf("embedded NATS listen address %q: bad port", cfg.Listen)
 		}
+		// The server says nothing when it cannot listen: find out first.
+		ln, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded NATS cannot listen on %s: %w", cfg.Listen, err)
+		}
+		ln.Close()
 		if p == 0 {
 			p = server.RANDOM_PORT
-		} else if ln, err := net.Listen("tcp", cfg.Listen); err != nil {
-			return nil, fmt.Errorf("embedded NATS cannot listen on %s: %w", cfg.Listen, err)
-		} else {
-			ln.Close()
 		}
 		opts.Host, opts.Port = host, p
 	}

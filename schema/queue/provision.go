@@ -29,6 +29,11 @@ type Config struct {
 	// DuplicateWindow is how long a request id is remembered for
 	// de-duplication (Nats-Msg-Id).
 	DuplicateWindow time.Duration
+	// BodiesMaxBytes bounds the object store of large request bodies.
+	BodiesMaxBytes int64
+	// BodiesTTL removes a large body left behind (a job that never
+	// finished); normally a worker deletes it when the job ends.
+	BodiesTTL time.Duration
 	// Memory keeps the stream in memory instead of on disk (tests only).
 	Memory bool
 }
@@ -41,6 +46,9 @@ const (
 	DefaultMaxDeliver      = 5
 	DefaultMaxAckPending   = 1_000
 	DefaultDuplicateWindow = 2 * time.Minute
+	DefaultBodiesMaxBytes  = 4 << 30
+	MemoryBodiesMaxBytes   = 256 << 20 // the default with Memory set
+	DefaultBodiesTTL       = 24 * time.Hour
 )
 
 func (c *Config) setDefaults() {
@@ -65,6 +73,15 @@ func (c *Config) setDefaults() {
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = DefaultDuplicateWindow
 	}
+	if c.BodiesMaxBytes == 0 {
+		c.BodiesMaxBytes = DefaultBodiesMaxBytes
+		if c.Memory {
+			c.BodiesMaxBytes = MemoryBodiesMaxBytes
+		}
+	}
+	if c.BodiesTTL == 0 {
+		c.BodiesTTL = DefaultBodiesTTL
+	}
 }
 
 // Validate reports every invalid field at once.
@@ -88,16 +105,18 @@ func (c Config) Validate() error {
 	if c.MaxAckPending < 1 {
 		errs = append(errs, fmt.Errorf("max ack pending must be positive, got %d", c.MaxAckPending))
 	}
+	if c.BodiesMaxBytes < 64<<20 {
+		errs = append(errs, fmt.Errorf("large-body store max bytes must be at least 64 MiB, got %d", c.BodiesMaxBytes))
+	}
+	if c.BodiesTTL < time.Hour {
+		errs = append(errs, fmt.Errorf("large-body TTL must be at least 1h, got %s", c.BodiesTTL))
+	}
 	return errors.Join(errs...)
 }
 
 // StreamConfig returns the request stream's configuration.
 func (c Config) StreamConfig() jetstream.StreamConfig {
 	c.setDefaults()
-	storage := jetstream.FileStorage
-	if c.Memory {
-		storage = jetstream.MemoryStorage
-	}
 	return jetstream.StreamConfig{
 		Name:        schema.StreamRequests,
 		Description: "laas-bridge pending chat requests (work queue)",
@@ -106,9 +125,29 @@ func (c Config) StreamConfig() jetstream.StreamConfig {
 		Discard:     jetstream.DiscardNew,
 		MaxMsgs:     c.MaxMsgs,
 		MaxBytes:    c.MaxBytes,
-		Storage:     storage,
+		Storage:     c.storage(),
 		Replicas:    c.Replicas,
 		Duplicates:  c.DuplicateWindow,
+	}
+}
+
+func (c Config) storage() jetstream.StorageType {
+	if c.Memory {
+		return jetstream.MemoryStorage
+	}
+	return jetstream.FileStorage
+}
+
+// BodiesConfig returns the object store of large request bodies.
+func (c Config) BodiesConfig() jetstream.ObjectStoreConfig {
+	c.setDefaults()
+	return jetstream.ObjectStoreConfig{
+		Bucket:      schema.BucketBodies,
+		Description: "laas-bridge request bodies too large for a queue message",
+		TTL:         c.BodiesTTL,
+		MaxBytes:    c.BodiesMaxBytes,
+		Storage:     c.storage(),
+		Replicas:    c.Replicas,
 	}
 }
 
@@ -126,9 +165,9 @@ func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
-// Ensure creates or updates the request stream and the workers' consumer to
-// match cfg, and returns the consumer. It is safe to call from every process
-// at once.
+// Ensure creates or updates the request stream, the workers' consumer and
+// the large-body object store to match cfg, and returns the consumer. It is
+// safe to call from every process at once.
 func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Consumer, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -136,6 +175,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, cfg.StreamConfig()); err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", schema.StreamRequests, err)
+	}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, cfg.BodiesConfig()); err != nil {
+		return nil, fmt.Errorf("create or update object store %s: %w", schema.BucketBodies, err)
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, schema.StreamRequests, cfg.ConsumerConfig())
 	if err != nil {

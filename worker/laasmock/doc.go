@@ -41,9 +41,24 @@
 // with a single space:
 //
 //	"text" part        its text
-//	"image_url" part   the placeholder [image]
-//	"document" part    the placeholder [document]
+//	"image_url" part   a placeholder for image_url.url, as below, of kind "image"
+//	"document" part    a placeholder for document_url.url, of kind "document"
 //	any other part     an empty string
+//
+// The placeholder names the bytes LaaS received, so that a test can check
+// them against a digest it computed (Digest):
+//
+//	data URL, ";base64" data that decodes    [<kind> sha256:<digest>]
+//	data URL, data that does not decode      [<kind> invalid-base64]
+//	any other URL, as it is                  [<kind> <url>]
+//	no URL                                   [<kind>]
+//
+// where <digest> is Digest of the decoded bytes: the first 16 hex digits of
+// their SHA-256. "data:" is matched in any case, ";base64" too; the data is
+// decoded as standard, padded base64 (encoding/base64.StdEncoding). For
+// example an image part holding "data:image/png;base64,<b64>" contributes
+// "[image sha256:1a2b3c4d5e6f7a8b]" and one holding "https://x.test/a.png"
+// contributes "[image https://x.test/a.png]".
 //
 // The answer's fields are:
 //

@@ -2,6 +2,7 @@ package laasmock
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -20,8 +21,10 @@ import (
 // LogCapacity is how many entries Log keeps; older ones are dropped.
 const LogCapacity = 100_000
 
-// MaxBodyBytes bounds a request body; a larger one is answered 413. It leaves
-// room for a 32 MB PDF sent as base64.
+// MaxBodyBytes bounds a request body; a larger one is answered 413. It
+// admits the largest request within LaaS's limits for one message: a 32 MB
+// PDF (about 42.7 MiB as base64) and three 4 MB images (16 MiB as base64)
+// come to about 58.7 MiB with their JSON, leaving some 5 MiB for text.
 const MaxBodyBytes = 64 << 20
 
 // StatusClientClosed is the status Log and the access log record for a
@@ -361,12 +364,39 @@ func MessageText(c schema.Content) string {
 		case "text":
 			texts[i] = p.Text
 		case "image_url":
-			texts[i] = "[image]"
+			texts[i] = placeholder("image", p.ImageURL)
 		case "document":
-			texts[i] = "[document]"
+			texts[i] = placeholder("document", p.DocumentURL)
 		}
 	}
 	return strings.Join(texts, " ")
+}
+
+// placeholder is what an image or document part contributes to a message's
+// text: "[<kind> sha256:<digest>]" for a base64 data URL, "[<kind>
+// invalid-base64]" for a data URL whose data does not decode, "[<kind>
+// <url>]" for any other URL, "[<kind>]" for none.
+func placeholder(kind string, ref *schema.URLRef) string {
+	if ref == nil || ref.URL == "" {
+		return "[" + kind + "]"
+	}
+	u := ref.URL
+	if len(u) < 5 || !strings.EqualFold(u[:5], "data:") {
+		return "[" + kind + " " + u + "]"
+	}
+	header, payload, _ := strings.Cut(u[5:], ",")
+	data, err := base64.StdEncoding.DecodeString(payload)
+	if err != nil || !strings.HasSuffix(strings.ToLower(header), ";base64") {
+		return "[" + kind + " invalid-base64]"
+	}
+	return "[" + kind + " sha256:" + Digest(data) + "]"
+}
+
+// Digest returns the first 16 hex digits of the SHA-256 of data: how the
+// answer names the bytes of an image or document it received.
+func Digest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])[:16]
 }
 
 func lastUserText(msgs []schema.Message) string {

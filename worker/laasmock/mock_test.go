@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/multimodal/multimodaltest"
 )
 
 const (
@@ -260,13 +261,28 @@ func TestAnswer(t *testing.T) {
 			prompt: 8, complete: 2,
 		},
 		{
+			// AAAA is three zero bytes, whose SHA-256 starts 709e80c88487a241.
 			name: "parts joined with one space, placeholders for images and documents",
 			body: `{"hash":"h","messages":[{"role":"user","content":[{"type":"text","text":"look at"},` +
 				`{"type":"image_url","image_url":{"url":"https://example.com/a.png"}},{"type":"text","text":"and"},` +
 				`{"type":"document","document_url":{"url":"data:application/pdf;base64,AAAA"}}]}]}`,
-			wantModel:   "mock-model",
-			wantContent: "mock[h]: look at [image] and [document]", wantLastUser: "look at [image] and [document]",
-			prompt: 5, complete: 6,
+			wantModel:    "mock-model",
+			wantContent:  "mock[h]: look at [image https://example.com/a.png] and [document sha256:709e80c88487a241]",
+			wantLastUser: "look at [image https://example.com/a.png] and [document sha256:709e80c88487a241]",
+			prompt:       7, complete: 8,
+		},
+		{
+			// aGk= is "hi", whose SHA-256 starts 8f434346648f6b96.
+			name: "image placeholders: data URL in any case, undecodable data, no url",
+			body: `{"hash":"h","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,aGk="}},` +
+				`{"type":"image_url","image_url":"DATA:image/png;BASE64,aGk="},{"type":"image_url","image_url":{"url":"data:image/png;base64,aGk"}},` +
+				`{"type":"image_url","image_url":{"url":"data:image/png,hi"}},{"type":"image_url"},{"type":"document","document_url":{"url":""}}]}]}`,
+			wantModel: "mock-model",
+			wantContent: "mock[h]: [image sha256:8f434346648f6b96] [image sha256:8f434346648f6b96] [image invalid-base64] " +
+				"[image invalid-base64] [image] [document]",
+			wantLastUser: "[image sha256:8f434346648f6b96] [image sha256:8f434346648f6b96] [image invalid-base64] " +
+				"[image invalid-base64] [image] [document]",
+			prompt: 10, complete: 11,
 		},
 		{
 			name:        "unknown part types contribute an empty string",
@@ -837,5 +853,64 @@ func TestCountersSetBeforeTheAnswer(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLargestLegalRequest sends what LaaS's limits allow in one message, a
+// 32 MB PDF and three 4 MB images, and checks that the mock admits it and
+// names the bytes it received.
+func TestLargestLegalRequest(t *testing.T) {
+	pdf := multimodaltest.PDF(20, 32<<20)
+	images := [][]byte{multimodaltest.PNG(1, 1, 4<<20), multimodaltest.PNG(2, 1, 4<<20), multimodaltest.PNG(3, 1, 4<<20)}
+	// The body is written by hand: base64 needs no JSON escaping, and
+	// json.Marshal of 60 MB is slow under the race detector.
+	var b bytes.Buffer
+	b.WriteString(`{"hash":"h","params":{},"messages":[{"role":"user","content":[{"type":"text","text":"compare"},`)
+	b.WriteString(`{"type":"document","document_url":{"url":"` + multimodaltest.DataURL("application/pdf", pdf) + `"}}`)
+	want := "mock[h]: compare [document sha256:" + multimodaltest.Digest(pdf) + "]"
+	for _, img := range images {
+		b.WriteString(`,{"type":"image_url","image_url":{"url":"` + multimodaltest.DataURL("image/png", img) + `"}}`)
+		want += " [image sha256:" + multimodaltest.Digest(img) + "]"
+	}
+	b.WriteString(`]}]}`)
+	body := b.Bytes()
+	if len(body) > MaxBodyBytes {
+		t.Fatalf("the largest legal request is %d bytes, above MaxBodyBytes %d", len(body), MaxBodyBytes)
+	}
+	t.Logf("largest legal request: %d bytes, %d below MaxBodyBytes", len(body), MaxBodyBytes-len(body))
+
+	m := newMock(t, Config{})
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+schema.LaaSChatPath, bytes.NewReader(body))
+	req.Header.Set(schema.LaaSHeaderProject, "p")
+	req.Header.Set(schema.LaaSHeaderAPIKey, "k")
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got struct {
+		Choices []struct {
+			Message struct{ Content string } `json:"message"`
+		} `json:"choices"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, %v", resp.StatusCode, err)
+	}
+	if len(got.Choices) != 1 || got.Choices[0].Message.Content != want {
+		t.Fatalf("answer = %+v\nwant content %s", got, want)
+	}
+}
+
+func TestDigest(t *testing.T) {
+	// The first 16 hex digits of sha256("hi") and of the empty input.
+	for in, want := range map[string]string{"hi": "8f434346648f6b96", "": "e3b0c44298fc1c14"} {
+		if got := Digest([]byte(in)); got != want {
+			t.Errorf("Digest(%q) = %s, want %s", in, got, want)
+		}
+		if got := multimodaltest.Digest([]byte(in)); got != want {
+			t.Errorf("multimodaltest.Digest(%q) = %s, want %s", in, got, want)
+		}
 	}
 }

@@ -1,0 +1,247 @@
+package bridge
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// maxPieceRunes is the most runes one content delta of a streamed answer
+// holds. A word longer than this (or text without spaces, as Korean and
+// Japanese often are) is cut on rune boundaries.
+const maxPieceRunes = 16
+
+// SSE framing.
+const (
+	sseData      = "data: "
+	sseEnd       = "\n\n"
+	sseKeepAlive = ": keep-alive\n\n"
+	sseDone      = "data: [DONE]\n\n"
+)
+
+// streamAnswer answers a request made with "stream": true. LaaS does not
+// stream, so the request is queued like any other; the caller is sent SSE
+// comments every Config.KeepAlive while it waits, then the whole answer as
+// OpenAI's chat.completion.chunk events, then "data: [DONE]".
+//
+// Until the first keep-alive nothing is written, so an error that arrives
+// before it (a worker's 429, the deadline of a fast model) is returned and
+// becomes a normal HTTP error. Once the stream has started the status is
+// 200; an error then is sent as one {"error": {...}} event and the stream
+// ends without [DONE], as OpenAI does.
+func (g *Gateway) streamAnswer(c echo.Context, p *pending, req *schema.ChatCompletionRequest) error {
+	opts, err := req.ParseStreamOptions() // Validate has refused a bad shape already
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	s := newSSEWriter(c.Response())
+	deadline := time.NewTimer(time.Until(p.deadline))
+	defer deadline.Stop()
+	keepAlive := time.NewTicker(g.cfg.KeepAlive)
+	defer keepAlive.Stop()
+	for {
+		select {
+		case raw := <-p.answer:
+			rep, err := g.decodeReply(c, raw) // the timing headers count only if not yet started
+			if err != nil {
+				return g.streamFailed(c, s, err)
+			}
+			if err := s.completion(rep.Completion, p, opts.IncludeUsage); err != nil {
+				return clientGone(err)
+			}
+			return nil
+		case <-ctx.Done():
+			return clientGone(ctx.Err())
+		case <-deadline.C:
+			return g.streamFailed(c, s, p.timeout())
+		case <-keepAlive.C:
+			if err := s.write(sseKeepAlive); err != nil {
+				return clientGone(err)
+			}
+		}
+	}
+}
+
+// streamFailed returns err for the HTTP error handler while nothing has been
+// written; after that it logs err (the handler no longer can) and sends it
+// as the stream's last event.
+func (g *Gateway) streamFailed(c echo.Context, s *sseWriter, err error) error {
+	if !s.started {
+		return err
+	}
+	e := schema.AsError(err)
+	if e.Status >= 500 {
+		g.log.Error("stream failed", "request_id", c.Response().Header().Get(HeaderRequestID),
+			"status", e.Status, "code", e.Code, "error", e.Message, "cause", e.Cause)
+	}
+	if werr := s.error(e); werr != nil {
+		return clientGone(werr)
+	}
+	return nil
+}
+
+// sseWriter writes one response's server-sent events through a buffer it
+// reuses for every event, and flushes each event as it is written. Not safe
+// for concurrent use.
+type sseWriter struct {
+	w       *echo.Response
+	rc      *http.ResponseController
+	buf     []byte
+	started bool // the headers and at least one event were written
+}
+
+func newSSEWriter(w *echo.Response) *sseWriter {
+	// The controller wraps the underlying writer, not echo's Response,
+	// whose Flush drops the error that says the caller went away.
+	return &sseWriter{w: w, rc: http.NewResponseController(w.Writer), buf: make([]byte, 0, 512)}
+}
+
+// start commits the 200 and the event-stream headers.
+func (s *sseWriter) start() {
+	if s.started {
+		return
+	}
+	s.started = true
+	h := s.w.Header()
+	h.Set(echo.HeaderContentType, "text/event-stream")
+	h.Set(echo.HeaderCacheControl, "no-cache")
+	h.Set(echo.HeaderConnection, "keep-alive") // net/http drops it on HTTP/2, where it is not allowed
+	h.Set("X-Accel-Buffering", "no")           // nginx: pass events on as they come
+	s.w.WriteHeader(http.StatusOK)
+}
+
+// write sends text as it is and flushes it.
+func (s *sseWriter) write(text string) error {
+	s.buf = append(s.buf[:0], text...)
+	return s.flush()
+}
+
+// flush sends the buffer and flushes it to the caller.
+func (s *sseWriter) flush() error {
+	s.start()
+	if _, err := s.w.Write(s.buf); err != nil {
+		return err
+	}
+	return s.rc.Flush()
+}
+
+// chunk sends one chat.completion.chunk event.
+func (s *sseWriter) chunk(c *schema.ChatCompletionChunk) error {
+	s.buf = append(s.buf[:0], sseData...)
+	s.buf = c.AppendJSON(s.buf)
+	s.buf = append(s.buf, sseEnd...)
+	return s.flush()
+}
+
+// error sends OpenAI's error body as an event.
+func (s *sseWriter) error(e *schema.Error) error {
+	body, err := json.Marshal(e.Body())
+	if err != nil {
+		return err
+	}
+	s.buf = append(s.buf[:0], sseData...)
+	s.buf = append(s.buf, body...)
+	s.buf = append(s.buf, sseEnd...)
+	return s.flush()
+}
+
+// completion sends cc as OpenAI streams a completion: per choice, a delta
+// with the role and empty content, the content cut into pieces, and an
+// empty delta with the finish reason; then, when the caller asked for it, a
+// chunk with the usage and no choices; then [DONE].
+func (s *sseWriter) completion(cc *schema.ChatCompletion, p *pending, includeUsage bool) error {
+	chunk := schema.ChatCompletionChunk{
+		ID: cc.ID, Object: schema.ObjectChunk, Created: cc.Created, Model: p.model.Alias,
+		IncludeUsage: includeUsage,
+	}
+	if chunk.ID == "" {
+		chunk.ID = "chatcmpl-" + p.id
+	}
+	if chunk.Created == 0 {
+		chunk.Created = time.Now().Unix()
+	}
+	var (
+		choice  [1]schema.ChunkChoice
+		content string // the delta's content; pieces of the answer are substrings
+		finish  string
+	)
+	chunk.Choices = choice[:]
+	for i := range cc.Choices {
+		ch := &cc.Choices[i]
+		role := ch.Message.Role
+		if role == "" {
+			role = "assistant"
+		}
+		content = ""
+		choice[0] = schema.ChunkChoice{Index: ch.Index, Delta: schema.ChunkDelta{Role: role, Content: &content}}
+		if err := s.chunk(&chunk); err != nil {
+			return err
+		}
+		choice[0].Delta.Role = ""
+		for text := ch.Message.Content; text != ""; {
+			n := nextPiece(text, maxPieceRunes)
+			content, text = text[:n], text[n:]
+			if err := s.chunk(&chunk); err != nil {
+				return err
+			}
+		}
+		finish = ch.FinishReason
+		if finish == "" {
+			finish = "stop"
+		}
+		choice[0].Delta = schema.ChunkDelta{}
+		choice[0].FinishReason = &finish
+		if err := s.chunk(&chunk); err != nil {
+			return err
+		}
+	}
+	if includeUsage {
+		chunk.Choices = choice[:0] // "choices": []
+		chunk.Usage = cc.Usage
+		if chunk.Usage == nil { // LaaS gave no counts; clients expect the chunk
+			chunk.Usage = &schema.Usage{}
+		}
+		if err := s.chunk(&chunk); err != nil {
+			return err
+		}
+	}
+	return s.write(sseDone)
+}
+
+// nextPiece returns the length in bytes of the first piece of s that a
+// streamed answer sends as one content delta: a word and the whitespace
+// after it (whitespace at the very start belongs to the first word), or the
+// first maxRunes runes of a longer piece. Pieces end on rune boundaries, so
+// every piece of valid UTF-8 is valid UTF-8, and the pieces of s, in order,
+// make up s exactly. It returns 0 only for an empty s.
+func nextPiece(s string, maxRunes int) int {
+	maxRunes = max(maxRunes, 1)
+	runes := 0
+	inWord, afterWord := false, false
+	for i := 0; i < len(s); {
+		r, size := rune(s[i]), 1
+		if r >= utf8.RuneSelf {
+			r, size = utf8.DecodeRuneInString(s[i:])
+		}
+		space := unicode.IsSpace(r)
+		if (afterWord && !space) || runes == maxRunes {
+			return i
+		}
+		switch {
+		case !space:
+			inWord = true
+		case inWord:
+			afterWord = true
+		}
+		runes++
+		i += size
+	}
+	return len(s)
+}

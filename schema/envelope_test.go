@@ -1,0 +1,135 @@
+package schema_test
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+func TestSubjectNames(t *testing.T) {
+	// Other programs publish to these names: changing one breaks them.
+	tests := []struct{ name, got, want string }{
+		{"stream", schema.StreamRequests, "LAAS_REQUESTS"},
+		{"requests", schema.SubjectRequests, "laas.requests"},
+		{"interactive", schema.SubjectInteractive, "laas.requests.interactive"},
+		{"consumer", schema.ConsumerWorkers, "laas-workers"},
+		{"replies", schema.SubjectReplies, "laas.reply"},
+		{"bodies bucket", schema.BucketBodies, "LAAS_BODIES"},
+		{"reply-to header", schema.HeaderReplyTo, "Laas-Reply-To"},
+		{"msg id header", schema.HeaderMsgID, "Nats-Msg-Id"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.got != tc.want {
+				t.Errorf("got %q, want %q", tc.got, tc.want)
+			}
+		})
+	}
+}
+
+func TestEnvelopeRoundTrip(t *testing.T) {
+	at := time.Date(2025, 11, 25, 10, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		env  schema.Envelope
+		want string
+	}{
+		{
+			name: "request inline",
+			env: schema.Envelope{
+				ID: "req-1", Model: "gpt-4o", EnqueuedAt: at, Deadline: at.Add(time.Minute),
+				Request: json.RawMessage(`{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`),
+			},
+			want: `{"id":"req-1","model":"gpt-4o","enqueued_at":"2025-11-25T10:00:00Z","deadline":"2025-11-25T10:01:00Z",` +
+				`"request":{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}}`,
+		},
+		{
+			name: "request by reference",
+			env:  schema.Envelope{ID: "req-2", Model: "m", EnqueuedAt: at, Deadline: at.Add(10 * time.Minute), RequestRef: "req-2"},
+			want: `{"id":"req-2","model":"m","enqueued_at":"2025-11-25T10:00:00Z","deadline":"2025-11-25T10:10:00Z","request_ref":"req-2"}`,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := marshal(t, tc.env)
+			if got != tc.want {
+				t.Fatalf("json.Marshal(env) =\n\t%s\nwant\n\t%s", got, tc.want)
+			}
+			var back schema.Envelope
+			if err := json.Unmarshal([]byte(got), &back); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(back, tc.env) {
+				t.Errorf("round trip = %+v, want %+v", back, tc.env)
+			}
+		})
+	}
+}
+
+func TestReplyErr(t *testing.T) {
+	tests := []struct {
+		name     string
+		err      *schema.Error
+		wantJSON string
+	}{
+		{
+			name: "rate limited with retry after",
+			err: &schema.Error{Status: http.StatusTooManyRequests, Type: schema.TypeRateLimit, Code: schema.CodeRateLimitExceeded,
+				Message: "LaaS is rate limiting this bridge.", RetryAfter: 7},
+			wantJSON: `{"id":"req-1","status":429,"error":{"message":"LaaS is rate limiting this bridge.","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"},` +
+				`"retry_after":7,"attempts":0,"queue_ms":0,"upstream_ms":0}`,
+		},
+		{
+			name:     "invalid request with param",
+			err:      schema.Invalid("messages[0].role", schema.CodeInvalidValue, "bad role"),
+			wantJSON: `{"id":"req-1","status":400,"error":{"message":"bad role","type":"invalid_request_error","param":"messages[0].role","code":"invalid_value"},"attempts":0,"queue_ms":0,"upstream_ms":0}`,
+		},
+		{
+			name:     "no code no param",
+			err:      &schema.Error{Status: http.StatusInternalServerError, Type: schema.TypeServer, Message: "internal error", Cause: errors.New("secret cause")},
+			wantJSON: `{"id":"req-1","status":500,"error":{"message":"internal error","type":"server_error","param":null,"code":null},"attempts":0,"queue_ms":0,"upstream_ms":0}`,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := schema.ErrorReply("req-1", tc.err)
+			wantError(t, r.Err(), tc.err)
+
+			data := marshal(t, r)
+			if data != tc.wantJSON {
+				t.Fatalf("json.Marshal(reply) =\n\t%s\nwant\n\t%s", data, tc.wantJSON)
+			}
+			var back schema.Reply
+			if err := json.Unmarshal([]byte(data), &back); err != nil {
+				t.Fatal(err)
+			}
+			got := back.Err()
+			wantError(t, got, tc.err)
+			if got.Cause != nil {
+				t.Errorf("Cause after the round trip = %v, want nil", got.Cause)
+			}
+		})
+	}
+}
+
+func TestReplyErrSuccess(t *testing.T) {
+	data := `{"id":"req-2","status":200,"completion":{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[],"system_fingerprint":null},"attempts":1,"queue_ms":3,"upstream_ms":40}`
+	var r schema.Reply
+	if err := json.Unmarshal([]byte(data), &r); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Err(); err != nil {
+		t.Errorf("Err() = %v, want nil", err)
+	}
+	if r.Completion == nil || r.Completion.ID != "c" || r.Attempts != 1 || r.QueueMs != 3 || r.UpstreamMs != 40 {
+		t.Errorf("reply = %+v", r)
+	}
+	if got := (&schema.Reply{ID: "x", Status: http.StatusOK}).Err(); got != nil {
+		t.Errorf("Err() of a zero success = %v, want nil", got)
+	}
+}

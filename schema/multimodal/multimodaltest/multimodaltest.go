@@ -1,0 +1,199 @@
+// Package multimodaltest builds images and PDFs of exact sizes and page
+// counts for tests of the LaaS limits: valid files, made with the standard
+// library (PNG, JPEG) or by hand (PDF), so that no test needs checked-in
+// binaries. Its functions panic on arguments they cannot satisfy, as
+// test helpers do.
+package multimodaltest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"hash/crc32"
+	"image"
+	"image/color"
+	"image/jpeg"
+	"image/png"
+	"strings"
+)
+
+// PNG returns a valid w x h PNG. When size > 0 the file is padded to exactly
+// size bytes with a private ancillary chunk ("laAs"), which decoders skip;
+// size must then leave room for the chunk (a few hundred bytes at least).
+func PNG(w, h, size int) []byte {
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, pattern(w, h)); err != nil {
+		panic(fmt.Sprintf("multimodaltest: png: %v", err))
+	}
+	b := buf.Bytes()
+	if size <= 0 {
+		return b
+	}
+	const iend = 12 // the IEND chunk ends every PNG
+	pad := size - len(b) - 12
+	if pad < 0 {
+		panic(fmt.Sprintf("multimodaltest: a %dx%d PNG is %d bytes, more than %d", w, h, len(b), size))
+	}
+	chunk := make([]byte, 12+pad)
+	binary.BigEndian.PutUint32(chunk, uint32(pad))
+	copy(chunk[4:], "laAs")
+	binary.BigEndian.PutUint32(chunk[8+pad:], crc32.ChecksumIEEE(chunk[4:8+pad]))
+	out := make([]byte, 0, size)
+	out = append(out, b[:len(b)-iend]...)
+	out = append(out, chunk...)
+	return append(out, b[len(b)-iend:]...)
+}
+
+// JPEG returns a valid w x h baseline JPEG.
+func JPEG(w, h int) []byte {
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, pattern(w, h), &jpeg.Options{Quality: 50}); err != nil {
+		panic(fmt.Sprintf("multimodaltest: jpeg: %v", err))
+	}
+	return buf.Bytes()
+}
+
+func pattern(w, h int) image.Image {
+	img := image.NewGray(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			img.SetGray(x, y, color.Gray{Y: uint8(x*7 + y*13)})
+		}
+	}
+	return img
+}
+
+// PDF returns a valid PDF 1.4 with the given number of blank pages, in a flat
+// page tree whose /Count is right. When size > 0 the file is padded to
+// exactly size bytes with an unreferenced stream object.
+func PDF(pages, size int) []byte {
+	return PDFTree(size, pages)
+}
+
+// PDFTree returns a valid PDF whose page tree root has one intermediate
+// /Pages node per entry of groups, holding that many pages (a single entry
+// gives a flat tree). size pads it as PDF does.
+func PDFTree(size int, groups ...int) []byte {
+	return build(size, nil, groups)
+}
+
+// PDFWithCount is PDFTree with a root /Count of count, whatever the tree
+// holds: a PDF that lies about its page count.
+func PDFWithCount(count, size int, groups ...int) []byte {
+	return build(size, &count, groups)
+}
+
+func build(size int, count *int, groups []int) []byte {
+	if size <= 0 {
+		return pdf(0, count, groups)
+	}
+	// The padding changes only the digits of the xref offset after it:
+	// converge on the exact size, closing a gap of one byte (the offset
+	// gaining a digit) with a line break after %%EOF.
+	pad := max(0, size-len(pdf(0, count, groups)))
+	for range 4 {
+		b := pdf(pad, count, groups)
+		switch d := size - len(b); {
+		case d == 0:
+			return b
+		case d == 1:
+			return append(b, '\n')
+		case pad+d < 0:
+			panic(fmt.Sprintf("multimodaltest: a PDF of %v pages is more than %d bytes", groups, size))
+		default:
+			pad += d
+		}
+	}
+	panic(fmt.Sprintf("multimodaltest: cannot pad a PDF to %d bytes", size))
+}
+
+// pdf writes the file: catalog (1), page tree root (2), then each group's
+// node and pages, then the padding stream when pad > 0, then the xref table.
+func pdf(pad int, count *int, groups []int) []byte {
+	var b bytes.Buffer
+	var offsets []int
+	obj := func(body string) {
+		offsets = append(offsets, b.Len())
+		fmt.Fprintf(&b, "%d 0 obj\n%s\nendobj\n", len(offsets), body)
+	}
+	b.WriteString("%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+	total := 0
+	for _, g := range groups {
+		total += g
+	}
+	if count != nil {
+		total = *count
+	}
+	flat := len(groups) == 1
+	// Object numbers: 3.. for the group nodes (when not flat), then pages.
+	next := 3
+	var rootKids []string
+	type group struct{ node, first, n int }
+	var gs []group
+	for _, g := range groups {
+		gr := group{n: g}
+		if !flat {
+			gr.node = next
+			next++
+			rootKids = append(rootKids, fmt.Sprintf("%d 0 R", gr.node))
+		}
+		gs = append(gs, gr)
+	}
+	for i := range gs {
+		gs[i].first = next
+		next += gs[i].n
+		if flat {
+			for p := range gs[i].n {
+				rootKids = append(rootKids, fmt.Sprintf("%d 0 R", gs[i].first+p))
+			}
+		}
+	}
+	obj("<< /Type /Catalog /Pages 2 0 R >>")
+	obj(fmt.Sprintf("<< /Type /Pages /Kids [%s] /Count %d >>", strings.Join(rootKids, " "), total))
+	if !flat {
+		for _, g := range gs {
+			var kids []string
+			for p := range g.n {
+				kids = append(kids, fmt.Sprintf("%d 0 R", g.first+p))
+			}
+			obj(fmt.Sprintf("<< /Type /Pages /Parent 2 0 R /Kids [%s] /Count %d >>", strings.Join(kids, " "), g.n))
+		}
+	}
+	for _, g := range gs {
+		parent := 2
+		if !flat {
+			parent = g.node
+		}
+		for range g.n {
+			obj(fmt.Sprintf("<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << >> >>", parent))
+		}
+	}
+	if pad > 0 {
+		offsets = append(offsets, b.Len())
+		fmt.Fprintf(&b, "%d 0 obj\n<< /Length %010d >>\nstream\n", len(offsets), pad)
+		b.Write(bytes.Repeat([]byte{'x'}, pad))
+		b.WriteString("\nendstream\nendobj\n")
+	}
+	xref := b.Len()
+	fmt.Fprintf(&b, "xref\n0 %d\n0000000000 65535 f \n", len(offsets)+1)
+	for _, off := range offsets {
+		fmt.Fprintf(&b, "%010d 00000 n \n", off)
+	}
+	fmt.Fprintf(&b, "trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n", len(offsets)+1, xref)
+	return b.Bytes()
+}
+
+// DataURL returns "data:<mediaType>;base64,<standard base64 of data>".
+func DataURL(mediaType string, data []byte) string {
+	return "data:" + mediaType + ";base64," + base64.StdEncoding.EncodeToString(data)
+}
+
+// Digest returns the first 16 hex digits of the SHA-256 of data, as the
+// LaaS mock reports the bytes it received.
+func Digest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])[:16]
+}

@@ -1,0 +1,403 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/queue"
+)
+
+// validConfig is the smallest Config that Validate accepts.
+func validConfig() queue.Config {
+	return queue.Config{Replicas: 1, MaxMsgs: 1, MaxBytes: 1 << 20, AckWait: time.Second, MaxDeliver: 1, MaxAckPending: 1,
+		BodiesMaxBytes: 64 << 20, BodiesTTL: time.Hour}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*queue.Config)
+		want   string // "" means valid
+	}{
+		{"smallest valid", func(*queue.Config) {}, ""},
+		{"five replicas", func(c *queue.Config) { c.Replicas = 5 }, ""},
+		{"zero replicas", func(c *queue.Config) { c.Replicas = 0 }, "stream replicas must be 1 to 5, got 0"},
+		{"six replicas", func(c *queue.Config) { c.Replicas = 6 }, "stream replicas must be 1 to 5, got 6"},
+		{"zero max messages", func(c *queue.Config) { c.MaxMsgs = 0 }, "queue max messages must be positive, got 0"},
+		{"unlimited max messages", func(c *queue.Config) { c.MaxMsgs = -1 }, "queue max messages must be positive, got -1"},
+		{"max bytes under 1 MiB", func(c *queue.Config) { c.MaxBytes = 1<<20 - 1 }, "queue max bytes must be at least 1 MiB, got 1048575"},
+		{"ack wait under 1s", func(c *queue.Config) { c.AckWait = 999 * time.Millisecond }, "ack wait must be at least 1s, got 999ms"},
+		{"zero max deliver", func(c *queue.Config) { c.MaxDeliver = 0 }, "max deliver must be positive, got 0"},
+		{"zero max ack pending", func(c *queue.Config) { c.MaxAckPending = 0 }, "max ack pending must be positive, got 0"},
+		{"unlimited max ack pending", func(c *queue.Config) { c.MaxAckPending = -1 }, "max ack pending must be positive, got -1"},
+		{"bodies max bytes under 64 MiB", func(c *queue.Config) { c.BodiesMaxBytes = 64<<20 - 1 }, "large-body store max bytes must be at least 64 MiB, got 67108863"},
+		{"bodies TTL under 1h", func(c *queue.Config) { c.BodiesTTL = 59 * time.Minute }, "large-body TTL must be at least 1h, got 59m0s"},
+		{
+			"several problems joined", func(c *queue.Config) { c.Replicas, c.AckWait, c.MaxDeliver = 7, 0, -2 },
+			"stream replicas must be 1 to 5, got 7\nack wait must be at least 1s, got 0s\nmax deliver must be positive, got -2",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validConfig()
+			tc.modify(&c)
+			err := c.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("Validate() = %q, want nil", err)
+			case tc.want != "" && err == nil:
+				t.Errorf("Validate() = nil, want %q", tc.want)
+			case tc.want != "" && err.Error() != tc.want:
+				t.Errorf("Validate() =\n\t%q\nwant\n\t%q", err, tc.want)
+			}
+		})
+	}
+
+	t.Run("zero config reports every field", func(t *testing.T) {
+		err := queue.Config{}.Validate()
+		var joined interface{ Unwrap() []error }
+		if !errors.As(err, &joined) {
+			t.Fatalf("Validate() = %v, want errors joined with errors.Join", err)
+		}
+		var got []string
+		for _, e := range joined.Unwrap() {
+			got = append(got, e.Error())
+		}
+		want := []string{
+			"stream replicas must be 1 to 5, got 0",
+			"queue max messages must be positive, got 0",
+			"queue max bytes must be at least 1 MiB, got 0",
+			"ack wait must be at least 1s, got 0s",
+			"max deliver must be positive, got 0",
+			"max ack pending must be positive, got 0",
+			"large-body store max bytes must be at least 64 MiB, got 0",
+			"large-body TTL must be at least 1h, got 0s",
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("Validate() joined\n\t%q\nwant\n\t%q", got, want)
+		}
+	})
+}
+
+func TestStreamConfig(t *testing.T) {
+	want := jetstream.StreamConfig{
+		Name:        "LAAS_REQUESTS",
+		Description: "laas-bridge pending chat requests (work queue)",
+		Subjects:    []string{"laas.requests.>"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     100_000,
+		MaxBytes:    1 << 30,
+		Storage:     jetstream.FileStorage,
+		Replicas:    1,
+		Duplicates:  2 * time.Minute,
+	}
+	memory := want
+	memory.Storage = jetstream.MemoryStorage
+	custom := want
+	custom.MaxMsgs, custom.MaxBytes, custom.Replicas, custom.Duplicates = 10, 2<<20, 3, time.Minute
+
+	tests := []struct {
+		name string
+		cfg  queue.Config
+		want jetstream.StreamConfig
+	}{
+		{"defaults", queue.Config{}, want},
+		{"memory", queue.Config{Memory: true}, memory},
+		{"own values", queue.Config{MaxMsgs: 10, MaxBytes: 2 << 20, Replicas: 3, DuplicateWindow: time.Minute, AckWait: time.Hour}, custom},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.cfg.StreamConfig(); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("StreamConfig() =\n\t%+v\nwant\n\t%+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestConsumerConfig(t *testing.T) {
+	want := jetstream.ConsumerConfig{
+		Durable:       "laas-workers",
+		Description:   "laas-bridge workers",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    5,
+		MaxAckPending: 1000,
+		Replicas:      1,
+	}
+	custom := want
+	custom.AckWait, custom.MaxDeliver, custom.MaxAckPending, custom.Replicas = 2*time.Minute, 9, 4, 3
+
+	tests := []struct {
+		name string
+		cfg  queue.Config
+		want jetstream.ConsumerConfig
+	}{
+		{"defaults", queue.Config{}, want},
+		{"memory changes nothing", queue.Config{Memory: true}, want},
+		{"own values", queue.Config{AckWait: 2 * time.Minute, MaxDeliver: 9, MaxAckPending: 4, Replicas: 3, MaxMsgs: 5}, custom},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.cfg.ConsumerConfig(); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("ConsumerConfig() =\n\t%+v\nwant\n\t%+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestBodiesConfig(t *testing.T) {
+	want := jetstream.ObjectStoreConfig{
+		Bucket:      "LAAS_BODIES",
+		Description: "laas-bridge request bodies too large for a queue message",
+		TTL:         24 * time.Hour,
+		MaxBytes:    4 << 30,
+		Storage:     jetstream.FileStorage,
+		Replicas:    1,
+	}
+	memory := want
+	memory.Storage, memory.MaxBytes = jetstream.MemoryStorage, queue.MemoryBodiesMaxBytes
+	custom := want
+	custom.TTL, custom.MaxBytes, custom.Replicas = 2*time.Hour, 64<<20, 3
+
+	tests := []struct {
+		name string
+		cfg  queue.Config
+		want jetstream.ObjectStoreConfig
+	}{
+		{"defaults", queue.Config{}, want},
+		{"memory", queue.Config{Memory: true}, memory},
+		{"own values", queue.Config{BodiesTTL: 2 * time.Hour, BodiesMaxBytes: 64 << 20, Replicas: 3, MaxBytes: 5 << 20}, custom},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.cfg.BodiesConfig(); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("BodiesConfig() =\n\t%+v\nwant\n\t%+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// startServer runs an embedded server on a free loopback port with its
+// store in a temp dir, and connects to it over TCP.
+func startServer(t *testing.T) (*server.Server, jetstream.JetStream) {
+	t.Helper()
+	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatalf("StartEmbedded: %v", err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	nc, err := queue.Connect(srv.ClientURL(), "queue-test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, js
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func streamInfo(t *testing.T, ctx context.Context, js jetstream.JetStream) *jetstream.StreamInfo {
+	t.Helper()
+	s, err := js.Stream(ctx, schema.StreamRequests)
+	if err != nil {
+		t.Fatalf("stream %s: %v", schema.StreamRequests, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+func names(t *testing.T, ch <-chan string, errf func() error) []string {
+	t.Helper()
+	var out []string
+	for n := range ch {
+		out = append(out, n)
+	}
+	if err := errf(); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestEnsureIdempotent(t *testing.T) {
+	_, js := startServer(t)
+	ctx := testContext(t)
+
+	streamsAndConsumers := func() ([]string, []string) {
+		t.Helper()
+		sl := js.StreamNames(ctx)
+		streams := names(t, sl.Name(), sl.Err)
+		s, err := js.Stream(ctx, schema.StreamRequests)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl := s.ConsumerNames(ctx)
+		return streams, names(t, cl.Name(), cl.Err)
+	}
+
+	first, err := queue.Ensure(ctx, js, queue.Config{})
+	if err != nil {
+		t.Fatalf("first Ensure: %v", err)
+	}
+	streams1, consumers1 := streamsAndConsumers()
+	second, err := queue.Ensure(ctx, js, queue.Config{})
+	if err != nil {
+		t.Fatalf("second Ensure: %v", err)
+	}
+	streams2, consumers2 := streamsAndConsumers()
+
+	for i, cons := range []jetstream.Consumer{first, second} {
+		if got := cons.CachedInfo().Name; got != schema.ConsumerWorkers {
+			t.Errorf("Ensure #%d consumer = %q, want %q", i+1, got, schema.ConsumerWorkers)
+		}
+	}
+	// The object store of large bodies is the stream OBJ_<bucket>.
+	if want := []string{schema.StreamRequests, "OBJ_" + schema.BucketBodies}; !slices.Equal(streams1, want) || !slices.Equal(streams2, want) {
+		t.Errorf("streams after one Ensure %q, after two %q; want %q", streams1, streams2, want)
+	}
+	if want := []string{schema.ConsumerWorkers}; !slices.Equal(consumers1, want) || !slices.Equal(consumers2, want) {
+		t.Errorf("consumers after one Ensure %q, after two %q; want %q", consumers1, consumers2, want)
+	}
+	if _, err := js.ObjectStore(ctx, schema.BucketBodies); err != nil {
+		t.Errorf("object store %s: %v", schema.BucketBodies, err)
+	}
+
+	// What the server holds, not only what we asked for.
+	sc := streamInfo(t, ctx, js).Config
+	if sc.Retention != jetstream.WorkQueuePolicy || sc.Discard != jetstream.DiscardNew || sc.Storage != jetstream.FileStorage ||
+		!slices.Equal(sc.Subjects, []string{"laas.requests.>"}) || sc.MaxMsgs != 100_000 || sc.MaxBytes != 1<<30 ||
+		sc.Replicas != 1 || sc.Duplicates != 2*time.Minute {
+		t.Errorf("stream config on the server = %+v", sc)
+	}
+	ci, err := second.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := ci.Config
+	if cc.Durable != "laas-workers" || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.AckWait != 30*time.Second ||
+		cc.MaxDeliver != 5 || cc.MaxAckPending != 1000 {
+		t.Errorf("consumer config on the server = %+v", cc)
+	}
+}
+
+func TestEnsureUpdatesExistingStream(t *testing.T) {
+	_, js := startServer(t)
+	ctx := testContext(t)
+	publish := func(id string) error {
+		_, err := js.Publish(ctx, schema.SubjectInteractive, []byte(`{}`), jetstream.WithMsgID(id))
+		return err
+	}
+
+	if _, err := queue.Ensure(ctx, js, queue.Config{MaxMsgs: 1}); err != nil {
+		t.Fatalf("Ensure: %v", err)
+	}
+	if err := publish("a"); err != nil {
+		t.Fatalf("first publish: %v", err)
+	}
+	if err := publish("b"); err == nil {
+		t.Fatal("publish to a full stream succeeded; want it refused (DiscardNew)")
+	}
+
+	cons, err := queue.Ensure(ctx, js, queue.Config{MaxMsgs: 2, AckWait: 45 * time.Second})
+	if err != nil {
+		t.Fatalf("Ensure with a larger MaxMsgs: %v", err)
+	}
+	info := streamInfo(t, ctx, js)
+	if info.Config.MaxMsgs != 2 {
+		t.Errorf("stream MaxMsgs = %d, want 2", info.Config.MaxMsgs)
+	}
+	if info.State.Msgs != 1 {
+		t.Errorf("stream holds %d messages after the update, want 1", info.State.Msgs)
+	}
+	if err := publish("b"); err != nil {
+		t.Errorf("publish after raising MaxMsgs: %v", err)
+	}
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.Config.AckWait != 45*time.Second {
+		t.Errorf("consumer AckWait = %s, want 45s", ci.Config.AckWait)
+	}
+}
+
+func TestEnsureMemory(t *testing.T) {
+	_, js := startServer(t)
+	ctx := testContext(t)
+	if _, err := queue.Ensure(ctx, js, queue.Config{Memory: true}); err != nil {
+		t.Fatalf("Ensure: %v", err)
+	}
+	if got := streamInfo(t, ctx, js).Config.Storage; got != jetstream.MemoryStorage {
+		t.Errorf("storage = %v, want memory", got)
+	}
+}
+
+func TestEnsureInvalidConfig(t *testing.T) {
+	_, js := startServer(t)
+	ctx := testContext(t)
+	cons, err := queue.Ensure(ctx, js, queue.Config{Replicas: 7, MaxBytes: 1})
+	if cons != nil {
+		t.Errorf("consumer = %v, want nil", cons)
+	}
+	want := "stream replicas must be 1 to 5, got 7\nqueue max bytes must be at least 1 MiB, got 1"
+	if err == nil || err.Error() != want {
+		t.Fatalf("Ensure error = %v, want %q", err, want)
+	}
+	if _, err := js.Stream(ctx, schema.StreamRequests); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("stream after a refused Ensure: err = %v, want ErrStreamNotFound", err)
+	}
+}
+
+// BUG (in the large-body store being added): with Memory set, Ensure
+// reserves the stream's 1 GiB and the object store's 4 GiB default in
+// memory. JetStream's memory limit defaults to 75% of the machine's RAM, so
+// on a machine with less than about 7 GiB every test that provisions a
+// memory queue (queuetest.Start with Memory: true) fails with "insufficient
+// memory resources available". This server has a 2 GiB limit, which the
+// stream alone fits in.
+func TestEnsureMemoryFitsASmallServer(t *testing.T) {
+	srv, err := server.NewServer(&server.Options{
+		JetStream: true, JetStreamMaxMemory: 2 << 30, StoreDir: t.TempDir(), DontListen: true, NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server did not start")
+	}
+	nc, err := queue.ConnectEmbedded(srv, "small", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := queue.Ensure(testContext(t), js, queue.Config{Memory: true}); err != nil {
+		t.Errorf("Ensure(Memory: true) on a server with 2 GiB of JetStream memory: %v", err)
+	}
+}
