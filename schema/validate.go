@@ -2,6 +2,7 @@ package schema
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
@@ -90,6 +91,11 @@ func present(v []byte) bool {
 	return len(v) > 0 && !bytes.Equal(v, []byte("null"))
 }
 
+func emptyArray(v []byte) bool {
+	var items []json.RawMessage
+	return json.Unmarshal(v, &items) == nil && len(items) == 0
+}
+
 func validateMessage(i int, m *Message) error {
 	param := fmt.Sprintf("messages[%d]", i)
 	switch m.Role {
@@ -100,7 +106,8 @@ func validateMessage(i int, m *Message) error {
 		return Invalid(param+".role", CodeInvalidValue,
 			"messages[%d] has role '%s'; LaaS accepts only system, user and assistant messages.", i, m.Role)
 	}
-	if present(m.ToolCalls) {
+	// An empty list names no call: clients echo "tool_calls": [] back.
+	if present(m.ToolCalls) && !emptyArray(m.ToolCalls) {
 		return unsupported(param+".tool_calls", fmt.Sprintf("messages[%d] carries tool_calls; LaaS does not support tool calling.", i))
 	}
 	for j := range m.Content.Parts {

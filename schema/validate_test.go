@@ -34,6 +34,7 @@ func TestValidate(t *testing.T) {
 		{"stream_options JSON null without stream", `{"model":"m","messages":` + hi + `,"stream_options":null}`, nil},
 		{"tools fields JSON null", `{"model":"m","messages":` + hi + `,"tools":null,"tool_choice":null,"functions":null,"function_call":null}`, nil},
 		{"tool_calls JSON null", `{"model":"m","messages":[{"role":"assistant","content":"a","tool_calls":null}]}`, nil},
+		{"tool_calls empty", `{"model":"m","messages":[{"role":"assistant","content":"a","tool_calls":[ ]}]}`, nil},
 		{"every part type", `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":""},` +
 			`{"type":"image_url","image_url":{"url":"https://x.test/a.png"}},{"type":"image_url","image_url":"data:image/png;base64,AA"},` +
 			`{"type":"document","document_url":{"url":"data:application/pdf;base64,JVBE"}}]}]}`, nil},
