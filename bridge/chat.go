@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/schema/multimodal"
@@ -29,6 +32,7 @@ type pending struct {
 	id         string
 	model      schema.Model
 	enqueuedAt time.Time
+	timeout    time.Duration // how long the caller waits: deadline - enqueuedAt
 	deadline   time.Time
 	answer     <-chan []byte // the worker's raw schema.Reply
 }
@@ -61,7 +65,11 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if req.PresetHash != "" && !g.cfg.AllowPresetOverride {
 		return schema.PresetOverrideDisabled()
 	}
-	p, err := g.enqueue(r.Context(), c.Response().Header().Get(HeaderRequestID), model, body)
+	timeout, err := requestTimeout(r.Header, model)
+	if err != nil {
+		return err
+	}
+	p, err := g.enqueue(r.Context(), c.Response().Header().Get(HeaderRequestID), model, timeout, body)
 	if err != nil {
 		return err
 	}
@@ -74,9 +82,9 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 
 // enqueue registers the caller and publishes the request. On success the
 // caller must eventually forget p.id.
-func (g *Gateway) enqueue(ctx context.Context, id string, model schema.Model, body []byte) (*pending, error) {
+func (g *Gateway) enqueue(ctx context.Context, id string, model schema.Model, timeout time.Duration, body []byte) (*pending, error) {
 	now := time.Now()
-	p := &pending{id: id, model: model, enqueuedAt: now, deadline: now.Add(model.Deadline())}
+	p := &pending{id: id, model: model, enqueuedAt: now, timeout: timeout, deadline: now.Add(timeout)}
 	env := schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: p.deadline, Request: body}
 	if len(body) > g.inlineMax {
 		if err := g.storeBody(ctx, id, body); err != nil {
@@ -159,20 +167,47 @@ func (g *Gateway) awaitAnswer(c echo.Context, p *pending) error {
 	case <-c.Request().Context().Done():
 		return clientGone(c.Request().Context().Err())
 	case <-timer.C:
-		return p.timeout()
+		return p.expired()
 	}
+}
+
+// Request headers that set a request's timeout, in seconds: LiteLLM's name
+// and a generic one. They override the model's timeout.
+const (
+	HeaderLiteLLMTimeout = "X-Litellm-Timeout"
+	HeaderRequestTimeout = "X-Request-Timeout"
+)
+
+// MaxRequestTimeout bounds a timeout set by a request header.
+const MaxRequestTimeout = 24 * time.Hour
+
+// requestTimeout is the request's timeout: a header's, else the model's.
+func requestTimeout(h http.Header, model schema.Model) (time.Duration, error) {
+	for _, name := range []string{HeaderLiteLLMTimeout, HeaderRequestTimeout} {
+		v := strings.TrimSpace(h.Get(name))
+		if v == "" {
+			continue
+		}
+		secs, err := strconv.ParseFloat(v, 64)
+		if err != nil || math.IsNaN(secs) || secs <= 0 || secs > MaxRequestTimeout.Seconds() {
+			return 0, schema.Invalid("", schema.CodeInvalidValue,
+				"The %s header must be a number of seconds above 0 and at most %d, got %q.", name, int(MaxRequestTimeout.Seconds()), v)
+		}
+		return time.Duration(secs * float64(time.Second)), nil
+	}
+	return model.Deadline(), nil
 }
 
 func clientGone(cause error) *schema.Error {
 	return &schema.Error{Status: statusClientClosed, Type: schema.TypeInvalidRequest, Message: "client closed request", Cause: cause}
 }
 
-// timeout is the error for a caller whose deadline passed without an answer.
-func (p *pending) timeout() *schema.Error {
+// expired is the error for a caller whose deadline passed without an answer.
+func (p *pending) expired() *schema.Error {
 	return &schema.Error{
 		Status: http.StatusGatewayTimeout, Type: schema.TypeTimeout, Code: schema.CodeDeadlineExceeded,
-		Message: fmt.Sprintf("No answer within the model's %s timeout; the request was queued at %s.",
-			p.model.Deadline(), p.enqueuedAt.UTC().Format(time.RFC3339)),
+		Message: fmt.Sprintf("No answer within the request's %s timeout; the request was queued at %s.",
+			p.timeout, p.enqueuedAt.UTC().Format(time.RFC3339)),
 	}
 }
 
@@ -187,6 +222,13 @@ func (g *Gateway) publish(ctx context.Context, id string, data []byte) error {
 		if errors.Is(err, context.Canceled) {
 			return clientGone(err)
 		}
+		if queueFull(err) {
+			return &schema.Error{
+				Status: http.StatusTooManyRequests, Type: schema.TypeRateLimit, Code: schema.CodeQueueFull,
+				Message: "The request queue is full; retry after the time in Retry-After.", RetryAfter: 1,
+				Cause: fmt.Errorf("publish %s: %w", id, err),
+			}
+		}
 		return &schema.Error{
 			Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
 			Message: "The request queue is unavailable; try again shortly.", RetryAfter: 1,
@@ -195,6 +237,20 @@ func (g *Gateway) publish(ctx context.Context, id string, data []byte) error {
 	}
 	return nil
 }
+
+// queueFull reports a publish refused because the stream is at its
+// MaxMsgs or MaxBytes (it discards new messages). The server gives these the
+// generic store-failure code, so the description tells them apart.
+func queueFull(err error) bool {
+	var api *jetstream.APIError
+	if !errors.As(err, &api) || api.ErrorCode != jsErrStoreFailed {
+		return false
+	}
+	return strings.Contains(api.Description, "maximum messages exceeded") || strings.Contains(api.Description, "maximum bytes exceeded")
+}
+
+// jsErrStoreFailed is nats-server's JSStreamStoreFailedF.
+const jsErrStoreFailed jetstream.ErrorCode = 10077
 
 // decodeReply parses a worker's reply and sets the timing headers. It
 // returns the reply's error, if it carries one, as an *schema.Error.

@@ -44,7 +44,12 @@ func testCatalog(t *testing.T) *schema.Catalog {
 
 func newFixture(t *testing.T, cfg Config) *fixture {
 	t.Helper()
-	q := queuetest.Start(t, queue.Config{Memory: true})
+	return newFixtureQueue(t, cfg, queue.Config{Memory: true})
+}
+
+func newFixtureQueue(t *testing.T, cfg Config, qcfg queue.Config) *fixture {
+	t.Helper()
+	q := queuetest.Start(t, qcfg)
 	gw, err := New(cfg, q.Conn, q.JS, testCatalog(t), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -466,4 +471,84 @@ func TestCorrelatorDropsDuplicatesAndStrangers(t *testing.T) {
 	if c.pending() != 0 {
 		t.Errorf("pending = %d", c.pending())
 	}
+}
+
+// TestRequestTimeoutHeaders: x-litellm-timeout and X-Request-Timeout set the
+// deadline in seconds; a bad value is a 400.
+func TestRequestTimeoutHeaders(t *testing.T) {
+	f := newFixture(t, Config{})
+	for _, h := range []string{"x-litellm-timeout", "X-Request-Timeout"} {
+		t.Run(h, func(t *testing.T) {
+			start := time.Now()
+			resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "nobody answers"), h, "0.25")
+			if resp.StatusCode != 504 || !strings.Contains(string(body), "request's 250ms timeout") {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			if waited := time.Since(start); waited > 30*time.Second {
+				t.Errorf("the header's timeout was not used: waited %s", waited)
+			}
+		})
+	}
+	// The envelope carries the header's deadline.
+	msgs, err := f.q.Consumer.Fetch(2, jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for m := range msgs.Messages() {
+		var env schema.Envelope
+		_ = json.Unmarshal(m.Data(), &env)
+		if got := env.Deadline.Sub(env.EnqueuedAt); got != 250*time.Millisecond {
+			t.Errorf("envelope deadline after %s, want 250ms", got)
+		}
+		n++
+	}
+	if n != 2 {
+		t.Errorf("%d envelopes, want 2", n)
+	}
+	for _, v := range []string{"0", "-1", "abc", "NaN", "86401"} {
+		resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "x"), "X-Request-Timeout", v)
+		if resp.StatusCode != 400 || !strings.Contains(string(body), "X-Request-Timeout header must be a number of seconds") {
+			t.Errorf("timeout %q: status %d: %s", v, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestQueueFull: a full stream answers 429 queue_full at once, with
+// Retry-After, and keeps the requests it accepted.
+func TestQueueFull(t *testing.T) {
+	f := newFixtureQueue(t, Config{}, queue.Config{Memory: true, MaxMsgs: 2})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, "POST", f.srv.URL+"/v1/chat/completions", strings.NewReader(chatBody("claude-3.5-sonnet", fmt.Sprint("waiting ", i))))
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	for range 500 {
+		if info, err := f.q.Consumer.Info(ctx); err == nil && info.NumPending == 2 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "one too many"))
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "1" ||
+		!strings.Contains(string(body), `"type":"rate_limit_error","param":null,"code":"queue_full"`) {
+		t.Fatalf("status %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("the full queue answered after %s, not at once", time.Since(start))
+	}
+	if info, err := f.q.Consumer.Info(ctx); err != nil || info.NumPending != 2 {
+		t.Errorf("accepted requests: %v pending (%v), want 2", info.NumPending, err)
+	}
+	cancel()
+	wg.Wait()
 }

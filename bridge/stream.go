@@ -60,7 +60,7 @@ func (g *Gateway) streamAnswer(c echo.Context, p *pending, req *schema.ChatCompl
 		case <-ctx.Done():
 			return clientGone(ctx.Err())
 		case <-deadline.C:
-			return g.streamFailed(c, s, p.timeout())
+			return g.streamFailed(c, s, p.expired())
 		case <-keepAlive.C:
 			if err := s.write(sseKeepAlive); err != nil {
 				return clientGone(err)

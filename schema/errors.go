@@ -32,6 +32,7 @@ const (
 	CodeUpstreamTimeout   = "upstream_timeout"
 	CodeDeadlineExceeded  = "deadline_exceeded"
 	CodeQueueUnavailable  = "queue_unavailable"
+	CodeQueueFull         = "queue_full"
 	CodeRequestTooLarge   = "request_too_large"
 	CodePresetOverride    = "preset_override_disabled"
 )

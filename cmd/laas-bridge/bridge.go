@@ -108,7 +108,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 	ensureCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	cons, err := queue.Ensure(ensureCtx, js, queue.Config{})
+	cons, err := queue.Ensure(ensureCtx, js, queue.Config{MaxMsgs: env.QueueMsgs, MaxBytes: env.QueueBytes})
 	cancel()
 	if err != nil {
 		return err
