@@ -75,9 +75,14 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	}
 	defer g.corr.forget(p.id)
 	if req.Stream {
-		return g.streamAnswer(c, p, req)
+		err = g.streamAnswer(c, p, req)
+	} else {
+		err = g.awaitAnswer(c, p)
 	}
-	return g.awaitAnswer(c, p)
+	if se, ok := errors.AsType[*schema.Error](err); ok && se.Status == statusClientClosed {
+		g.cancelJob(p.id)
+	}
+	return err
 }
 
 // enqueue registers the caller and publishes the request. On success the
@@ -178,9 +183,6 @@ const (
 	HeaderRequestTimeout = "X-Request-Timeout"
 )
 
-// MaxRequestTimeout bounds a timeout set by a request header.
-const MaxRequestTimeout = 24 * time.Hour
-
 // requestTimeout is the request's timeout: a header's, else the model's.
 func requestTimeout(h http.Header, model schema.Model) (time.Duration, error) {
 	for _, name := range []string{HeaderLiteLLMTimeout, HeaderRequestTimeout} {
@@ -189,13 +191,21 @@ func requestTimeout(h http.Header, model schema.Model) (time.Duration, error) {
 			continue
 		}
 		secs, err := strconv.ParseFloat(v, 64)
-		if err != nil || math.IsNaN(secs) || secs <= 0 || secs > MaxRequestTimeout.Seconds() {
+		if err != nil || math.IsNaN(secs) || secs <= 0 || secs > schema.MaxRequestTimeout.Seconds() {
 			return 0, schema.Invalid("", schema.CodeInvalidValue,
-				"The %s header must be a number of seconds above 0 and at most %d, got %q.", name, int(MaxRequestTimeout.Seconds()), v)
+				"The %s header must be a number of seconds above 0 and at most %d, got %q.", name, int(schema.MaxRequestTimeout.Seconds()), v)
 		}
 		return time.Duration(secs * float64(time.Second)), nil
 	}
 	return model.Deadline(), nil
+}
+
+// cancelJob tells every worker that nobody waits for id any more: a job
+// not yet started is skipped, a LaaS call under way is aborted.
+func (g *Gateway) cancelJob(id string) {
+	if err := g.nc.Publish(schema.SubjectCancel+"."+id, nil); err != nil {
+		g.log.Warn("could not publish a cancellation", "request_id", id, "error", err)
+	}
 }
 
 func clientGone(cause error) *schema.Error {

@@ -552,3 +552,50 @@ func TestQueueFull(t *testing.T) {
 	cancel()
 	wg.Wait()
 }
+
+// TestCallerGoneCancelsJob: a caller that disconnects makes the gateway
+// publish a cancellation for its job.
+func TestCallerGoneCancelsJob(t *testing.T) {
+	f := newFixture(t, Config{})
+	sub, err := f.q.Conn.SubscribeSync(schema.SubjectCancel + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stream := range []bool{false, true} {
+		ctx, cancel := context.WithCancel(context.Background())
+		body := `{"model":"claude-3.5-sonnet","stream":` + fmt.Sprint(stream) + `,"messages":[{"role":"user","content":"x"}]}`
+		req, _ := http.NewRequestWithContext(ctx, "POST", f.srv.URL+"/v1/chat/completions", strings.NewReader(body))
+		done := make(chan string, 1)
+		go func() {
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				done <- resp.Header.Get(HeaderRequestID)
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			close(done)
+		}()
+		for range 500 {
+			if info, err := f.q.Consumer.Info(context.Background()); err == nil && info.NumPending > 0 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("stream=%v: no cancellation published: %v", stream, err)
+		}
+		// The job on the queue is the one cancelled.
+		batch, _ := f.q.Consumer.Fetch(1, jetstream.FetchMaxWait(time.Second))
+		for qm := range batch.Messages() {
+			var env schema.Envelope
+			_ = json.Unmarshal(qm.Data(), &env)
+			if m.Subject != schema.SubjectCancel+"."+env.ID {
+				t.Errorf("stream=%v: cancelled %s, queued %s", stream, m.Subject, env.ID)
+			}
+			_ = qm.Ack()
+		}
+		<-done
+	}
+}

@@ -9,6 +9,9 @@ import (
 // DefaultTimeout is a request's deadline when its model sets none.
 const DefaultTimeout = 600 * time.Second
 
+// MaxRequestTimeout bounds the timeout a request may ask for.
+const MaxRequestTimeout = 24 * time.Hour
+
 // Model is one public model alias and how to run it on LaaS.
 type Model struct {
 	// Alias is the name callers use (config.yaml model_name).

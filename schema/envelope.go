@@ -20,6 +20,10 @@ const (
 	// SubjectReplies prefixes reply subjects: laas.reply.<instance>.<request id>.
 	// Replies travel on core NATS, not through a stream.
 	SubjectReplies = "laas.reply"
+	// SubjectCancel prefixes cancellations: a gateway whose caller went away
+	// publishes an empty message on laas.cancel.<request id> (core NATS);
+	// every worker hears it, skips the job or aborts its LaaS call.
+	SubjectCancel = "laas.cancel"
 	// BucketBodies is the JetStream Object Store bucket that holds request
 	// bodies and answers too large for a NATS message (a claim check): the
 	// envelope then carries RequestRef instead of Request, the reply

@@ -85,6 +85,7 @@ type Pool struct {
 	log        *slog.Logger
 	ackWait    time.Duration
 	maxDeliver int
+	cancels    *cancels
 }
 
 // NewPool builds a pool over cons, which must be the workers' consumer on
@@ -107,6 +108,10 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	if p.ackWait <= 0 {
 		p.ackWait = 30 * time.Second
 	}
+	// Remember a cancelled id as long as a request may wait in the queue.
+	if p.cancels, err = newCancels(nc, schema.MaxRequestTimeout); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -115,6 +120,7 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 // up to ShutdownGrace for calls in flight; calls still running then are
 // abandoned and redelivered to another worker.
 func (p *Pool) Run(ctx context.Context) error {
+	defer p.cancels.close()
 	it, err := p.cons.Messages(jetstream.PullMaxMessages(p.cfg.Concurrency))
 	if err != nil {
 		return fmt.Errorf("pull from %s: %w", schema.ConsumerWorkers, err)
@@ -218,8 +224,16 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
-	callCtx, cancel := context.WithDeadline(ctx, j.env.Deadline)
+	callCtx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	callCtx, cancel := context.WithDeadline(callCtx, j.env.Deadline)
 	defer cancel()
+	if !p.cancels.start(j.env.ID, stop) {
+		log.Info("job skipped: its caller went away before it started")
+		p.drop(log, &j)
+		return
+	}
+	defer p.cancels.done(j.env.ID)
 	stopProgress := p.keepAlive(callCtx, msg)
 	start := time.Now()
 	resp, err := p.up.Complete(callCtx, laasReq)
@@ -230,6 +244,11 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		if ctx.Err() != nil { // shutdown abandoned the call: let another worker run it
 			log.Warn("call abandoned at shutdown; job handed back", "error", err)
 			_ = msg.Nak()
+			return
+		}
+		if errors.Is(context.Cause(callCtx), errCallerGone) {
+			log.Info("LaaS call aborted: its caller went away", "upstream_ms", upstream.Milliseconds())
+			p.drop(log, &j)
 			return
 		}
 		var ue *UpstreamError
@@ -315,14 +334,28 @@ func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.
 	if err := j.msg.Ack(); err != nil {
 		log.Warn("ack failed; the job may be redelivered", "error", err)
 	}
-	if j.env.RequestRef != "" {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := p.bodies.Delete(ctx, j.env.RequestRef); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			log.Warn("could not delete the large request body; the store's TTL will", "error", err)
-		}
-		cancel()
-	}
+	p.deleteBody(log, j)
 	log.Info("job done", "status", rep.Status, "queue_ms", rep.QueueMs, "upstream_ms", rep.UpstreamMs)
+}
+
+// drop ends a job nobody waits for any more: acknowledged, no reply.
+func (p *Pool) drop(log *slog.Logger, j *job) {
+	if err := j.msg.Ack(); err != nil {
+		log.Warn("ack failed; the job may be redelivered", "error", err)
+	}
+	p.deleteBody(log, j)
+}
+
+// deleteBody removes a job's large request body, if it had one.
+func (p *Pool) deleteBody(log *slog.Logger, j *job) {
+	if j.env.RequestRef == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.bodies.Delete(ctx, j.env.RequestRef); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		log.Warn("could not delete the large request body; the store's TTL will", "error", err)
+	}
 }
 
 // publishReply sends rep on core NATS; an answer too large for a message

@@ -395,3 +395,48 @@ func TestPoolPresetOverride(t *testing.T) {
 		}
 	})
 }
+
+// TestPoolCancellation: a cancel for a running job aborts its LaaS call; a
+// cancel that arrives first makes the job skip LaaS. Neither is answered or
+// retried, and both leave the queue.
+func TestPoolCancellation(t *testing.T) {
+	t.Run("during the call", func(t *testing.T) {
+		up := &recorder{delay: time.Minute}
+		f := startPool(t, up, Config{})
+		f.publish(t, "r1", "m", 2*time.Minute, hello)
+		for up.count() == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		start := time.Now()
+		if err := f.q.Conn.Publish(schema.SubjectCancel+".r1", nil); err != nil {
+			t.Fatal(err)
+		}
+		f.drained(t)
+		if time.Since(start) > 10*time.Second {
+			t.Errorf("the call was not aborted (%s)", time.Since(start))
+		}
+		if _, err := f.replies.NextMsg(200 * time.Millisecond); err == nil {
+			t.Error("a cancelled job was answered")
+		}
+		if up.count() != 1 {
+			t.Errorf("LaaS calls = %d, want 1 (no retry)", up.count())
+		}
+	})
+	t.Run("before the job starts", func(t *testing.T) {
+		up := &recorder{}
+		f := startPool(t, up, Config{})
+		if err := f.q.Conn.Publish(schema.SubjectCancel+".r2", nil); err != nil {
+			t.Fatal(err)
+		}
+		_ = f.q.Conn.Flush()
+		time.Sleep(50 * time.Millisecond) // the cancel reaches the pool's subscription first
+		f.publish(t, "r2", "m", time.Minute, hello)
+		f.drained(t)
+		if up.count() != 0 {
+			t.Errorf("LaaS was called for a cancelled job")
+		}
+		if _, err := f.replies.NextMsg(200 * time.Millisecond); err == nil {
+			t.Error("a cancelled job was answered")
+		}
+	})
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+
+	"github.com/laas-bridge/laas-bridge/worker/laasmock"
+)
+
+// TestCallerGoneAbortsLaaSCall: a caller that gives up mid-call makes the
+// worker abort its LaaS call (the mock sees its client go away: status 499)
+// rather than run it to the end.
+func TestCallerGoneAbortsLaaSCall(t *testing.T) {
+	clearEnv(t)
+	mock, err := laasmock.New(laasmock.Config{ProjectCode: "p", APIKey: "k", Latency: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(mock)
+	defer up.Close()
+	t.Setenv("LAAS_PROJECT_CODE", "p")
+	t.Setenv("LAAS_API_KEY", "k")
+	t.Setenv("LAAS_PRESET_HASH", "h")
+	t.Setenv("LAAS_BASE_URL", up.URL)
+	in := startRun(t, "serve", "--listen", "127.0.0.1:0", "--nats-listen", "", "--data-dir", t.TempDir(), "--config", "testdata/config.yaml")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := client(in, "sk").Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model: "claude-3.5-sonnet", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("never mind")},
+		})
+		done <- err
+	}()
+	for mock.Calls() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	cancel()
+	<-done
+	for {
+		log := mock.Log()
+		if len(log) == 1 && log[0].Status == laasmock.StatusClientClosed {
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("the LaaS call was not aborted: mock log %+v", log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if mock.Calls() != 1 {
+		t.Errorf("LaaS calls = %d, want 1 (an aborted call is not retried)", mock.Calls())
+	}
+	resp, err := http.Get(in.url + "/health")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("health after the cancellation: %v %v", resp, err)
+	}
+	resp.Body.Close()
+}
