@@ -25,6 +25,45 @@ type Upstream interface {
 
 var _ Upstream = (*LaaSClient)(nil)
 
+// Limiter paces LaaS calls across every worker process. Implementations
+// must be safe for concurrent use.
+type Limiter interface {
+	// Wait blocks until a call for model may start. It returns ctx's error
+	// if ctx ends first; the job is then handed back, not failed.
+	Wait(ctx context.Context, model schema.Model) error
+	// Throttled reports that LaaS answered 429: every worker holds off new
+	// calls for d.
+	Throttled(ctx context.Context, d time.Duration)
+}
+
+// DeadLetter is a job that ran out of attempts.
+type DeadLetter struct {
+	Envelope schema.Envelope
+	// Reason is the last error, as the caller got it.
+	Reason   schema.ErrorDetail
+	Status   int
+	Attempts int
+	// FirstAttempt is approximate: the last attempt's start minus the
+	// backoff is not tracked, so it is the envelope's EnqueuedAt.
+	LastAttempt time.Time
+	FailedAt    time.Time
+}
+
+// DeadLetterer keeps jobs that ran out of attempts, for inspection and
+// replay. Implementations must be safe for concurrent use.
+type DeadLetterer interface {
+	DeadLetter(ctx context.Context, dl DeadLetter) error
+}
+
+// Option configures a Pool.
+type Option func(*Pool)
+
+// WithLimiter paces LaaS calls with l.
+func WithLimiter(l Limiter) Option { return func(p *Pool) { p.limiter = l } }
+
+// WithDeadLetters keeps jobs that ran out of attempts in d.
+func WithDeadLetters(d DeadLetterer) Option { return func(p *Pool) { p.dead = d } }
+
 // Config configures a worker pool.
 type Config struct {
 	// Concurrency is how many LaaS calls this pool runs at once; default 64.
@@ -86,11 +125,13 @@ type Pool struct {
 	ackWait    time.Duration
 	maxDeliver int
 	cancels    *cancels
+	limiter    Limiter      // nil: no pacing
+	dead       DeadLetterer // nil: none kept
 }
 
 // NewPool builds a pool over cons, which must be the workers' consumer on
 // the request stream; the large-body store must exist (see queue.Ensure).
-func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Upstream, catalog *schema.Catalog, log *slog.Logger) (*Pool, error) {
+func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Upstream, catalog *schema.Catalog, log *slog.Logger, opts ...Option) (*Pool, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -107,6 +148,9 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 		ackWait: info.Config.AckWait, maxDeliver: info.Config.MaxDeliver}
 	if p.ackWait <= 0 {
 		p.ackWait = 30 * time.Second
+	}
+	for _, o := range opts {
+		o(p)
 	}
 	// Remember a cancelled id as long as a request may wait in the queue.
 	if p.cancels, err = newCancels(nc, schema.MaxRequestTimeout); err != nil {
@@ -235,6 +279,13 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	defer p.cancels.done(j.env.ID)
 	stopProgress := p.keepAlive(callCtx, msg)
+	if p.limiter != nil {
+		if err := p.limiter.Wait(callCtx, model); err != nil {
+			stopProgress()
+			p.handBack(log, &j, callCtx, err)
+			return
+		}
+	}
 	start := time.Now()
 	resp, err := p.up.Complete(callCtx, laasReq)
 	upstream := time.Since(start)
@@ -253,16 +304,20 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		var ue *UpstreamError
 		isUp := errors.As(err, &ue)
+		if isUp && ue.Status == http.StatusTooManyRequests && p.limiter != nil {
+			p.limiter.Throttled(ctx, p.throttleFor(&j, ue.RetryAfter))
+		}
+		e := schema.AsError(err)
+		if isUp {
+			e = ue.OpenAI()
+		}
 		if isUp && ue.Retryable() {
 			if delay, ok := p.retryDelay(&j, ue.RetryAfter); ok {
 				log.Warn("upstream failed; will retry", "status", ue.Status, "delay", delay, "error", err)
 				_ = msg.NakWithDelay(delay)
 				return
 			}
-		}
-		e := schema.AsError(err)
-		if isUp {
-			e = ue.OpenAI()
+			p.deadLetter(log, &j, e, start)
 		}
 		log.Warn("upstream failed; answering with an error", "status", e.Status, "code", e.Code, "error", err)
 		p.finish(log, &j, schema.ErrorReply(j.env.ID, e), upstream)
@@ -336,6 +391,46 @@ func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.
 	}
 	p.deleteBody(log, j)
 	log.Info("job done", "status", rep.Status, "queue_ms", rep.QueueMs, "upstream_ms", rep.UpstreamMs)
+}
+
+// handBack returns a job whose call could not start (the limiter's wait
+// ended) to the queue, or fails it if its deadline is what ended the wait.
+func (p *Pool) handBack(log *slog.Logger, j *job, callCtx context.Context, err error) {
+	switch {
+	case errors.Is(context.Cause(callCtx), errCallerGone):
+		p.drop(log, j)
+	case errors.Is(err, context.DeadlineExceeded) && !time.Now().Before(j.env.Deadline):
+		p.finish(log, j, schema.ErrorReply(j.env.ID, &schema.Error{
+			Status: http.StatusGatewayTimeout, Type: schema.TypeTimeout, Code: schema.CodeDeadlineExceeded,
+			Message: fmt.Sprintf("The request passed its deadline waiting for the LaaS rate limit, %s after it was queued.",
+				time.Since(j.env.EnqueuedAt).Round(time.Millisecond)),
+		}), 0)
+	default:
+		log.Warn("rate-limit wait ended; job handed back", "error", err)
+		_ = j.msg.Nak()
+	}
+}
+
+// throttleFor is how long every worker holds off after a 429: Retry-After
+// when LaaS gave one, else exponential in the job's attempts.
+func (p *Pool) throttleFor(j *job, retryAfter time.Duration) time.Duration {
+	if retryAfter > 0 {
+		return retryAfter
+	}
+	return min(p.cfg.RetryMax, p.cfg.RetryBase<<min(j.attempt-1, 20))
+}
+
+// deadLetter keeps a job that ran out of attempts, if the pool keeps them.
+func (p *Pool) deadLetter(log *slog.Logger, j *job, e *schema.Error, lastAttempt time.Time) {
+	if p.dead == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dl := DeadLetter{Envelope: j.env, Reason: e.Body().Error, Status: e.Status, Attempts: j.attempt, LastAttempt: lastAttempt, FailedAt: time.Now()}
+	if err := p.dead.DeadLetter(ctx, dl); err != nil {
+		log.Error("could not keep the dead letter", "error", err)
+	}
 }
 
 // drop ends a job nobody waits for any more: acknowledged, no reply.
