@@ -24,6 +24,9 @@ const (
 	// publishes an empty message on laas.cancel.<request id> (core NATS);
 	// every worker hears it, skips the job or aborts its LaaS call.
 	SubjectCancel = "laas.cancel"
+	// BucketAnswers is the KV bucket of finished replies to requests that
+	// carried an Idempotency-Key, keyed by Envelope.IdempotencyKey.
+	BucketAnswers = "LAAS_ANSWERS"
 	// BucketBodies is the JetStream Object Store bucket that holds request
 	// bodies and answers too large for a NATS message (a claim check): the
 	// envelope then carries RequestRef instead of Request, the reply
@@ -60,6 +63,11 @@ type Envelope struct {
 	// request too large for a NATS message. The worker deletes the object
 	// once the job is finished.
 	RequestRef string `json:"request_ref,omitempty"`
+	// IdempotencyKey, when set, is the key (a hash of the caller's
+	// Idempotency-Key header) under which the worker keeps the final Reply
+	// in BucketAnswers; a job whose answer is already there is answered from
+	// it without calling LaaS.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
 }
 
 // Reply is what a worker publishes on the request's reply subject: either a

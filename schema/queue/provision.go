@@ -34,6 +34,9 @@ type Config struct {
 	// BodiesTTL removes a large body left behind (a job that never
 	// finished); normally a worker deletes it when the job ends.
 	BodiesTTL time.Duration
+	// AnswersTTL is how long a finished answer to a request with an
+	// Idempotency-Key is kept and replayed.
+	AnswersTTL time.Duration
 	// Memory keeps the stream in memory instead of on disk (tests only).
 	Memory bool
 }
@@ -45,7 +48,8 @@ const (
 	DefaultAckWait         = 30 * time.Second
 	DefaultMaxDeliver      = 5
 	DefaultMaxAckPending   = 1_000
-	DefaultDuplicateWindow = 2 * time.Minute
+	DefaultDuplicateWindow = 10 * time.Minute // as long as a default request may take
+	DefaultAnswersTTL      = 24 * time.Hour
 	DefaultBodiesMaxBytes  = 4 << 30
 	MemoryBodiesMaxBytes   = 256 << 20 // the default with Memory set
 	DefaultBodiesTTL       = 24 * time.Hour
@@ -82,6 +86,9 @@ func (c *Config) setDefaults() {
 	if c.BodiesTTL == 0 {
 		c.BodiesTTL = DefaultBodiesTTL
 	}
+	if c.AnswersTTL == 0 {
+		c.AnswersTTL = DefaultAnswersTTL
+	}
 }
 
 // Validate reports every invalid field at once.
@@ -110,6 +117,9 @@ func (c Config) Validate() error {
 	}
 	if c.BodiesTTL < time.Hour {
 		errs = append(errs, fmt.Errorf("large-body TTL must be at least 1h, got %s", c.BodiesTTL))
+	}
+	if c.AnswersTTL < time.Minute {
+		errs = append(errs, fmt.Errorf("idempotent answers TTL must be at least 1m, got %s", c.AnswersTTL))
 	}
 	return errors.Join(errs...)
 }
@@ -165,6 +175,19 @@ func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
+// AnswersConfig returns the KV bucket of finished answers to requests that
+// carried an Idempotency-Key.
+func (c Config) AnswersConfig() jetstream.KeyValueConfig {
+	c.setDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:      schema.BucketAnswers,
+		Description: "laas-bridge answers to requests with an Idempotency-Key",
+		TTL:         c.AnswersTTL,
+		Storage:     c.storage(),
+		Replicas:    c.Replicas,
+	}
+}
+
 // Ensure creates or updates the request stream, the workers' consumer and
 // the large-body object store to match cfg, and returns the consumer. It is
 // safe to call from every process at once.
@@ -178,6 +201,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, cfg.BodiesConfig()); err != nil {
 		return nil, fmt.Errorf("create or update object store %s: %w", schema.BucketBodies, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, cfg.AnswersConfig()); err != nil {
+		return nil, fmt.Errorf("create or update key-value bucket %s: %w", schema.BucketAnswers, err)
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, schema.StreamRequests, cfg.ConsumerConfig())
 	if err != nil {

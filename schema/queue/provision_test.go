@@ -19,7 +19,7 @@ import (
 // validConfig is the smallest Config that Validate accepts.
 func validConfig() queue.Config {
 	return queue.Config{Replicas: 1, MaxMsgs: 1, MaxBytes: 1 << 20, AckWait: time.Second, MaxDeliver: 1, MaxAckPending: 1,
-		BodiesMaxBytes: 64 << 20, BodiesTTL: time.Hour}
+		BodiesMaxBytes: 64 << 20, BodiesTTL: time.Hour, AnswersTTL: time.Minute}
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -41,6 +41,7 @@ func TestConfigValidate(t *testing.T) {
 		{"unlimited max ack pending", func(c *queue.Config) { c.MaxAckPending = -1 }, "max ack pending must be positive, got -1"},
 		{"bodies max bytes under 64 MiB", func(c *queue.Config) { c.BodiesMaxBytes = 64<<20 - 1 }, "large-body store max bytes must be at least 64 MiB, got 67108863"},
 		{"bodies TTL under 1h", func(c *queue.Config) { c.BodiesTTL = 59 * time.Minute }, "large-body TTL must be at least 1h, got 59m0s"},
+		{"answers TTL under 1m", func(c *queue.Config) { c.AnswersTTL = 59 * time.Second }, "idempotent answers TTL must be at least 1m, got 59s"},
 		{
 			"several problems joined", func(c *queue.Config) { c.Replicas, c.AckWait, c.MaxDeliver = 7, 0, -2 },
 			"stream replicas must be 1 to 5, got 7\nack wait must be at least 1s, got 0s\nmax deliver must be positive, got -2",
@@ -81,6 +82,7 @@ func TestConfigValidate(t *testing.T) {
 			"max ack pending must be positive, got 0",
 			"large-body store max bytes must be at least 64 MiB, got 0",
 			"large-body TTL must be at least 1h, got 0s",
+			"idempotent answers TTL must be at least 1m, got 0s",
 		}
 		if !slices.Equal(got, want) {
 			t.Errorf("Validate() joined\n\t%q\nwant\n\t%q", got, want)
@@ -99,7 +101,7 @@ func TestStreamConfig(t *testing.T) {
 		MaxBytes:    1 << 30,
 		Storage:     jetstream.FileStorage,
 		Replicas:    1,
-		Duplicates:  2 * time.Minute,
+		Duplicates:  10 * time.Minute,
 	}
 	memory := want
 	memory.Storage = jetstream.MemoryStorage
@@ -272,9 +274,15 @@ func TestEnsureIdempotent(t *testing.T) {
 			t.Errorf("Ensure #%d consumer = %q, want %q", i+1, got, schema.ConsumerWorkers)
 		}
 	}
-	// The object store of large bodies is the stream OBJ_<bucket>.
-	if want := []string{schema.StreamRequests, "OBJ_" + schema.BucketBodies}; !slices.Equal(streams1, want) || !slices.Equal(streams2, want) {
-		t.Errorf("streams after one Ensure %q, after two %q; want %q", streams1, streams2, want)
+	// The object store of large bodies is the stream OBJ_<bucket>, a KV
+	// bucket the stream KV_<bucket>; the same set after a second Ensure.
+	for _, want := range []string{schema.StreamRequests, "OBJ_" + schema.BucketBodies, "KV_" + schema.BucketAnswers} {
+		if !slices.Contains(streams1, want) {
+			t.Errorf("no stream %s after Ensure: %q", want, streams1)
+		}
+	}
+	if !slices.Equal(streams1, streams2) {
+		t.Errorf("streams after one Ensure %q, after two %q", streams1, streams2)
 	}
 	if want := []string{schema.ConsumerWorkers}; !slices.Equal(consumers1, want) || !slices.Equal(consumers2, want) {
 		t.Errorf("consumers after one Ensure %q, after two %q; want %q", consumers1, consumers2, want)
@@ -287,7 +295,7 @@ func TestEnsureIdempotent(t *testing.T) {
 	sc := streamInfo(t, ctx, js).Config
 	if sc.Retention != jetstream.WorkQueuePolicy || sc.Discard != jetstream.DiscardNew || sc.Storage != jetstream.FileStorage ||
 		!slices.Equal(sc.Subjects, []string{"laas.requests.>"}) || sc.MaxMsgs != 100_000 || sc.MaxBytes != 1<<30 ||
-		sc.Replicas != 1 || sc.Duplicates != 2*time.Minute {
+		sc.Replicas != 1 || sc.Duplicates != 10*time.Minute {
 		t.Errorf("stream config on the server = %+v", sc)
 	}
 	ci, err := second.Info(ctx)
