@@ -35,6 +35,7 @@ type pending struct {
 	timeout    time.Duration // how long the caller waits: deadline - enqueuedAt
 	deadline   time.Time
 	answer     <-chan []byte // the worker's raw schema.Reply
+	release    func()        // forgets the caller; nil when nothing to release
 }
 
 // chatCompletions validates a chat request, queues it and waits for its answer.
@@ -69,17 +70,41 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	p, err := g.enqueue(r.Context(), c.Response().Header().Get(HeaderRequestID), model, timeout, body)
+	idem, err := idempotencyKey(r.Header)
 	if err != nil {
 		return err
 	}
-	defer g.corr.forget(p.id)
+	id := c.Response().Header().Get(HeaderRequestID)
+	var p *pending
+	if idem != "" {
+		raw, found, err := g.storedAnswer(r.Context(), idem)
+		if err != nil {
+			return err
+		}
+		if found {
+			c.Response().Header().Set(HeaderIdempotentReplayed, "true")
+			ch := make(chan []byte, 1)
+			ch <- raw
+			now := time.Now()
+			p = &pending{id: id, model: model, enqueuedAt: now, timeout: timeout, deadline: now.Add(timeout), answer: ch}
+		}
+	}
+	if p == nil {
+		if p, err = g.enqueue(r.Context(), id, model, timeout, body, idem); err != nil {
+			return err
+		}
+	}
+	if p.release != nil {
+		defer p.release()
+	}
 	if req.Stream {
 		err = g.streamAnswer(c, p, req)
 	} else {
 		err = g.awaitAnswer(c, p)
 	}
-	if se, ok := errors.AsType[*schema.Error](err); ok && se.Status == statusClientClosed {
+	// A caller with an Idempotency-Key will come back for the answer: keep
+	// its job running.
+	if se, ok := errors.AsType[*schema.Error](err); ok && se.Status == statusClientClosed && idem == "" {
 		g.cancelJob(p.id)
 	}
 	return err
@@ -87,10 +112,14 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 
 // enqueue registers the caller and publishes the request. On success the
 // caller must eventually forget p.id.
-func (g *Gateway) enqueue(ctx context.Context, id string, model schema.Model, timeout time.Duration, body []byte) (*pending, error) {
+func (g *Gateway) enqueue(ctx context.Context, id string, model schema.Model, timeout time.Duration, body []byte, idem string) (*pending, error) {
 	now := time.Now()
 	p := &pending{id: id, model: model, enqueuedAt: now, timeout: timeout, deadline: now.Add(timeout)}
-	env := schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: p.deadline, Request: body}
+	env := schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: p.deadline, Request: body, IdempotencyKey: idem}
+	msgID := id
+	if idem != "" {
+		msgID = "idem." + idem // a retry within the dedupe window is not queued again
+	}
 	if len(body) > g.inlineMax {
 		if err := g.storeBody(ctx, id, body); err != nil {
 			return nil, err
@@ -102,12 +131,21 @@ func (g *Gateway) enqueue(ctx context.Context, id string, model schema.Model, ti
 		return nil, fmt.Errorf("encode envelope: %w", err)
 	}
 	p.answer = g.corr.expect(id) // before publishing: a fast reply is never missed
-	if err := g.publish(ctx, id, data); err != nil {
+	p.release = func() { g.corr.forget(id) }
+	duplicate, err := g.publish(ctx, id, msgID, data)
+	if err != nil || duplicate {
 		g.corr.forget(id)
 		if env.RequestRef != "" {
 			g.dropBody(id)
 		}
+	}
+	if err != nil {
 		return nil, err
+	}
+	if duplicate { // the first request with this key is queued or running: wait for its answer
+		if p.answer, p.release, err = g.watchAnswer(ctx, idem); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
@@ -222,30 +260,32 @@ func (p *pending) expired() *schema.Error {
 }
 
 // publish puts one request on the stream and waits for the stream's ack.
-func (g *Gateway) publish(ctx context.Context, id string, data []byte) error {
+// duplicate reports that the stream already had a message with msgID.
+func (g *Gateway) publish(ctx context.Context, id, msgID string, data []byte) (duplicate bool, err error) {
 	msg := &nats.Msg{Subject: g.cfg.Subject, Data: data, Header: nats.Header{}}
 	msg.Header.Set(schema.HeaderReplyTo, g.corr.subject(id))
-	msg.Header.Set(schema.HeaderMsgID, id)
+	msg.Header.Set(schema.HeaderMsgID, msgID)
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.PublishTimeout)
 	defer cancel()
-	if _, err := g.js.PublishMsg(ctx, msg); err != nil {
+	ack, err := g.js.PublishMsg(ctx, msg)
+	if err != nil {
 		if errors.Is(err, context.Canceled) {
-			return clientGone(err)
+			return false, clientGone(err)
 		}
 		if queueFull(err) {
-			return &schema.Error{
+			return false, &schema.Error{
 				Status: http.StatusTooManyRequests, Type: schema.TypeRateLimit, Code: schema.CodeQueueFull,
 				Message: "The request queue is full; retry after the time in Retry-After.", RetryAfter: 1,
 				Cause: fmt.Errorf("publish %s: %w", id, err),
 			}
 		}
-		return &schema.Error{
+		return false, &schema.Error{
 			Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
 			Message: "The request queue is unavailable; try again shortly.", RetryAfter: 1,
 			Cause: fmt.Errorf("publish %s: %w", id, err),
 		}
 	}
-	return nil
+	return ack.Duplicate, nil
 }
 
 // queueFull reports a publish refused because the stream is at its

@@ -101,6 +101,7 @@ type Gateway struct {
 	corr    *correlator
 	echo    *echo.Echo
 	bodies  jetstream.ObjectStore
+	answers jetstream.KeyValue
 	// inlineMax is the largest body sent inside the queue message; larger
 	// bodies go through the object store.
 	inlineMax int
@@ -122,6 +123,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
 	}
+	answers, err := js.KeyValue(ctx, schema.BucketAnswers)
+	if err != nil {
+		return nil, fmt.Errorf("answers bucket %s: %w", schema.BucketAnswers, err)
+	}
 	corr, err := newCorrelator(nc, schema.SubjectReplies+"."+cfg.InstanceID)
 	if err != nil {
 		return nil, err
@@ -129,6 +134,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	g := &Gateway{
 		cfg: cfg, nc: nc, js: js, catalog: catalog, log: log.With("gateway", cfg.InstanceID), corr: corr,
 		bodies:    bodies,
+		answers:   answers,
 		inlineMax: inlineMaxFor(nc.MaxPayload()),
 		created:   time.Now().Unix(),
 	}

@@ -249,6 +249,7 @@ func TestErrors(t *testing.T) {
 		{"tool role", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","messages":[{"role":"tool","content":"x"}]}`, auth, 400, "invalid_request_error", "invalid_value", "messages[0].role", "role 'tool'"},
 		{"developer role", "POST", "/chat/completions", `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"a"},{"role":"developer","content":"x"}]}`, auth, 400, "invalid_request_error", "invalid_value", "messages[1].role", "only system, user and assistant"},
 		{"preset override not allowed", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","preset_hash":"x","messages":[{"role":"user","content":"x"}]}`, auth, 400, "invalid_request_error", "preset_override_disabled", "preset_hash", "allow_preset_override"},
+		{"idempotency key too long", "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"), append([]string{"Idempotency-Key", strings.Repeat("k", 256)}, auth...), 400, "invalid_request_error", "invalid_value", "", "at most 255"},
 		{"unknown model", "POST", "/v1/chat/completions", chatBody("gpt-9", "hi"), auth, 404, "invalid_request_error", "model_not_found", "model", "'gpt-9' does not exist"},
 		{"unknown model GET", "GET", "/v1/models/gpt-9", "", auth, 404, "invalid_request_error", "model_not_found", "model", "'gpt-9'"},
 		{"no key", "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"), nil, 401, "invalid_request_error", "invalid_api_key", "", "didn't provide"},

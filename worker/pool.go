@@ -118,6 +118,7 @@ type Pool struct {
 	nc         *nats.Conn
 	cons       jetstream.Consumer
 	bodies     jetstream.ObjectStore
+	answers    jetstream.KeyValue
 	inlineMax  int
 	up         Upstream
 	catalog    *schema.Catalog
@@ -142,9 +143,13 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	if err != nil {
 		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
 	}
+	answers, err := js.KeyValue(ctx, schema.BucketAnswers)
+	if err != nil {
+		return nil, fmt.Errorf("answers bucket %s: %w", schema.BucketAnswers, err)
+	}
 	info := cons.CachedInfo()
 	nc := js.Conn()
-	p := &Pool{cfg: cfg, nc: nc, cons: cons, bodies: bodies, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
+	p := &Pool{cfg: cfg, nc: nc, cons: cons, bodies: bodies, answers: answers, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
 		ackWait: info.Config.AckWait, maxDeliver: info.Config.MaxDeliver}
 	if p.ackWait <= 0 {
 		p.ackWait = 30 * time.Second
@@ -249,6 +254,16 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 				j.received.Sub(j.env.EnqueuedAt).Round(time.Millisecond)),
 		}), 0)
 		return
+	}
+	if j.env.IdempotencyKey != "" {
+		if e, err := p.answers.Get(ctx, j.env.IdempotencyKey); err == nil {
+			log.Info("answered from the idempotency store; LaaS not called")
+			if j.replyTo != "" {
+				_ = p.nc.Publish(j.replyTo, e.Value())
+			}
+			p.drop(log, &j)
+			return
+		}
 	}
 	if j.env.RequestRef != "" {
 		if err := p.claimRequest(ctx, &j.env); err != nil {
@@ -379,6 +394,9 @@ func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.
 	rep.Attempts = j.attempt
 	rep.QueueMs = max(0, j.received.Sub(j.env.EnqueuedAt).Milliseconds())
 	rep.UpstreamMs = upstream.Milliseconds()
+	if j.env.IdempotencyKey != "" {
+		p.keepAnswer(log, j.env.IdempotencyKey, &rep)
+	}
 	if j.replyTo != "" {
 		if err := p.publishReply(j.replyTo, &rep); err != nil {
 			log.Error("publishing the reply failed; job handed back", "error", err)
@@ -450,6 +468,24 @@ func (p *Pool) deleteBody(log *slog.Logger, j *job) {
 	defer cancel()
 	if err := p.bodies.Delete(ctx, j.env.RequestRef); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		log.Warn("could not delete the large request body; the store's TTL will", "error", err)
+	}
+}
+
+// keepAnswer stores the final reply of a request with an Idempotency-Key,
+// so a retry is answered from it. An answer too large for the store is not
+// kept (logged): a retry after the dedupe window then runs again.
+func (p *Pool) keepAnswer(log *slog.Logger, key string, rep *schema.Reply) {
+	data, err := json.Marshal(rep)
+	if err == nil && len(data) > p.inlineMax {
+		err = fmt.Errorf("answer of %d bytes is too large to keep", len(data))
+	}
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = p.answers.Put(ctx, key, data)
+		cancel()
+	}
+	if err != nil {
+		log.Warn("could not keep the idempotent answer", "error", err)
 	}
 }
 

@@ -440,3 +440,45 @@ func TestPoolCancellation(t *testing.T) {
 		}
 	})
 }
+
+// TestPoolIdempotentAnswer: a job whose Idempotency-Key already has a kept
+// answer is answered from it without calling LaaS; a new key's answer is kept.
+func TestPoolIdempotentAnswer(t *testing.T) {
+	up := &recorder{}
+	f := startPool(t, up, Config{})
+	ctx := context.Background()
+	kv, err := f.q.JS.KeyValue(ctx, schema.BucketAnswers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, _ := json.Marshal(schema.Reply{ID: "first", Status: 200, Completion: &schema.ChatCompletion{ID: "chatcmpl-first"}})
+	if _, err := kv.Put(ctx, "k1", kept); err != nil {
+		t.Fatal(err)
+	}
+	publishKeyed := func(id, key string) {
+		now := time.Now()
+		data, _ := json.Marshal(schema.Envelope{ID: id, Model: "m", EnqueuedAt: now, Deadline: now.Add(time.Minute), Request: json.RawMessage(hello), IdempotencyKey: key})
+		msg := &nats.Msg{Subject: schema.SubjectInteractive, Data: data, Header: nats.Header{}}
+		msg.Header.Set(schema.HeaderReplyTo, "laas.reply.test."+id)
+		if _, err := f.q.JS.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishKeyed("second", "k1")
+	if r := f.reply(t); r.ID != "first" || r.Completion == nil || r.Completion.ID != "chatcmpl-first" || up.count() != 0 {
+		t.Fatalf("reply %+v, LaaS calls %d; want the kept answer and no call", r, up.count())
+	}
+	publishKeyed("third", "k2")
+	if r := f.reply(t); r.ID != "third" || r.Status != 200 || up.count() != 1 {
+		t.Fatalf("reply %+v, LaaS calls %d", r, up.count())
+	}
+	e, err := kv.Get(ctx, "k2")
+	if err != nil {
+		t.Fatalf("answer for k2 not kept: %v", err)
+	}
+	var r schema.Reply
+	if err := json.Unmarshal(e.Value(), &r); err != nil || r.ID != "third" || r.Completion.Choices[0].Message.Content != "answer to hello" {
+		t.Errorf("kept answer = %s", e.Value())
+	}
+	f.drained(t)
+}
