@@ -1,11 +1,11 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -41,23 +41,20 @@ type pending struct {
 // chatCompletions validates a chat request, queues it and waits for its answer.
 func (g *Gateway) chatCompletions(c echo.Context) error {
 	r := c.Request()
-	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, g.cfg.MaxBodyBytes))
-	if err != nil {
+	if r.ContentLength > g.cfg.MaxBodyBytes { // refuse before reading
+		return &http.MaxBytesError{Limit: g.cfg.MaxBodyBytes}
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, max(0, r.ContentLength)))
+	if _, err := buf.ReadFrom(http.MaxBytesReader(c.Response(), r.Body, g.cfg.MaxBodyBytes)); err != nil {
 		return err
 	}
+	body := buf.Bytes()
 	req, err := schema.DecodeChatRequest(body)
 	if err != nil {
 		return err
 	}
 	if err := req.Validate(); err != nil {
 		return err
-	}
-	report, err := multimodal.Check(r.Context(), req)
-	if err != nil {
-		return err
-	}
-	for _, w := range report.Warnings {
-		g.log.Info("request accepted with a warning", "request_id", c.Response().Header().Get(HeaderRequestID), "param", w.Param, "warning", w.Message)
 	}
 	model, ok := g.catalog.Lookup(req.Model)
 	if !ok {
@@ -70,9 +67,17 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	idem, err := idempotencyKey(r.Header)
+	idem, err := idempotencyKey(r.Header, body)
 	if err != nil {
 		return err
+	}
+	// The costly checks (decoding images, reading PDFs) come last.
+	report, err := multimodal.Check(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	for _, w := range report.Warnings {
+		g.log.Info("request accepted with a warning", "request_id", c.Response().Header().Get(HeaderRequestID), "param", w.Param, "warning", w.Message)
 	}
 	id := c.Response().Header().Get(HeaderRequestID)
 	var p *pending
@@ -102,9 +107,9 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	} else {
 		err = g.awaitAnswer(c, p)
 	}
-	// A caller with an Idempotency-Key will come back for the answer: keep
-	// its job running.
-	if se, ok := errors.AsType[*schema.Error](err); ok && se.Status == statusClientClosed && idem == "" {
+	// Nobody will read the answer: stop the job. A caller with an
+	// Idempotency-Key will come back for it, so its job keeps running.
+	if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && idem == "" {
 		g.cancelJob(p.id)
 	}
 	return err
@@ -211,6 +216,8 @@ func (g *Gateway) awaitAnswer(c echo.Context, p *pending) error {
 		return clientGone(c.Request().Context().Err())
 	case <-timer.C:
 		return p.expired()
+	case <-g.closing:
+		return shuttingDown()
 	}
 }
 
@@ -229,9 +236,9 @@ func requestTimeout(h http.Header, model schema.Model) (time.Duration, error) {
 			continue
 		}
 		secs, err := strconv.ParseFloat(v, 64)
-		if err != nil || math.IsNaN(secs) || secs <= 0 || secs > schema.MaxRequestTimeout.Seconds() {
+		if err != nil || math.IsNaN(secs) || secs < 0.001 || secs > schema.MaxRequestTimeout.Seconds() {
 			return 0, schema.Invalid("", schema.CodeInvalidValue,
-				"The %s header must be a number of seconds above 0 and at most %d, got %q.", name, int(schema.MaxRequestTimeout.Seconds()), v)
+				"The %s header must be a number of seconds from 0.001 to %d, got %q.", name, int(schema.MaxRequestTimeout.Seconds()), v)
 		}
 		return time.Duration(secs * float64(time.Second)), nil
 	}

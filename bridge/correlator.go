@@ -68,17 +68,33 @@ func (c *correlator) pending() int {
 	return len(c.waiting)
 }
 
+// waitingIDs lists the request ids still waiting for a reply.
+func (c *correlator) waitingIDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]string, 0, len(c.waiting))
+	for id := range c.waiting {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 func (c *correlator) deliver(m *nats.Msg) {
 	id, ok := strings.CutPrefix(m.Subject, c.prefix)
 	if !ok {
 		return
 	}
+	c.deliverID(id, m.Data)
+}
+
+// deliverID hands data to the caller waiting for id, once.
+func (c *correlator) deliverID(id string, data []byte) {
 	c.mu.Lock()
 	ch, found := c.waiting[id]
 	delete(c.waiting, id) // one answer per request: a duplicate is dropped
 	c.mu.Unlock()
 	if found {
-		ch <- m.Data // buffered, and only ever sent once
+		ch <- data // buffered, and only ever sent once
 	}
 }
 

@@ -107,6 +107,7 @@ type Gateway struct {
 	inlineMax int
 	created   int64 // the models' "created" time
 	draining  atomic.Bool
+	closing   chan struct{} // closed when the shutdown grace is over
 }
 
 // New subscribes to this instance's replies and builds the routes. The
@@ -137,8 +138,18 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		answers:   answers,
 		inlineMax: inlineMaxFor(nc.MaxPayload()),
 		created:   time.Now().Unix(),
+		closing:   make(chan struct{}),
 	}
 	g.echo = g.routes()
+	// A reply published while this gateway was disconnected is not lost:
+	// workers publish replies into a stream; read them back on reconnect.
+	prev := nc.Opts.ReconnectedCB
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		if prev != nil {
+			prev(c)
+		}
+		go g.recoverReplies()
+	})
 	return g, nil
 }
 
@@ -147,6 +158,33 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 // can grow a body inside the envelope, so only half the payload is used.
 func inlineMaxFor(maxPayload int64) int {
 	return int(maxPayload / 2)
+}
+
+// recoverReplies looks up, in the replies stream, the reply of every caller
+// still waiting, and hands over those that arrived while the gateway was
+// disconnected.
+func (g *Gateway) recoverReplies() {
+	ids := g.corr.waitingIDs()
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := g.js.Stream(ctx, schema.StreamReplies)
+	if err != nil {
+		g.log.Error("could not read back replies after a reconnect", "waiting_callers", len(ids), "error", err)
+		return
+	}
+	recovered := 0
+	for _, id := range ids {
+		m, err := stream.GetLastMsgForSubject(ctx, g.corr.subject(id))
+		if err != nil { // not answered yet (or gone): the subscription will bring it
+			continue
+		}
+		g.corr.deliverID(id, m.Data)
+		recovered++
+	}
+	g.log.Info("replies read back after a reconnect", "waiting_callers", len(ids), "recovered", recovered)
 }
 
 // Handler returns the HTTP handler, for tests and custom servers.
@@ -177,8 +215,28 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	g.log.Info("gateway shutting down", "waiting_callers", g.corr.pending())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownGrace)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	err := srv.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Callers still waiting get a 503 they can retry, not a reset.
+		waiting := g.corr.pending()
+		close(g.closing)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		err = srv.Shutdown(fctx)
+		g.log.Warn("shutdown grace over; waiting callers answered 503", "callers", waiting)
+	}
+	if err != nil {
 		return fmt.Errorf("gateway shutdown: %w", err)
 	}
 	return nil
 }
+
+// shuttingDown is the answer of a caller still waiting when the shutdown
+// grace is over.
+func shuttingDown() *schema.Error {
+	return &schema.Error{Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: CodeShuttingDown,
+		Message: "This gateway is shutting down; send the request again.", RetryAfter: 1}
+}
+
+// CodeShuttingDown is the error code of a caller cut off by shutdown.
+const CodeShuttingDown = "gateway_shutting_down"

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -507,9 +508,9 @@ func TestRequestTimeoutHeaders(t *testing.T) {
 	if n != 2 {
 		t.Errorf("%d envelopes, want 2", n)
 	}
-	for _, v := range []string{"0", "-1", "abc", "NaN", "86401"} {
+	for _, v := range []string{"0", "1e-12", "-1", "abc", "NaN", "86401"} {
 		resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "x"), "X-Request-Timeout", v)
-		if resp.StatusCode != 400 || !strings.Contains(string(body), "X-Request-Timeout header must be a number of seconds") {
+		if resp.StatusCode != 400 || !strings.Contains(string(body), "X-Request-Timeout header must be a number of seconds from 0.001 to 86400") {
 			t.Errorf("timeout %q: status %d: %s", v, resp.StatusCode, body)
 		}
 	}
@@ -598,5 +599,114 @@ func TestCallerGoneCancelsJob(t *testing.T) {
 			_ = qm.Ack()
 		}
 		<-done
+	}
+}
+
+// TestRecoverRepliesAfterReconnect: a reply published into the replies
+// stream while the gateway was not subscribed reaches its caller when the
+// gateway reads replies back after a reconnect.
+func TestRecoverRepliesAfterReconnect(t *testing.T) {
+	f := newFixture(t, Config{})
+	ch := f.gw.corr.expect("lost")
+	defer f.gw.corr.forget("lost")
+	if err := f.gw.corr.sub.Unsubscribe(); err != nil { // as if disconnected
+		t.Fatal(err)
+	}
+	if _, err := f.q.JS.Publish(context.Background(), f.gw.corr.subject("lost"), []byte(`{"id":"lost"}`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+		t.Fatal("delivered without a subscription")
+	case <-time.After(50 * time.Millisecond):
+	}
+	f.gw.recoverReplies()
+	select {
+	case got := <-ch:
+		if string(got) != `{"id":"lost"}` {
+			t.Errorf("got %s", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reply was not read back")
+	}
+}
+
+// TestServeShutdown: on shutdown readiness turns 503 at once, a caller whose
+// answer comes within the grace gets it, and a caller still waiting when
+// the grace is over gets a 503 it can retry; Serve returns nil.
+func TestServeShutdown(t *testing.T) {
+	q := queuetest.Start(t, queue.Config{Memory: true})
+	gw, err := New(Config{ShutdownGrace: 500 * time.Millisecond}, q.Conn, q.JS, testCatalog(t), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- gw.Serve(ctx, ln) }()
+
+	type result struct {
+		status int
+		body   string
+	}
+	post := func(text string) <-chan result {
+		ch := make(chan result, 1)
+		go func() {
+			resp, err := http.Post(url+"/v1/chat/completions", "application/json", strings.NewReader(chatBody("claude-3.5-sonnet", text)))
+			if err != nil {
+				ch <- result{0, err.Error()}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			ch <- result{resp.StatusCode, string(b)}
+		}()
+		return ch
+	}
+	fast, slow := post("fast"), post("slow")
+	for range 500 {
+		if info, err := q.Consumer.Info(context.Background()); err == nil && info.NumPending == 2 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	time.Sleep(100 * time.Millisecond)
+	if gw.draining.Load() != true {
+		t.Error("readiness did not turn at shutdown")
+	}
+	// Answer only "fast", within the grace.
+	batch, err := q.Consumer.Fetch(2, jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		var env schema.Envelope
+		_ = json.Unmarshal(m.Data(), &env)
+		if strings.Contains(string(env.Request), `"fast"`) {
+			data, _ := json.Marshal(echoAnswer(env))
+			_ = q.Conn.Publish(m.Headers().Get(schema.HeaderReplyTo), data)
+		}
+		_ = m.Ack()
+	}
+	if r := <-fast; r.status != 200 || !strings.Contains(r.body, "echo: fast") {
+		t.Errorf("answered within the grace: %d %s", r.status, r.body)
+	}
+	r := <-slow
+	if r.status != 503 || !strings.Contains(r.body, `"code":"gateway_shutting_down"`) {
+		t.Errorf("still waiting after the grace: %d %s", r.status, r.body)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve = %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return")
 	}
 }

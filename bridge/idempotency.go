@@ -24,8 +24,10 @@ const (
 )
 
 // idempotencyKey returns the store key for the request's Idempotency-Key
-// header (a hash, so any header value makes a valid key), or "" without one.
-func idempotencyKey(h http.Header) (string, error) {
+// header, or "" without one. The key hashes the header with the body: the
+// same key sent with another request is another request, so it never gets
+// an answer meant for different input.
+func idempotencyKey(h http.Header, body []byte) (string, error) {
 	v := h.Get(HeaderIdempotencyKey)
 	if v == "" {
 		return "", nil
@@ -33,8 +35,11 @@ func idempotencyKey(h http.Header) (string, error) {
 	if len(v) > maxIdempotencyKeyLen {
 		return "", schema.Invalid("", schema.CodeInvalidValue, "The %s header is %d bytes; at most %d are allowed.", HeaderIdempotencyKey, len(v), maxIdempotencyKeyLen)
 	}
-	sum := sha256.Sum256([]byte(v))
-	return hex.EncodeToString(sum[:]), nil
+	hash := sha256.New()
+	hash.Write([]byte(v))
+	hash.Write([]byte{0})
+	hash.Write(body)
+	return hex.EncodeToString(hash.Sum(nil)), nil
 }
 
 // storedAnswer returns the finished reply kept for key, if any.

@@ -61,6 +61,8 @@ func (g *Gateway) streamAnswer(c echo.Context, p *pending, req *schema.ChatCompl
 			return clientGone(ctx.Err())
 		case <-deadline.C:
 			return g.streamFailed(c, s, p.expired())
+		case <-g.closing:
+			return g.streamFailed(c, s, shuttingDown())
 		case <-keepAlive.C:
 			if err := s.write(sseKeepAlive); err != nil {
 				return clientGone(err)

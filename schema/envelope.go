@@ -2,6 +2,8 @@ package schema
 
 import (
 	"encoding/json"
+	"regexp"
+	"strings"
 	"time"
 )
 
@@ -15,11 +17,28 @@ const (
 	SubjectRequests = "laas.requests"
 	// SubjectInteractive is the lane of requests whose caller waits on HTTP.
 	SubjectInteractive = SubjectRequests + ".interactive"
+	// --- dead letters (see deadletter.go) ---
+	// SubjectBatch is the lane of requests nobody waits on over HTTP: batch
+	// producers, and dead letters replayed by `laas-bridge dlq replay`.
+	SubjectBatch = SubjectRequests + ".batch"
+	// StreamDead keeps jobs that ran out of attempts, one message each, on
+	// SubjectDead.<request id> (see DeadLetterSubject). A limits stream, not
+	// a work queue: reading it does not consume it.
+	StreamDead = "LAAS_DEAD"
+	// SubjectDead prefixes dead-letter subjects; the stream captures
+	// SubjectDead + ".>".
+	SubjectDead = "laas.dead"
+	// --- end dead letters ---
 	// ConsumerWorkers is the durable pull consumer every worker shares.
 	ConsumerWorkers = "laas-workers"
 	// SubjectReplies prefixes reply subjects: laas.reply.<instance>.<request id>.
-	// Replies travel on core NATS, not through a stream.
+	// Workers publish replies through JetStream into StreamReplies, so a
+	// gateway that was disconnected when its reply came can still read it;
+	// gateways receive them on a plain subscription.
 	SubjectReplies = "laas.reply"
+	// StreamReplies keeps recent replies (minutes) for gateways that
+	// reconnect.
+	StreamReplies = "LAAS_REPLIES"
 	// SubjectCancel prefixes cancellations: a gateway whose caller went away
 	// publishes an empty message on laas.cancel.<request id> (core NATS);
 	// every worker hears it, skips the job or aborts its LaaS call.
@@ -109,4 +128,24 @@ func (r *Reply) Err() *Error {
 func ErrorReply(id string, err *Error) Reply {
 	d := err.Body().Error
 	return Reply{ID: id, Status: err.Status, Error: &d, RetryAfter: err.RetryAfter}
+}
+
+// idPattern is what a request id and a gateway instance id look like: one
+// NATS subject token, with no wildcard or separator.
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ValidRequestID reports whether id can name a request: 1-64 of
+// [A-Za-z0-9_-], so it is safe inside subjects and object names.
+func ValidRequestID(id string) bool { return idPattern.MatchString(id) }
+
+// ValidReplySubject reports whether s is a reply subject,
+// laas.reply.<instance>.<request id>, and nothing a worker must not
+// publish to.
+func ValidReplySubject(s string) bool {
+	rest, ok := strings.CutPrefix(s, SubjectReplies+".")
+	if !ok {
+		return false
+	}
+	instance, id, ok := strings.Cut(rest, ".")
+	return ok && ValidRequestID(instance) && ValidRequestID(id)
 }

@@ -68,6 +68,14 @@ func (c *cancels) cancel(id string, now time.Time) {
 	}
 }
 
+// isCancelled reports whether id's caller went away.
+func (c *cancels) isCancelled(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, gone := c.cancelled[id]
+	return gone
+}
+
 // start registers a running job; false means its caller already went away.
 func (c *cancels) start(id string, stop context.CancelCauseFunc) bool {
 	c.mu.Lock()

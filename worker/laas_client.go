@@ -100,6 +100,15 @@ func (c LaaSConfig) endpoint() (string, error) {
 	return strings.TrimRight(u.String(), "/") + schema.LaaSChatPath, nil
 }
 
+// redactedEndpoint is the endpoint with any password in it hidden.
+func redactedEndpoint(endpoint string) string {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return "[unparseable URL]"
+	}
+	return u.Redacted()
+}
+
 // LaaSClient calls LaaS's preset chat endpoint. It makes exactly one HTTP
 // attempt per Complete call: retrying is the caller's job, guided by
 // UpstreamError.Retryable. It is safe for concurrent use.
@@ -152,7 +161,7 @@ func NewLaaSClient(cfg LaaSConfig, hc *http.Client) (*LaaSClient, error) {
 }
 
 // String describes c without its credentials, for logs.
-func (c *LaaSClient) String() string { return "LaaSClient(" + c.endpoint + ")" }
+func (c *LaaSClient) String() string { return "LaaSClient(" + redactedEndpoint(c.endpoint) + ")" }
 
 // GoString is String, so that %#v cannot print the credentials.
 func (c *LaaSClient) GoString() string { return c.String() }

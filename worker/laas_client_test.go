@@ -884,3 +884,15 @@ func TestLaaSClientPrintsNoSecrets(t *testing.T) {
 		})
 	}
 }
+
+func TestLaaSClientPrintsNoPassword(t *testing.T) {
+	c, err := NewLaaSClient(LaaSConfig{BaseURL: "https://user:pw-SECRET@laas.example", ProjectCode: "p", APIKey: "k"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c)} {
+		if strings.Contains(s, "pw-SECRET") || !strings.Contains(s, "laas.example") {
+			t.Errorf("printed %q", s)
+		}
+	}
+}

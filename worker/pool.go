@@ -116,6 +116,7 @@ func (c Config) Validate() error {
 type Pool struct {
 	cfg        Config
 	nc         *nats.Conn
+	js         jetstream.JetStream
 	cons       jetstream.Consumer
 	bodies     jetstream.ObjectStore
 	answers    jetstream.KeyValue
@@ -149,7 +150,7 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	}
 	info := cons.CachedInfo()
 	nc := js.Conn()
-	p := &Pool{cfg: cfg, nc: nc, cons: cons, bodies: bodies, answers: answers, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
+	p := &Pool{cfg: cfg, nc: nc, js: js, cons: cons, bodies: bodies, answers: answers, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
 		ackWait: info.Config.AckWait, maxDeliver: info.Config.MaxDeliver}
 	if p.ackWait <= 0 {
 		p.ackWait = 30 * time.Second
@@ -236,16 +237,31 @@ type job struct {
 }
 
 func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error("panic while handling a job; the job is terminated", "subject", msg.Subject(), "panic", r)
+			_ = msg.Term()
+		}
+	}()
 	j := job{msg: msg, replyTo: msg.Headers().Get(schema.HeaderReplyTo), attempt: 1, received: time.Now()}
 	if md, err := msg.Metadata(); err == nil {
 		j.attempt = int(md.NumDelivered)
 	}
-	if err := json.Unmarshal(msg.Data(), &j.env); err != nil || j.env.ID == "" {
-		p.log.Error("dropping a message that is not a request envelope", "subject", msg.Subject(), "error", err)
+	if err := p.decodeJob(&j); err != nil {
+		p.log.Error("dropping a message that is not a valid request", "subject", msg.Subject(), "error", err)
 		_ = msg.Term()
 		return
 	}
 	log := p.log.With("request_id", j.env.ID, "model", j.env.Model, "attempt", j.attempt)
+	// Tell the server the job is being worked on from the start: fetching a
+	// large body and checking a PDF can take a while too.
+	stopProgress := p.keepAlive(ctx, msg)
+	defer stopProgress()
+	if p.cancels.isCancelled(j.env.ID) {
+		log.Info("job skipped: its caller went away before it started")
+		p.drop(log, &j)
+		return
+	}
 
 	if !j.env.Deadline.IsZero() && !j.received.Before(j.env.Deadline) {
 		p.finish(log, &j, schema.ErrorReply(j.env.ID, &schema.Error{
@@ -259,7 +275,11 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		if e, err := p.answers.Get(ctx, j.env.IdempotencyKey); err == nil {
 			log.Info("answered from the idempotency store; LaaS not called")
 			if j.replyTo != "" {
-				_ = p.nc.Publish(j.replyTo, e.Value())
+				if err := p.sendReply(j.replyTo, e.Value()); err != nil {
+					log.Warn("could not send the kept answer", "error", err)
+					p.retryLater(log, &j, time.Second, err)
+					return
+				}
 			}
 			p.drop(log, &j)
 			return
@@ -268,7 +288,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 	if j.env.RequestRef != "" {
 		if err := p.claimRequest(ctx, &j.env); err != nil {
 			log.Error("large request body unavailable", "error", err)
-			if ctx.Err() == nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			if ctx.Err() == nil && !errors.Is(err, jetstream.ErrObjectNotFound) && j.attempt < p.maxDeliver {
 				_ = msg.NakWithDelay(time.Second) // the store may come back
 				return
 			}
@@ -278,6 +298,10 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 	}
 	laasReq, model, err := p.prepare(ctx, &j.env)
+	if err != nil && ctx.Err() != nil { // shutdown, not the request's fault
+		_ = msg.Nak()
+		return
+	}
 	if err != nil {
 		p.finish(log, &j, schema.ErrorReply(j.env.ID, schema.AsError(err)), 0)
 		return
@@ -293,10 +317,8 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	defer p.cancels.done(j.env.ID)
-	stopProgress := p.keepAlive(callCtx, msg)
 	if p.limiter != nil {
 		if err := p.limiter.Wait(callCtx, model); err != nil {
-			stopProgress()
 			p.handBack(log, &j, callCtx, err)
 			return
 		}
@@ -304,7 +326,6 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 	start := time.Now()
 	resp, err := p.up.Complete(callCtx, laasReq)
 	upstream := time.Since(start)
-	stopProgress()
 
 	if err != nil {
 		if ctx.Err() != nil { // shutdown abandoned the call: let another worker run it
@@ -399,9 +420,12 @@ func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.
 	}
 	if j.replyTo != "" {
 		if err := p.publishReply(j.replyTo, &rep); err != nil {
-			log.Error("publishing the reply failed; job handed back", "error", err)
-			_ = j.msg.Nak()
-			return
+			if j.attempt < p.maxDeliver {
+				log.Error("publishing the reply failed; job handed back", "error", err)
+				_ = j.msg.NakWithDelay(time.Second)
+				return
+			}
+			log.Error("publishing the reply failed on the last attempt; the answer is lost", "error", err)
 		}
 	}
 	if err := j.msg.Ack(); err != nil {
@@ -424,9 +448,49 @@ func (p *Pool) handBack(log *slog.Logger, j *job, callCtx context.Context, err e
 				time.Since(j.env.EnqueuedAt).Round(time.Millisecond)),
 		}), 0)
 	default:
-		log.Warn("rate-limit wait ended; job handed back", "error", err)
-		_ = j.msg.Nak()
+		p.retryLater(log, j, 0, err)
 	}
+}
+
+// retryLater hands a job back to the queue after delay, unless this was
+// its last delivery: then it is answered with err as a 503 (and kept as a
+// dead letter), so it never stays in the queue with no attempt left.
+func (p *Pool) retryLater(log *slog.Logger, j *job, delay time.Duration, err error) {
+	if p.maxDeliver <= 0 || j.attempt < p.maxDeliver {
+		log.Warn("job handed back to the queue", "delay", delay, "error", err)
+		_ = j.msg.NakWithDelay(delay)
+		return
+	}
+	e := &schema.Error{Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
+		Message: "The bridge could not run the request within its attempts; try again shortly.", RetryAfter: 1, Cause: err}
+	p.deadLetter(log, j, e, time.Now())
+	p.finish(log, j, schema.ErrorReply(j.env.ID, e), 0)
+}
+
+// decodeJob reads and checks the envelope. A producer that skipped the
+// gateway is not trusted: the reply subject must be a reply subject, the
+// large body must be the request's own, the id must be a plain token.
+func (p *Pool) decodeJob(j *job) error {
+	if err := json.Unmarshal(j.msg.Data(), &j.env); err != nil {
+		return err
+	}
+	if !schema.ValidRequestID(j.env.ID) {
+		return fmt.Errorf("request id %q is not 1-64 of [A-Za-z0-9_-]", j.env.ID)
+	}
+	if j.replyTo != "" && !schema.ValidReplySubject(j.replyTo) {
+		return fmt.Errorf("%s %q is not a reply subject", schema.HeaderReplyTo, j.replyTo)
+	}
+	if j.env.RequestRef != "" && j.env.RequestRef != j.env.ID {
+		return fmt.Errorf("request_ref %q is not the request's own id", j.env.RequestRef)
+	}
+	if j.env.Deadline.IsZero() { // a producer may leave it out: the default timeout
+		start := j.env.EnqueuedAt
+		if start.IsZero() {
+			start = j.received
+		}
+		j.env.Deadline = start.Add(schema.DefaultTimeout)
+	}
+	return nil
 }
 
 // throttleFor is how long every worker holds off after a 429: Retry-After
@@ -513,7 +577,16 @@ func (p *Pool) publishReply(subject string, rep *schema.Reply) error {
 			return err
 		}
 	}
-	return p.nc.Publish(subject, data)
+	return p.sendReply(subject, data)
+}
+
+// sendReply publishes a reply through JetStream (StreamReplies keeps it for
+// a gateway that is reconnecting) and waits for the stream's ack.
+func (p *Pool) sendReply(subject string, data []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := p.js.Publish(ctx, subject, data)
+	return err
 }
 
 // keepAlive tells the server the job is still being worked on, so AckWait
@@ -535,6 +608,11 @@ func (p *Pool) keepAlive(ctx context.Context, msg jetstream.Msg) (stop func()) {
 	return cancel
 }
 
+// retryMargin is the time a retry must have left before the deadline: a
+// retry that could only start as the caller gives up would turn the last
+// real error (say a 429) into a timeout.
+const retryMargin = time.Second
+
 // retryDelay returns how long to wait before the next attempt, and false
 // when no attempt is left: MaxDeliver is reached or the deadline would pass.
 func (p *Pool) retryDelay(j *job, retryAfter time.Duration) (time.Duration, bool) {
@@ -544,7 +622,7 @@ func (p *Pool) retryDelay(j *job, retryAfter time.Duration) (time.Duration, bool
 	backoff := min(p.cfg.RetryMax, p.cfg.RetryBase<<min(j.attempt-1, 20))
 	delay := backoff/2 + rand.N(backoff/2+1) // jitter in [backoff/2, backoff]
 	delay = max(delay, retryAfter)
-	if !j.env.Deadline.IsZero() && time.Now().Add(delay).After(j.env.Deadline) {
+	if !j.env.Deadline.IsZero() && time.Now().Add(delay+retryMargin).After(j.env.Deadline) {
 		return 0, false
 	}
 	return delay, true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -304,7 +305,7 @@ func TestPoolSharesWork(t *testing.T) {
 	f := &poolFixture{q: q, replies: sub}
 	const jobs = 40
 	for i := range jobs {
-		f.publish(t, "r"+string(rune('A'+i)), "m", time.Minute, hello)
+		f.publish(t, fmt.Sprintf("r%d", i), "m", time.Minute, hello)
 	}
 	seen := map[string]bool{}
 	for range jobs {
@@ -481,4 +482,50 @@ func TestPoolIdempotentAnswer(t *testing.T) {
 		t.Errorf("kept answer = %s", e.Value())
 	}
 	f.drained(t)
+}
+
+// TestPoolEnvelopeChecks: a producer that skips the gateway gets the
+// default deadline when it sets none, and cannot make a worker publish to
+// an arbitrary subject, read another request's body, or use an id that
+// is not a plain token.
+func TestPoolEnvelopeChecks(t *testing.T) {
+	t.Run("no deadline: the default timeout", func(t *testing.T) {
+		up := &recorder{}
+		f := startPool(t, up, Config{})
+		data, _ := json.Marshal(schema.Envelope{ID: "nodl", Model: "m", Request: json.RawMessage(hello)})
+		msg := &nats.Msg{Subject: schema.SubjectInteractive, Data: data, Header: nats.Header{}}
+		msg.Header.Set(schema.HeaderReplyTo, "laas.reply.test.nodl")
+		if _, err := f.q.JS.PublishMsg(context.Background(), msg); err != nil {
+			t.Fatal(err)
+		}
+		if r := f.reply(t); r.Status != 200 || up.count() != 1 {
+			t.Fatalf("reply %d %+v, LaaS calls %d", r.Status, r.Error, up.count())
+		}
+	})
+	cases := []struct{ name, id, replyTo, ref string }{
+		{"reply subject outside laas.reply", "ok1", "$JS.API.STREAM.DELETE." + schema.StreamRequests, ""},
+		{"wildcard reply subject", "ok2", "laas.reply.test.>", ""},
+		{"another request's body", "ok3", "laas.reply.test.ok3", "someone-else"},
+		{"id with a dot", "a.b", "laas.reply.test.x", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			up := &recorder{}
+			f := startPool(t, up, Config{})
+			now := time.Now()
+			data, _ := json.Marshal(schema.Envelope{ID: tc.id, Model: "m", EnqueuedAt: now, Deadline: now.Add(time.Minute), Request: json.RawMessage(hello), RequestRef: tc.ref})
+			msg := &nats.Msg{Subject: schema.SubjectInteractive, Data: data, Header: nats.Header{}}
+			msg.Header.Set(schema.HeaderReplyTo, tc.replyTo)
+			if _, err := f.q.JS.PublishMsg(context.Background(), msg); err != nil {
+				t.Fatal(err)
+			}
+			f.drained(t)
+			if up.count() != 0 {
+				t.Errorf("LaaS was called")
+			}
+			if _, err := f.q.JS.Stream(context.Background(), schema.StreamRequests); err != nil {
+				t.Errorf("request stream: %v", err)
+			}
+		})
+	}
 }

@@ -47,14 +47,14 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		fs.StringVar(&env.DataDir, "data-dir", env.DataDir, "where the embedded NATS keeps its file store (BRIDGE_DATA_DIR)")
 		fs.StringVar(&env.NATSListen, "nats-listen", env.NATSListen, "address the embedded NATS listens on for other programs; empty for none (BRIDGE_NATS_LISTEN)")
 	}
-	fs.StringVar(&env.NATSURL, "nats-url", env.NATSURL, "NATS server URLs, comma-separated (NATS_URL)")
+	secretFlag(fs, &env.NATSURL, "nats-url", "NATS server URLs, comma-separated (NATS_URL)")
 	fs.StringVar(&env.Config, "config", env.Config, "LiteLLM-format model config (BRIDGE_CONFIG; default config.yaml when present)")
 	if hasGateway {
 		fs.StringVar(&env.Listen, "listen", env.Listen, "HTTP listen address (BRIDGE_LISTEN)")
 	}
 	if hasWorker {
 		fs.IntVar(&env.Concurrency, "concurrency", env.Concurrency, "LaaS calls this process runs at once (BRIDGE_WORKER_CONCURRENCY)")
-		fs.StringVar(&env.LaaSBaseURL, "laas-base-url", env.LaaSBaseURL, "LaaS base URL (LAAS_BASE_URL)")
+		secretFlag(fs, &env.LaaSBaseURL, "laas-base-url", "LaaS base URL (LAAS_BASE_URL; default https://api-laas.wanted.co.kr)")
 		fs.StringVar(&env.LaaSPresetHash, "preset-hash", env.LaaSPresetHash, "preset for models without their own (LAAS_PRESET_HASH)")
 	}
 	fs.StringVar(&env.LogLevel, "log-level", env.LogLevel, "debug, info, warn or error (BRIDGE_LOG_LEVEL)")
@@ -108,7 +108,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 	ensureCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	cons, err := queue.Ensure(ensureCtx, js, queue.Config{MaxMsgs: env.QueueMsgs, MaxBytes: env.QueueBytes})
+	cons, err := queue.Ensure(ensureCtx, js, queue.Config{MaxMsgs: env.QueueMsgs, MaxBytes: env.QueueBytes, MaxAckPending: env.LaaSMaxConcurrency, AckWait: env.AckWait})
 	cancel()
 	if err != nil {
 		return err
@@ -116,7 +116,32 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 
 	var pool *worker.Pool
 	if hasWorker {
-		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log); err != nil {
+		// Dead letters: jobs that run out of attempts, and jobs that reach
+		// MaxDeliver without a worker finishing them (watched before the
+		// pool pulls, so no advisory is missed).
+		deadCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		dead, err := worker.NewDeadLetters(deadCtx, js, log)
+		if err == nil {
+			var stopWatch func()
+			if stopWatch, err = dead.WatchMaxDeliveries(deadCtx); err == nil {
+				defer stopWatch()
+			}
+		}
+		cancel()
+		if err != nil {
+			return err
+		}
+		// Rate limits shared by every worker process (LAAS_LIMITS bucket).
+		limitCtx, cancelLimit := context.WithTimeout(ctx, 30*time.Second)
+		limiter, err := newLimiter(limitCtx, js, env, log)
+		cancelLimit()
+		if err != nil {
+			return err
+		}
+		defer limiter.Close()
+		// --- end rate limits ---
+		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log,
+			worker.WithDeadLetters(dead), worker.WithLimiter(limiter)); err != nil {
 			return err
 		}
 	}
@@ -260,4 +285,15 @@ func startDemoMock(env *Env, log *slog.Logger) (stop func(), err error) {
 	}
 	log.Warn("DEMO MODE: answers come from the built-in LaaS mock, not from Wanted LaaS", "mock_url", env.LaaSBaseURL)
 	return func() { _ = srv.Close() }, nil
+}
+
+// newLimiter opens the workers' shared rate limiter: BRIDGE_LAAS_RPM for the
+// project, each model's rpm, and the cooldown after a 429.
+func newLimiter(ctx context.Context, js jetstream.JetStream, env Env, log *slog.Logger) (*worker.KVLimiter, error) {
+	l, err := worker.NewKVLimiter(ctx, js, worker.LimiterConfig{Bucket: queue.BucketLimits, RPM: env.LaaSRPM}, log)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("rate limits", "project_rpm", env.LaaSRPM, "max_concurrency", env.LaaSMaxConcurrency)
+	return l, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 
 	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/queue"
 )
 
 // Env holds every environment setting. The names are fixed: existing .env
@@ -29,8 +30,15 @@ type Env struct {
 	MaxBody     int64         `envconfig:"BRIDGE_MAX_BODY_BYTES" default:"67108864"`
 	QueueMsgs   int64         `envconfig:"BRIDGE_QUEUE_MAX_MSGS" default:"100000"`
 	QueueBytes  int64         `envconfig:"BRIDGE_QUEUE_MAX_BYTES" default:"1073741824"`
+	AckWait     time.Duration `envconfig:"BRIDGE_ACK_WAIT" default:"30s"`
 	LogLevel    string        `envconfig:"BRIDGE_LOG_LEVEL" default:"info"`
 	LogFormat   string        `envconfig:"BRIDGE_LOG_FORMAT" default:"text"`
+
+	// LaaSRPM is the LaaS project's requests per minute over every worker
+	// process (0: none); LaaSMaxConcurrency caps its calls in flight (the
+	// consumer's MaxAckPending; 0: queue.DefaultMaxAckPending).
+	LaaSRPM            int `envconfig:"BRIDGE_LAAS_RPM" default:"0"`
+	LaaSMaxConcurrency int `envconfig:"BRIDGE_LAAS_MAX_CONCURRENCY" default:"0"`
 
 	MockListen  string        `envconfig:"MOCK_LAAS_LISTEN" default:"127.0.0.1:9901"`
 	MockLatency time.Duration `envconfig:"MOCK_LAAS_LATENCY"`
@@ -43,6 +51,12 @@ func readEnv() (Env, error) {
 	var e Env
 	if err := envconfig.Process("", &e); err != nil {
 		return e, fmt.Errorf("environment: %w", err)
+	}
+	if e.LaaSRPM < 0 {
+		return e, fmt.Errorf("BRIDGE_LAAS_RPM must be 0 (no limit) or more, got %d", e.LaaSRPM)
+	}
+	if e.LaaSMaxConcurrency < 0 {
+		return e, fmt.Errorf("BRIDGE_LAAS_MAX_CONCURRENCY must be 0 (the default, %d) or more, got %d", queue.DefaultMaxAckPending, e.LaaSMaxConcurrency)
 	}
 	return e, nil
 }

@@ -69,7 +69,7 @@ func TestIdempotencyKeyOneUpstreamCall(t *testing.T) {
 		go func() { defer wg.Done(); answers[i] = call("order-42", "first text") }()
 	}
 	wg.Wait()
-	later := call("order-42", "a different text, same key")
+	later := call("order-42", "first text")
 	for i, a := range append(answers, later) {
 		if a.status != 200 || a.content != "mock[h]: first text" || a.id != answers[0].id {
 			t.Errorf("answer %d = %+v; want the first call's answer (id %s)", i, a, answers[0].id)
@@ -83,6 +83,10 @@ func TestIdempotencyKeyOneUpstreamCall(t *testing.T) {
 	}
 	if a := call("order-43", "other key"); a.status != 200 || a.content != "mock[h]: other key" || mock.Calls() != 2 {
 		t.Errorf("another key: %+v, LaaS calls %d", a, mock.Calls())
+	}
+	// The same key with another body is another request, never the first's answer.
+	if a := call("order-42", "a different text"); a.status != 200 || a.content != "mock[h]: a different text" || a.replayed != "" || mock.Calls() != 3 {
+		t.Errorf("same key, other body: %+v, LaaS calls %d", a, mock.Calls())
 	}
 }
 

@@ -21,8 +21,9 @@ import (
 	"github.com/laas-bridge/laas-bridge/schema/queue"
 )
 
-// binary is the laas-bridge binary built once for the process tests.
-var binary string
+// binary is the laas-bridge binary built once for the process tests;
+// natsServer is nats-server, built from the module the bridge embeds.
+var binary, natsServer string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "laas-bridge-bin")
@@ -34,6 +35,12 @@ func TestMain(m *testing.M) {
 	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	natsServer = filepath.Join(dir, "nats-server")
+	if out, err := exec.Command("go", "build", "-o", natsServer, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build nats-server: %v\n%s", err, out)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -60,7 +67,13 @@ func baseEnv(kv ...string) []string {
 // returns the first submatch. The process is killed at cleanup if still running.
 func startProc(t *testing.T, name, dir string, env []string, ready *regexp.Regexp, args ...string) (*proc, string) {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
+	return startExe(t, binary, name, dir, env, ready, args...)
+}
+
+// startExe is startProc for any executable.
+func startExe(t *testing.T, exe, name, dir string, env []string, ready *regexp.Regexp, args ...string) (*proc, string) {
+	t.Helper()
+	cmd := exec.Command(exe, args...)
 	cmd.Dir, cmd.Env = dir, env
 	p := &proc{name: name, cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
 	pr, pw := io.Pipe()

@@ -26,6 +26,7 @@ Usage:
   laas-bridge gateway [flags]          the HTTP front end only (needs NATS_URL)
   laas-bridge worker [flags]           a worker pool only (needs NATS_URL)
   laas-bridge mock-laas [flags]        a LaaS look-alike for demos, tests and benchmarks
+  laas-bridge dlq list|replay [flags]  inspect and replay dead letters (needs NATS_URL)
   laas-bridge version                  print the version
 
 Run 'laas-bridge <command> -h' for a command's flags. Settings come from the
@@ -48,6 +49,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBridge(ctx, cmd, rest, stderr)
 	case "mock-laas":
 		return runMock(ctx, rest, stderr)
+	case "dlq":
+		return runDLQ(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return nil
@@ -86,6 +89,16 @@ func versionString() string {
 		}
 	}
 	return strings.TrimSpace("laas-bridge " + v + " " + goVersion)
+}
+
+// secretFlag registers a string flag that overrides *target when given but
+// shows no default: the value from the environment may hold a password
+// (nats://user:pass@host), which -h or a mistyped flag would print.
+func secretFlag(fs *flag.FlagSet, target *string, name, usage string) {
+	fs.Func(name, usage, func(v string) error {
+		*target = v
+		return nil
+	})
 }
 
 // parseFlags parses args and turns -h into errUsage after printing help.

@@ -186,3 +186,23 @@ func TestSettingsPrecedence(t *testing.T) {
 		t.Errorf("the flag does not win: %s", e)
 	}
 }
+
+// TestHelpDoesNotPrintSecrets: -h and a mistyped flag print the flags'
+// defaults; values from the environment that may hold passwords are not
+// among them.
+func TestHelpDoesNotPrintSecrets(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("NATS_URL", "nats://bridge:nats-SECRET@127.0.0.1:1")
+	t.Setenv("LAAS_BASE_URL", "https://user:laas-SECRET@laas.example")
+	t.Setenv("BRIDGE_MASTER_KEY", "master-SECRET")
+	for _, args := range [][]string{{"worker", "-h"}, {"worker", "--typo"}, {"serve", "-h"}, {"gateway", "--typo"}} {
+		var out bytes.Buffer
+		err := run(context.Background(), args, &out, &out)
+		if !errors.Is(err, errUsage) {
+			t.Errorf("%v: %v", args, err)
+		}
+		if strings.Contains(out.String(), "SECRET") || !strings.Contains(out.String(), "-nats-url") {
+			t.Errorf("%v printed:\n%s", args, out.String())
+		}
+	}
+}

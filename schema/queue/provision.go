@@ -37,6 +37,14 @@ type Config struct {
 	// AnswersTTL is how long a finished answer to a request with an
 	// Idempotency-Key is kept and replayed.
 	AnswersTTL time.Duration
+	// --- dead letters ---
+	// DeadMaxAge is how long a dead letter is kept in StreamDead; zero
+	// means 7 days.
+	DeadMaxAge time.Duration
+	// DeadMaxBytes bounds StreamDead; when full the oldest dead letters go
+	// first. Zero means 1 GiB (64 MiB with Memory set).
+	DeadMaxBytes int64
+	// --- end dead letters ---
 	// Memory keeps the stream in memory instead of on disk (tests only).
 	Memory bool
 }
@@ -53,6 +61,9 @@ const (
 	DefaultBodiesMaxBytes  = 4 << 30
 	MemoryBodiesMaxBytes   = 256 << 20 // the default with Memory set
 	DefaultBodiesTTL       = 24 * time.Hour
+	DefaultDeadMaxAge      = 7 * 24 * time.Hour
+	DefaultDeadMaxBytes    = 1 << 30
+	MemoryDeadMaxBytes     = 64 << 20 // the default with Memory set
 )
 
 func (c *Config) setDefaults() {
@@ -89,6 +100,15 @@ func (c *Config) setDefaults() {
 	if c.AnswersTTL == 0 {
 		c.AnswersTTL = DefaultAnswersTTL
 	}
+	if c.DeadMaxAge == 0 {
+		c.DeadMaxAge = DefaultDeadMaxAge
+	}
+	if c.DeadMaxBytes == 0 {
+		c.DeadMaxBytes = DefaultDeadMaxBytes
+		if c.Memory {
+			c.DeadMaxBytes = MemoryDeadMaxBytes
+		}
+	}
 }
 
 // Validate reports every invalid field at once.
@@ -121,6 +141,14 @@ func (c Config) Validate() error {
 	if c.AnswersTTL < time.Minute {
 		errs = append(errs, fmt.Errorf("idempotent answers TTL must be at least 1m, got %s", c.AnswersTTL))
 	}
+	// Zero dead-letter limits mean the defaults (fields added later than
+	// the others, so a Config written before them stays valid).
+	if c.DeadMaxAge != 0 && c.DeadMaxAge < time.Hour {
+		errs = append(errs, fmt.Errorf("dead-letter max age must be at least 1h, got %s", c.DeadMaxAge))
+	}
+	if c.DeadMaxBytes != 0 && c.DeadMaxBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("dead-letter max bytes must be at least 1 MiB, got %d", c.DeadMaxBytes))
+	}
 	return errors.Join(errs...)
 }
 
@@ -138,6 +166,9 @@ func (c Config) StreamConfig() jetstream.StreamConfig {
 		Storage:     c.storage(),
 		Replicas:    c.Replicas,
 		Duplicates:  c.DuplicateWindow,
+		// No job may wait longer than its deadline; this only removes a
+		// job that no worker could ever finish, after it expired anyway.
+		MaxAge: schema.MaxRequestTimeout + time.Hour,
 	}
 }
 
@@ -161,6 +192,26 @@ func (c Config) BodiesConfig() jetstream.ObjectStoreConfig {
 	}
 }
 
+// DeadConfig returns the dead-letter stream's configuration: a limits
+// stream (reading does not consume), oldest dropped first when full, the
+// same duplicate window as the request stream so a job dead-lettered twice
+// is kept once.
+func (c Config) DeadConfig() jetstream.StreamConfig {
+	c.setDefaults()
+	return jetstream.StreamConfig{
+		Name:        schema.StreamDead,
+		Description: "laas-bridge dead letters: jobs that ran out of attempts",
+		Subjects:    []string{schema.SubjectDead + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      c.DeadMaxAge,
+		MaxBytes:    c.DeadMaxBytes,
+		Storage:     c.storage(),
+		Replicas:    c.Replicas,
+		Duplicates:  c.DuplicateWindow,
+	}
+}
+
 // ConsumerConfig returns the workers' shared durable pull consumer.
 func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
 	c.setDefaults()
@@ -172,6 +223,31 @@ func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
 		MaxDeliver:    c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending,
 		Replicas:      c.Replicas,
+	}
+}
+
+// RepliesMaxAge is how long a reply stays in StreamReplies for a gateway
+// that reconnects; the gateway waits on the caller's deadline, but a reply
+// is read back only after a reconnect, which takes seconds.
+const RepliesMaxAge = 15 * time.Minute
+
+// RepliesMaxBytes bounds StreamReplies; the oldest replies go first. Large
+// answers travel through the object store, so replies are small.
+const RepliesMaxBytes = 256 << 20
+
+// RepliesConfig returns the stream that keeps recent replies.
+func (c Config) RepliesConfig() jetstream.StreamConfig {
+	c.setDefaults()
+	return jetstream.StreamConfig{
+		Name:        schema.StreamReplies,
+		Description: "laas-bridge recent replies, read back by gateways after a reconnect",
+		Subjects:    []string{schema.SubjectReplies + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      RepliesMaxAge,
+		MaxBytes:    RepliesMaxBytes,
+		Storage:     c.storage(),
+		Replicas:    c.Replicas,
 	}
 }
 
@@ -188,8 +264,35 @@ func (c Config) AnswersConfig() jetstream.KeyValueConfig {
 	}
 }
 
-// Ensure creates or updates the request stream, the workers' consumer and
-// the large-body object store to match cfg, and returns the consumer. It is
+// --- rate limiter (worker.KVLimiter) ---
+
+// BucketLimits is the KV bucket of the workers' shared rate limiter
+// (worker.KVLimiter): the project's and each model's call schedule and the
+// cooldown after a 429.
+const BucketLimits = "LAAS_LIMITS"
+
+// LimitsTTL removes a limiter key nobody has updated for this long (a model
+// that left the config); an absent key means no call is scheduled.
+const LimitsTTL = 24 * time.Hour
+
+// LimitsConfig returns the rate limiter's KV bucket. It keeps only each
+// key's latest value: the limiter's writes are compare-and-set on it.
+func (c Config) LimitsConfig() jetstream.KeyValueConfig {
+	c.setDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:      BucketLimits,
+		Description: "laas-bridge shared rate limits: call schedules and 429 cooldown",
+		History:     1,
+		TTL:         LimitsTTL,
+		Storage:     c.storage(),
+		Replicas:    c.Replicas,
+	}
+}
+
+// --- end rate limiter ---
+
+// Ensure creates or updates the request stream, the dead-letter stream, the
+// workers' consumer and the large-body object store to match cfg, and returns the consumer. It is
 // safe to call from every process at once.
 func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Consumer, error) {
 	cfg.setDefaults()
@@ -199,12 +302,23 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.
 	if _, err := js.CreateOrUpdateStream(ctx, cfg.StreamConfig()); err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", schema.StreamRequests, err)
 	}
+	if _, err := js.CreateOrUpdateStream(ctx, cfg.RepliesConfig()); err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", schema.StreamReplies, err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, cfg.DeadConfig()); err != nil {
+		return nil, fmt.Errorf("create or update stream %s: %w", schema.StreamDead, err)
+	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, cfg.BodiesConfig()); err != nil {
 		return nil, fmt.Errorf("create or update object store %s: %w", schema.BucketBodies, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, cfg.AnswersConfig()); err != nil {
 		return nil, fmt.Errorf("create or update key-value bucket %s: %w", schema.BucketAnswers, err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, cfg.LimitsConfig()); err != nil { // rate limiter
+		return nil, fmt.Errorf("create or update key-value bucket %s: %w", BucketLimits, err)
+	}
+	// MaxAckPending (the global cap on jobs in flight) is applied to an
+	// existing consumer too: a changed value takes effect at start.
 	cons, err := js.CreateOrUpdateConsumer(ctx, schema.StreamRequests, cfg.ConsumerConfig())
 	if err != nil {
 		return nil, fmt.Errorf("create or update consumer %s: %w", schema.ConsumerWorkers, err)

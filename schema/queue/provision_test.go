@@ -102,6 +102,7 @@ func TestStreamConfig(t *testing.T) {
 		Storage:     jetstream.FileStorage,
 		Replicas:    1,
 		Duplicates:  10 * time.Minute,
+		MaxAge:      25 * time.Hour,
 	}
 	memory := want
 	memory.Storage = jetstream.MemoryStorage
@@ -276,7 +277,7 @@ func TestEnsureIdempotent(t *testing.T) {
 	}
 	// The object store of large bodies is the stream OBJ_<bucket>, a KV
 	// bucket the stream KV_<bucket>; the same set after a second Ensure.
-	for _, want := range []string{schema.StreamRequests, "OBJ_" + schema.BucketBodies, "KV_" + schema.BucketAnswers} {
+	for _, want := range []string{schema.StreamRequests, schema.StreamReplies, "OBJ_" + schema.BucketBodies, "KV_" + schema.BucketAnswers} {
 		if !slices.Contains(streams1, want) {
 			t.Errorf("no stream %s after Ensure: %q", want, streams1)
 		}

@@ -1,0 +1,505 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"math"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/queue"
+	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
+)
+
+// limiterLog is a concurrency-safe log sink for a limiter under test.
+type limiterLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (w *limiterLog) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func (w *limiterLog) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// limiterFleet is n limiters sharing one bucket, each on its own NATS
+// connection: as far as the bucket can tell, n worker processes.
+type limiterFleet struct {
+	q    *queuetest.Queue
+	logs *limiterLog
+}
+
+func newLimiterFleet(t *testing.T) *limiterFleet {
+	t.Helper()
+	return &limiterFleet{q: queuetest.Start(t, queue.Config{Memory: true}), logs: &limiterLog{}}
+}
+
+// start opens one more limiter; shift moves its clock.
+func (f *limiterFleet) start(t *testing.T, cfg LimiterConfig, shift time.Duration) *KVLimiter {
+	t.Helper()
+	js, err := jetstream.New(f.q.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg.Bucket = queue.BucketLimits
+	clock := func() time.Time { return time.Now().Add(shift) }
+	l, err := newKVLimiter(ctx, js, cfg, slog.New(slog.NewTextHandler(f.logs, nil)), clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return l
+}
+
+func (f *limiterFleet) startN(t *testing.T, n int, cfg LimiterConfig) []*KVLimiter {
+	var ls []*KVLimiter
+	for range n {
+		ls = append(ls, f.start(t, cfg, 0))
+	}
+	return ls
+}
+
+// grant is one Wait that returned nil.
+type grant struct {
+	at       time.Time
+	instance int
+	model    string
+}
+
+// grants collects grants from many goroutines.
+type grants struct {
+	mu  sync.Mutex
+	all []grant
+}
+
+func (g *grants) add(at time.Time, instance int, model string) {
+	g.mu.Lock()
+	g.all = append(g.all, grant{at, instance, model})
+	g.mu.Unlock()
+}
+
+// times returns the grant times that match keep, sorted.
+func (g *grants) times(keep func(grant) bool) []time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []time.Time
+	for _, x := range g.all {
+		if keep == nil || keep(x) {
+			out = append(out, x.at)
+		}
+	}
+	slices.SortFunc(out, time.Time.Compare)
+	return out
+}
+
+// hammer runs callers goroutines on each limiter, each calling Wait for
+// model in a loop until ctx ends, and records every grant.
+func hammer(ctx context.Context, ls []*KVLimiter, callers int, model schema.Model, g *grants) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for i, l := range ls {
+		for range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					if err := l.Wait(ctx, model); err != nil {
+						return
+					}
+					g.add(time.Now(), i, model.Alias)
+				}
+			}()
+		}
+	}
+	return &wg
+}
+
+// maxInWindow is the most times in any window [t, t+w).
+func maxInWindow(times []time.Time, w time.Duration) int {
+	most, j := 0, 0
+	for i := range times {
+		for times[i].Sub(times[j]) >= w {
+			j++
+		}
+		most = max(most, i-j+1)
+	}
+	return most
+}
+
+// countIn counts times in [from, to).
+func countIn(times []time.Time, from, to time.Time) int {
+	n := 0
+	for _, x := range times {
+		if !x.Before(from) && x.Before(to) {
+			n++
+		}
+	}
+	return n
+}
+
+func perInstance(g *grants, n int) []int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	counts := make([]int, n)
+	for _, x := range g.all {
+		counts[x.instance]++
+	}
+	return counts
+}
+
+// TestKVLimiterSharedProjectRate: three limiters (processes) with many
+// callers each share one project budget: the sum is paced to it, and with
+// work waiting all of it is used.
+func TestKVLimiterSharedProjectRate(t *testing.T) {
+	const rpm = 1200 // 20/s
+	f := newLimiterFleet(t)
+	ls := f.startN(t, 3, LimiterConfig{RPM: rpm})
+	var g grants
+	const run = 4 * time.Second
+	start := time.Now()
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(run))
+	defer cancel()
+	hammer(ctx, ls, 8, schema.Model{Alias: "any"}, &g).Wait()
+
+	times := g.times(nil)
+	perSec := float64(rpm) / 60
+	for _, w := range []time.Duration{time.Second, 2 * time.Second} {
+		// The schedule admits w*rate+1 calls; one more for timer jitter.
+		if got, limit := maxInWindow(times, w), int(w.Seconds()*perSec)+2; got > limit {
+			t.Errorf("%d calls in a %s window, limit %d", got, w, limit)
+		}
+	}
+	want := run.Seconds() * perSec
+	if got := countIn(times, start, start.Add(run)); float64(got) < 0.9*want {
+		t.Errorf("%d calls in %s, want at least 90%% of %.0f: the budget was wasted", got, run, want)
+	}
+	counts := perInstance(&g, len(ls))
+	for i, n := range counts {
+		if n < len(times)/10 {
+			t.Errorf("limiter %d got %d of %d calls: %v", i, n, len(times), counts)
+		}
+	}
+	t.Logf("%d calls in %s (limit %.0f), per limiter %v, most in 1 s %d (limit %.0f)",
+		len(times), run, want, counts, maxInWindow(times, time.Second), perSec)
+}
+
+// TestKVLimiterModelRPM: a model's rpm holds across limiters, inside the
+// project's budget, and does not slow models without one.
+func TestKVLimiterModelRPM(t *testing.T) {
+	slow := schema.Model{Alias: "slow/model:v1", RPM: 300} // 5/s; the alias needs encoding as a key
+	free := schema.Model{Alias: "free"}
+	const run = 3 * time.Second
+
+	t.Run("inside the project budget", func(t *testing.T) {
+		const projectRPM = 1200 // 20/s
+		f := newLimiterFleet(t)
+		ls := f.startN(t, 2, LimiterConfig{RPM: projectRPM})
+		var g grants
+		start := time.Now()
+		ctx, cancel := context.WithDeadline(context.Background(), start.Add(run))
+		defer cancel()
+		w1 := hammer(ctx, ls, 6, slow, &g)
+		w2 := hammer(ctx, ls, 6, free, &g)
+		w1.Wait()
+		w2.Wait()
+
+		slowTimes := g.times(func(x grant) bool { return x.model == slow.Alias })
+		all := g.times(nil)
+		checkRate(t, "slow model", slowTimes, start, run, float64(slow.RPM)/60)
+		checkRate(t, "project", all, start, run, float64(projectRPM)/60)
+		if n := len(all) - len(slowTimes); float64(n) < 0.9*run.Seconds()*float64(projectRPM-slow.RPM)/60 {
+			t.Errorf("the model without rpm got %d calls: held back by the slow one", n)
+		}
+	})
+
+	t.Run("alone", func(t *testing.T) {
+		f := newLimiterFleet(t)
+		ls := f.startN(t, 3, LimiterConfig{})
+		var g grants
+		start := time.Now()
+		ctx, cancel := context.WithDeadline(context.Background(), start.Add(run))
+		defer cancel()
+		w := hammer(ctx, ls, 4, slow, &g)
+		// Meanwhile a model without any limit passes at once.
+		freeStart := time.Now()
+		for range 1000 {
+			if err := ls[0].Wait(ctx, free); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if d := time.Since(freeStart); d > 500*time.Millisecond {
+			t.Errorf("1000 calls of an unlimited model took %s", d)
+		}
+		w.Wait()
+		checkRate(t, "slow model", g.times(nil), start, run, float64(slow.RPM)/60)
+	})
+}
+
+// checkRate checks times against a rate: no window of 2 s holds more than
+// the schedule admits (with the documented 2*Horizon of slack for a
+// model's slot, and one call for timer jitter), and the run as a whole used
+// at least 90% of the budget.
+func checkRate(t *testing.T, what string, times []time.Time, start time.Time, run time.Duration, perSec float64) {
+	t.Helper()
+	w := 2 * time.Second
+	limit := int(math.Floor((w+2*DefaultLimiterHorizon).Seconds()*perSec)) + 2
+	if got := maxInWindow(times, w); got > limit {
+		t.Errorf("%s: %d calls in a %s window, limit %d", what, got, w, limit)
+	}
+	want := run.Seconds() * perSec
+	got := countIn(times, start, start.Add(run))
+	if float64(got) < 0.9*want {
+		t.Errorf("%s: %d calls in %s, want at least 90%% of %.0f", what, got, run, want)
+	}
+	if float64(got) > want+2 {
+		t.Errorf("%s: %d calls in %s, want at most %.0f", what, got, run, want)
+	}
+	t.Logf("%s: %d calls in %s (budget %.0f), most in %s: %d", what, got, run, want, w, maxInWindow(times, w))
+}
+
+// TestKVLimiterCooldown: after Throttled(d) on one limiter, no Wait on any
+// limiter returns until d has passed (allowing the watch a moment to carry
+// it to the others), a shorter cooldown does not cut it short, and calls
+// resume when it ends.
+func TestKVLimiterCooldown(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  LimiterConfig
+	}{
+		{"no rate limit", LimiterConfig{}},
+		{"with a rate limit", LimiterConfig{RPM: 6000}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newLimiterFleet(t)
+			ls := f.startN(t, 3, tc.cfg)
+			var g grants
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var wg sync.WaitGroup
+			for i, l := range ls {
+				for range 3 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for ctx.Err() == nil {
+							if l.Wait(ctx, schema.Model{Alias: "m"}) == nil {
+								g.add(time.Now(), i, "m")
+								time.Sleep(time.Millisecond)
+							}
+						}
+					}()
+				}
+			}
+			time.Sleep(300 * time.Millisecond)
+			const d = 700 * time.Millisecond
+			before := time.Now()
+			ls[0].Throttled(context.Background(), d)
+			after := time.Now()
+			ls[1].Throttled(context.Background(), 100*time.Millisecond) // does not shorten it
+			time.Sleep(d + 400*time.Millisecond)
+			cancel()
+			wg.Wait()
+
+			const propagation = 30 * time.Millisecond
+			end := before.Add(d)
+			g.mu.Lock()
+			all := slices.Clone(g.all)
+			g.mu.Unlock()
+			resumed := false
+			for _, x := range all {
+				grace := propagation
+				if x.instance == 0 {
+					grace = after.Sub(before) // the throttled limiter itself: at once
+				}
+				if x.at.After(before.Add(grace)) && x.at.Before(end) {
+					t.Errorf("limiter %d let a call start %s into a %s cooldown", x.instance, x.at.Sub(before).Round(time.Millisecond), d)
+				}
+				if !x.at.Before(end) && x.at.Before(end.Add(200*time.Millisecond)) {
+					resumed = true
+				}
+			}
+			if !resumed {
+				t.Errorf("no call within 200ms after the cooldown ended")
+			}
+			// A limiter started later sees the cooldown too.
+			late := f.start(t, tc.cfg, 0)
+			before = time.Now()
+			ls[2].Throttled(context.Background(), 300*time.Millisecond)
+			fresh := f.start(t, tc.cfg, 0)
+			for _, l := range []*KVLimiter{late, fresh} {
+				if err := l.Wait(context.Background(), schema.Model{Alias: "m"}); err != nil {
+					t.Fatal(err)
+				}
+				if waited := time.Since(before); waited < 300*time.Millisecond-propagation {
+					t.Errorf("a limiter started around a cooldown let a call start after %s of 300ms", waited)
+				}
+			}
+		})
+	}
+}
+
+// TestKVLimiterWaitEndsWithContext: Wait returns ctx's error promptly
+// whatever it waits for: a slot, its turn behind other callers, a cooldown.
+func TestKVLimiterWaitEndsWithContext(t *testing.T) {
+	f := newLimiterFleet(t)
+	ls := f.startN(t, 2, LimiterConfig{RPM: 1}) // one call a minute
+	model := schema.Model{Alias: "m"}
+	slowModel := schema.Model{Alias: "slow", RPM: 1}
+	if err := ls[0].Wait(context.Background(), model); err != nil {
+		t.Fatal(err)
+	}
+	cooling := f.start(t, LimiterConfig{}, 0) // no rate limit: only a cooldown holds it
+
+	type waiter struct {
+		l     *KVLimiter
+		model schema.Model
+		cause error
+	}
+	run := func(phase string, ws []waiter) {
+		const timeout = 100 * time.Millisecond
+		var wg sync.WaitGroup
+		for i, w := range ws {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), timeout)
+				defer cancel()
+				if w.cause == context.Canceled {
+					ctx, cancel = context.WithCancel(context.Background())
+					time.AfterFunc(timeout, cancel)
+				}
+				start := time.Now()
+				err := w.l.Wait(ctx, w.model)
+				if took := time.Since(start); !errors.Is(err, w.cause) || took > timeout+50*time.Millisecond {
+					t.Errorf("%s, waiter %d: Wait returned %v after %s, want %v after %s", phase, i, err, took, w.cause, timeout)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	run("waiting for a slot", []waiter{
+		{ls[0], model, context.DeadlineExceeded},
+		{ls[0], model, context.DeadlineExceeded}, // queued behind the first for its turn
+		{ls[0], slowModel, context.DeadlineExceeded},
+		{ls[1], model, context.Canceled},
+	})
+	ls[1].Throttled(context.Background(), time.Hour)
+	time.Sleep(50 * time.Millisecond) // for the watch
+	run("in a cooldown", []waiter{
+		{cooling, model, context.DeadlineExceeded},
+		{cooling, slowModel, context.Canceled},
+		{ls[0], model, context.DeadlineExceeded},
+	})
+}
+
+// TestKVLimiterClockAhead: a limiter whose clock is an hour ahead writes a
+// schedule an hour in the future; the others say so and go on, rather than
+// stall for an hour.
+func TestKVLimiterClockAhead(t *testing.T) {
+	f := newLimiterFleet(t)
+	cfg := LimiterConfig{RPM: 600}
+	ahead := f.start(t, cfg, time.Hour)
+	normal := f.start(t, cfg, 0)
+	model := schema.Model{Alias: "m"}
+	for range 3 {
+		if err := ahead.Wait(context.Background(), model); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	for range 3 {
+		if err := normal.Wait(ctx, model); err != nil {
+			t.Fatalf("a limiter stalled behind a clock an hour ahead: %v", err)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("three calls at 10/s took %s behind a clock an hour ahead", took)
+	}
+	if logs := f.logs.String(); !bytes.Contains([]byte(logs), []byte("clock is ahead")) {
+		t.Errorf("the skewed clock was not reported:\n%s", logs)
+	}
+}
+
+func TestLimiterConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  LimiterConfig
+		ok   bool
+	}{
+		{"defaults", LimiterConfig{Bucket: "B"}, true},
+		{"rpm", LimiterConfig{Bucket: "B", RPM: 600}, true},
+		{"no bucket", LimiterConfig{}, false},
+		{"negative rpm", LimiterConfig{Bucket: "B", RPM: -1}, false},
+		{"horizon too short", LimiterConfig{Bucket: "B", Horizon: time.Millisecond}, false},
+		{"negative skew", LimiterConfig{Bucket: "B", MaxClockSkew: -time.Second}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.setDefaults()
+			if err := tc.cfg.Validate(); (err == nil) != tc.ok {
+				t.Errorf("Validate() = %v, want ok %v", err, tc.ok)
+			}
+		})
+	}
+}
+
+// BenchmarkKVLimiterWait measures Wait's cost on the hot path: with no
+// limit set (the cooldown check), and with a limit too high to make anyone
+// wait (one bucket update per call).
+func BenchmarkKVLimiterWait(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		rpm  int
+	}{{"no limit", 0}, {"limit never reached", 600_000_000}} {
+		b.Run(bc.name, func(b *testing.B) {
+			q := queuetest.Start(b, queue.Config{Memory: true})
+			l, err := NewKVLimiter(context.Background(), q.JS, LimiterConfig{Bucket: queue.BucketLimits, RPM: bc.rpm}, slog.New(slog.DiscardHandler))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			model := schema.Model{Alias: "m"}
+			ctx := context.Background()
+			b.ResetTimer()
+			for b.Loop() {
+				if err := l.Wait(ctx, model); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestModelKey: every alias gives a distinct, valid bucket key.
+func TestModelKey(t *testing.T) {
+	valid := regexp.MustCompile(`^[-/_=.a-zA-Z0-9]+$`)
+	seen := map[string]string{}
+	for _, alias := range []string{"", "a", "claude-3.5-sonnet", "team/model:v2", "모델 이름", "a.b", "a..b"} {
+		k := modelKey(alias)
+		if !valid.MatchString(k) || strings.HasSuffix(k, ".") || strings.Contains(k, "..") {
+			t.Errorf("alias %q: key %q is not a valid KV key", alias, k)
+		}
+		if other, dup := seen[k]; dup {
+			t.Errorf("aliases %q and %q share key %q", alias, other, k)
+		}
+		seen[k] = alias
+	}
+}
