@@ -84,6 +84,16 @@ func (d *DeadLetters) DeadLetter(ctx context.Context, dl DeadLetter) error {
 	if dl.Envelope.ID == "" {
 		return errors.New("dead letter without a request id")
 	}
+	log := d.log.With("request_id", dl.Envelope.ID, "model", dl.Envelope.Model, "attempts", dl.Attempts)
+	if len(dl.Envelope.Request) == 0 && dl.Envelope.RequestRef != "" {
+		// The job failed before its large body was read; keep it if it can
+		// be read now (the pool deletes the original when it ends the job).
+		if body, err := d.bodies.GetBytes(ctx, dl.Envelope.RequestRef); err == nil {
+			dl.Envelope.Request = body
+		} else {
+			log.Warn("the dead letter's large request body could not be read; it is kept without it", "request_ref", dl.Envelope.RequestRef, "error", err)
+		}
+	}
 	rec := deadLetterRecord(dl)
 	// A body too large to travel inline, or one that is not JSON (it could
 	// not be embedded), is kept in the object store.
@@ -105,7 +115,6 @@ func (d *DeadLetters) DeadLetter(ctx context.Context, dl DeadLetter) error {
 	if err != nil {
 		return fmt.Errorf("publish dead letter %s: %w", dl.Envelope.ID, err)
 	}
-	log := d.log.With("request_id", dl.Envelope.ID, "model", dl.Envelope.Model, "attempts", dl.Attempts)
 	if ack.Duplicate {
 		log.Info("dead letter already kept")
 		return nil

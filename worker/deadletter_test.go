@@ -361,3 +361,32 @@ func TestPoolKeepsDeadLetterWhenRetriesRunOut(t *testing.T) {
 		t.Errorf("dead letter %+v\nreply %+v", r, rep)
 	}
 }
+
+func TestDeadLetterReadsAnUnreadBody(t *testing.T) {
+	// A job that failed before its large body was read from the store.
+	q, d := startDead(t, queue.Config{Memory: true})
+	ctx := context.Background()
+	bodies, _ := q.JS.ObjectStore(ctx, schema.BucketBodies)
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"stored"}]}`)
+	if _, err := bodies.PutBytes(ctx, "unread", body); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id   string
+		want []byte
+	}{{"unread", body}, {"gone", nil}} {
+		dl := sampleDeadLetter()
+		dl.Envelope.ID, dl.Envelope.Request, dl.Envelope.RequestRef = tc.id, nil, tc.id
+		if err := d.DeadLetter(ctx, dl); err != nil {
+			t.Fatalf("%s: %v", tc.id, err)
+		}
+		s, _ := q.JS.Stream(ctx, schema.StreamDead)
+		m, err := s.GetLastMsgForSubject(ctx, "laas.dead."+tc.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := decodeRecord(t, m); !bytes.Equal(r.Request, tc.want) || r.RequestRef != "" {
+			t.Errorf("%s: request %q ref %q, want %q inline", tc.id, r.Request, r.RequestRef, tc.want)
+		}
+	}
+}

@@ -52,7 +52,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, dlqUsage, "\nFlags:\n"); fs.PrintDefaults() }
-	fs.StringVar(&env.NATSURL, "nats-url", env.NATSURL, "NATS server URLs, comma-separated (NATS_URL)")
+	secretFlag(fs, &env.NATSURL, "nats-url", "NATS server URLs, comma-separated (NATS_URL)")
 	var asJSON, all bool
 	timeout := DefaultReplayTimeout
 	switch sub {

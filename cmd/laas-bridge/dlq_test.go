@@ -374,6 +374,15 @@ func TestDLQNeedsNATS(t *testing.T) {
 	if err != nil && strings.Contains(err.Error()+stderr, "s3cret-pass") {
 		t.Errorf("the password is printed: %v\n%s", err, stderr)
 	}
+	for _, args := range [][]string{{"list", "-h"}, {"replay", "--bogus"}} {
+		out, stderr, _ := runDLQCmd(t, args...)
+		if strings.Contains(out+stderr, "s3cret-pass") {
+			t.Errorf("dlq %s prints the password:\n%s%s", strings.Join(args, " "), out, stderr)
+		}
+		if !strings.Contains(stderr, "-nats-url") {
+			t.Errorf("dlq %s prints no flags:\n%s", strings.Join(args, " "), stderr)
+		}
+	}
 
 	// A server where no worker ever ran has no dead-letter stream.
 	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
