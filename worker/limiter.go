@@ -64,7 +64,8 @@ import (
 //
 // Throttled(d) raises the key "cooldown" to now+d (never lowers it) by
 // compare-and-set. Every process watches the bucket (one KV watch, started by
-// NewKVLimiter), so Wait checks an in-memory copy: no bucket read per call.
+// NewKVLimiter and again on every reconnect to NATS), so Wait checks an
+// in-memory copy: no bucket read per call.
 // A cooldown reaches the other processes as fast as NATS delivers the watch,
 // typically well under a millisecond; the process that saw the 429 honours it
 // at once. A call whose slot falls in a cooldown gives the slot up and claims
@@ -295,6 +296,10 @@ func (l *KVLimiter) watch(ctx context.Context, w jetstream.KeyWatcher, ready cha
 // follow applies w's updates until ctx ends (false) or the watch should be
 // started again (true).
 func (l *KVLimiter) follow(ctx context.Context, w jetstream.KeyWatcher, ready *chan struct{}, reconnected <-chan nats.Status) bool {
+	// The current values a new watch starts with are the bucket's state
+	// now, even if their revisions are lower than the ones known (a memory
+	// store that lost its data). Updates after them only ever move forward.
+	initial := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -306,19 +311,20 @@ func (l *KVLimiter) follow(ctx context.Context, w jetstream.KeyWatcher, ready *c
 			case !ok:
 				return ctx.Err() == nil
 			case e == nil: // the current values are in
+				initial = false
 				if *ready != nil {
 					close(*ready)
 					*ready = nil
 				}
 			default:
-				l.apply(e)
+				l.apply(e, initial)
 			}
 		}
 	}
 }
 
-// apply records one watched entry.
-func (l *KVLimiter) apply(e jetstream.KeyValueEntry) {
+// apply records one watched entry; force as in store.
+func (l *KVLimiter) apply(e jetstream.KeyValueEntry, force bool) {
 	st := kvState{rev: e.Revision()}
 	if e.Operation() == jetstream.KeyValuePut {
 		var ok bool
@@ -328,11 +334,12 @@ func (l *KVLimiter) apply(e jetstream.KeyValueEntry) {
 		}
 		st.rev = e.Revision()
 	}
-	l.store(e.Key(), st, false)
+	l.store(e.Key(), st, force)
 }
 
 // store records a key's state, unless a newer revision is known already;
-// force records it anyway (a Get that found the key gone).
+// force records it anyway (what the bucket holds now, read by a Get or a new
+// watch).
 func (l *KVLimiter) store(key string, st kvState, force bool) {
 	l.mu.Lock()
 	if cur, ok := l.keys[key]; ok && !force && cur.rev >= st.rev {
@@ -589,7 +596,7 @@ func (l *KVLimiter) refresh(ctx context.Context, key string) error {
 		st = kvState{} // overwritten by the next claim
 	}
 	st.rev = e.Revision()
-	l.store(key, st, false)
+	l.store(key, st, true)
 	return nil
 }
 

@@ -503,3 +503,74 @@ func TestModelKey(t *testing.T) {
 		seen[k] = alias
 	}
 }
+
+// TestKVLimiterSurvivesNATSRestart: after the NATS server restarts (file
+// store), the limiters claim slots again and a cooldown still reaches every
+// one of them promptly: the watch is started again on reconnect rather than
+// left to notice missed heartbeats.
+func TestKVLimiterSurvivesNATSRestart(t *testing.T) {
+	store := t.TempDir()
+	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: store, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := srv.Addr().String()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := LimiterConfig{Bucket: queue.BucketLimits, RPM: 600}
+	var ls []*KVLimiter
+	for i := range 2 {
+		nc, err := queue.Connect(srv.ClientURL(), "test", slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if _, err := queue.Ensure(ctx, js, queue.Config{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l, err := NewKVLimiter(ctx, js, cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Close)
+		ls = append(ls, l)
+	}
+	model := schema.Model{Alias: "m"}
+	for range 3 {
+		for _, l := range ls {
+			if err := l.Wait(ctx, model); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	if srv, err = queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: store, Listen: addr}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for i := range 5 {
+		if err := ls[i%2].Wait(ctx, model); err != nil {
+			t.Fatalf("no slot after the restart: %v", err)
+		}
+	}
+	t.Logf("claiming again %s after the restart", time.Since(start).Round(time.Millisecond))
+	time.Sleep(200 * time.Millisecond) // let both watches start again
+	thrown := time.Now()
+	ls[0].Throttled(ctx, time.Minute)
+	for ls[1].cooldown.Load() < thrown.UnixNano() {
+		if time.Since(thrown) > 2*time.Second {
+			t.Fatal("the other limiter did not see a cooldown within 2s of it, after a NATS restart")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("cooldown seen by the other limiter after %s", time.Since(thrown).Round(time.Millisecond))
+}
