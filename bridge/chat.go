@@ -71,6 +71,10 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	subject, err := g.lane(r.Header)
+	if err != nil {
+		return err
+	}
 	// The costly checks (decoding images, reading PDFs) come last.
 	report, err := multimodal.Check(r.Context(), req)
 	if err != nil {
@@ -95,7 +99,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 		}
 	}
 	if p == nil {
-		if p, err = g.enqueue(r.Context(), id, model, timeout, body, idem); err != nil {
+		if p, err = g.enqueue(r.Context(), subject, id, model, timeout, body, idem); err != nil {
 			return err
 		}
 	}
@@ -117,7 +121,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 
 // enqueue registers the caller and publishes the request. On success the
 // caller must eventually forget p.id.
-func (g *Gateway) enqueue(ctx context.Context, id string, model schema.Model, timeout time.Duration, body []byte, idem string) (*pending, error) {
+func (g *Gateway) enqueue(ctx context.Context, subject, id string, model schema.Model, timeout time.Duration, body []byte, idem string) (*pending, error) {
 	now := time.Now()
 	p := &pending{id: id, model: model, enqueuedAt: now, timeout: timeout, deadline: now.Add(timeout)}
 	env := schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: p.deadline, Request: body, IdempotencyKey: idem}
@@ -137,7 +141,7 @@ func (g *Gateway) enqueue(ctx context.Context, id string, model schema.Model, ti
 	}
 	p.answer = g.corr.expect(id) // before publishing: a fast reply is never missed
 	p.release = func() { g.corr.forget(id) }
-	duplicate, err := g.publish(ctx, id, msgID, data)
+	duplicate, err := g.publish(ctx, subject, id, msgID, data)
 	if err != nil || duplicate {
 		g.corr.forget(id)
 		if env.RequestRef != "" {
@@ -221,6 +225,24 @@ func (g *Gateway) awaitAnswer(c echo.Context, p *pending) error {
 	}
 }
 
+// HeaderLane selects the queue lane: "interactive" (the default) or
+// "batch". Workers take interactive jobs first.
+const HeaderLane = "X-Laas-Bridge-Lane"
+
+// lane is the subject a request is published to.
+func (g *Gateway) lane(h http.Header) (string, error) {
+	switch v := strings.ToLower(strings.TrimSpace(h.Get(HeaderLane))); v {
+	case "":
+		return g.cfg.Subject, nil
+	case "interactive":
+		return schema.SubjectInteractive, nil
+	case "batch":
+		return schema.SubjectBatch, nil
+	default:
+		return "", schema.Invalid("", schema.CodeInvalidValue, "The %s header must be interactive or batch, got %q.", HeaderLane, v)
+	}
+}
+
 // Request headers that set a request's timeout, in seconds: LiteLLM's name
 // and a generic one. They override the model's timeout.
 const (
@@ -268,8 +290,8 @@ func (p *pending) expired() *schema.Error {
 
 // publish puts one request on the stream and waits for the stream's ack.
 // duplicate reports that the stream already had a message with msgID.
-func (g *Gateway) publish(ctx context.Context, id, msgID string, data []byte) (duplicate bool, err error) {
-	msg := &nats.Msg{Subject: g.cfg.Subject, Data: data, Header: nats.Header{}}
+func (g *Gateway) publish(ctx context.Context, subject, id, msgID string, data []byte) (duplicate bool, err error) {
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 	msg.Header.Set(schema.HeaderReplyTo, g.corr.subject(id))
 	msg.Header.Set(schema.HeaderMsgID, msgID)
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.PublishTimeout)

@@ -251,6 +251,7 @@ func TestErrors(t *testing.T) {
 		{"developer role", "POST", "/chat/completions", `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"a"},{"role":"developer","content":"x"}]}`, auth, 400, "invalid_request_error", "invalid_value", "messages[1].role", "only system, user and assistant"},
 		{"preset override not allowed", "POST", "/v1/chat/completions", `{"model":"claude-3.5-sonnet","preset_hash":"x","messages":[{"role":"user","content":"x"}]}`, auth, 400, "invalid_request_error", "preset_override_disabled", "preset_hash", "allow_preset_override"},
 		{"idempotency key too long", "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"), append([]string{"Idempotency-Key", strings.Repeat("k", 256)}, auth...), 400, "invalid_request_error", "invalid_value", "", "at most 255"},
+		{"unknown lane", "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"), append([]string{"X-Laas-Bridge-Lane", "fast"}, auth...), 400, "invalid_request_error", "invalid_value", "", "interactive or batch"},
 		{"unknown model", "POST", "/v1/chat/completions", chatBody("gpt-9", "hi"), auth, 404, "invalid_request_error", "model_not_found", "model", "'gpt-9' does not exist"},
 		{"unknown model GET", "GET", "/v1/models/gpt-9", "", auth, 404, "invalid_request_error", "model_not_found", "model", "'gpt-9'"},
 		{"no key", "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"), nil, 401, "invalid_request_error", "invalid_api_key", "", "didn't provide"},
@@ -709,4 +710,29 @@ func TestServeShutdown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return")
 	}
+}
+
+// TestLaneHeader: X-Laas-Bridge-Lane: batch publishes to the batch lane.
+func TestLaneHeader(t *testing.T) {
+	f := newFixture(t, Config{PublishTimeout: time.Second})
+	sub, err := f.q.Conn.SubscribeSync(schema.SubjectBatch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", f.srv.URL+"/v1/chat/completions", strings.NewReader(chatBody("team/fast", "to the batch lane")))
+		req.Header.Set("X-Laas-Bridge-Lane", "batch")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}
+		close(done)
+	}()
+	m, err := sub.NextMsg(5 * time.Second)
+	if err != nil || !strings.Contains(string(m.Data), "to the batch lane") {
+		t.Fatalf("nothing on %s: %v", schema.SubjectBatch, err)
+	}
+	<-done // the 300 ms model times out: no worker here
 }

@@ -29,8 +29,13 @@ const (
 	// SubjectDead + ".>".
 	SubjectDead = "laas.dead"
 	// --- end dead letters ---
-	// ConsumerWorkers is the durable pull consumer every worker shares.
+	// ConsumerWorkers is the durable pull consumer every worker shares for
+	// the interactive lane (SubjectInteractive).
 	ConsumerWorkers = "laas-workers"
+	// ConsumerBatch is the workers' shared consumer for the batch lane
+	// (SubjectBatch). Workers take an interactive job first whenever one is
+	// waiting, so a batch backlog never starves interactive callers.
+	ConsumerBatch = "laas-workers-batch"
 	// SubjectReplies prefixes reply subjects: laas.reply.<instance>.<request id>.
 	// Workers publish replies through JetStream into StreamReplies, so a
 	// gateway that was disconnected when its reply came can still read it;

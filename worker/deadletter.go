@@ -162,7 +162,7 @@ func (d *DeadLetters) WatchMaxDeliveries(ctx context.Context) (stop func(), err 
 	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	var mu sync.Mutex // held by a rescue in progress and by stop
 	closed := false
-	subject := advisoryMaxDeliveries + "." + schema.StreamRequests + "." + schema.ConsumerWorkers
+	subject := advisoryMaxDeliveries + "." + schema.StreamRequests + ".*" // both lanes
 	sub, err := nc.QueueSubscribe(subject, deadLetterGroup, func(m *nats.Msg) {
 		mu.Lock()
 		defer mu.Unlock()

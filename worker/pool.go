@@ -117,7 +117,8 @@ type Pool struct {
 	cfg        Config
 	nc         *nats.Conn
 	js         jetstream.JetStream
-	cons       jetstream.Consumer
+	cons       jetstream.Consumer // the interactive lane
+	batch      jetstream.Consumer // the batch lane
 	bodies     jetstream.ObjectStore
 	answers    jetstream.KeyValue
 	inlineMax  int
@@ -140,6 +141,10 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	batch, err := js.Consumer(ctx, schema.StreamRequests, schema.ConsumerBatch)
+	if err != nil {
+		return nil, fmt.Errorf("batch lane consumer %s: %w", schema.ConsumerBatch, err)
+	}
 	bodies, err := js.ObjectStore(ctx, schema.BucketBodies)
 	if err != nil {
 		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
@@ -150,7 +155,7 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	}
 	info := cons.CachedInfo()
 	nc := js.Conn()
-	p := &Pool{cfg: cfg, nc: nc, js: js, cons: cons, bodies: bodies, answers: answers, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
+	p := &Pool{cfg: cfg, nc: nc, js: js, cons: cons, batch: batch, bodies: bodies, answers: answers, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
 		ackWait: info.Config.AckWait, maxDeliver: info.Config.MaxDeliver}
 	if p.ackWait <= 0 {
 		p.ackWait = 30 * time.Second
@@ -171,19 +176,28 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 // abandoned and redelivered to another worker.
 func (p *Pool) Run(ctx context.Context) error {
 	defer p.cancels.close()
-	it, err := p.cons.Messages(jetstream.PullMaxMessages(p.cfg.Concurrency))
+	interactive, err := p.cons.Messages(jetstream.PullMaxMessages(p.cfg.Concurrency))
 	if err != nil {
 		return fmt.Errorf("pull from %s: %w", schema.ConsumerWorkers, err)
+	}
+	// The batch lane buffers one job: a job pulled is held (and kept alive)
+	// until a slot is free, and must not wait in front of interactive ones.
+	batch, err := p.batch.Messages(jetstream.PullMaxMessages(1))
+	if err != nil {
+		interactive.Stop()
+		return fmt.Errorf("pull from %s: %w", schema.ConsumerBatch, err)
 	}
 	stopped := make(chan struct{})
 	go func() {
 		select {
 		case <-ctx.Done():
-			it.Drain()
+			interactive.Drain()
+			batch.Drain()
 		case <-stopped:
 		}
 	}()
 	defer close(stopped)
+	fromInteractive, fromBatch := p.feed(interactive), p.feed(batch)
 
 	// In-flight calls outlive ctx by up to ShutdownGrace.
 	work, abandon := context.WithCancel(context.WithoutCancel(ctx))
@@ -191,20 +205,54 @@ func (p *Pool) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, p.cfg.Concurrency)
 	p.log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_deliver", p.maxDeliver, "ack_wait", p.ackWait)
-	for {
-		slots <- struct{}{}
-		msg, err := it.Next()
-		if err != nil {
-			<-slots
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				break
+	for fromInteractive != nil || fromBatch != nil {
+		if ctx.Err() != nil { // shutting down: what the iterators still hold goes back
+			select {
+			case m, ok := <-fromInteractive:
+				if !ok {
+					fromInteractive = nil
+				} else {
+					_ = m.Nak()
+				}
+			case m, ok := <-fromBatch:
+				if !ok {
+					fromBatch = nil
+				} else {
+					_ = m.Nak()
+				}
 			}
-			p.log.Warn("pull failed", "error", err)
 			continue
 		}
-		if ctx.Err() != nil { // buffered before shutdown: give it back now
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			continue
+		}
+		var msg jetstream.Msg
+		var ok, closedI, closedB bool
+		select { // an interactive job waiting always goes first
+		case msg, ok = <-fromInteractive:
+			closedI = !ok
+		default:
+			select {
+			case msg, ok = <-fromInteractive:
+				closedI = !ok
+			case msg, ok = <-fromBatch:
+				closedB = !ok
+			case <-ctx.Done():
+			}
+		}
+		if closedI {
+			fromInteractive = nil
+		}
+		if closedB {
+			fromBatch = nil
+		}
+		if !ok || ctx.Err() != nil {
 			<-slots
-			_ = msg.Nak()
+			if ok {
+				_ = msg.Nak()
+			}
 			continue
 		}
 		wg.Add(1)
@@ -225,6 +273,38 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	p.log.Info("worker pool stopped")
 	return nil
+}
+
+// feed hands the messages of it, one at a time, to the returned channel,
+// keeping a message it holds alive while no slot is free; the channel is
+// closed when the iterator is.
+func (p *Pool) feed(it jetstream.MessagesContext) <-chan jetstream.Msg {
+	ch := make(chan jetstream.Msg)
+	go func() {
+		defer close(ch)
+		for {
+			msg, err := it.Next()
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			if err != nil {
+				p.log.Warn("pull failed", "error", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			t := time.NewTicker(p.ackWait / 3)
+			for sent := false; !sent; {
+				select {
+				case ch <- msg:
+					sent = true
+				case <-t.C:
+					_ = msg.InProgress()
+				}
+			}
+			t.Stop()
+		}
+	}()
+	return ch
 }
 
 // job is one delivery of one request.

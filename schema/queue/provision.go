@@ -158,14 +158,16 @@ func (c Config) StreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        schema.StreamRequests,
 		Description: "laas-bridge pending chat requests (work queue)",
-		Subjects:    []string{schema.SubjectRequests + ".>"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Discard:     jetstream.DiscardNew,
-		MaxMsgs:     c.MaxMsgs,
-		MaxBytes:    c.MaxBytes,
-		Storage:     c.storage(),
-		Replicas:    c.Replicas,
-		Duplicates:  c.DuplicateWindow,
+		// The two lanes; a publish to any other subject fails at once
+		// instead of waiting for a consumer that does not exist.
+		Subjects:   []string{schema.SubjectInteractive, schema.SubjectBatch},
+		Retention:  jetstream.WorkQueuePolicy,
+		Discard:    jetstream.DiscardNew,
+		MaxMsgs:    c.MaxMsgs,
+		MaxBytes:   c.MaxBytes,
+		Storage:    c.storage(),
+		Replicas:   c.Replicas,
+		Duplicates: c.DuplicateWindow,
 		// No job may wait longer than its deadline; this only removes a
 		// job that no worker could ever finish, after it expired anyway.
 		MaxAge: schema.MaxRequestTimeout + time.Hour,
@@ -212,12 +214,23 @@ func (c Config) DeadConfig() jetstream.StreamConfig {
 	}
 }
 
-// ConsumerConfig returns the workers' shared durable pull consumer.
+// ConsumerConfig returns the workers' shared durable pull consumer of the
+// interactive lane.
 func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
+	return c.laneConsumer(schema.ConsumerWorkers, schema.SubjectInteractive, "laas-bridge workers, interactive lane")
+}
+
+// BatchConsumerConfig returns the workers' shared consumer of the batch lane.
+func (c Config) BatchConsumerConfig() jetstream.ConsumerConfig {
+	return c.laneConsumer(schema.ConsumerBatch, schema.SubjectBatch, "laas-bridge workers, batch lane")
+}
+
+func (c Config) laneConsumer(name, subject, description string) jetstream.ConsumerConfig {
 	c.setDefaults()
 	return jetstream.ConsumerConfig{
-		Durable:       schema.ConsumerWorkers,
-		Description:   "laas-bridge workers",
+		Durable:       name,
+		Description:   description,
+		FilterSubject: subject,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.AckWait,
 		MaxDeliver:    c.MaxDeliver,
@@ -319,9 +332,14 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.
 	}
 	// MaxAckPending (the global cap on jobs in flight) is applied to an
 	// existing consumer too: a changed value takes effect at start.
+	// The interactive consumer first: an older one without a filter would
+	// overlap the batch lane's, which a work queue refuses.
 	cons, err := js.CreateOrUpdateConsumer(ctx, schema.StreamRequests, cfg.ConsumerConfig())
 	if err != nil {
 		return nil, fmt.Errorf("create or update consumer %s: %w", schema.ConsumerWorkers, err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, schema.StreamRequests, cfg.BatchConsumerConfig()); err != nil {
+		return nil, fmt.Errorf("create or update consumer %s: %w", schema.ConsumerBatch, err)
 	}
 	return cons, nil
 }
