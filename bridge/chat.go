@@ -53,6 +53,8 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	obs := observationOf(c)
+	obs.request(req, g.catalog)
 	if err := req.Validate(); err != nil {
 		return err
 	}
@@ -106,6 +108,8 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if p.release != nil {
 		defer p.release()
 	}
+	obs.queued = true
+	defer g.metrics.callerWaiting()()
 	if req.Stream {
 		err = g.streamAnswer(c, p, req)
 	} else {

@@ -5,5 +5,7 @@
 // Answers come back on core NATS to one subscription per gateway instance
 // (a wildcard on the instance's reply prefix) and are matched to callers by
 // request id in a map; see correlator.go. Every error is written once, by
-// the HTTP error handler, in OpenAI's error format.
+// the HTTP error handler, in OpenAI's error format. With Config.Metrics set,
+// the gateway keeps Prometheus metrics and serves GET /metrics; see
+// metrics.go.
 package bridge

@@ -42,6 +42,10 @@ type Config struct {
 	// The default, 64 MiB, fits the largest request LaaS accepts: a 32 MB
 	// PDF and three 4 MB images, base64-encoded.
 	MaxBodyBytes int64
+	// Metrics, when set, receives the gateway's metrics (laas_bridge_gateway_*)
+	// and is served, whole, on GET /metrics, which never needs the master
+	// key. Nil: no metrics and no /metrics route.
+	Metrics MetricsRegistry
 }
 
 // DefaultMaxBodyBytes is Config.MaxBodyBytes's default.
@@ -99,6 +103,7 @@ type Gateway struct {
 	catalog *schema.Catalog
 	log     *slog.Logger
 	corr    *correlator
+	metrics *metrics // nil: none kept
 	echo    *echo.Echo
 	bodies  jetstream.ObjectStore
 	answers jetstream.KeyValue
@@ -139,6 +144,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		inlineMax: inlineMaxFor(nc.MaxPayload()),
 		created:   time.Now().Unix(),
 		closing:   make(chan struct{}),
+	}
+	if g.metrics, err = newMetrics(cfg.Metrics, js, g.log); err != nil {
+		_ = corr.close()
+		return nil, err
 	}
 	g.echo = g.routes()
 	// A reply published while this gateway was disconnected is not lost:

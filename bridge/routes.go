@@ -31,12 +31,16 @@ func (g *Gateway) routes() *echo.Echo {
 	e.GET("/healthz", g.liveness)
 	e.GET("/health/readiness", g.readiness)
 	e.GET("/readyz", g.readiness)
+	// Metrics: never behind the master key either.
+	if g.cfg.Metrics != nil {
+		e.GET("/metrics", metricsHandler(g.cfg.Metrics, g.log))
+	}
 
 	// API routes, under /v1 and at the root as LiteLLM serves them. The key
 	// check is per route (not an echo Group, whose catch-all would turn every
 	// unknown URL into 401 or 404 and hide 405).
 	for _, prefix := range []string{"/v1", ""} {
-		e.POST(prefix+"/chat/completions", g.chatCompletions, g.authenticate)
+		e.POST(prefix+"/chat/completions", g.chatCompletions, g.observe, g.authenticate)
 		e.GET(prefix+"/models", g.listModels, g.authenticate)
 		e.GET(prefix+"/models/*", g.getModel, g.authenticate)
 	}

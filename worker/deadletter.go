@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -39,13 +40,25 @@ type DeadLetters struct {
 	bodies    jetstream.ObjectStore
 	inlineMax int
 	log       *slog.Logger
+	reg       prometheus.Registerer
+	rescued   prometheus.Counter // nil: not counted
 }
 
 var _ DeadLetterer = (*DeadLetters)(nil)
 
+// DeadLettersOption configures DeadLetters.
+type DeadLettersOption func(*DeadLetters)
+
+// DeadLettersWithMetrics counts the jobs WatchMaxDeliveries keeps, as
+// laas_bridge_worker_dead_letters_total{reason="max_deliveries_reached"} in
+// reg: the counter a pool built WithMetrics(reg) shares. Nil reg: none.
+func DeadLettersWithMetrics(reg prometheus.Registerer) DeadLettersOption {
+	return func(d *DeadLetters) { d.reg = reg }
+}
+
 // NewDeadLetters keeps dead letters through js. The dead-letter stream and
 // the large-body store must exist (see queue.Ensure).
-func NewDeadLetters(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*DeadLetters, error) {
+func NewDeadLetters(ctx context.Context, js jetstream.JetStream, log *slog.Logger, opts ...DeadLettersOption) (*DeadLetters, error) {
 	if _, err := js.Stream(ctx, schema.StreamDead); err != nil {
 		return nil, fmt.Errorf("dead-letter stream %s: %w", schema.StreamDead, err)
 	}
@@ -53,7 +66,18 @@ func NewDeadLetters(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 	if err != nil {
 		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
 	}
-	return &DeadLetters{js: js, bodies: bodies, inlineMax: int(js.Conn().MaxPayload() / 2), log: log}, nil
+	d := &DeadLetters{js: js, bodies: bodies, inlineMax: int(js.Conn().MaxPayload() / 2), log: log}
+	for _, o := range opts {
+		o(d)
+	}
+	if d.reg != nil {
+		c, err := deadLettersCounter(d.reg)
+		if err != nil {
+			return nil, err
+		}
+		d.rescued = c.WithLabelValues(deadMaxDeliveries)
+	}
+	return d, nil
 }
 
 // deadLetterRecord is the record kept for dl, with the request inline
@@ -176,9 +200,9 @@ func (d *DeadLetters) WatchMaxDeliveries(ctx context.Context) (stop func(), err 
 		}
 		rctx, done := context.WithTimeout(base, time.Minute)
 		defer done()
-		if err := d.rescue(rctx, adv); err != nil {
+		if id, err := d.rescue(rctx, adv); err != nil {
 			d.log.Error("a job that reached max deliveries could not be kept as a dead letter; it stays in the request stream",
-				"stream_seq", adv.StreamSeq, "error", err)
+				"request_id", id, "stream_seq", adv.StreamSeq, "error", err)
 		}
 	})
 	if err != nil {
@@ -211,22 +235,22 @@ func (d *DeadLetters) WatchMaxDeliveries(ctx context.Context) (stop func(), err 
 // rescue keeps the job at adv.StreamSeq as a dead letter and deletes it
 // from the request stream. A job already gone (another process rescued it)
 // is not an error.
-func (d *DeadLetters) rescue(ctx context.Context, adv maxDeliveriesAdvisory) error {
+func (d *DeadLetters) rescue(ctx context.Context, adv maxDeliveriesAdvisory) (id string, err error) {
 	stream, err := d.js.Stream(ctx, schema.StreamRequests)
 	if err != nil {
-		return err
+		return "", err
 	}
 	raw, err := stream.GetMsg(ctx, adv.StreamSeq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		d.log.Debug("job that reached max deliveries is gone already", "stream_seq", adv.StreamSeq)
-		return nil
+		return "", nil
 	}
 	if err != nil {
-		return fmt.Errorf("read the job: %w", err)
+		return "", fmt.Errorf("read the job: %w", err)
 	}
 	var env schema.Envelope
 	if err := json.Unmarshal(raw.Data, &env); err != nil || env.ID == "" {
-		return fmt.Errorf("the message on %s is not a request envelope (%v)", raw.Subject, err)
+		return "", fmt.Errorf("the message on %s is not a request envelope (%v)", raw.Subject, err)
 	}
 	log := d.log.With("request_id", env.ID, "model", env.Model, "stream_seq", adv.StreamSeq)
 	if env.RequestRef != "" && len(env.Request) == 0 {
@@ -235,7 +259,7 @@ func (d *DeadLetters) rescue(ctx context.Context, adv maxDeliveriesAdvisory) err
 		case errors.Is(err, jetstream.ErrObjectNotFound):
 			log.Warn("the dead letter's large request body is gone; it is kept without it", "request_ref", env.RequestRef)
 		case err != nil:
-			return fmt.Errorf("read the large request body %s: %w", env.RequestRef, err)
+			return env.ID, fmt.Errorf("read the large request body %s: %w", env.RequestRef, err)
 		default:
 			env.Request = body
 		}
@@ -263,15 +287,18 @@ func (d *DeadLetters) rescue(ctx context.Context, adv maxDeliveriesAdvisory) err
 		FailedAt: failedAt,
 	}
 	if err := d.DeadLetter(ctx, dl); err != nil {
-		return err
+		return env.ID, err
+	}
+	if d.rescued != nil {
+		d.rescued.Inc()
 	}
 	if err := stream.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("the job is kept as a dead letter but could not be deleted from %s: %w", schema.StreamRequests, err)
+		return env.ID, fmt.Errorf("the job is kept as a dead letter but could not be deleted from %s: %w", schema.StreamRequests, err)
 	}
 	if env.RequestRef != "" {
 		if err := d.bodies.Delete(ctx, env.RequestRef); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 			log.Warn("could not delete the large request body; the store's TTL will", "error", err)
 		}
 	}
-	return nil
+	return env.ID, nil
 }

@@ -6,5 +6,6 @@
 // the global cap on jobs in flight. A job is acknowledged only after its
 // answer is published, so a worker that dies mid-call leaves the job to be
 // redelivered. The LaaS client, the OpenAI<->LaaS translation and the LaaS
-// mock (package laasmock) live here too.
+// mock (package laasmock) live here too. WithMetrics gives a pool its
+// Prometheus metrics; see metrics.go.
 package worker

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/schema/multimodal"
@@ -130,6 +131,8 @@ type Pool struct {
 	cancels    *cancels
 	limiter    Limiter      // nil: no pacing
 	dead       DeadLetterer // nil: none kept
+	metricsReg prometheus.Registerer
+	metrics    *poolMetrics // nil: none kept
 }
 
 // NewPool builds a pool over cons, which must be the workers' consumer on
@@ -163,6 +166,10 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	for _, o := range opts {
 		o(p)
 	}
+	if p.metrics, err = newPoolMetrics(p.metricsReg, catalog); err != nil {
+		return nil, err
+	}
+	p.limiter = p.metrics.timed(p.limiter)
 	// Remember a cancelled id as long as a request may wait in the queue.
 	if p.cancels, err = newCancels(nc, schema.MaxRequestTimeout); err != nil {
 		return nil, err
@@ -317,13 +324,15 @@ type job struct {
 }
 
 func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
+	defer p.metrics.handling()()
+	var j job
 	defer func() {
 		if r := recover(); r != nil {
-			p.log.Error("panic while handling a job; the job is terminated", "subject", msg.Subject(), "panic", r)
+			p.log.Error("panic while handling a job; the job is terminated", "request_id", j.env.ID, "subject", msg.Subject(), "panic", r)
 			_ = msg.Term()
 		}
 	}()
-	j := job{msg: msg, replyTo: msg.Headers().Get(schema.HeaderReplyTo), attempt: 1, received: time.Now()}
+	j = job{msg: msg, replyTo: msg.Headers().Get(schema.HeaderReplyTo), attempt: 1, received: time.Now()}
 	if md, err := msg.Metadata(); err == nil {
 		j.attempt = int(md.NumDelivered)
 	}
@@ -333,12 +342,14 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	log := p.log.With("request_id", j.env.ID, "model", j.env.Model, "attempt", j.attempt)
+	p.metrics.taken(&j)
 	// Tell the server the job is being worked on from the start: fetching a
 	// large body and checking a PDF can take a while too.
 	stopProgress := p.keepAlive(ctx, msg)
 	defer stopProgress()
 	if p.cancels.isCancelled(j.env.ID) {
 		log.Info("job skipped: its caller went away before it started")
+		p.metrics.cancelled(cancelledBeforeStart)
 		p.drop(log, &j)
 		return
 	}
@@ -369,6 +380,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		if err := p.claimRequest(ctx, &j.env); err != nil {
 			log.Error("large request body unavailable", "error", err)
 			if ctx.Err() == nil && !errors.Is(err, jetstream.ErrObjectNotFound) && j.attempt < p.maxDeliver {
+				p.metrics.retried(j.env.Model, retryBodyUnavailable)
 				_ = msg.NakWithDelay(time.Second) // the store may come back
 				return
 			}
@@ -393,6 +405,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 	defer cancel()
 	if !p.cancels.start(j.env.ID, stop) {
 		log.Info("job skipped: its caller went away before it started")
+		p.metrics.cancelled(cancelledBeforeStart)
 		p.drop(log, &j)
 		return
 	}
@@ -406,6 +419,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 	start := time.Now()
 	resp, err := p.up.Complete(callCtx, laasReq)
 	upstream := time.Since(start)
+	p.metrics.called(model.Alias, err, upstream)
 
 	if err != nil {
 		if ctx.Err() != nil { // shutdown abandoned the call: let another worker run it
@@ -415,6 +429,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 		if errors.Is(context.Cause(callCtx), errCallerGone) {
 			log.Info("LaaS call aborted: its caller went away", "upstream_ms", upstream.Milliseconds())
+			p.metrics.cancelled(cancelledDuringCall)
 			p.drop(log, &j)
 			return
 		}
@@ -430,6 +445,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		if isUp && ue.Retryable() {
 			if delay, ok := p.retryDelay(&j, ue.RetryAfter); ok {
 				log.Warn("upstream failed; will retry", "status", ue.Status, "delay", delay, "error", err)
+				p.metrics.retried(model.Alias, retryReason(ue))
 				_ = msg.NakWithDelay(delay)
 				return
 			}
@@ -502,6 +518,7 @@ func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.
 		if err := p.publishReply(j.replyTo, &rep); err != nil {
 			if j.attempt < p.maxDeliver {
 				log.Error("publishing the reply failed; job handed back", "error", err)
+				p.metrics.retried(j.env.Model, retryReplyFailed)
 				_ = j.msg.NakWithDelay(time.Second)
 				return
 			}
@@ -512,6 +529,7 @@ func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.
 		log.Warn("ack failed; the job may be redelivered", "error", err)
 	}
 	p.deleteBody(log, j)
+	p.metrics.finished(j, &rep)
 	log.Info("job done", "status", rep.Status, "queue_ms", rep.QueueMs, "upstream_ms", rep.UpstreamMs)
 }
 
@@ -520,6 +538,7 @@ func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.
 func (p *Pool) handBack(log *slog.Logger, j *job, callCtx context.Context, err error) {
 	switch {
 	case errors.Is(context.Cause(callCtx), errCallerGone):
+		p.metrics.cancelled(cancelledBeforeStart)
 		p.drop(log, j)
 	case errors.Is(err, context.DeadlineExceeded) && !time.Now().Before(j.env.Deadline):
 		p.finish(log, j, schema.ErrorReply(j.env.ID, &schema.Error{
@@ -538,6 +557,7 @@ func (p *Pool) handBack(log *slog.Logger, j *job, callCtx context.Context, err e
 func (p *Pool) retryLater(log *slog.Logger, j *job, delay time.Duration, err error) {
 	if p.maxDeliver <= 0 || j.attempt < p.maxDeliver {
 		log.Warn("job handed back to the queue", "delay", delay, "error", err)
+		p.metrics.retried(j.env.Model, retryHandedBack)
 		_ = j.msg.NakWithDelay(delay)
 		return
 	}
@@ -584,6 +604,7 @@ func (p *Pool) throttleFor(j *job, retryAfter time.Duration) time.Duration {
 
 // deadLetter keeps a job that ran out of attempts, if the pool keeps them.
 func (p *Pool) deadLetter(log *slog.Logger, j *job, e *schema.Error, lastAttempt time.Time) {
+	p.metrics.deadLettered()
 	if p.dead == nil {
 		return
 	}

@@ -81,14 +81,15 @@ func catalog(t *testing.T) *schema.Catalog {
 	return c
 }
 
-// startPool runs a pool over up with MaxDeliver 3; it is stopped at cleanup.
-func startPool(t *testing.T, up Upstream, cfg Config) *poolFixture {
+// startPool runs a pool over up with MaxDeliver 3 and opts; it is stopped
+// at cleanup.
+func startPool(t *testing.T, up Upstream, cfg Config, opts ...Option) *poolFixture {
 	t.Helper()
 	q := queuetest.Start(t, queue.Config{Memory: true, MaxDeliver: 3, AckWait: 2 * time.Second})
 	if cfg.RetryBase == 0 {
 		cfg.RetryBase, cfg.RetryMax = 10*time.Millisecond, 40*time.Millisecond
 	}
-	p, err := NewPool(cfg, q.JS, q.Consumer, up, catalog(t), slog.New(slog.DiscardHandler))
+	p, err := NewPool(cfg, q.JS, q.Consumer, up, catalog(t), slog.New(slog.DiscardHandler), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,6 +57,11 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		secretFlag(fs, &env.LaaSBaseURL, "laas-base-url", "LaaS base URL (LAAS_BASE_URL; default https://api-laas.wanted.co.kr)")
 		fs.StringVar(&env.LaaSPresetHash, "preset-hash", env.LaaSPresetHash, "preset for models without their own (LAAS_PRESET_HASH)")
 	}
+	metricsUsage := "address that serves Prometheus /metrics; empty for none (BRIDGE_METRICS_LISTEN)"
+	if hasGateway {
+		metricsUsage = "another address that serves Prometheus /metrics, besides the gateway's own port; empty for none (BRIDGE_METRICS_LISTEN)"
+	}
+	fs.StringVar(&env.MetricsListen, "metrics-listen", env.MetricsListen, metricsUsage)
 	fs.StringVar(&env.LogLevel, "log-level", env.LogLevel, "debug, info, warn or error (BRIDGE_LOG_LEVEL)")
 	fs.StringVar(&env.LogFormat, "log-format", env.LogFormat, "text or json (BRIDGE_LOG_FORMAT)")
 	if err := parseFlags(fs, args); err != nil {
@@ -114,13 +119,16 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 
+	// One registry per process: `serve` shows both sides' metrics on the
+	// gateway's /metrics.
+	reg := newRegistry()
 	var pool *worker.Pool
 	if hasWorker {
 		// Dead letters: jobs that run out of attempts, and jobs that reach
 		// MaxDeliver without a worker finishing them (watched before the
 		// pool pulls, so no advisory is missed).
 		deadCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		dead, err := worker.NewDeadLetters(deadCtx, js, log)
+		dead, err := worker.NewDeadLetters(deadCtx, js, log, worker.DeadLettersWithMetrics(reg))
 		if err == nil {
 			var stopWatch func()
 			if stopWatch, err = dead.WatchMaxDeliveries(deadCtx); err == nil {
@@ -141,14 +149,14 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		defer limiter.Close()
 		// --- end rate limits ---
 		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log,
-			worker.WithDeadLetters(dead), worker.WithLimiter(limiter)); err != nil {
+			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg)); err != nil {
 			return err
 		}
 	}
 	var gw *bridge.Gateway
 	var ln net.Listener
 	if hasGateway {
-		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, AllowPresetOverride: cfgFile.AllowPresetOverride}, nc, js, catalog, log); err != nil {
+		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()
@@ -158,6 +166,13 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	}
 	if env.MasterKey == "" && hasGateway {
 		log.Warn("BRIDGE_MASTER_KEY is not set: the API accepts any caller")
+	}
+	if env.MetricsListen != "" {
+		stopMetrics, err := serveMetrics(env.MetricsListen, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
 	}
 	return runRoles(ctx, gw, ln, pool)
 }

@@ -34,6 +34,10 @@ type Env struct {
 	LogLevel    string        `envconfig:"BRIDGE_LOG_LEVEL" default:"info"`
 	LogFormat   string        `envconfig:"BRIDGE_LOG_FORMAT" default:"text"`
 
+	// MetricsListen is an address that serves /metrics ("": none); a
+	// gateway also serves it on its own port.
+	MetricsListen string `envconfig:"BRIDGE_METRICS_LISTEN"`
+
 	// LaaSRPM is the LaaS project's requests per minute over every worker
 	// process (0: none); LaaSMaxConcurrency caps its calls in flight (the
 	// consumer's MaxAckPending; 0: queue.DefaultMaxAckPending).
