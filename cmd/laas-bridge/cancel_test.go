@@ -12,22 +12,30 @@ import (
 	"github.com/laas-bridge/laas-bridge/worker/laasmock"
 )
 
-// TestCallerGoneAbortsLaaSCall: a caller that gives up mid-call makes the
-// worker abort its LaaS call (the mock sees its client go away: status 499)
-// rather than run it to the end.
-func TestCallerGoneAbortsLaaSCall(t *testing.T) {
+// serveWithMock runs `serve` in-process against an in-test LaaS mock with
+// the given latency (credentials p/k, default preset h).
+func serveWithMock(t *testing.T, latency time.Duration) (*laasmock.Mock, *instance) {
+	t.Helper()
 	clearEnv(t)
-	mock, err := laasmock.New(laasmock.Config{ProjectCode: "p", APIKey: "k", Latency: time.Minute})
+	mock, err := laasmock.New(laasmock.Config{ProjectCode: "p", APIKey: "k", Latency: latency})
 	if err != nil {
 		t.Fatal(err)
 	}
 	up := httptest.NewServer(mock)
-	defer up.Close()
+	t.Cleanup(up.Close)
 	t.Setenv("LAAS_PROJECT_CODE", "p")
 	t.Setenv("LAAS_API_KEY", "k")
 	t.Setenv("LAAS_PRESET_HASH", "h")
 	t.Setenv("LAAS_BASE_URL", up.URL)
 	in := startRun(t, "serve", "--listen", "127.0.0.1:0", "--nats-listen", "", "--data-dir", t.TempDir(), "--config", "testdata/config.yaml")
+	return mock, in
+}
+
+// TestCallerGoneAbortsLaaSCall: a caller that gives up mid-call makes the
+// worker abort its LaaS call (the mock sees its client go away: status 499)
+// rather than run it to the end.
+func TestCallerGoneAbortsLaaSCall(t *testing.T) {
+	mock, in := serveWithMock(t, time.Minute)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

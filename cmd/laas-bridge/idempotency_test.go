@@ -4,31 +4,17 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
 )
 
 // TestIdempotencyKeyOneUpstreamCall: requests that share an Idempotency-Key
 // (at once, and after the first finished) cause one LaaS call and all get
 // the first call's answer.
 func TestIdempotencyKeyOneUpstreamCall(t *testing.T) {
-	clearEnv(t)
-	mock, err := laasmock.New(laasmock.Config{ProjectCode: "p", APIKey: "k", Latency: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	up := httptest.NewServer(mock)
-	defer up.Close()
-	t.Setenv("LAAS_PROJECT_CODE", "p")
-	t.Setenv("LAAS_API_KEY", "k")
-	t.Setenv("LAAS_PRESET_HASH", "h")
-	t.Setenv("LAAS_BASE_URL", up.URL)
-	in := startRun(t, "serve", "--listen", "127.0.0.1:0", "--nats-listen", "", "--data-dir", t.TempDir(), "--config", "testdata/config.yaml")
+	mock, in := serveWithMock(t, 300*time.Millisecond)
 
 	type answer struct {
 		status   int

@@ -80,9 +80,16 @@ type outcome struct {
 	err     error
 }
 
-func (s *stack) ask(text string) outcome {
-	c := &http.Client{Timeout: 2 * time.Minute}
-	resp, err := c.Post(s.url+"/v1/chat/completions", "application/json", strings.NewReader(chatBody("claude-3.5-sonnet", text)))
+func (s *stack) ask(text string) outcome { return s.post(text, "", 2*time.Minute) }
+
+// post sends one chat request, with an Idempotency-Key when key is set.
+func (s *stack) post(text, key string, timeout time.Duration) outcome {
+	req, _ := http.NewRequest("POST", s.url+"/v1/chat/completions", strings.NewReader(chatBody("claude-3.5-sonnet", text)))
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	resp, err := (&http.Client{Timeout: timeout}).Do(req)
 	if err != nil {
 		return outcome{err: err}
 	}
@@ -224,31 +231,7 @@ func TestProcessCancelIdempotencyQueueFull(t *testing.T) {
 	natsProc := startNATS(t, "nats", t.TempDir(), port)
 	s := startStack(t, fmt.Sprintf("nats://127.0.0.1:%d", port), 3, "1500ms",
 		"BRIDGE_WORKER_CONCURRENCY=1", "BRIDGE_QUEUE_MAX_MSGS=5")
-	post := func(text, key string, timeout time.Duration) outcome {
-		req, _ := http.NewRequest("POST", s.url+"/v1/chat/completions", strings.NewReader(chatBody("claude-3.5-sonnet", text)))
-		req.Header.Set("Content-Type", "application/json")
-		if key != "" {
-			req.Header.Set("Idempotency-Key", key)
-		}
-		resp, err := (&http.Client{Timeout: timeout}).Do(req)
-		if err != nil {
-			return outcome{err: err}
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		var body struct {
-			Choices []struct {
-				Message struct{ Content string } `json:"message"`
-			} `json:"choices"`
-			Error struct{ Code string } `json:"error"`
-		}
-		_ = json.Unmarshal(b, &body)
-		o := outcome{status: resp.StatusCode, code: body.Error.Code}
-		if len(body.Choices) > 0 {
-			o.content = body.Choices[0].Message.Content
-		}
-		return o
-	}
+	post := s.post
 	mockLines := func(part string) int { return logLines(s.mock.logs.String(), part) }
 
 	t.Run("a caller that gives up stops its LaaS call", func(t *testing.T) {
