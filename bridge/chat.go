@@ -18,6 +18,7 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/schema/multimodal"
+	"github.com/laas-bridge/laas-bridge/schema/queue/failover"
 )
 
 // Answer headers that say where the time went.
@@ -300,7 +301,9 @@ func (g *Gateway) publish(ctx context.Context, subject, id, msgID string, data [
 	msg.Header.Set(schema.HeaderMsgID, msgID)
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.PublishTimeout)
 	defer cancel()
-	ack, err := g.js.PublishMsg(ctx, msg)
+	// Retried across a stream leader election (a NATS node lost) until
+	// PublishTimeout; the Nats-Msg-Id keeps a retry from queuing it twice.
+	ack, maybeStored, err := failover.Publish(ctx, g.js, msg)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			return false, clientGone(err)
@@ -318,7 +321,9 @@ func (g *Gateway) publish(ctx context.Context, subject, id, msgID string, data [
 			Cause: fmt.Errorf("publish %s: %w", id, err),
 		}
 	}
-	return ack.Duplicate, nil
+	// A duplicate of this request's own earlier attempt (its ack lost in
+	// a failover) is not another caller's request with the same key.
+	return ack.Duplicate && !(maybeStored && msgID == id), nil
 }
 
 // queueFull reports a publish refused because the stream is at its

@@ -28,7 +28,9 @@ type Config struct {
 	InstanceID string
 	// Subject is where chat requests are published; default the interactive lane.
 	Subject string
-	// PublishTimeout bounds the wait for the stream's ack; default 5s.
+	// PublishTimeout bounds the wait for the stream's ack, retries across a
+	// stream leader election on a NATS cluster included (JetStream elects a
+	// new leader within 4 to 9 s); default 15s.
 	PublishTimeout time.Duration
 	// ShutdownGrace is how long Serve waits for callers on shutdown; default 30s.
 	ShutdownGrace time.Duration
@@ -61,7 +63,7 @@ func (c *Config) setDefaults() {
 		c.Subject = schema.SubjectInteractive
 	}
 	if c.PublishTimeout == 0 {
-		c.PublishTimeout = 5 * time.Second
+		c.PublishTimeout = 15 * time.Second
 	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 30 * time.Second

@@ -17,6 +17,7 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/schema/multimodal"
+	"github.com/laas-bridge/laas-bridge/schema/queue/failover"
 )
 
 // Upstream runs one LaaS call. *LaaSClient implements it.
@@ -684,9 +685,11 @@ func (p *Pool) publishReply(subject string, rep *schema.Reply) error {
 // sendReply publishes a reply through JetStream (StreamReplies keeps it for
 // a gateway that is reconnecting) and waits for the stream's ack.
 func (p *Pool) sendReply(subject string, data []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Retried across a leader election of StreamReplies (a NATS node
+	// lost); a reply stored twice is delivered once.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := p.js.Publish(ctx, subject, data)
+	_, _, err := failover.Publish(ctx, p.js, &nats.Msg{Subject: subject, Data: data})
 	return err
 }
 

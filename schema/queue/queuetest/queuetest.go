@@ -44,7 +44,7 @@ func Start(t testing.TB, cfg queue.Config) *Queue {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cons, err := queue.Ensure(ctx, js, cfg)
+	cons, err := queue.Ensure(ctx, js, cfg, queue.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatalf("provision stream: %v", err)
 	}

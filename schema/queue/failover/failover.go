@@ -1,0 +1,70 @@
+// Package failover publishes to JetStream across a stream leader election.
+//
+// On a NATS cluster, a stream whose leader's node dies has no leader for a
+// few seconds (JetStream's election timeout is 4 to 9 s). A publish in that
+// window gets no answer at all: jetstream.PublishMsg waits out its context
+// and fails, although the next node would take the message a moment later.
+// Publish sends the same message again, in short attempts, until it is
+// stored or the caller's context ends. The message keeps its Nats-Msg-Id,
+// so a retry after an attempt whose ack was lost is de-duplicated by the
+// stream, never stored twice.
+package failover
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Attempt bounds one publish attempt: a stream with a leader acks in
+// milliseconds, so a silent attempt is one that went to a stream
+// between leaders.
+const Attempt = 2 * time.Second
+
+// pause is the wait between two attempts.
+const pause = 200 * time.Millisecond
+
+// Publish publishes msg to js and waits for the stream's ack, retrying what
+// a leader election or a reconnect makes fail (no answer within Attempt, no
+// responders, JetStream temporarily unavailable) until ctx ends. Any other
+// error (a full stream, a refused message) returns at once.
+//
+// maybeStored reports that an earlier attempt got no answer, so the stream
+// may hold the message from it: a Duplicate ack then means this very
+// message, not another publisher's with the same Nats-Msg-Id.
+func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (ack *jetstream.PubAck, maybeStored bool, err error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, Attempt)
+		ack, err = js.PublishMsg(actx, msg)
+		cancel()
+		if err == nil || ctx.Err() != nil || !retryable(err) {
+			return ack, maybeStored, err
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			maybeStored = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, maybeStored, err
+		case <-time.After(pause):
+		}
+	}
+}
+
+// retryable reports an error a leader election or a reconnect causes.
+func retryable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return true
+	}
+	// Only "JetStream system temporarily unavailable": other 503s, such as
+	// a full stream (store failed), are answers, not a failover.
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.ErrorCode == jsClusterNotAvailable
+}
+
+// jsClusterNotAvailable is the server's JSClusterNotAvailErr.
+const jsClusterNotAvailable jetstream.ErrorCode = 10008
