@@ -81,6 +81,10 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	if cmd != "serve" && env.NATSURL == "" {
 		return fmt.Errorf("NATS_URL is not set: `laas-bridge %s` connects to a NATS server with JetStream (set NATS_URL or --nats-url, or use `laas-bridge serve`, which embeds one)", cmd)
 	}
+	if env.NATSURL == "" && env.StreamReplicas != nil && *env.StreamReplicas > 1 {
+		return fmt.Errorf("BRIDGE_STREAM_REPLICAS=%d needs a NATS cluster of at least %d servers, but `laas-bridge serve` without NATS_URL embeds a single server, which holds one replica: set NATS_URL to the cluster's servers (comma-separated), or leave BRIDGE_STREAM_REPLICAS unset or 1",
+			*env.StreamReplicas, *env.StreamReplicas)
+	}
 
 	var up *worker.LaaSClient
 	if hasWorker {
@@ -113,7 +117,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 	ensureCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	cons, err := queue.Ensure(ensureCtx, js, queue.Config{MaxMsgs: env.QueueMsgs, MaxBytes: env.QueueBytes, MaxAckPending: env.LaaSMaxConcurrency, AckWait: env.AckWait})
+	cons, err := queue.Ensure(ensureCtx, js, env.queueConfig(), queue.WithLogger(log))
 	cancel()
 	if err != nil {
 		return err

@@ -28,11 +28,21 @@ type Env struct {
 	NATSListen  string        `envconfig:"BRIDGE_NATS_LISTEN" default:"127.0.0.1:4222"`
 	Concurrency int           `envconfig:"BRIDGE_WORKER_CONCURRENCY" default:"64"`
 	MaxBody     int64         `envconfig:"BRIDGE_MAX_BODY_BYTES" default:"67108864"`
-	QueueMsgs   int64         `envconfig:"BRIDGE_QUEUE_MAX_MSGS" default:"100000"`
-	QueueBytes  int64         `envconfig:"BRIDGE_QUEUE_MAX_BYTES" default:"1073741824"`
-	AckWait     time.Duration `envconfig:"BRIDGE_ACK_WAIT" default:"30s"`
 	LogLevel    string        `envconfig:"BRIDGE_LOG_LEVEL" default:"info"`
 	LogFormat   string        `envconfig:"BRIDGE_LOG_FORMAT" default:"text"`
+
+	// Stream and consumer settings. Unset (zero or nil) keeps what the
+	// server holds when the stream exists, and takes the queue package's
+	// default when this process creates it; set, it is applied at start
+	// (see queue.Ensure). The defaults are queue.DefaultMaxMsgs (100000),
+	// queue.DefaultMaxBytes (1 GiB), queue.DefaultAckWait (30s) and one
+	// replica.
+	QueueMsgs  int64         `envconfig:"BRIDGE_QUEUE_MAX_MSGS"`
+	QueueBytes int64         `envconfig:"BRIDGE_QUEUE_MAX_BYTES"`
+	AckWait    time.Duration `envconfig:"BRIDGE_ACK_WAIT"`
+	// StreamReplicas is the replicas of every stream, consumer, key-value
+	// bucket and object store: 3 on a 3-node NATS cluster.
+	StreamReplicas *int `envconfig:"BRIDGE_STREAM_REPLICAS"`
 
 	// MetricsListen is an address that serves /metrics ("": none); a
 	// gateway also serves it on its own port.
@@ -50,6 +60,16 @@ type Env struct {
 	MockRate500 float64       `envconfig:"MOCK_LAAS_RATE_500"`
 }
 
+// queueConfig is the stream and consumer settings set in e; the zero
+// fields are left to queue.Ensure (keep what exists, default what is new).
+func (e Env) queueConfig() queue.Config {
+	c := queue.Config{MaxMsgs: e.QueueMsgs, MaxBytes: e.QueueBytes, MaxAckPending: e.LaaSMaxConcurrency, AckWait: e.AckWait}
+	if e.StreamReplicas != nil {
+		c.Replicas = *e.StreamReplicas
+	}
+	return c
+}
+
 // readEnv reads Env from the process environment.
 func readEnv() (Env, error) {
 	var e Env
@@ -58,6 +78,12 @@ func readEnv() (Env, error) {
 	}
 	if e.LaaSRPM < 0 {
 		return e, fmt.Errorf("BRIDGE_LAAS_RPM must be 0 (no limit) or more, got %d", e.LaaSRPM)
+	}
+	if e.StreamReplicas != nil && (*e.StreamReplicas < 1 || *e.StreamReplicas > 5) {
+		return e, fmt.Errorf("BRIDGE_STREAM_REPLICAS must be 1 to 5 (3 on a 3-node NATS cluster), got %d", *e.StreamReplicas)
+	}
+	if e.QueueMsgs < 0 || e.QueueBytes < 0 || e.AckWait < 0 {
+		return e, fmt.Errorf("BRIDGE_QUEUE_MAX_MSGS, BRIDGE_QUEUE_MAX_BYTES and BRIDGE_ACK_WAIT must not be negative")
 	}
 	if e.LaaSMaxConcurrency < 0 {
 		return e, fmt.Errorf("BRIDGE_LAAS_MAX_CONCURRENCY must be 0 (the default, %d) or more, got %d", queue.DefaultMaxAckPending, e.LaaSMaxConcurrency)

@@ -46,6 +46,15 @@ func TestStartupErrors(t *testing.T) {
 		{"bad log level", nil, []string{"gateway", "--log-level", "loud"}, []string{"BRIDGE_LOG_LEVEL"}},
 		{"bad concurrency", []string{"BRIDGE_WORKER_CONCURRENCY", "0"}, []string{"serve", "--demo", "--config", "testdata/config.yaml", "--nats-listen", "", "--listen", "127.0.0.1:0"},
 			[]string{"BRIDGE_WORKER_CONCURRENCY must be at least 1, got 0"}},
+		{"zero replicas", []string{"BRIDGE_STREAM_REPLICAS", "0"}, []string{"gateway", "--nats-url", "nats://127.0.0.1:1"},
+			[]string{"BRIDGE_STREAM_REPLICAS must be 1 to 5 (3 on a 3-node NATS cluster), got 0"}},
+		{"six replicas", []string{"BRIDGE_STREAM_REPLICAS", "6"}, []string{"worker", "--nats-url", "nats://127.0.0.1:1"},
+			[]string{"BRIDGE_STREAM_REPLICAS must be 1 to 5 (3 on a 3-node NATS cluster), got 6"}},
+		{"replicas not a number", []string{"BRIDGE_STREAM_REPLICAS", "three"}, []string{"gateway", "--nats-url", "nats://127.0.0.1:1"},
+			[]string{"BRIDGE_STREAM_REPLICAS"}},
+		{"three replicas on the embedded server", []string{"BRIDGE_STREAM_REPLICAS", "3"},
+			[]string{"serve", "--demo", "--config", "testdata/config.yaml", "--nats-listen", "", "--listen", "127.0.0.1:0"},
+			[]string{"BRIDGE_STREAM_REPLICAS=3 needs a NATS cluster of at least 3 servers, but `laas-bridge serve` without NATS_URL embeds a single server, which holds one replica: set NATS_URL to the cluster's servers (comma-separated), or leave BRIDGE_STREAM_REPLICAS unset or 1"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/laas-bridge/laas-bridge/schema/queue"
@@ -107,5 +108,42 @@ func TestConnectMalformedURLHidesPassword(t *testing.T) {
 				t.Errorf("error %q reveals the credentials", msg)
 			}
 		})
+	}
+}
+
+// NATS_URL is a comma-separated list: Connect uses any server of it that
+// answers, and moves to another when its server goes away.
+func TestConnectList(t *testing.T) {
+	start := func() *server.Server {
+		srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+		return srv
+	}
+	a, b := start(), start()
+	// An unreachable server first, and a space after a comma.
+	nc, err := queue.Connect("nats://127.0.0.1:1,"+a.ClientURL()+", "+b.ClientURL(), "t", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	defer nc.Close()
+	first := nc.ConnectedUrl()
+	if first != a.ClientURL() && first != b.ClientURL() {
+		t.Fatalf("connected to %q, want %q or %q", first, a.ClientURL(), b.ClientURL())
+	}
+	want := b
+	if first == b.ClientURL() {
+		a, want = b, a
+	}
+	a.Shutdown()
+	for deadline := time.Now().Add(20 * time.Second); nc.ConnectedUrl() != want.ClientURL(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after its server stopped, connected to %q, want %q", nc.ConnectedUrl(), want.ClientURL())
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Errorf("flush on the other server: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
-// Package queue provisions the JetStream stream and consumer named in
-// package schema, connects to NATS, and runs the embedded NATS server that
-// `laas-bridge serve` uses. Both the gateway and the workers call Ensure at
-// start; it is idempotent, so whichever process comes first creates the
-// stream and the others find it.
+// Package queue provisions the JetStream streams, buckets and consumers
+// named in package schema, connects to NATS, and runs the embedded NATS
+// server that `laas-bridge serve` uses. Both the gateway and the workers
+// call Ensure at start: whichever process comes first creates what is
+// missing, the others find it and change only the settings they were
+// explicitly given; nothing is deleted to apply a setting.
 package queue

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -304,42 +306,95 @@ func (c Config) LimitsConfig() jetstream.KeyValueConfig {
 
 // --- end rate limiter ---
 
-// Ensure creates or updates the request stream, the dead-letter stream, the
-// workers' consumer and the large-body object store to match cfg, and returns the consumer. It is
-// safe to call from every process at once.
-func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.Consumer, error) {
+// Ensure creates the request, reply and dead-letter streams, the
+// large-body object store, the answers and rate-limit buckets and the two
+// lane consumers when they are missing, and returns the interactive lane's
+// consumer. On what exists it changes only the settings the bridge owns
+// (subjects, retention, filters, ...) and those set in cfg: a zero field
+// keeps the server's value (the default applies only to what Ensure
+// creates). It is safe to call from every process at once, and it never
+// deletes data: a change JetStream cannot make in place, or one that would
+// drop stored messages, is logged as a warning naming the setting and
+// skipped (an error when the bridge cannot work without it).
+func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...EnsureOption) (jetstream.Consumer, error) {
+	o := ensureOptions{log: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	explicit := cfg
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, cfg.StreamConfig()); err != nil {
-		return nil, fmt.Errorf("create or update stream %s: %w", schema.StreamRequests, err)
+	// Settings of every stream and bucket this process set explicitly.
+	common := setIf(setIf(nil, explicit.Replicas != 0, setReplicas), explicit.Memory, setStorage)
+	owned := []string{setDescription, setSubjects, setRetention, setDiscard}
+	with := func(names ...string) []string { return append(slices.Clone(common), names...) }
+
+	requests := append(with(owned...), setMaxAge)
+	requests = setIf(requests, explicit.MaxMsgs != 0, setMaxMsgs)
+	requests = setIf(requests, explicit.MaxBytes != 0, setMaxBytes)
+	requests = setIf(requests, explicit.DuplicateWindow != 0, setDuplicates)
+	dead := with(owned...)
+	dead = setIf(dead, explicit.DeadMaxAge != 0, setMaxAge)
+	dead = setIf(dead, explicit.DeadMaxBytes != 0, setMaxBytes)
+	dead = setIf(dead, explicit.DuplicateWindow != 0, setDuplicates)
+	bodies := with(setDescription)
+	bodies = setIf(bodies, explicit.BodiesTTL != 0, setMaxAge)
+	bodies = setIf(bodies, explicit.BodiesMaxBytes != 0, setMaxBytes)
+	answers := setIf(with(setDescription), explicit.AnswersTTL != 0, setMaxAge)
+
+	bodiesCfg, answersCfg, limitsCfg := cfg.BodiesConfig(), cfg.AnswersConfig(), cfg.LimitsConfig()
+	for _, spec := range []streamSpec{
+		{want: cfg.StreamConfig(), set: requests},
+		{want: cfg.RepliesConfig(), set: with(append(owned, setMaxAge, setMaxBytes)...)},
+		{want: cfg.DeadConfig(), set: dead},
+		{
+			kind: "object store", name: bodiesCfg.Bucket, want: objectStream(bodiesCfg), set: bodies,
+			create: func(ctx context.Context) error { _, err := js.CreateObjectStore(ctx, bodiesCfg); return err },
+		},
+		{
+			kind: "key-value bucket", name: answersCfg.Bucket, want: kvStream(answersCfg), set: answers,
+			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, answersCfg); return err },
+		},
+		{ // rate limiter
+			kind: "key-value bucket", name: limitsCfg.Bucket, want: kvStream(limitsCfg), set: with(setDescription, setMaxAge, setMaxMsgsPerSubject),
+			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, limitsCfg); return err },
+		},
+	} {
+		if err := ensureStream(ctx, js, o.log, spec); err != nil {
+			return nil, err
+		}
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, cfg.RepliesConfig()); err != nil {
-		return nil, fmt.Errorf("create or update stream %s: %w", schema.StreamReplies, err)
-	}
-	if _, err := js.CreateOrUpdateStream(ctx, cfg.DeadConfig()); err != nil {
-		return nil, fmt.Errorf("create or update stream %s: %w", schema.StreamDead, err)
-	}
-	if _, err := js.CreateOrUpdateObjectStore(ctx, cfg.BodiesConfig()); err != nil {
-		return nil, fmt.Errorf("create or update object store %s: %w", schema.BucketBodies, err)
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, cfg.AnswersConfig()); err != nil {
-		return nil, fmt.Errorf("create or update key-value bucket %s: %w", schema.BucketAnswers, err)
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, cfg.LimitsConfig()); err != nil { // rate limiter
-		return nil, fmt.Errorf("create or update key-value bucket %s: %w", BucketLimits, err)
-	}
-	// MaxAckPending (the global cap on jobs in flight) is applied to an
-	// existing consumer too: a changed value takes effect at start.
+	consumer := []string{setDescription, setFilterSubject, setAckPolicy}
+	consumer = setIf(consumer, explicit.Replicas != 0, setReplicas)
+	consumer = setIf(consumer, explicit.AckWait != 0, setAckWait)
+	consumer = setIf(consumer, explicit.MaxDeliver != 0, setMaxDeliver)
+	// MaxAckPending (the global cap on jobs in flight) set by one process
+	// is kept by the next one started without it.
+	consumer = setIf(consumer, explicit.MaxAckPending != 0, setMaxAckPending)
 	// The interactive consumer first: an older one without a filter would
 	// overlap the batch lane's, which a work queue refuses.
-	cons, err := js.CreateOrUpdateConsumer(ctx, schema.StreamRequests, cfg.ConsumerConfig())
+	cons, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.ConsumerConfig(), consumer)
 	if err != nil {
-		return nil, fmt.Errorf("create or update consumer %s: %w", schema.ConsumerWorkers, err)
+		return nil, err
 	}
-	if _, err := js.CreateOrUpdateConsumer(ctx, schema.StreamRequests, cfg.BatchConsumerConfig()); err != nil {
-		return nil, fmt.Errorf("create or update consumer %s: %w", schema.ConsumerBatch, err)
+	if _, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.BatchConsumerConfig(), consumer); err != nil {
+		return nil, err
 	}
 	return cons, nil
+}
+
+// kvStream is the part of a key-value bucket's stream that Ensure compares
+// with an existing bucket (jetstream.CreateKeyValue makes the rest).
+func kvStream(c jetstream.KeyValueConfig) jetstream.StreamConfig {
+	history := int64(max(c.History, 1))
+	return jetstream.StreamConfig{Name: "KV_" + c.Bucket, Description: c.Description, MaxAge: c.TTL, MaxMsgsPerSubject: history,
+		MaxBytes: c.MaxBytes, Storage: c.Storage, Replicas: max(c.Replicas, 1)}
+}
+
+// objectStream is kvStream for an object store.
+func objectStream(c jetstream.ObjectStoreConfig) jetstream.StreamConfig {
+	return jetstream.StreamConfig{Name: "OBJ_" + c.Bucket, Description: c.Description, MaxAge: c.TTL, MaxBytes: c.MaxBytes,
+		Storage: c.Storage, Replicas: max(c.Replicas, 1)}
 }

@@ -1,15 +1,20 @@
 package queue_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"reflect"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/schema"
@@ -410,4 +415,296 @@ func TestEnsureMemoryFitsASmallServer(t *testing.T) {
 	if _, err := queue.Ensure(testContext(t), js, queue.Config{Memory: true}); err != nil {
 		t.Errorf("Ensure(Memory: true) on a server with 2 GiB of JetStream memory: %v", err)
 	}
+}
+
+// logBuffer collects a logger's text output for assertions.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) lines(parts ...string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, l := range strings.Split(b.buf.String(), "\n") {
+		ok := l != ""
+		for _, p := range parts {
+			ok = ok && strings.Contains(l, p)
+		}
+		if ok {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func captureLog() (*logBuffer, queue.EnsureOption) {
+	b := &logBuffer{}
+	return b, queue.WithLogger(slog.New(slog.NewTextHandler(b, nil)))
+}
+
+func consumerConfig(t *testing.T, ctx context.Context, js jetstream.JetStream, name string) jetstream.ConsumerConfig {
+	t.Helper()
+	c, err := js.Consumer(ctx, schema.StreamRequests, name)
+	if err != nil {
+		t.Fatalf("consumer %s: %v", name, err)
+	}
+	return c.CachedInfo().Config
+}
+
+func streamConfig(t *testing.T, ctx context.Context, js jetstream.JetStream, name string) jetstream.StreamConfig {
+	t.Helper()
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		t.Fatalf("stream %s: %v", name, err)
+	}
+	return s.CachedInfo().Config
+}
+
+// A process started without a setting (a gateway without
+// BRIDGE_LAAS_MAX_CONCURRENCY) keeps what another process set, instead of
+// resetting it to the default; one that sets it changes it.
+func TestEnsureKeepsUnsetAndUpdatesSetSettings(t *testing.T) {
+	_, js := startServer(t)
+	ctx := testContext(t)
+	first := queue.Config{MaxMsgs: 50, MaxBytes: 2 << 20, AckWait: 45 * time.Second, MaxDeliver: 3, MaxAckPending: 7,
+		DuplicateWindow: time.Minute, BodiesTTL: 2 * time.Hour, BodiesMaxBytes: 100 << 20, AnswersTTL: 5 * time.Minute,
+		DeadMaxAge: 2 * time.Hour, DeadMaxBytes: 3 << 20}
+	if _, err := queue.Ensure(ctx, js, first); err != nil {
+		t.Fatalf("first Ensure: %v", err)
+	}
+	type settings struct {
+		reqMsgs, reqBytes, deadBytes, bodiesBytes int64
+		reqDup, deadAge, bodiesAge, answersAge    time.Duration
+		ackWait                                   [2]time.Duration
+		maxDeliver, maxAckPending                 [2]int
+	}
+	read := func() settings {
+		req, dead := streamConfig(t, ctx, js, schema.StreamRequests), streamConfig(t, ctx, js, schema.StreamDead)
+		bodies, answers := streamConfig(t, ctx, js, "OBJ_"+schema.BucketBodies), streamConfig(t, ctx, js, "KV_"+schema.BucketAnswers)
+		i, b := consumerConfig(t, ctx, js, schema.ConsumerWorkers), consumerConfig(t, ctx, js, schema.ConsumerBatch)
+		return settings{req.MaxMsgs, req.MaxBytes, dead.MaxBytes, bodies.MaxBytes, req.Duplicates, dead.MaxAge, bodies.MaxAge, answers.MaxAge,
+			[2]time.Duration{i.AckWait, b.AckWait}, [2]int{i.MaxDeliver, b.MaxDeliver}, [2]int{i.MaxAckPending, b.MaxAckPending}}
+	}
+	want := settings{50, 2 << 20, 3 << 20, 100 << 20, time.Minute, 2 * time.Hour, 2 * time.Hour, 5 * time.Minute,
+		[2]time.Duration{45 * time.Second, 45 * time.Second}, [2]int{3, 3}, [2]int{7, 7}}
+	if got := read(); got != want {
+		t.Fatalf("after the first Ensure:\n\t%+v\nwant\n\t%+v", got, want)
+	}
+
+	logs, withLog := captureLog()
+	if _, err := queue.Ensure(ctx, js, queue.Config{}, withLog); err != nil {
+		t.Fatalf("Ensure with nothing set: %v", err)
+	}
+	if got := read(); got != want {
+		t.Errorf("Ensure with nothing set changed settings:\n\t%+v\nwant them kept\n\t%+v", got, want)
+	}
+	if l := logs.lines("updated"); len(l) != 0 {
+		t.Errorf("Ensure with nothing set updated something: %q", l)
+	}
+
+	if _, err := queue.Ensure(ctx, js, queue.Config{MaxAckPending: 9, MaxMsgs: 60, AckWait: 50 * time.Second}, withLog); err != nil {
+		t.Fatalf("Ensure with three settings: %v", err)
+	}
+	want.maxAckPending, want.reqMsgs, want.ackWait = [2]int{9, 9}, 60, [2]time.Duration{50 * time.Second, 50 * time.Second}
+	if got := read(); got != want {
+		t.Errorf("after Ensure with three settings:\n\t%+v\nwant\n\t%+v", got, want)
+	}
+	if l := logs.lines("updated stream", "name="+schema.StreamRequests, "max_msgs 50 -> 60"); len(l) != 1 {
+		t.Errorf("the stream update was not logged once: %q", logs.lines())
+	}
+	if l := logs.lines("updated consumer", "max_ack_pending 7 -> 9", "ack_wait 45s -> 50s"); len(l) != 2 {
+		t.Errorf("the two consumer updates were not logged: %q", logs.lines())
+	}
+}
+
+// Processes that start together all call Ensure at once: every call
+// succeeds, whichever creates a stream, and one set of streams and
+// consumers results, with the settings the processes asked for.
+func TestEnsureConcurrent(t *testing.T) {
+	srv, _ := startServer(t)
+	ctx := testContext(t)
+	const n = 12
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for i := range n {
+		nc, err := queue.Connect(srv.ClientURL(), fmt.Sprint("process-", i), slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Half the processes set the concurrency cap and queue size (like
+		// workers given BRIDGE_LAAS_MAX_CONCURRENCY), half set nothing.
+		cfg := queue.Config{}
+		if i%2 == 0 {
+			cfg = queue.Config{MaxAckPending: 16, MaxMsgs: 500}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, errs[i] = queue.Ensure(ctx, js, cfg)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Ensure #%d: %v", i, err)
+		}
+	}
+	_, js := startServerConn(t, srv)
+	sl := js.StreamNames(ctx)
+	streams := names(t, sl.Name(), sl.Err)
+	want := []string{"KV_" + queue.BucketLimits, "KV_" + schema.BucketAnswers, schema.StreamDead, schema.StreamReplies, schema.StreamRequests, "OBJ_" + schema.BucketBodies}
+	slices.Sort(want)
+	if !slices.Equal(streams, want) {
+		t.Errorf("streams %q, want %q", streams, want)
+	}
+	if got := streamConfig(t, ctx, js, schema.StreamRequests).MaxMsgs; got != 500 {
+		t.Errorf("stream MaxMsgs = %d, want 500 (set by half the processes, kept by the others)", got)
+	}
+	for _, c := range []string{schema.ConsumerWorkers, schema.ConsumerBatch} {
+		if got := consumerConfig(t, ctx, js, c).MaxAckPending; got != 16 {
+			t.Errorf("consumer %s MaxAckPending = %d, want 16", c, got)
+		}
+	}
+}
+
+func startServerConn(t *testing.T, srv *server.Server) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// A setting JetStream cannot change in place is never applied by deleting
+// and recreating the stream: the data stays, a warning names the setting,
+// and a setting the bridge cannot work without is an error too.
+func TestEnsureUnchangeableSettings(t *testing.T) {
+	t.Run("retention is required: error, data kept", func(t *testing.T) {
+		_, js := startServer(t)
+		ctx := testContext(t)
+		old := queue.Config{}.StreamConfig()
+		old.Retention = jetstream.LimitsPolicy
+		if _, err := js.CreateStream(ctx, old); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.Publish(ctx, schema.SubjectInteractive, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		logs, withLog := captureLog()
+		_, err := queue.Ensure(ctx, js, queue.Config{}, withLog)
+		want := "stream LAAS_REQUESTS: retention is Limits on the server, laas-bridge needs WorkQueue; JetStream cannot change it in place and laas-bridge does not delete data: move the messages and delete the stream yourself"
+		if err == nil || err.Error() != want {
+			t.Errorf("Ensure error =\n\t%v\nwant\n\t%s", err, want)
+		}
+		if l := logs.lines("level=WARN", "setting=retention", "have=Limits", "want=WorkQueue"); len(l) != 1 {
+			t.Errorf("no warning naming the retention: %q", logs.lines())
+		}
+		info := streamInfo(t, ctx, js)
+		if info.State.Msgs != 1 || info.Config.Retention != jetstream.LimitsPolicy {
+			t.Errorf("stream now holds %d messages with retention %v; want the 1 kept, retention unchanged", info.State.Msgs, info.Config.Retention)
+		}
+	})
+	t.Run("storage: warning, data kept", func(t *testing.T) {
+		_, js := startServer(t)
+		ctx := testContext(t)
+		if _, err := queue.Ensure(ctx, js, queue.Config{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.Publish(ctx, schema.SubjectInteractive, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		logs, withLog := captureLog()
+		if _, err := queue.Ensure(ctx, js, queue.Config{Memory: true}, withLog); err != nil {
+			t.Fatalf("Ensure(Memory) on file streams: %v, want a warning only", err)
+		}
+		// One warning per stream and bucket, each naming the setting.
+		for _, name := range []string{schema.StreamRequests, schema.StreamReplies, schema.StreamDead, schema.BucketBodies, schema.BucketAnswers, queue.BucketLimits} {
+			if l := logs.lines("level=WARN", "name="+name+" ", "setting=storage", "have=File", "want=Memory"); len(l) != 1 {
+				t.Errorf("%s: want one storage warning, got %q", name, l)
+			}
+		}
+		info := streamInfo(t, ctx, js)
+		if info.State.Msgs != 1 || info.Config.Storage != jetstream.FileStorage {
+			t.Errorf("stream now holds %d messages in %v; want the 1 kept on file", info.State.Msgs, info.Config.Storage)
+		}
+	})
+	t.Run("a limit that would delete messages: warning, not applied", func(t *testing.T) {
+		_, js := startServer(t)
+		ctx := testContext(t)
+		if _, err := queue.Ensure(ctx, js, queue.Config{DeadMaxBytes: 8 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		big := bytes.Repeat([]byte("x"), 700<<10)
+		for i := range 2 {
+			if _, err := js.Publish(ctx, schema.SubjectDead+".laas-workers", big, jetstream.WithMsgID(fmt.Sprint("dead-", i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		logs, withLog := captureLog()
+		// The dead-letter stream drops its oldest letters to fit a smaller
+		// limit: 1 MiB would delete one of the two 700 KiB letters.
+		if _, err := queue.Ensure(ctx, js, queue.Config{DeadMaxBytes: 1 << 20}, withLog); err != nil {
+			t.Fatalf("Ensure: %v, want a warning only", err)
+		}
+		if l := logs.lines("level=WARN", "would delete stored messages", "name="+schema.StreamDead, "setting=max_bytes", "have=8388608", "want=1048576", "messages=2"); len(l) != 1 {
+			t.Errorf("no warning naming max_bytes: %q", logs.lines())
+		}
+		s, err := js.Stream(ctx, schema.StreamDead)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info := s.CachedInfo(); info.State.Msgs != 2 || info.Config.MaxBytes != 8<<20 {
+			t.Errorf("dead letters: %d messages, max bytes %d; want 2 kept under the old 8 MiB", info.State.Msgs, info.Config.MaxBytes)
+		}
+		// A limit above what is stored is applied.
+		if _, err := queue.Ensure(ctx, js, queue.Config{DeadMaxBytes: 4 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		if got := streamConfig(t, ctx, js, schema.StreamDead).MaxBytes; got != 4<<20 {
+			t.Errorf("dead letters max bytes = %d after raising it above the usage, want %d", got, 4<<20)
+		}
+	})
+	t.Run("replicas refused by a single server: warning, kept", func(t *testing.T) {
+		_, js := startServer(t)
+		ctx := testContext(t)
+		if _, err := queue.Ensure(ctx, js, queue.Config{}); err != nil {
+			t.Fatal(err)
+		}
+		logs, withLog := captureLog()
+		if _, err := queue.Ensure(ctx, js, queue.Config{Replicas: 3, MaxAckPending: 5}, withLog); err != nil {
+			t.Fatalf("Ensure(Replicas: 3) on one server: %v, want a warning only", err)
+		}
+		if l := logs.lines("level=WARN", "refused", "name="+schema.StreamRequests+" ", "setting=num_replicas", "have=1", "want=3"); len(l) != 1 {
+			t.Errorf("no warning naming the replicas: %q", logs.lines())
+		}
+		if got := streamConfig(t, ctx, js, schema.StreamRequests).Replicas; got != 1 {
+			t.Errorf("replicas = %d, want 1 kept", got)
+		}
+		// The other settings asked for are applied.
+		if got := consumerConfig(t, ctx, js, schema.ConsumerWorkers).MaxAckPending; got != 5 {
+			t.Errorf("MaxAckPending = %d, want 5", got)
+		}
+	})
 }
