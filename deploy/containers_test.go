@@ -256,6 +256,17 @@ func (s *cstack) mockCalls(what string) int {
 	return strings.Count(s.logs(s.mock), what)
 }
 
+// settledMockCalls waits (up to 15 s) until the mock's log shows at least
+// min answered calls: the engine delivers a container's output a little
+// after it is written. It returns every call and the calls cut off (499).
+func (s *cstack) settledMockCalls(min int) (calls, cut int) {
+	for start := time.Now(); s.mockCalls(`"status":200`) < min && time.Since(start) < 15*time.Second; {
+		time.Sleep(200 * time.Millisecond)
+	}
+	logs := s.logs(s.mock)
+	return strings.Count(logs, `"status"`), strings.Count(logs, `"status":499`)
+}
+
 // jsz is the part of a NATS server's /jsz this test reads.
 type jsz struct {
 	MetaCluster *struct {
@@ -435,7 +446,7 @@ func TestContainersWorkerKilledMidLoad(t *testing.T) {
 		}
 	})
 	answered, _ := own(t, "kill", out, false)
-	calls, cut := s.mockCalls(`"status"`), s.mockCalls(`"status":499`)
+	calls, cut := s.settledMockCalls(n)
 	t.Logf("%d of %d callers got their own answer; LaaS calls: %d, of which %d cut off by the kill and run again", answered, n, calls, cut)
 	if answered != n {
 		t.Errorf("%d of %d callers got their own answer", answered, n)
@@ -482,8 +493,9 @@ func TestContainersNATSNodeStoppedMidLoad(t *testing.T) {
 	})
 	answered, refused := own(t, "stop", out, true)
 	newLeader, _ := s.streamLeader()
+	calls, _ := s.settledMockCalls(answered)
 	t.Logf("answered %d, refused while the stream moved %d, of %d; stream leader %s -> %s; LaaS calls %d",
-		answered, refused, n, leader, newLeader, s.mockCalls(`"status":200`))
+		answered, refused, n, leader, newLeader, calls)
 	if answered+refused != n || answered < n*3/4 {
 		t.Errorf("answered %d + refused %d of %d", answered, refused, n)
 	}
