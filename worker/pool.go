@@ -205,29 +205,37 @@ func (p *Pool) Run(ctx context.Context) error {
 		return true
 	}
 	p.log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_deliver", p.maxDeliver, "ack_wait", p.ackWait)
-	batchBusy := false // the batch lane had jobs at the last look
-	for ctx.Err() == nil {
-		select { // wait for one free slot, then take every free one
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			continue
-		}
-		free := 1
-	reserve:
-		for free < p.cfg.Concurrency {
-			select {
-			case slots <- struct{}{}:
-				free++
-			default:
-				break reserve
+	// Two pullers, so a pull is open while the other is being set up: a job
+	// published between two pulls does not wait for a round trip.
+	var pullers sync.WaitGroup
+	for range min(2, p.cfg.Concurrency) {
+		pullers.Go(func() {
+			batchBusy := false // the batch lane had jobs at the last look
+			for ctx.Err() == nil {
+				select { // wait for one free slot, then take every free one
+				case slots <- struct{}{}:
+				case <-ctx.Done():
+					continue
+				}
+				free := 1
+			reserve:
+				for free < p.cfg.Concurrency {
+					select {
+					case slots <- struct{}{}:
+						free++
+					default:
+						break reserve
+					}
+				}
+				var started int
+				started, batchBusy = p.pull(ctx, free, batchBusy, start)
+				for range free - started {
+					<-slots
+				}
 			}
-		}
-		var started int
-		started, batchBusy = p.pull(ctx, free, batchBusy, start)
-		for range free - started {
-			<-slots
-		}
+		})
 	}
+	pullers.Wait()
 
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
