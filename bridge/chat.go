@@ -184,21 +184,20 @@ func (g *Gateway) storeBody(ctx context.Context, id string, body []byte) error {
 
 // claimCompletion fetches an answer too large for a NATS message from the
 // object store, and deletes it there.
-func (g *Gateway) claimCompletion(ctx context.Context, rep *schema.Reply) error {
+func (g *Gateway) claimCompletion(ctx context.Context, ref string) (json.RawMessage, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	data, err := g.bodies.GetBytes(ctx, rep.CompletionRef)
+	data, err := g.bodies.GetBytes(ctx, ref)
 	if err != nil {
-		return fmt.Errorf("fetch large answer %s: %w", rep.CompletionRef, err)
+		return nil, fmt.Errorf("fetch large answer %s: %w", ref, err)
 	}
-	if err := g.bodies.Delete(ctx, rep.CompletionRef); err != nil {
-		g.log.Warn("could not delete a large answer after reading it", "request_id", rep.ID, "error", err)
+	if err := g.bodies.Delete(ctx, ref); err != nil {
+		g.log.Warn("could not delete a large answer after reading it", "completion_ref", ref, "error", err)
 	}
-	rep.Completion = new(schema.ChatCompletion)
-	if err := json.Unmarshal(data, rep.Completion); err != nil {
-		return fmt.Errorf("decode large answer %s: %w", rep.CompletionRef, err)
+	if !json.Valid(data) {
+		return nil, fmt.Errorf("decode large answer %s: not JSON", ref)
 	}
-	return nil
+	return data, nil
 }
 
 // dropBody deletes a stored body whose request never reached the queue.
@@ -216,11 +215,12 @@ func (g *Gateway) awaitAnswer(c echo.Context, p *pending) error {
 	defer timer.Stop()
 	select {
 	case raw := <-p.answer:
-		rep, err := g.decodeReply(c, raw)
+		rep, err := g.decodeRawReply(c, raw)
 		if err != nil {
 			return err
 		}
-		return c.JSON(http.StatusOK, rep.Completion)
+		// The completion goes out as the worker encoded it.
+		return c.JSONBlob(http.StatusOK, rep.Completion)
 	case <-c.Request().Context().Done():
 		return clientGone(c.Request().Context().Err())
 	case <-timer.C:
@@ -340,17 +340,27 @@ func queueFull(err error) bool {
 // jsErrStoreFailed is nats-server's JSStreamStoreFailedF.
 const jsErrStoreFailed jetstream.ErrorCode = 10077
 
-// decodeReply parses a worker's reply and sets the timing headers. It
-// returns the reply's error, if it carries one, as an *schema.Error.
-func (g *Gateway) decodeReply(c echo.Context, raw []byte) (*schema.Reply, error) {
-	var rep schema.Reply
+// rawReply is a worker's reply with the completion left encoded.
+type rawReply struct {
+	schema.Reply
+	Completion json.RawMessage `json:"completion,omitempty"` // shadows Reply.Completion
+}
+
+// decodeRawReply parses a worker's reply and sets the timing headers. It
+// returns the reply's error, if it carries one, as an *schema.Error; else
+// the reply has the completion's JSON (fetched from the object store when
+// it was too large for a message).
+func (g *Gateway) decodeRawReply(c echo.Context, raw []byte) (*rawReply, error) {
+	var rep rawReply
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		return nil, fmt.Errorf("decode reply: %w", err)
 	}
 	if rep.CompletionRef != "" {
-		if err := g.claimCompletion(c.Request().Context(), &rep); err != nil {
+		data, err := g.claimCompletion(c.Request().Context(), rep.CompletionRef)
+		if err != nil {
 			return nil, err
 		}
+		rep.Completion = data
 	}
 	h := c.Response().Header()
 	h.Set(HeaderQueueMs, strconv.FormatInt(rep.QueueMs, 10))
@@ -359,8 +369,21 @@ func (g *Gateway) decodeReply(c echo.Context, raw []byte) (*schema.Reply, error)
 	if err := rep.Err(); err != nil {
 		return nil, err
 	}
-	if rep.Completion == nil {
+	if len(rep.Completion) == 0 || string(rep.Completion) == "null" {
 		return nil, errors.New("reply has neither completion nor error")
 	}
 	return &rep, nil
+}
+
+// decodeReply is decodeRawReply with the completion decoded.
+func (g *Gateway) decodeReply(c echo.Context, raw []byte) (*schema.Reply, error) {
+	rep, err := g.decodeRawReply(c, raw)
+	if err != nil {
+		return nil, err
+	}
+	rep.Reply.Completion = new(schema.ChatCompletion)
+	if err := json.Unmarshal(rep.Completion, rep.Reply.Completion); err != nil {
+		return nil, fmt.Errorf("decode reply's completion: %w", err)
+	}
+	return &rep.Reply, nil
 }

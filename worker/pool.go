@@ -179,96 +179,64 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 }
 
 // Run pulls and runs jobs until ctx is done. Then it stops pulling, hands
-// jobs it had buffered but not started back to the queue at once, and waits
-// up to ShutdownGrace for calls in flight; calls still running then are
-// abandoned and redelivered to another worker.
+// jobs that arrive from a pull still open back to the queue at once, and
+// waits up to ShutdownGrace for calls in flight; calls still running then
+// are abandoned and redelivered to another worker.
+//
+// A job is pulled only for a slot that is free: a job the server has handed
+// out but no slot has taken would wait without InProgress acks, and past
+// AckWait the server would hand it out again (and LaaS be called twice).
 func (p *Pool) Run(ctx context.Context) error {
 	defer p.cancels.close()
-	interactive, err := p.cons.Messages(jetstream.PullMaxMessages(p.cfg.Concurrency))
-	if err != nil {
-		return fmt.Errorf("pull from %s: %w", schema.ConsumerWorkers, err)
-	}
-	// The batch lane buffers one job: a job pulled is held (and kept alive)
-	// until a slot is free, and must not wait in front of interactive ones.
-	batch, err := p.batch.Messages(jetstream.PullMaxMessages(1))
-	if err != nil {
-		interactive.Stop()
-		return fmt.Errorf("pull from %s: %w", schema.ConsumerBatch, err)
-	}
-	stopped := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-			interactive.Drain()
-			batch.Drain()
-		case <-stopped:
-		}
-	}()
-	defer close(stopped)
-	fromInteractive, fromBatch := p.feed(interactive), p.feed(batch)
-
 	// In-flight calls outlive ctx by up to ShutdownGrace.
 	work, abandon := context.WithCancel(context.WithoutCancel(ctx))
 	defer abandon()
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, p.cfg.Concurrency)
-	p.log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_deliver", p.maxDeliver, "ack_wait", p.ackWait)
-	for fromInteractive != nil || fromBatch != nil {
-		if ctx.Err() != nil { // shutting down: what the iterators still hold goes back
-			select {
-			case m, ok := <-fromInteractive:
-				if !ok {
-					fromInteractive = nil
-				} else {
-					_ = m.Nak()
-				}
-			case m, ok := <-fromBatch:
-				if !ok {
-					fromBatch = nil
-				} else {
-					_ = m.Nak()
-				}
-			}
-			continue
-		}
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			continue
-		}
-		var msg jetstream.Msg
-		var ok, closedI, closedB bool
-		select { // an interactive job waiting always goes first
-		case msg, ok = <-fromInteractive:
-			closedI = !ok
-		default:
-			select {
-			case msg, ok = <-fromInteractive:
-				closedI = !ok
-			case msg, ok = <-fromBatch:
-				closedB = !ok
-			case <-ctx.Done():
-			}
-		}
-		if closedI {
-			fromInteractive = nil
-		}
-		if closedB {
-			fromBatch = nil
-		}
-		if !ok || ctx.Err() != nil {
-			<-slots
-			if ok {
-				_ = msg.Nak()
-			}
-			continue
+	start := func(msg jetstream.Msg) bool {
+		if ctx.Err() != nil { // shutting down: the job goes back
+			_ = msg.Nak()
+			return false
 		}
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
 			p.handle(work, msg)
 		}()
+		return true
 	}
+	p.log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_deliver", p.maxDeliver, "ack_wait", p.ackWait)
+	// Two pullers, so a pull is open while the other is being set up: a job
+	// published between two pulls does not wait for a round trip.
+	var pullers sync.WaitGroup
+	for range min(2, p.cfg.Concurrency) {
+		pullers.Go(func() {
+			batchBusy := false // the batch lane had jobs at the last look
+			for ctx.Err() == nil {
+				select { // wait for one free slot, then take every free one
+				case slots <- struct{}{}:
+				case <-ctx.Done():
+					continue
+				}
+				free := 1
+			reserve:
+				for free < p.cfg.Concurrency {
+					select {
+					case slots <- struct{}{}:
+						free++
+					default:
+						break reserve
+					}
+				}
+				var started int
+				started, batchBusy = p.pull(ctx, free, batchBusy, start)
+				for range free - started {
+					<-slots
+				}
+			}
+		})
+	}
+	pullers.Wait()
 
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -283,36 +251,48 @@ func (p *Pool) Run(ctx context.Context) error {
 	return nil
 }
 
-// feed hands the messages of it, one at a time, to the returned channel,
-// keeping a message it holds alive while no slot is free; the channel is
-// closed when the iterator is.
-func (p *Pool) feed(it jetstream.MessagesContext) <-chan jetstream.Msg {
-	ch := make(chan jetstream.Msg)
-	go func() {
-		defer close(ch)
-		for {
-			msg, err := it.Next()
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
-			}
-			if err != nil {
-				p.log.Warn("pull failed", "error", err)
-				time.Sleep(100 * time.Millisecond)
-				continue
-			}
-			t := time.NewTicker(p.ackWait / 3)
-			for sent := false; !sent; {
-				select {
-				case ch <- msg:
-					sent = true
-				case <-t.C:
-					_ = msg.InProgress()
-				}
-			}
-			t.Stop()
+// idlePull is how long a pull waits for an interactive job when neither
+// lane has one; a batch job arriving meanwhile waits at most this long.
+const idlePull = time.Second
+
+// pull fetches up to n jobs and hands each to start, interactive jobs
+// first: it waits (up to idlePull) for interactive jobs unless the batch
+// lane had jobs last time, then takes what the batch lane has for the slots
+// still free. It returns how many jobs start took, and whether the batch
+// lane had any.
+func (p *Pool) pull(ctx context.Context, n int, batchBusy bool, start func(jetstream.Msg) bool) (started int, batchHad bool) {
+	run := func(b jetstream.MessageBatch, err error) (int, error) {
+		if err != nil {
+			return 0, err
 		}
-	}()
-	return ch
+		got := 0
+		for msg := range b.Messages() {
+			if start(msg) {
+				got++
+			}
+		}
+		return got, b.Error()
+	}
+	var err error
+	if batchBusy {
+		started, err = run(p.cons.FetchNoWait(n))
+	} else {
+		started, err = run(p.cons.Fetch(n, jetstream.FetchMaxWait(idlePull)))
+	}
+	if err == nil && started < n && ctx.Err() == nil {
+		var got int
+		got, err = run(p.batch.FetchNoWait(n - started))
+		started += got
+		batchHad = got > 0
+	}
+	if err != nil && ctx.Err() == nil {
+		p.log.Warn("pull failed", "error", err)
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+	return started, batchHad
 }
 
 // job is one delivery of one request.

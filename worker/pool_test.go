@@ -575,3 +575,62 @@ func TestPoolInteractiveLaneFirst(t *testing.T) {
 		t.Errorf("all batch jobs ran before the interactive one finished")
 	}
 }
+
+// TestPoolPullsOnlyForFreeSlots: a job the pool has pulled but not started
+// must not outlive AckWait unacknowledged, or the server hands it out again
+// and LaaS is called twice. With one slot busy longer than AckWait and jobs
+// queued behind it, every job is called exactly once.
+func TestPoolPullsOnlyForFreeSlots(t *testing.T) {
+	q := queuetest.Start(t, queue.Config{Memory: true, MaxDeliver: 5, AckWait: time.Second})
+	up := &recorder{delay: 1500 * time.Millisecond}
+	p, err := NewPool(Config{Concurrency: 2, RetryBase: 10 * time.Millisecond, RetryMax: 40 * time.Millisecond},
+		q.JS, q.Consumer, up, catalog(t), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := q.Conn.SubscribeSync("laas.reply.test.*")
+	f := &poolFixture{q: q, replies: sub}
+	const jobs = 8
+	for i := range jobs {
+		f.publish(t, fmt.Sprintf("r%d", i), "m", time.Minute,
+			fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":"job %d"}]}`, i))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	for range jobs {
+		if r := f.reply(t); r.Status != 200 {
+			t.Errorf("reply %+v", r)
+		}
+	}
+	// A job delivered twice runs twice: wait for the stream to empty.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		s, err := q.JS.Stream(context.Background(), schema.StreamRequests)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.CachedInfo().State.Msgs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("jobs left on the stream")
+		}
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	calls := map[string]int{}
+	for _, c := range up.calls {
+		calls[c.Messages[0].Content[0].Text]++
+	}
+	for i := range jobs {
+		if n := calls[fmt.Sprintf("job %d", i)]; n != 1 {
+			t.Errorf("job %d called LaaS %d times, want 1", i, n)
+		}
+	}
+}

@@ -72,6 +72,13 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 	log = log.With("role", cmd)
+	if env.PprofListen != "" {
+		stopPprof, err := servePprof(env.PprofListen, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 
 	cfgFile, err := loadConfig(env.Config, log)
 	if err != nil {

@@ -47,6 +47,9 @@ type Env struct {
 	// MetricsListen is an address that serves /metrics ("": none); a
 	// gateway also serves it on its own port.
 	MetricsListen string `envconfig:"BRIDGE_METRICS_LISTEN"`
+	// PprofListen is an address that serves Go's profiler under
+	// /debug/pprof/ ("": none). For diagnosis only; keep it on loopback.
+	PprofListen string `envconfig:"BRIDGE_PPROF_LISTEN"`
 
 	// LaaSRPM is the LaaS project's requests per minute over every worker
 	// process (0: none); LaaSMaxConcurrency caps its calls in flight (the

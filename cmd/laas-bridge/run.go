@@ -27,6 +27,7 @@ Usage:
   laas-bridge worker [flags]           a worker pool only (needs NATS_URL)
   laas-bridge mock-laas [flags]        a LaaS look-alike for demos, tests and benchmarks
   laas-bridge dlq list|replay [flags]  inspect and replay dead letters (needs NATS_URL)
+  laas-bridge bench [flags]            measure latency and throughput against a plain proxy
   laas-bridge version                  print the version
 
 Run 'laas-bridge <command> -h' for a command's flags. Settings come from the
@@ -51,6 +52,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runMock(ctx, rest, stderr)
 	case "dlq":
 		return runDLQ(ctx, rest, stdout, stderr)
+	case "bench":
+		return runBench(ctx, rest, stdout, stderr)
+	case "baseline-proxy": // bench's yardstick; not in the usage
+		return runBaselineProxy(ctx, rest, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return nil
