@@ -330,6 +330,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.
 	if _, err := js.CreateOrUpdateKeyValue(ctx, cfg.LimitsConfig()); err != nil { // rate limiter
 		return nil, fmt.Errorf("create or update key-value bucket %s: %w", BucketLimits, err)
 	}
+	if err := ensureBatch(ctx, js, cfg); err != nil { // Batch API (batch.go)
+		return nil, err
+	}
 	// MaxAckPending (the global cap on jobs in flight) is applied to an
 	// existing consumer too: a changed value takes effect at start.
 	// The interactive consumer first: an older one without a filter would
