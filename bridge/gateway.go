@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/laas-bridge/laas-bridge/batch"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -46,6 +47,10 @@ type Config struct {
 	// and is served, whole, on GET /metrics, which never needs the master
 	// key. Nil: no metrics and no /metrics route.
 	Metrics MetricsRegistry
+	// MaxFileBytes is the largest file POST /v1/files accepts (the Batch
+	// API's own limit; MaxBodyBytes does not apply there). Default
+	// DefaultMaxFileBytes, OpenAI's 200 MB.
+	MaxFileBytes int64
 }
 
 // DefaultMaxBodyBytes is Config.MaxBodyBytes's default.
@@ -72,6 +77,9 @@ func (c *Config) setDefaults() {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	if c.MaxFileBytes == 0 {
+		c.MaxFileBytes = DefaultMaxFileBytes
+	}
 }
 
 // Validate reports every invalid field at once.
@@ -92,6 +100,9 @@ func (c Config) Validate() error {
 	if c.MaxBodyBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("max body bytes must be at least 1 MiB, got %d", c.MaxBodyBytes))
 	}
+	if c.MaxFileBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("max file bytes must be at least 1 MiB, got %d", c.MaxFileBytes))
+	}
 	return errors.Join(errs...)
 }
 
@@ -107,6 +118,7 @@ type Gateway struct {
 	echo    *echo.Echo
 	bodies  jetstream.ObjectStore
 	answers jetstream.KeyValue
+	batches *batch.Store // Batch API files and batches
 	// inlineMax is the largest body sent inside the queue message; larger
 	// bodies go through the object store.
 	inlineMax int
@@ -133,6 +145,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, fmt.Errorf("answers bucket %s: %w", schema.BucketAnswers, err)
 	}
+	batches, err := batch.Open(ctx, js)
+	if err != nil {
+		return nil, err
+	}
 	corr, err := newCorrelator(nc, schema.SubjectReplies+"."+cfg.InstanceID)
 	if err != nil {
 		return nil, err
@@ -141,6 +157,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		cfg: cfg, nc: nc, js: js, catalog: catalog, log: log.With("gateway", cfg.InstanceID), corr: corr,
 		bodies:    bodies,
 		answers:   answers,
+		batches:   batches,
 		inlineMax: inlineMaxFor(nc.MaxPayload()),
 		created:   time.Now().Unix(),
 		closing:   make(chan struct{}),
