@@ -20,7 +20,7 @@ const (
 	// DefaultFilesMaxBytes bounds the files bucket (MemoryFilesMaxBytes
 	// with Config.Memory set).
 	DefaultFilesMaxBytes = 20 << 30
-	MemoryFilesMaxBytes  = 512 << 20
+	MemoryFilesMaxBytes  = 64 << 20
 	// BatchesTTL removes a batch record nobody updated for this long, as
 	// its files are gone by then.
 	BatchesTTL = FilesTTL
