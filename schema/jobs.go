@@ -64,6 +64,11 @@ type JobState struct {
 	UpdatedAt      time.Time `json:"updated_at"`
 	// Attempts is the delivery count of the worker's latest attempt.
 	Attempts int `json:"attempts,omitempty"`
+	// Seq is the request-stream sequence of the message a worker runs (set
+	// while running): a redelivery of that message runs on, another message
+	// with the same job id (a duplicate published after the duplicate
+	// window) is dropped.
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // JobResult is the message a worker publishes on a job's results subject:
