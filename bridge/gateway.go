@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
 )
 
 // Config configures a gateway instance.
@@ -107,11 +108,13 @@ type Gateway struct {
 	echo    *echo.Echo
 	bodies  jetstream.ObjectStore
 	answers jetstream.KeyValue
+	jobs    *jobstore.Store // async jobs (jobs.go)
 	// inlineMax is the largest body sent inside the queue message; larger
 	// bodies go through the object store.
 	inlineMax int
 	created   int64 // the models' "created" time
 	draining  atomic.Bool
+	stopping  chan struct{} // closed when draining begins: long polls answer at once
 	closing   chan struct{} // closed when the shutdown grace is over
 }
 
@@ -133,6 +136,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, fmt.Errorf("answers bucket %s: %w", schema.BucketAnswers, err)
 	}
+	jobs, err := jobstore.Open(ctx, js)
+	if err != nil {
+		return nil, err
+	}
 	corr, err := newCorrelator(nc, schema.SubjectReplies+"."+cfg.InstanceID)
 	if err != nil {
 		return nil, err
@@ -141,6 +148,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		cfg: cfg, nc: nc, js: js, catalog: catalog, log: log.With("gateway", cfg.InstanceID), corr: corr,
 		bodies:    bodies,
 		answers:   answers,
+		jobs:      jobs,
+		stopping:  make(chan struct{}),
 		inlineMax: inlineMaxFor(nc.MaxPayload()),
 		created:   time.Now().Unix(),
 		closing:   make(chan struct{}),
@@ -221,6 +230,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 	g.draining.Store(true)
+	close(g.stopping)
 	g.log.Info("gateway shutting down", "waiting_callers", g.corr.pending())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownGrace)
 	defer cancel()

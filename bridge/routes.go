@@ -44,6 +44,7 @@ func (g *Gateway) routes() *echo.Echo {
 		e.GET(prefix+"/models", g.listModels, g.authenticate)
 		e.GET(prefix+"/models/*", g.getModel, g.authenticate)
 	}
+	g.jobRoutes(e) // async jobs, under /v1 only
 	return e
 }
 
