@@ -18,6 +18,7 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/batch"
 	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
 )
 
 // Config configures a gateway instance.
@@ -118,12 +119,14 @@ type Gateway struct {
 	echo    *echo.Echo
 	bodies  jetstream.ObjectStore
 	answers jetstream.KeyValue
-	batches *batch.Store // Batch API files and batches
+	batches *batch.Store    // Batch API files and batches
+	jobs    *jobstore.Store // async jobs (jobs.go)
 	// inlineMax is the largest body sent inside the queue message; larger
 	// bodies go through the object store.
 	inlineMax int
 	created   int64 // the models' "created" time
 	draining  atomic.Bool
+	stopping  chan struct{} // closed when draining begins: long polls answer at once
 	closing   chan struct{} // closed when the shutdown grace is over
 }
 
@@ -149,6 +152,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, err
 	}
+	jobs, err := jobstore.Open(ctx, js)
+	if err != nil {
+		return nil, err
+	}
 	corr, err := newCorrelator(nc, schema.SubjectReplies+"."+cfg.InstanceID)
 	if err != nil {
 		return nil, err
@@ -158,6 +165,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		bodies:    bodies,
 		answers:   answers,
 		batches:   batches,
+		jobs:      jobs,
+		stopping:  make(chan struct{}),
 		inlineMax: inlineMaxFor(nc.MaxPayload()),
 		created:   time.Now().Unix(),
 		closing:   make(chan struct{}),
@@ -238,6 +247,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 	g.draining.Store(true)
+	close(g.stopping)
 	g.log.Info("gateway shutting down", "waiting_callers", g.corr.pending())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownGrace)
 	defer cancel()

@@ -54,6 +54,7 @@ func (g *Gateway) routes() *echo.Echo {
 		e.GET(prefix+"/batches/:id", g.getBatch, g.authenticate)
 		e.POST(prefix+"/batches/:id/cancel", g.cancelBatch, g.authenticate)
 	}
+	g.jobRoutes(e) // async jobs, under /v1 only
 	return e
 }
 

@@ -45,6 +45,14 @@ type Config struct {
 	// first. Zero means 1 GiB (64 MiB with Memory set).
 	DeadMaxBytes int64
 	// --- end dead letters ---
+	// --- jobs (see jobs.go) ---
+	// ResultsTTL is how long a job's result (StreamResults) and state
+	// (BucketJobs) are kept; zero means 24 h.
+	ResultsTTL time.Duration
+	// ResultsMaxBytes bounds StreamResults; when full the oldest results go
+	// first. Zero means 1 GiB (64 MiB with Memory set).
+	ResultsMaxBytes int64
+	// --- end jobs ---
 	// Memory keeps the stream in memory instead of on disk (tests only).
 	Memory bool
 }
@@ -149,6 +157,7 @@ func (c Config) Validate() error {
 	if c.DeadMaxBytes != 0 && c.DeadMaxBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("dead-letter max bytes must be at least 1 MiB, got %d", c.DeadMaxBytes))
 	}
+	errs = append(errs, c.validateJobs()...)
 	return errors.Join(errs...)
 }
 
@@ -331,6 +340,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.
 		return nil, fmt.Errorf("create or update key-value bucket %s: %w", BucketLimits, err)
 	}
 	if err := ensureBatch(ctx, js, cfg); err != nil { // Batch API (batch.go)
+		return nil, err
+	}
+	if err := ensureJobs(ctx, js, cfg); err != nil {
 		return nil, err
 	}
 	// MaxAckPending (the global cap on jobs in flight) is applied to an
