@@ -16,7 +16,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/laas-bridge/laas-bridge/batch"
 	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
 )
 
 // Config configures a gateway instance.
@@ -48,6 +50,10 @@ type Config struct {
 	// and is served, whole, on GET /metrics, which never needs the master
 	// key. Nil: no metrics and no /metrics route.
 	Metrics MetricsRegistry
+	// MaxFileBytes is the largest file POST /v1/files accepts (the Batch
+	// API's own limit; MaxBodyBytes does not apply there). Default
+	// DefaultMaxFileBytes, OpenAI's 200 MB.
+	MaxFileBytes int64
 }
 
 // DefaultMaxBodyBytes is Config.MaxBodyBytes's default.
@@ -74,6 +80,9 @@ func (c *Config) setDefaults() {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	if c.MaxFileBytes == 0 {
+		c.MaxFileBytes = DefaultMaxFileBytes
+	}
 }
 
 // Validate reports every invalid field at once.
@@ -94,6 +103,9 @@ func (c Config) Validate() error {
 	if c.MaxBodyBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("max body bytes must be at least 1 MiB, got %d", c.MaxBodyBytes))
 	}
+	if c.MaxFileBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("max file bytes must be at least 1 MiB, got %d", c.MaxFileBytes))
+	}
 	return errors.Join(errs...)
 }
 
@@ -109,11 +121,14 @@ type Gateway struct {
 	echo    *echo.Echo
 	bodies  jetstream.ObjectStore
 	answers jetstream.KeyValue
+	batches *batch.Store    // Batch API files and batches
+	jobs    *jobstore.Store // async jobs (jobs.go)
 	// inlineMax is the largest body sent inside the queue message; larger
 	// bodies go through the object store.
 	inlineMax int
 	created   int64 // the models' "created" time
 	draining  atomic.Bool
+	stopping  chan struct{} // closed when draining begins: long polls answer at once
 	closing   chan struct{} // closed when the shutdown grace is over
 }
 
@@ -135,6 +150,14 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, fmt.Errorf("answers bucket %s: %w", schema.BucketAnswers, err)
 	}
+	batches, err := batch.Open(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	jobs, err := jobstore.Open(ctx, js)
+	if err != nil {
+		return nil, err
+	}
 	corr, err := newCorrelator(nc, schema.SubjectReplies+"."+cfg.InstanceID)
 	if err != nil {
 		return nil, err
@@ -143,6 +166,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		cfg: cfg, nc: nc, js: js, catalog: catalog, log: log.With("gateway", cfg.InstanceID), corr: corr,
 		bodies:    bodies,
 		answers:   answers,
+		batches:   batches,
+		jobs:      jobs,
+		stopping:  make(chan struct{}),
 		inlineMax: inlineMaxFor(nc.MaxPayload()),
 		created:   time.Now().Unix(),
 		closing:   make(chan struct{}),
@@ -223,6 +249,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 	g.draining.Store(true)
+	close(g.stopping)
 	g.log.Info("gateway shutting down", "waiting_callers", g.corr.pending())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownGrace)
 	defer cancel()

@@ -43,7 +43,18 @@ func (g *Gateway) routes() *echo.Echo {
 		e.POST(prefix+"/chat/completions", g.chatCompletions, g.observe, g.authenticate)
 		e.GET(prefix+"/models", g.listModels, g.authenticate)
 		e.GET(prefix+"/models/*", g.getModel, g.authenticate)
+		// Batch API (files.go, batches.go)
+		e.POST(prefix+"/files", g.uploadFile, g.authenticate)
+		e.GET(prefix+"/files", g.listFiles, g.authenticate)
+		e.GET(prefix+"/files/:id", g.getFile, g.authenticate)
+		e.DELETE(prefix+"/files/:id", g.deleteFile, g.authenticate)
+		e.GET(prefix+"/files/:id/content", g.fileContent, g.authenticate)
+		e.POST(prefix+"/batches", g.createBatch, g.authenticate)
+		e.GET(prefix+"/batches", g.listBatches, g.authenticate)
+		e.GET(prefix+"/batches/:id", g.getBatch, g.authenticate)
+		e.POST(prefix+"/batches/:id/cancel", g.cancelBatch, g.authenticate)
 	}
+	g.jobRoutes(e) // async jobs, under /v1 only
 	return e
 }
 

@@ -92,6 +92,15 @@ type Envelope struct {
 	// in BucketAnswers; a job whose answer is already there is answered from
 	// it without calling LaaS.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Job marks a job (see jobs.go): nobody waits for a reply; the worker
+	// publishes a JobResult on ResultsSubject (default laas.results.<id>),
+	// keeps the job's state in BucketJobs, and answers a job id it has
+	// already finished from its kept result, without calling LaaS again.
+	// IdempotencyKey is ignored on a job: the job id is its key.
+	Job bool `json:"job,omitempty"`
+	// ResultsSubject is where a job's result goes: empty for
+	// laas.results.<id>, else a subject ValidResultsSubject accepts.
+	ResultsSubject string `json:"results_subject,omitempty"`
 }
 
 // Reply is what a worker publishes on the request's reply subject: either a

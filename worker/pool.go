@@ -18,6 +18,7 @@ import (
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/schema/multimodal"
 	"github.com/laas-bridge/laas-bridge/schema/queue/failover"
+	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
 )
 
 // Upstream runs one LaaS call. *LaaSClient implements it.
@@ -123,6 +124,7 @@ type Pool struct {
 	batch      jetstream.Consumer // the batch lane
 	bodies     jetstream.ObjectStore
 	answers    jetstream.KeyValue
+	jobs       *jobstore.Store // job states and results (see jobs.go)
 	inlineMax  int
 	up         Upstream
 	catalog    *schema.Catalog
@@ -157,9 +159,13 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	if err != nil {
 		return nil, fmt.Errorf("answers bucket %s: %w", schema.BucketAnswers, err)
 	}
+	jobs, err := jobstore.Open(ctx, js)
+	if err != nil {
+		return nil, err
+	}
 	info := cons.CachedInfo()
 	nc := js.Conn()
-	p := &Pool{cfg: cfg, nc: nc, js: js, cons: cons, batch: batch, bodies: bodies, answers: answers, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
+	p := &Pool{cfg: cfg, nc: nc, js: js, cons: cons, batch: batch, bodies: bodies, answers: answers, jobs: jobs, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
 		ackWait: info.Config.AckWait, maxDeliver: info.Config.MaxDeliver}
 	if p.ackWait <= 0 {
 		p.ackWait = 30 * time.Second
@@ -328,6 +334,9 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 	// large body and checking a PDF can take a while too.
 	stopProgress := p.keepAlive(ctx, msg)
 	defer stopProgress()
+	if j.env.Job && p.startJob(ctx, log, &j) { // answered already, cancelled or a duplicate
+		return
+	}
 	if p.cancels.isCancelled(j.env.ID) {
 		log.Info("job skipped: its caller went away before it started")
 		p.metrics.cancelled(cancelledBeforeStart)
@@ -382,7 +391,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 
 	callCtx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	callCtx, cancel := context.WithDeadline(callCtx, j.env.Deadline)
+	callCtx, cancel := context.WithDeadline(callCtx, callDeadline(&j, model))
 	defer cancel()
 	if !p.cancels.start(j.env.ID, stop) {
 		log.Info("job skipped: its caller went away before it started")
@@ -495,6 +504,9 @@ func (p *Pool) finish(log *slog.Logger, j *job, rep schema.Reply, upstream time.
 	if j.env.IdempotencyKey != "" {
 		p.keepAnswer(log, j.env.IdempotencyKey, &rep)
 	}
+	if j.env.Job && !p.keepResult(log, j, &rep) {
+		return // handed back
+	}
 	if j.replyTo != "" {
 		if err := p.publishReply(j.replyTo, &rep); err != nil {
 			if j.attempt < p.maxDeliver {
@@ -569,7 +581,10 @@ func (p *Pool) decodeJob(j *job) error {
 		if start.IsZero() {
 			start = j.received
 		}
-		j.env.Deadline = start.Add(schema.DefaultTimeout)
+		j.env.Deadline = start.Add(defaultTimeout(&j.env))
+	}
+	if j.env.Job {
+		j.env.IdempotencyKey = "" // a job's id is its key
 	}
 	return nil
 }
@@ -597,8 +612,13 @@ func (p *Pool) deadLetter(log *slog.Logger, j *job, e *schema.Error, lastAttempt
 	}
 }
 
-// drop ends a job nobody waits for any more: acknowledged, no reply.
+// drop ends a job nobody waits for any more: acknowledged, no reply. A
+// job (Envelope.Job) gets a cancelled result instead.
 func (p *Pool) drop(log *slog.Logger, j *job) {
+	if j.env.Job {
+		p.finish(log, j, schema.ErrorReply(j.env.ID, schema.JobCancelledError()), 0)
+		return
+	}
 	if err := j.msg.Ack(); err != nil {
 		log.Warn("ack failed; the job may be redelivered", "error", err)
 	}

@@ -167,10 +167,17 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	var gw *bridge.Gateway
 	var ln net.Listener
 	if hasGateway {
-		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg}, nc, js, catalog, log); err != nil {
+		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()
+		// Every gateway runs a batch runner (Batch API); leases in
+		// LAAS_BATCHES keep each batch with one runner at a time.
+		stopRunner, err := startBatchRunner(ctx, js, catalog, cfgFile.AllowPresetOverride, log)
+		if err != nil {
+			return err
+		}
+		defer stopRunner()
 		if ln, err = net.Listen("tcp", env.Listen); err != nil {
 			return fmt.Errorf("listen on %s: %w", env.Listen, err)
 		}

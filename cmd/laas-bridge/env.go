@@ -28,6 +28,7 @@ type Env struct {
 	NATSListen  string        `envconfig:"BRIDGE_NATS_LISTEN" default:"127.0.0.1:4222"`
 	Concurrency int           `envconfig:"BRIDGE_WORKER_CONCURRENCY" default:"64"`
 	MaxBody     int64         `envconfig:"BRIDGE_MAX_BODY_BYTES" default:"67108864"`
+	MaxFile     int64         `envconfig:"BRIDGE_MAX_FILE_BYTES" default:"209715200"`
 	LogLevel    string        `envconfig:"BRIDGE_LOG_LEVEL" default:"info"`
 	LogFormat   string        `envconfig:"BRIDGE_LOG_FORMAT" default:"text"`
 

@@ -50,6 +50,7 @@ type stack struct {
 	gateway *proc
 	url     string
 	workers []*proc
+	env     []string // the gateway's and workers' environment
 }
 
 func startStack(t *testing.T, natsURL string, workers int, mockLatency string, extraEnv ...string) *stack {
@@ -62,6 +63,7 @@ func startStack(t *testing.T, natsURL string, workers int, mockLatency string, e
 	env := baseEnv("BRIDGE_WORKER_CONCURRENCY=4", "NATS_URL="+natsURL, "BRIDGE_CONFIG="+cfg, "TEST_OWN_PRESET=own-hash", "BRIDGE_ACK_WAIT=2s",
 		"LAAS_PROJECT_CODE=p", "LAAS_API_KEY=k", "LAAS_PRESET_HASH=h", "LAAS_BASE_URL="+mockURL)
 	env = append(env, extraEnv...)
+	s.env = env
 	var addr string
 	s.gateway, addr = startProc(t, "gateway", t.TempDir(), env, gatewayReady, "gateway", "--listen", "127.0.0.1:0")
 	s.url = "http://" + addr

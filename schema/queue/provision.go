@@ -47,6 +47,14 @@ type Config struct {
 	// first. Zero means 1 GiB (64 MiB with Memory set).
 	DeadMaxBytes int64
 	// --- end dead letters ---
+	// --- jobs (see jobs.go) ---
+	// ResultsTTL is how long a job's result (StreamResults) and state
+	// (BucketJobs) are kept; zero means 24 h.
+	ResultsTTL time.Duration
+	// ResultsMaxBytes bounds StreamResults; when full the oldest results go
+	// first. Zero means 1 GiB (64 MiB with Memory set).
+	ResultsMaxBytes int64
+	// --- end jobs ---
 	// Memory keeps the stream in memory instead of on disk (tests only).
 	Memory bool
 }
@@ -151,6 +159,7 @@ func (c Config) Validate() error {
 	if c.DeadMaxBytes != 0 && c.DeadMaxBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("dead-letter max bytes must be at least 1 MiB, got %d", c.DeadMaxBytes))
 	}
+	errs = append(errs, c.validateJobs()...)
 	return errors.Join(errs...)
 }
 
@@ -344,7 +353,13 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 	bodies = setIf(bodies, explicit.BodiesMaxBytes != 0, setMaxBytes)
 	answers := setIf(with(setDescription), explicit.AnswersTTL != 0, setMaxAge)
 
+	results := with(append(owned, setMaxMsgsPerSubject)...)
+	results = setIf(results, explicit.ResultsTTL != 0, setMaxAge)
+	results = setIf(results, explicit.ResultsMaxBytes != 0, setMaxBytes)
+	jobs := setIf(with(setDescription), explicit.ResultsTTL != 0, setMaxAge)
+
 	bodiesCfg, answersCfg, limitsCfg := cfg.BodiesConfig(), cfg.AnswersConfig(), cfg.LimitsConfig()
+	jobsCfg, filesCfg, batchesCfg := cfg.JobsConfig(), cfg.FilesConfig(), cfg.BatchesConfig()
 	for _, spec := range []streamSpec{
 		{want: cfg.StreamConfig(), set: requests},
 		{want: cfg.RepliesConfig(), set: with(append(owned, setMaxAge, setMaxBytes)...)},
@@ -360,6 +375,21 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 		{ // rate limiter
 			kind: "key-value bucket", name: limitsCfg.Bucket, want: kvStream(limitsCfg), set: with(setDescription, setMaxAge, setMaxMsgsPerSubject),
 			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, limitsCfg); return err },
+		},
+		// Direct jobs (jobs.go): results kept for producers, job states.
+		{want: cfg.ResultsConfig(), set: results},
+		{
+			kind: "key-value bucket", name: jobsCfg.Bucket, want: kvStream(jobsCfg), set: jobs,
+			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, jobsCfg); return err },
+		},
+		// Batch API (batch.go): files and batch records.
+		{
+			kind: "object store", name: filesCfg.Bucket, want: objectStream(filesCfg), set: with(setDescription, setMaxAge),
+			create: func(ctx context.Context) error { _, err := js.CreateObjectStore(ctx, filesCfg); return err },
+		},
+		{
+			kind: "key-value bucket", name: batchesCfg.Bucket, want: kvStream(batchesCfg), set: with(setDescription, setMaxAge),
+			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, batchesCfg); return err },
 		},
 	} {
 		if err := ensureStream(ctx, js, o.log, spec); err != nil {

@@ -1,0 +1,153 @@
+package batch
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/multimodal"
+)
+
+// Plan is the outcome of validating a batch's input file: the lines to run
+// and the lines refused up front. It is kept in the files bucket as
+// "<batch id>.plan" once the batch leaves validating, so a resumed batch
+// runs exactly the lines it counted.
+type Plan struct {
+	Valid  []PlanLine               `json:"valid"`
+	Errors []schema.BatchOutputLine `json:"errors"`
+	// Total is the number of requests in the file (non-blank lines).
+	Total int `json:"total"`
+}
+
+// PlanLine is one line to run.
+type PlanLine struct {
+	Line     int    `json:"line"` // index among the file's lines, from 0
+	CustomID string `json:"custom_id"`
+	Model    string `json:"model"`
+}
+
+// splitLines cuts a JSONL file into its lines (without "\n" or "\r\n").
+// Blank lines are kept as empty entries, so an index is a line number - 1.
+func splitLines(data []byte) [][]byte {
+	lines := bytes.Split(data, []byte("\n"))
+	if n := len(lines); n > 0 && len(lines[n-1]) == 0 {
+		lines = lines[:n-1]
+	}
+	for i, l := range lines {
+		lines[i] = bytes.TrimSuffix(l, []byte("\r"))
+	}
+	return lines
+}
+
+// CountLines counts the non-blank lines of a JSONL file.
+func CountLines(data []byte) int {
+	n := 0
+	for _, l := range splitLines(data) {
+		if len(bytes.TrimSpace(l)) > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// Validator checks batch lines the way POST /v1/chat/completions checks a
+// request.
+type Validator struct {
+	Catalog             *schema.Catalog
+	AllowPresetOverride bool
+}
+
+// Plan validates every line of an input file for batch id.
+func (v Validator) Plan(ctx context.Context, id string, data []byte) Plan {
+	var p Plan
+	seen := map[string]bool{}
+	for i, raw := range splitLines(data) {
+		if len(bytes.TrimSpace(raw)) == 0 {
+			continue
+		}
+		p.Total++
+		customID, model, err := v.line(ctx, raw, seen)
+		if err != nil {
+			e := schema.AsError(err)
+			code := e.Code
+			if code == "" {
+				code = schema.CodeInvalidBatchLine
+			}
+			var cid *string
+			if customID != "" {
+				cid = &customID
+			}
+			p.Errors = append(p.Errors, schema.BatchOutputLine{
+				ID: requestLineID(id, i), CustomID: cid,
+				Error: &schema.BatchLineError{Code: code, Message: fmt.Sprintf("Line %d: %s", i+1, e.Message)},
+			})
+			continue
+		}
+		seen[customID] = true
+		p.Valid = append(p.Valid, PlanLine{Line: i, CustomID: customID, Model: model})
+	}
+	return p
+}
+
+// line checks one line and returns its custom_id (when it has one) and model.
+func (v Validator) line(ctx context.Context, raw []byte, seen map[string]bool) (customID, model string, err error) {
+	var in schema.BatchInputLine
+	if err := json.Unmarshal(raw, &in); err != nil {
+		var probe struct {
+			CustomID string `json:"custom_id"`
+		}
+		_ = json.Unmarshal(raw, &probe)
+		return probe.CustomID, "", schema.Invalid("", schema.CodeInvalidJSON, "the line is not a JSON object of the form {\"custom_id\", \"method\", \"url\", \"body\"}: %v.", err)
+	}
+	switch {
+	case in.CustomID == "":
+		return "", "", schema.Invalid("custom_id", schema.CodeInvalidBatchLine, "the line has no 'custom_id'.")
+	case seen[in.CustomID]:
+		return in.CustomID, "", schema.Invalid("custom_id", schema.CodeDuplicateCustom, "the custom_id '%s' is used by an earlier line; each line needs its own.", in.CustomID)
+	case in.Method != "POST":
+		return in.CustomID, "", schema.Invalid("method", schema.CodeInvalidBatchLine, "'method' must be POST, got %q.", in.Method)
+	case in.URL != schema.BatchEndpoint:
+		return in.CustomID, "", schema.Invalid("url", schema.CodeInvalidBatchLine, "'url' must be %s, the batch's endpoint, got %q.", schema.BatchEndpoint, in.URL)
+	}
+	req, err := schema.DecodeChatRequest(in.Body)
+	if err != nil {
+		return in.CustomID, "", err
+	}
+	if err := req.Validate(); err != nil {
+		return in.CustomID, "", err
+	}
+	if req.Stream {
+		return in.CustomID, "", schema.Invalid("stream", schema.CodeInvalidValue, "a batch request cannot be streamed; remove 'stream'.")
+	}
+	if _, ok := v.Catalog.Lookup(req.Model); !ok {
+		return in.CustomID, "", schema.ModelNotFound(req.Model)
+	}
+	if req.PresetHash != "" && !v.AllowPresetOverride {
+		return in.CustomID, "", schema.PresetOverrideDisabled()
+	}
+	if _, err := multimodal.Check(ctx, req); err != nil {
+		return in.CustomID, "", err
+	}
+	return in.CustomID, req.Model, nil
+}
+
+// lineBody returns the request body of a valid line.
+func lineBody(raw []byte) (json.RawMessage, error) {
+	var in schema.BatchInputLine
+	if err := json.Unmarshal(raw, &in); err != nil {
+		return nil, err
+	}
+	return in.Body, nil
+}
+
+// JobID is the queue job id of line i of batch id.
+func JobID(id string, line int) string { return id + "-" + strconv.Itoa(line) }
+
+// AnswerKey is where the worker keeps the answer of line i of batch id
+// (the job's idempotency key).
+func AnswerKey(id string, line int) string { return "batch." + id + "." + strconv.Itoa(line) }
+
+func requestLineID(id string, line int) string { return "batch_req_" + JobID(id, line) }

@@ -1,0 +1,341 @@
+package batch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// ErrNotFound is returned for a file or batch that does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Store reads and writes files and batch records. Safe for concurrent use.
+type Store struct {
+	files   jetstream.ObjectStore
+	batches jetstream.KeyValue
+}
+
+// Open opens the Batch API's buckets, which must exist (see queue.Ensure).
+func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	files, err := js.ObjectStore(ctx, schema.BucketFiles)
+	if err != nil {
+		return nil, fmt.Errorf("files store %s: %w", schema.BucketFiles, err)
+	}
+	batches, err := js.KeyValue(ctx, schema.BucketBatches)
+	if err != nil {
+		return nil, fmt.Errorf("batches bucket %s: %w", schema.BucketBatches, err)
+	}
+	return &Store{files: files, batches: batches}, nil
+}
+
+// NewFileID returns a fresh file id, "file-<nuid>".
+func NewFileID() string { return "file-" + nuid.Next() }
+
+// NewBatchID returns a fresh batch id, "batch_<time><nuid>": ids of later
+// batches sort after earlier ones (to the millisecond), which is how
+// listing finds the newest first.
+func NewBatchID(now time.Time) string {
+	ts := strconv.FormatInt(now.UnixMilli(), 36)
+	return "batch_" + strings.Repeat("0", max(0, 9-len(ts))) + ts + nuid.Next()
+}
+
+// ValidFileID reports whether id can name an API file (not an internal object).
+func ValidFileID(id string) bool {
+	return strings.HasPrefix(id, "file-") && schema.ValidRequestID(id)
+}
+
+// ValidBatchID reports whether id can name a batch.
+func ValidBatchID(id string) bool {
+	return strings.HasPrefix(id, "batch_") && len(id) <= 48 && schema.ValidRequestID(id)
+}
+
+// Object metadata keys of a file.
+const (
+	metaPurpose  = "purpose"
+	metaFilename = "filename"
+	metaLines    = "lines"
+)
+
+// PutFile stores a file under id, reading r to its end.
+func (s *Store) PutFile(ctx context.Context, id, filename, purpose string, lines int, r io.Reader) (schema.FileObject, error) {
+	info, err := s.files.Put(ctx, jetstream.ObjectMeta{
+		Name:     id,
+		Metadata: map[string]string{metaPurpose: purpose, metaFilename: filename, metaLines: strconv.Itoa(lines)},
+	}, r)
+	if err != nil {
+		return schema.FileObject{}, err
+	}
+	return fileObject(info), nil
+}
+
+// File returns a file's object.
+func (s *Store) File(ctx context.Context, id string) (schema.FileObject, error) {
+	if !ValidFileID(id) {
+		return schema.FileObject{}, ErrNotFound
+	}
+	info, err := s.files.GetInfo(ctx, id)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return schema.FileObject{}, ErrNotFound
+	}
+	if err != nil {
+		return schema.FileObject{}, err
+	}
+	return fileObject(info), nil
+}
+
+// Files lists the files, newest first.
+func (s *Store) Files(ctx context.Context) ([]schema.FileObject, error) {
+	infos, err := s.files.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []schema.FileObject
+	for _, info := range infos {
+		if ValidFileID(info.Name) {
+			out = append(out, fileObject(info))
+		}
+	}
+	slices.SortFunc(out, func(a, b schema.FileObject) int {
+		if a.CreatedAt != b.CreatedAt {
+			return int(b.CreatedAt - a.CreatedAt)
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
+	return out, nil
+}
+
+// OpenFile returns a reader of a file's content; close it.
+func (s *Store) OpenFile(ctx context.Context, id string) (jetstream.ObjectResult, error) {
+	if !ValidFileID(id) {
+		return nil, ErrNotFound
+	}
+	r, err := s.files.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, ErrNotFound
+	}
+	return r, err
+}
+
+// DeleteFile deletes a file.
+func (s *Store) DeleteFile(ctx context.Context, id string) error {
+	if !ValidFileID(id) {
+		return ErrNotFound
+	}
+	err := s.files.Delete(ctx, id)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return ErrNotFound
+	}
+	return err
+}
+
+func fileObject(info *jetstream.ObjectInfo) schema.FileObject {
+	created := info.ModTime.Unix()
+	return schema.FileObject{
+		ID: info.Name, Object: "file", Bytes: int64(info.Size), CreatedAt: created,
+		ExpiresAt: info.ModTime.Add(filesTTL).Unix(),
+		Filename:  info.Metadata[metaFilename], Purpose: info.Metadata[metaPurpose], Status: "processed",
+	}
+}
+
+// filesTTL is the files bucket's TTL (queue.FilesTTL; not imported to
+// keep this package free of provisioning).
+const filesTTL = 30 * 24 * time.Hour
+
+// Record is what the batches bucket keeps for a batch.
+type Record struct {
+	// Batch is the OpenAI object, as callers see it.
+	Batch schema.Batch `json:"batch"`
+	// Owner is the runner that drives the batch, until LeaseUntil.
+	Owner      string    `json:"owner,omitempty"`
+	LeaseUntil time.Time `json:"lease_until"`
+	// Valid is how many lines passed validation; Published how many of
+	// them (in file order) the queue has stored.
+	Valid     int `json:"valid"`
+	Published int `json:"published"`
+	// Ending is the final status a finalizing batch is heading for:
+	// completed or expired.
+	Ending string `json:"ending,omitempty"`
+	// ValidationFailed counts the lines refused up front.
+	ValidationFailed int `json:"validation_failed"`
+}
+
+func recordKey(id string) string { return "b." + id }
+func activeKey(id string) string { return "active." + id }
+
+// CreateBatch stores a new batch and marks it active for the runners.
+func (s *Store) CreateBatch(ctx context.Context, rec *Record) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	// The marker first: a record without one would never be run; a marker
+	// without a record is removed by the runners.
+	if _, err := s.batches.Put(ctx, activeKey(rec.Batch.ID), nil); err != nil {
+		return err
+	}
+	_, err = s.batches.Create(ctx, recordKey(rec.Batch.ID), data)
+	return err
+}
+
+// Batch returns a batch's record and its revision.
+func (s *Store) Batch(ctx context.Context, id string) (*Record, uint64, error) {
+	if !ValidBatchID(id) {
+		return nil, 0, ErrNotFound
+	}
+	e, err := s.batches.Get(ctx, recordKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	var rec Record
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return nil, 0, fmt.Errorf("decode batch %s: %w", id, err)
+	}
+	return &rec, e.Revision(), nil
+}
+
+// Update applies mutate to the newest record of batch id and writes it
+// back with compare-and-set, trying again when another writer came first.
+// An error from mutate is returned as is, and nothing is written.
+func (s *Store) Update(ctx context.Context, id string, mutate func(*Record) error) (*Record, error) {
+	for {
+		rec, rev, err := s.Batch(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := mutate(rec); err != nil {
+			return rec, err
+		}
+		data, err := json.Marshal(rec)
+		if err != nil {
+			return nil, err
+		}
+		_, err = s.batches.Update(ctx, recordKey(id), data, rev)
+		if err == nil {
+			return rec, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return nil, err
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// activeIDs lists the batches marked active, with each marker's time.
+func (s *Store) activeIDs(ctx context.Context) (map[string]time.Time, error) {
+	lister, err := s.batches.ListKeysFiltered(ctx, "active.*")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]time.Time{}
+	for k := range lister.Keys() {
+		out[strings.TrimPrefix(k, "active.")] = time.Time{}
+	}
+	for id := range out {
+		if e, err := s.batches.Get(ctx, activeKey(id)); err == nil {
+			out[id] = e.Created()
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) deactivate(ctx context.Context, id string) error {
+	err := s.batches.Delete(ctx, activeKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	return err
+}
+
+// Batches returns up to limit batches created before the batch after
+// (all when after is ""), newest first, and whether there are more.
+func (s *Store) Batches(ctx context.Context, after string, limit int) ([]schema.Batch, bool, error) {
+	lister, err := s.batches.ListKeysFiltered(ctx, "b.*")
+	if err != nil {
+		return nil, false, err
+	}
+	var ids []string
+	for k := range lister.Keys() {
+		ids = append(ids, strings.TrimPrefix(k, "b."))
+	}
+	slices.SortFunc(ids, func(a, b string) int { return strings.Compare(b, a) }) // newest first
+	if after != "" {
+		i, _ := slices.BinarySearchFunc(ids, after, func(a, b string) int { return strings.Compare(b, a) })
+		if i < len(ids) && ids[i] == after {
+			i++
+		}
+		ids = ids[i:]
+	}
+	var out []schema.Batch
+	for _, id := range ids {
+		if len(out) == limit {
+			return out, true, nil
+		}
+		rec, _, err := s.Batch(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		out = append(out, rec.Batch)
+	}
+	return out, false, nil
+}
+
+// Cancel moves a batch that is validating or running to cancelling; its
+// runner then stops it. A batch already cancelling or cancelled is
+// returned as it is; ErrNotCancellable for one in another state.
+func (s *Store) Cancel(ctx context.Context, id string, now time.Time) (*Record, error) {
+	return s.Update(ctx, id, func(r *Record) error {
+		switch r.Batch.Status {
+		case schema.BatchValidating, schema.BatchInProgress:
+			r.Batch.Status = schema.BatchCancelling
+			r.Batch.CancellingAt = unix(now)
+			return nil
+		case schema.BatchCancelling, schema.BatchCancelled:
+			return errUnchanged
+		}
+		return ErrNotCancellable
+	})
+}
+
+// ErrNotCancellable is Cancel's error for a batch that is finalizing or done.
+var ErrNotCancellable = errors.New("batch cannot be cancelled")
+
+var errUnchanged = errors.New("unchanged")
+
+// IsUnchanged reports Update's result for a mutation that had nothing to do.
+func IsUnchanged(err error) bool { return errors.Is(err, errUnchanged) }
+
+func unix(t time.Time) *int64 {
+	v := t.Unix()
+	return &v
+}
+
+// readAll returns an object's bytes.
+func (s *Store) readAll(ctx context.Context, name string) ([]byte, error) {
+	data, err := s.files.GetBytes(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, ErrNotFound
+	}
+	return data, err
+}

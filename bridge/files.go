@@ -1,0 +1,261 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/laas-bridge/laas-bridge/batch"
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// The Files API, for the Batch API: uploads with purpose "batch" (JSONL),
+// and the batches' output and error files. Files live in the Object Store
+// schema.BucketFiles.
+
+// DefaultMaxFileBytes is Config.MaxFileBytes's default: OpenAI's limit for
+// a batch input file.
+const DefaultMaxFileBytes = schema.MaxBatchFileBytes
+
+// multipartOverhead is what a multipart body may hold besides the file.
+const multipartOverhead = 1 << 20
+
+// uploadFile answers POST /v1/files: multipart with "file" and "purpose".
+// The file streams into the store while its bytes and lines are counted;
+// a file over the limits is removed again.
+func (g *Gateway) uploadFile(c echo.Context) error {
+	r := c.Request()
+	limit := g.cfg.MaxFileBytes
+	if r.ContentLength > limit+multipartOverhead {
+		return fileTooLarge(limit)
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get(echo.HeaderContentType)); mt != "multipart/form-data" {
+		return schema.Invalid("", schema.CodeInvalidValue, "Upload a file as multipart/form-data with the fields 'file' and 'purpose'.")
+	}
+	r.Body = http.MaxBytesReader(c.Response(), r.Body, limit+multipartOverhead)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return schema.Invalid("", schema.CodeInvalidValue, "The body is not a valid multipart form: %v.", err)
+	}
+	id := batch.NewFileID()
+	var (
+		purpose  string
+		stored   *schema.FileObject
+		counted  *lineCounter
+		tooLarge bool
+	)
+	cleanup := func() {
+		if stored != nil {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+			defer cancel()
+			_ = g.batches.DeleteFile(ctx, id)
+		}
+	}
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			cleanup()
+			if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				return mbe
+			}
+			return schema.Invalid("", schema.CodeInvalidValue, "The body is not a valid multipart form: %v.", err)
+		}
+		switch part.FormName() {
+		case "purpose":
+			v, _ := io.ReadAll(io.LimitReader(part, 256))
+			purpose = strings.TrimSpace(string(v))
+		case "file":
+			if stored != nil {
+				cleanup()
+				return schema.Invalid("file", schema.CodeInvalidValue, "Send one 'file' per upload.")
+			}
+			counted = &lineCounter{r: part, limit: limit}
+			filename := part.FileName()
+			if filename == "" {
+				filename = "upload.jsonl"
+			}
+			f, err := g.batches.PutFile(r.Context(), id, filename, schema.PurposeBatch, 0, counted)
+			if err != nil {
+				// The store may hold a partial object: remove it.
+				stored = &schema.FileObject{}
+				cleanup()
+				switch {
+				case counted.over:
+					tooLarge = true
+				case errors.As(err, new(*http.MaxBytesError)):
+					return fileTooLarge(limit)
+				case errors.Is(err, context.Canceled):
+					return clientGone(err)
+				case counted.tooMany:
+					return schema.Invalid("file", schema.CodeInvalidValue, "The file has more than %d lines; a batch holds at most %d requests.", schema.MaxBatchLines, schema.MaxBatchLines)
+				default:
+					return batchStoreUnavailable(fmt.Errorf("store file %s: %w", id, err))
+				}
+			} else {
+				stored = &f
+			}
+		}
+		_ = part.Close()
+		if tooLarge {
+			return fileTooLarge(limit)
+		}
+	}
+	switch {
+	case stored == nil:
+		return schema.Invalid("file", schema.CodeInvalidValue, "The upload has no 'file' field.")
+	case purpose != schema.PurposeBatch:
+		cleanup()
+		return schema.Invalid("purpose", schema.CodeInvalidValue, "'purpose' must be \"batch\"; this bridge keeps files for the Batch API only, got %q.", purpose)
+	case counted.lines() == 0:
+		cleanup()
+		return schema.Invalid("file", schema.CodeInvalidValue, "The file is empty; a batch input file holds one JSON request per line.")
+	}
+	stored.Bytes = counted.n
+	return c.JSON(http.StatusOK, stored)
+}
+
+func fileTooLarge(limit int64) *schema.Error {
+	return &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge, Param: "file",
+		Message: fmt.Sprintf("The file is larger than the %d bytes this bridge accepts for a batch.", limit)}
+}
+
+// lineCounter passes a file through, counting its bytes and non-blank
+// lines, and fails once either is over the limit.
+type lineCounter struct {
+	r        io.Reader
+	limit    int64
+	n        int64
+	newlines int
+	blank    bool // the current line has nothing but white space so far
+	started  bool
+	nonBlank int
+	over     bool
+	tooMany  bool
+}
+
+func (l *lineCounter) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.n += int64(n)
+	for _, b := range p[:n] {
+		switch b {
+		case '\n':
+			if l.started && !l.blank {
+				l.nonBlank++
+			}
+			l.started, l.blank = false, true
+		case ' ', '\t', '\r':
+			if !l.started {
+				l.started, l.blank = true, true
+			}
+		default:
+			l.started, l.blank = true, false
+		}
+	}
+	if l.n > l.limit {
+		l.over = true
+		return n, errors.New("file over the size limit")
+	}
+	if l.nonBlank > schema.MaxBatchLines {
+		l.tooMany = true
+		return n, errors.New("file over the line limit")
+	}
+	if errors.Is(err, io.EOF) && l.lines() > schema.MaxBatchLines {
+		l.tooMany = true
+		return n, errors.New("file over the line limit")
+	}
+	return n, err
+}
+
+// lines counts the non-blank lines read so far, the last one included
+// when it has no "\n".
+func (l *lineCounter) lines() int {
+	if l.started && !l.blank {
+		return l.nonBlank + 1
+	}
+	return l.nonBlank
+}
+
+// getFile answers GET /v1/files/{id}.
+func (g *Gateway) getFile(c echo.Context) error {
+	f, err := g.batches.File(c.Request().Context(), c.Param("id"))
+	if err != nil {
+		return g.fileError(c.Param("id"), err)
+	}
+	return c.JSON(http.StatusOK, f)
+}
+
+// listFiles answers GET /v1/files: every file, newest first (purpose
+// filters by purpose).
+func (g *Gateway) listFiles(c echo.Context) error {
+	files, err := g.batches.Files(c.Request().Context())
+	if err != nil {
+		return batchStoreUnavailable(fmt.Errorf("list files: %w", err))
+	}
+	purpose := c.QueryParam("purpose")
+	out := schema.List[schema.FileObject]{Object: "list", Data: []schema.FileObject{}}
+	for _, f := range files {
+		if purpose == "" || f.Purpose == purpose {
+			out.Data = append(out.Data, f)
+		}
+	}
+	if n := len(out.Data); n > 0 {
+		out.FirstID, out.LastID = &out.Data[0].ID, &out.Data[n-1].ID
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// fileContent answers GET /v1/files/{id}/content with the file's bytes.
+func (g *Gateway) fileContent(c echo.Context) error {
+	id := c.Param("id")
+	obj, err := g.batches.OpenFile(c.Request().Context(), id)
+	if err != nil {
+		return g.fileError(id, err)
+	}
+	defer obj.Close()
+	info, err := obj.Info()
+	if err != nil {
+		return g.fileError(id, err)
+	}
+	h := c.Response().Header()
+	h.Set(echo.HeaderContentType, "application/octet-stream")
+	h.Set(echo.HeaderContentDisposition, mime.FormatMediaType("attachment", map[string]string{"filename": info.Metadata["filename"]}))
+	// Read the first chunk before committing to 200: a store error then
+	// still gets an error answer.
+	first := make([]byte, 64<<10)
+	n, err := io.ReadFull(obj, first)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return g.fileError(id, err)
+	}
+	return c.Stream(http.StatusOK, "application/octet-stream", io.MultiReader(bytes.NewReader(first[:n]), obj))
+}
+
+// deleteFile answers DELETE /v1/files/{id}.
+func (g *Gateway) deleteFile(c echo.Context) error {
+	id := c.Param("id")
+	if err := g.batches.DeleteFile(c.Request().Context(), id); err != nil {
+		return g.fileError(id, err)
+	}
+	return c.JSON(http.StatusOK, schema.FileDeleted{ID: id, Object: "file", Deleted: true})
+}
+
+func (g *Gateway) fileError(id string, err error) error {
+	if errors.Is(err, batch.ErrNotFound) {
+		return &schema.Error{Status: http.StatusNotFound, Type: schema.TypeInvalidRequest, Code: "file_not_found", Param: "file_id",
+			Message: fmt.Sprintf("No such File object: %s", id)}
+	}
+	if errors.Is(err, context.Canceled) {
+		return clientGone(err)
+	}
+	return batchStoreUnavailable(fmt.Errorf("file %s: %w", id, err))
+}

@@ -1,0 +1,236 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/schema/multimodal"
+	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
+)
+
+// Async jobs over HTTP: POST /v1/queue/jobs queues a chat request in the
+// batch lane and answers 202 with a job id at once; GET /v1/queue/jobs/{id}
+// reads its state and result (?wait= long-polls); DELETE cancels it. State
+// and results live in JetStream (jobstore), so jobs outlive every process.
+
+// ObjectQueueJob is the "object" of a job in the jobs API.
+const ObjectQueueJob = "queue.job"
+
+// MaxJobWait caps GET /v1/queue/jobs/{id}?wait=; longer waits are cut to it.
+const MaxJobWait = 60 * time.Second
+
+// CodeJobNotFound is the error code of an unknown job id.
+const CodeJobNotFound = "job_not_found"
+
+// Job is a job as the jobs API shows it.
+type Job struct {
+	ID     string           `json:"id"`
+	Object string           `json:"object"`
+	Status schema.JobStatus `json:"status"`
+	Model  string           `json:"model"`
+	// CreatedAt and FinishedAt are Unix seconds; FinishedAt is null until
+	// the job is final.
+	CreatedAt  int64  `json:"created_at"`
+	FinishedAt *int64 `json:"finished_at"`
+	Attempts   int    `json:"attempts"`
+	// Result is the chat.completion of a succeeded job, else null.
+	Result *schema.ChatCompletion `json:"result"`
+	// StatusCode is what /v1/chat/completions would have answered (200,
+	// 4xx/5xx, 499 for a cancelled job); 0 until the job is final.
+	StatusCode int `json:"status_code,omitempty"`
+	// Error is the OpenAI error of a failed or cancelled job, else null.
+	Error *schema.ErrorDetail `json:"error"`
+}
+
+// jobOf builds the API view of a job's state and result (nil before it has one).
+func jobOf(st schema.JobState, res *schema.JobResult) Job {
+	j := Job{ID: st.ID, Object: ObjectQueueJob, Status: st.Status, Model: st.Model, CreatedAt: st.CreatedAt.Unix(), Attempts: st.Attempts}
+	if res != nil {
+		fin := res.FinishedAt.Unix()
+		j.FinishedAt, j.Result, j.StatusCode, j.Error = &fin, res.Completion, res.StatusCode, res.Error
+	}
+	return j
+}
+
+// jobRoutes registers the jobs API on e.
+func (g *Gateway) jobRoutes(e *echo.Echo) {
+	e.POST("/v1/queue/jobs", g.submitJob, g.authenticate)
+	e.GET("/v1/queue/jobs/:id", g.getJob, g.authenticate)
+	e.DELETE("/v1/queue/jobs/:id", g.deleteJob, g.authenticate)
+}
+
+// submitJob checks a chat request exactly as /v1/chat/completions does,
+// queues it as a job in the batch lane and answers 202 with the job.
+func (g *Gateway) submitJob(c echo.Context) error {
+	r := c.Request()
+	// The checks of chatCompletions, in its order.
+	if r.ContentLength > g.cfg.MaxBodyBytes {
+		return &http.MaxBytesError{Limit: g.cfg.MaxBodyBytes}
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, max(0, r.ContentLength)))
+	if _, err := buf.ReadFrom(http.MaxBytesReader(c.Response(), r.Body, g.cfg.MaxBodyBytes)); err != nil {
+		return err
+	}
+	body := buf.Bytes()
+	req, err := schema.DecodeChatRequest(body)
+	if err != nil {
+		return err
+	}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	model, ok := g.catalog.Lookup(req.Model)
+	if !ok {
+		return schema.ModelNotFound(req.Model)
+	}
+	if req.PresetHash != "" && !g.cfg.AllowPresetOverride {
+		return schema.PresetOverrideDisabled()
+	}
+	// Nobody waits on a job: without a timeout header it may wait in the
+	// batch lane as long as any request (24 h); each LaaS call is still
+	// bounded by the model's timeout.
+	timeout := schema.MaxRequestTimeout
+	if r.Header.Get(HeaderLiteLLMTimeout) != "" || r.Header.Get(HeaderRequestTimeout) != "" {
+		if timeout, err = requestTimeout(r.Header, model); err != nil {
+			return err
+		}
+	}
+	report, err := multimodal.Check(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	id := c.Response().Header().Get(HeaderRequestID)
+	for _, w := range report.Warnings {
+		g.log.Info("job accepted with a warning", "request_id", id, "param", w.Param, "warning", w.Message)
+	}
+
+	now := time.Now()
+	env := schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: now.Add(timeout), Request: body}
+	if len(body) > g.inlineMax {
+		if err := g.storeBody(r.Context(), id, body); err != nil {
+			return err
+		}
+		env.Request, env.RequestRef = nil, id
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), g.cfg.PublishTimeout)
+	defer cancel()
+	st, _, err := g.jobs.Submit(ctx, schema.SubjectBatch, &env)
+	if err != nil {
+		if env.RequestRef != "" {
+			g.dropBody(id)
+		}
+		return g.submitError(id, err)
+	}
+	g.log.Info("job queued", "request_id", id, "model", model.Alias)
+	c.Response().Header().Set(echo.HeaderLocation, "/v1/queue/jobs/"+id)
+	return c.JSON(http.StatusAccepted, jobOf(st, nil))
+}
+
+// submitError maps a failed Submit as publish does a failed chat publish.
+func (g *Gateway) submitError(id string, err error) error {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return clientGone(err)
+	case queueFull(err):
+		return &schema.Error{Status: http.StatusTooManyRequests, Type: schema.TypeRateLimit, Code: schema.CodeQueueFull,
+			Message: "The request queue is full; retry after the time in Retry-After.", RetryAfter: 1, Cause: fmt.Errorf("submit job %s: %w", id, err)}
+	}
+	return &schema.Error{Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
+		Message: "The request queue is unavailable; try again shortly.", RetryAfter: 1, Cause: fmt.Errorf("submit job %s: %w", id, err)}
+}
+
+// getJob answers a job's state and result; with ?wait= it waits (at most
+// MaxJobWait) for the job to be final.
+func (g *Gateway) getJob(c echo.Context) error {
+	id := c.Param("id")
+	wait, err := parseWait(c.QueryParam("wait"))
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	var st schema.JobState
+	var res *schema.JobResult
+	if wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		defer cancel()
+		go func() { // a gateway that shuts down answers long polls at once
+			select {
+			case <-g.stopping:
+				cancel()
+			case <-wctx.Done():
+			}
+		}()
+		st, res, err = g.jobs.Wait(wctx, id)
+	} else {
+		st, res, err = g.jobs.Get(ctx, id)
+	}
+	if err != nil {
+		return g.jobError(ctx, id, err)
+	}
+	return c.JSON(http.StatusOK, jobOf(st, res))
+}
+
+// deleteJob cancels a job: a queued job never calls LaaS, a running one has
+// its call aborted; a final job is left as it is. It answers the job.
+func (g *Gateway) deleteJob(c echo.Context) error {
+	id := c.Param("id")
+	ctx := c.Request().Context()
+	if !schema.ValidRequestID(id) {
+		return g.jobError(ctx, id, jobstore.ErrNotFound)
+	}
+	st, err := g.jobs.Cancel(ctx, id)
+	if err != nil {
+		return g.jobError(ctx, id, err)
+	}
+	var res *schema.JobResult
+	if st.Status.Final() && st.Status != schema.JobCancelled {
+		if st, res, err = g.jobs.Get(ctx, id); err != nil {
+			return g.jobError(ctx, id, err)
+		}
+	}
+	g.log.Info("job cancel requested", "request_id", c.Response().Header().Get(HeaderRequestID), "job_id", id, "status", st.Status)
+	return c.JSON(http.StatusOK, jobOf(st, res))
+}
+
+func (g *Gateway) jobError(ctx context.Context, id string, err error) error {
+	switch {
+	case errors.Is(err, jobstore.ErrNotFound):
+		return &schema.Error{Status: http.StatusNotFound, Type: schema.TypeInvalidRequest, Code: CodeJobNotFound, Param: "id",
+			Message: fmt.Sprintf("No job with id %q: it was never submitted, or it finished longer ago than the results are kept.", id)}
+	case ctx.Err() != nil:
+		return clientGone(err)
+	}
+	return &schema.Error{Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
+		Message: "The job store is unavailable; try again shortly.", RetryAfter: 1, Cause: err}
+}
+
+// parseWait reads ?wait=: a Go duration ("30s", "1m") or seconds ("30");
+// empty or zero for no wait; more than MaxJobWait is cut to it.
+func parseWait(v string) (time.Duration, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		secs, ferr := strconv.ParseFloat(v, 64)
+		if ferr != nil || math.IsNaN(secs) {
+			return 0, schema.Invalid("wait", schema.CodeInvalidValue, "wait must be a duration such as 30s or a number of seconds, got %q.", v)
+		}
+		d = time.Duration(math.Min(secs, MaxJobWait.Seconds()) * float64(time.Second))
+	}
+	if d < 0 {
+		return 0, schema.Invalid("wait", schema.CodeInvalidValue, "wait must not be negative, got %q.", v)
+	}
+	return min(d, MaxJobWait), nil
+}
