@@ -46,6 +46,9 @@ type Config struct {
 	// and is served, whole, on GET /metrics, which never needs the master
 	// key. Nil: no metrics and no /metrics route.
 	Metrics MetricsRegistry
+	// Micro configures the NATS request/reply endpoint (see micro.go),
+	// which Serve runs beside HTTP.
+	Micro MicroConfig
 }
 
 // DefaultMaxBodyBytes is Config.MaxBodyBytes's default.
@@ -72,6 +75,7 @@ func (c *Config) setDefaults() {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	c.Micro.setDefaults()
 }
 
 // Validate reports every invalid field at once.
@@ -92,6 +96,7 @@ func (c Config) Validate() error {
 	if c.MaxBodyBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("max body bytes must be at least 1 MiB, got %d", c.MaxBodyBytes))
 	}
+	errs = append(errs, c.Micro.Validate())
 	return errors.Join(errs...)
 }
 
@@ -202,10 +207,16 @@ func (g *Gateway) Handler() http.Handler { return g.echo }
 // Close stops listening for replies.
 func (g *Gateway) Close() error { return g.corr.close() }
 
-// Serve answers HTTP on ln until ctx is done; then it turns readiness to 503,
-// stops accepting connections and waits up to ShutdownGrace for callers
-// still waiting on an answer.
+// Serve answers HTTP on ln, and NATS requests on the micro endpoint, until
+// ctx is done; then it turns readiness to 503, stops accepting connections
+// and requests and waits up to ShutdownGrace for callers still waiting on
+// an answer.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	endpoint, err := g.startMicro()
+	if err != nil {
+		return err
+	}
+	defer endpoint.stop()
 	srv := &http.Server{
 		Handler:           g.echo,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -221,17 +232,21 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 	g.draining.Store(true)
+	endpoint.stop()
 	g.log.Info("gateway shutting down", "waiting_callers", g.corr.pending())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownGrace)
 	defer cancel()
-	err := srv.Shutdown(sctx)
+	err = srv.Shutdown(sctx)
+	if err == nil {
+		err = endpoint.wait(sctx)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		// Callers still waiting get a 503 they can retry, not a reset.
 		waiting := g.corr.pending()
 		close(g.closing)
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		err = srv.Shutdown(fctx)
+		err = errors.Join(srv.Shutdown(fctx), endpoint.wait(fctx))
 		g.log.Warn("shutdown grace over; waiting callers answered 503", "callers", waiting)
 	}
 	if err != nil {
