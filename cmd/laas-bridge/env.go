@@ -38,6 +38,10 @@ type Env struct {
 	// gateway also serves it on its own port.
 	MetricsListen string `envconfig:"BRIDGE_METRICS_LISTEN"`
 
+	// MicroSubject is the NATS subject of the gateway's request/reply chat
+	// endpoint (a nats.go/micro service); "off" turns it off.
+	MicroSubject string `envconfig:"BRIDGE_MICRO_SUBJECT" default:"laas.api.chat"`
+
 	// LaaSRPM is the LaaS project's requests per minute over every worker
 	// process (0: none); LaaSMaxConcurrency caps its calls in flight (the
 	// consumer's MaxAckPending; 0: queue.DefaultMaxAckPending).
