@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -139,5 +141,65 @@ func TestMicroConfigVersion(t *testing.T) {
 	}
 	if !microConfig("OFF", "dev").Disabled || microConfig("laas.api.chat", "dev").Disabled {
 		t.Error("only \"off\" turns the endpoint off")
+	}
+}
+
+// TestMicroIdempotencyKey: an Idempotency-Key works over NATS as over HTTP,
+// and across both: one key and one body make one LaaS call, whichever way
+// the retries come.
+func TestMicroIdempotencyKey(t *testing.T) {
+	mock, in := serveWithMock(t, 300*time.Millisecond, "--nats-listen", "127.0.0.1:0")
+	nc := connectLogged(t, in.logs.String())
+	type answer struct {
+		id, content, replayed, errCode string
+	}
+	ask := func(key, text string) answer {
+		msg := nats.NewMsg("laas.api.chat")
+		msg.Data = []byte(chatBody("claude-3.5-sonnet", text))
+		msg.Header.Set("Idempotency-Key", key)
+		rep, err := nc.RequestMsg(msg, time.Minute)
+		if err != nil {
+			t.Error(err)
+			return answer{}
+		}
+		var cc schema.ChatCompletion
+		_ = json.Unmarshal(rep.Data, &cc)
+		a := answer{id: cc.ID, replayed: rep.Header.Get("Idempotent-Replayed"), errCode: rep.Header.Get(micro.ErrorCodeHeader)}
+		if len(cc.Choices) > 0 {
+			a.content = cc.Choices[0].Message.Content
+		}
+		return a
+	}
+	answers := make([]answer, 3)
+	done := make(chan struct{})
+	for i := range answers {
+		go func() { answers[i] = ask("order-7", "once only"); done <- struct{}{} }()
+	}
+	for range answers {
+		<-done
+	}
+	later := ask("order-7", "once only")
+	for i, a := range append(answers, later) {
+		if a.errCode != "" || a.content != "mock[h]: once only" || a.id != answers[0].id || a.id == "" {
+			t.Errorf("answer %d = %+v; want the first call's answer (id %s)", i, a, answers[0].id)
+		}
+	}
+	if later.replayed != "true" {
+		t.Errorf("a retry after the first finished is not marked Idempotent-Replayed: %+v", later)
+	}
+	// The same key and body over HTTP get the same answer.
+	req, _ := http.NewRequest("POST", in.url+"/v1/chat/completions", strings.NewReader(chatBody("claude-3.5-sonnet", "once only")))
+	req.Header.Set("Idempotency-Key", "order-7")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"id":"`+answers[0].id+`"`) {
+		t.Errorf("over HTTP: %d %s", resp.StatusCode, b)
+	}
+	if mock.Calls() != 1 {
+		t.Errorf("LaaS calls = %d, want 1 for one Idempotency-Key", mock.Calls())
 	}
 }
