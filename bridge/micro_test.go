@@ -472,3 +472,64 @@ func TestMicroConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestMicroCallersWaitTogether: a caller waiting for its answer does not
+// hold up the next request (micro runs a handler for one message at a
+// time, so the wait must happen elsewhere): 20 requests are all queued
+// before any is answered.
+func TestMicroCallersWaitTogether(t *testing.T) {
+	f, nc := serveFixture(t, Config{})
+	const n = 20
+	replies := make(chan string, n)
+	for i := range n {
+		go func() {
+			msg := nats.NewMsg(DefaultMicroSubject)
+			msg.Data = []byte(chatBody("claude-3.5-sonnet", fmt.Sprint("together ", i)))
+			rep, err := nc.RequestMsg(msg, time.Minute)
+			if err != nil {
+				replies <- err.Error()
+				return
+			}
+			replies <- string(rep.Data)
+		}()
+	}
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		info, err := f.q.Consumer.Info(context.Background())
+		if err == nil && info.NumPending == n {
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("only %d of %d requests queued while none was answered", info.NumPending, n)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.fakeWorker(t, ctx, n, echoAnswer)
+	for range n {
+		if r := <-replies; !strings.Contains(r, `"content":"echo: together `) {
+			t.Errorf("reply %s", r)
+		}
+	}
+}
+
+// TestMicroLaneHeader: X-Laas-Bridge-Lane: batch publishes to the batch lane.
+func TestMicroLaneHeader(t *testing.T) {
+	f, nc := serveFixture(t, Config{})
+	sub, err := f.q.Conn.SubscribeSync(schema.SubjectBatch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		msg := nats.NewMsg(DefaultMicroSubject)
+		msg.Data = []byte(chatBody("team/fast", "to the batch lane"))
+		msg.Header.Set(HeaderLane, "batch")
+		_, _ = nc.RequestMsg(msg, 10*time.Second)
+	}()
+	m, err := sub.NextMsg(10 * time.Second)
+	if err != nil || !strings.Contains(string(m.Data), "to the batch lane") {
+		t.Fatalf("nothing on %s: %v", schema.SubjectBatch, err)
+	}
+	<-done // the 300 ms model times out: no worker here
+}
