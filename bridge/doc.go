@@ -7,5 +7,6 @@
 // request id in a map; see correlator.go. Every error is written once, by
 // the HTTP error handler, in OpenAI's error format. With Config.Metrics set,
 // the gateway keeps Prometheus metrics and serves GET /metrics; see
-// metrics.go.
+// metrics.go. Serve also answers chat requests over NATS request/reply, as
+// a nats.go/micro service; see micro.go.
 package bridge

@@ -54,6 +54,9 @@ type Config struct {
 	// API's own limit; MaxBodyBytes does not apply there). Default
 	// DefaultMaxFileBytes, OpenAI's 200 MB.
 	MaxFileBytes int64
+	// Micro configures the NATS request/reply endpoint (see micro.go),
+	// which Serve runs beside HTTP.
+	Micro MicroConfig
 }
 
 // DefaultMaxBodyBytes is Config.MaxBodyBytes's default.
@@ -83,6 +86,7 @@ func (c *Config) setDefaults() {
 	if c.MaxFileBytes == 0 {
 		c.MaxFileBytes = DefaultMaxFileBytes
 	}
+	c.Micro.setDefaults()
 }
 
 // Validate reports every invalid field at once.
@@ -106,6 +110,7 @@ func (c Config) Validate() error {
 	if c.MaxFileBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("max file bytes must be at least 1 MiB, got %d", c.MaxFileBytes))
 	}
+	errs = append(errs, c.Micro.Validate())
 	return errors.Join(errs...)
 }
 
@@ -230,10 +235,16 @@ func (g *Gateway) Handler() http.Handler { return g.echo }
 // Close stops listening for replies.
 func (g *Gateway) Close() error { return g.corr.close() }
 
-// Serve answers HTTP on ln until ctx is done; then it turns readiness to 503,
-// stops accepting connections and waits up to ShutdownGrace for callers
-// still waiting on an answer.
+// Serve answers HTTP on ln, and NATS requests on the micro endpoint, until
+// ctx is done; then it turns readiness to 503, stops accepting connections
+// and requests and waits up to ShutdownGrace for callers still waiting on
+// an answer.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	endpoint, err := g.startMicro()
+	if err != nil {
+		return err
+	}
+	defer endpoint.stop()
 	srv := &http.Server{
 		Handler:           g.echo,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -250,17 +261,21 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	g.draining.Store(true)
 	close(g.stopping)
+	endpoint.stop()
 	g.log.Info("gateway shutting down", "waiting_callers", g.corr.pending())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.ShutdownGrace)
 	defer cancel()
-	err := srv.Shutdown(sctx)
+	err = srv.Shutdown(sctx)
+	if err == nil {
+		err = endpoint.wait(sctx)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		// Callers still waiting get a 503 they can retry, not a reset.
 		waiting := g.corr.pending()
 		close(g.closing)
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		err = srv.Shutdown(fctx)
+		err = errors.Join(srv.Shutdown(fctx), endpoint.wait(fctx))
 		g.log.Warn("shutdown grace over; waiting callers answered 503", "callers", waiting)
 	}
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -167,7 +168,8 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	var gw *bridge.Gateway
 	var ln net.Listener
 	if hasGateway {
-		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg}, nc, js, catalog, log); err != nil {
+		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
+			Micro: microConfig(env.MicroSubject, version)}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()
@@ -330,3 +332,17 @@ func newLimiter(ctx context.Context, js jetstream.JetStream, env Env, log *slog.
 	log.Info("rate limits", "project_rpm", env.LaaSRPM, "max_concurrency", env.LaaSMaxConcurrency)
 	return l, nil
 }
+
+// microConfig is the NATS endpoint's configuration: subject "off" turns it
+// off; its version is the binary's, or 0.0.0-dev when that is not SemVer
+// (micro requires SemVer).
+func microConfig(subject, version string) bridge.MicroConfig {
+	v := strings.TrimPrefix(version, "v")
+	if !semver.MatchString(v) {
+		v = "0.0.0-dev"
+	}
+	return bridge.MicroConfig{Disabled: strings.EqualFold(subject, "off"), Subject: subject, Version: v}
+}
+
+// semver is SemVer 2.0.0's suggested pattern, as micro checks it.
+var semver = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$`)

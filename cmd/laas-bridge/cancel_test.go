@@ -13,8 +13,9 @@ import (
 )
 
 // serveWithMock runs `serve` in-process against an in-test LaaS mock with
-// the given latency (credentials p/k, default preset h).
-func serveWithMock(t *testing.T, latency time.Duration) (*laasmock.Mock, *instance) {
+// the given latency (credentials p/k, default preset h); extra flags
+// override the defaults.
+func serveWithMock(t *testing.T, latency time.Duration, extra ...string) (*laasmock.Mock, *instance) {
 	t.Helper()
 	clearEnv(t)
 	mock, err := laasmock.New(laasmock.Config{ProjectCode: "p", APIKey: "k", Latency: latency})
@@ -27,7 +28,8 @@ func serveWithMock(t *testing.T, latency time.Duration) (*laasmock.Mock, *instan
 	t.Setenv("LAAS_API_KEY", "k")
 	t.Setenv("LAAS_PRESET_HASH", "h")
 	t.Setenv("LAAS_BASE_URL", up.URL)
-	in := startRun(t, "serve", "--listen", "127.0.0.1:0", "--nats-listen", "", "--data-dir", t.TempDir(), "--config", "testdata/config.yaml")
+	args := []string{"serve", "--listen", "127.0.0.1:0", "--nats-listen", "", "--data-dir", t.TempDir(), "--config", "testdata/config.yaml"}
+	in := startRun(t, append(args, extra...)...)
 	return mock, in
 }
 

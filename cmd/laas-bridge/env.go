@@ -52,6 +52,10 @@ type Env struct {
 	// /debug/pprof/ ("": none). For diagnosis only; keep it on loopback.
 	PprofListen string `envconfig:"BRIDGE_PPROF_LISTEN"`
 
+	// MicroSubject is the NATS subject of the gateway's request/reply chat
+	// endpoint (a nats.go/micro service); "off" turns it off.
+	MicroSubject string `envconfig:"BRIDGE_MICRO_SUBJECT" default:"laas.api.chat"`
+
 	// LaaSRPM is the LaaS project's requests per minute over every worker
 	// process (0: none); LaaSMaxConcurrency caps its calls in flight (the
 	// consumer's MaxAckPending; 0: queue.DefaultMaxAckPending).
