@@ -27,6 +27,8 @@ Usage:
   laas-bridge worker [flags]           a worker pool only (needs NATS_URL)
   laas-bridge mock-laas [flags]        a LaaS look-alike for demos, tests and benchmarks
   laas-bridge dlq list|replay [flags]  inspect and replay dead letters (needs NATS_URL)
+  laas-bridge batch submit|status|results|cancel
+                                       OpenAI batches through a running bridge
   laas-bridge version                  print the version
 
 Run 'laas-bridge <command> -h' for a command's flags. Settings come from the
@@ -51,6 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runMock(ctx, rest, stderr)
 	case "dlq":
 		return runDLQ(ctx, rest, stdout, stderr)
+	case "batch":
+		return runBatch(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return nil
