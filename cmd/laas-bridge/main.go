@@ -15,6 +15,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, errInterrupted) {
+			os.Exit(130) // the message said what keeps running
+		}
 		if !errors.Is(err, errUsage) {
 			fmt.Fprintln(os.Stderr, "laas-bridge:", err)
 		}
