@@ -50,6 +50,18 @@ func NewBatchID(now time.Time) string {
 	return "batch_" + strings.Repeat("0", max(0, 9-len(ts))) + ts + nuid.Next()
 }
 
+// NewBatch returns a new batch on inputFileID, validating, with OpenAI's
+// only endpoint and completion window; the HTTP API and `laas-bridge batch
+// --nats` both create batches with it.
+func NewBatch(inputFileID string, metadata map[string]string, now time.Time) schema.Batch {
+	expires := now.Add(24 * time.Hour).Unix()
+	return schema.Batch{
+		ID: NewBatchID(now), Object: "batch", Endpoint: schema.BatchEndpoint, InputFileID: inputFileID,
+		CompletionWindow: schema.BatchCompletionWindow, Status: schema.BatchValidating, CreatedAt: now.Unix(), ExpiresAt: &expires,
+		Metadata: metadata,
+	}
+}
+
 // ValidFileID reports whether id can name an API file (not an internal object).
 func ValidFileID(id string) bool {
 	return strings.HasPrefix(id, "file-") && schema.ValidRequestID(id)

@@ -71,13 +71,7 @@ func (g *Gateway) createBatch(c echo.Context) error {
 	if f.Purpose != schema.PurposeBatch {
 		return schema.Invalid("input_file_id", schema.CodeInvalidValue, "The file %s has purpose %q; a batch needs a file uploaded with purpose \"batch\".", f.ID, f.Purpose)
 	}
-	now := time.Now()
-	expires := now.Add(24 * time.Hour).Unix()
-	b := schema.Batch{
-		ID: batch.NewBatchID(now), Object: "batch", Endpoint: in.Endpoint, InputFileID: in.InputFileID,
-		CompletionWindow: in.CompletionWindow, Status: schema.BatchValidating, CreatedAt: now.Unix(), ExpiresAt: &expires,
-		Metadata: in.Metadata,
-	}
+	b := batch.NewBatch(in.InputFileID, in.Metadata, time.Now())
 	if err := g.batches.CreateBatch(r.Context(), &batch.Record{Batch: b}); err != nil {
 		return batchStoreUnavailable(fmt.Errorf("create batch: %w", err))
 	}

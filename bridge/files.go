@@ -49,7 +49,7 @@ func (g *Gateway) uploadFile(c echo.Context) error {
 	var (
 		purpose  string
 		stored   *schema.FileObject
-		counted  *lineCounter
+		counted  *batch.LineCounter
 		tooLarge bool
 	)
 	cleanup := func() {
@@ -80,7 +80,7 @@ func (g *Gateway) uploadFile(c echo.Context) error {
 				cleanup()
 				return schema.Invalid("file", schema.CodeInvalidValue, "Send one 'file' per upload.")
 			}
-			counted = &lineCounter{r: part, limit: limit}
+			counted = batch.NewLineCounter(part, limit)
 			filename := part.FileName()
 			if filename == "" {
 				filename = "upload.jsonl"
@@ -91,13 +91,13 @@ func (g *Gateway) uploadFile(c echo.Context) error {
 				stored = &schema.FileObject{}
 				cleanup()
 				switch {
-				case counted.over:
+				case counted.Over:
 					tooLarge = true
 				case errors.As(err, new(*http.MaxBytesError)):
 					return fileTooLarge(limit)
 				case errors.Is(err, context.Canceled):
 					return clientGone(err)
-				case counted.tooMany:
+				case counted.TooMany:
 					return schema.Invalid("file", schema.CodeInvalidValue, "The file has more than %d lines; a batch holds at most %d requests.", schema.MaxBatchLines, schema.MaxBatchLines)
 				default:
 					return batchStoreUnavailable(fmt.Errorf("store file %s: %w", id, err))
@@ -117,73 +117,17 @@ func (g *Gateway) uploadFile(c echo.Context) error {
 	case purpose != schema.PurposeBatch:
 		cleanup()
 		return schema.Invalid("purpose", schema.CodeInvalidValue, "'purpose' must be \"batch\"; this bridge keeps files for the Batch API only, got %q.", purpose)
-	case counted.lines() == 0:
+	case counted.Lines() == 0:
 		cleanup()
 		return schema.Invalid("file", schema.CodeInvalidValue, "The file is empty; a batch input file holds one JSON request per line.")
 	}
-	stored.Bytes = counted.n
+	stored.Bytes = counted.Bytes
 	return c.JSON(http.StatusOK, stored)
 }
 
 func fileTooLarge(limit int64) *schema.Error {
 	return &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge, Param: "file",
 		Message: fmt.Sprintf("The file is larger than the %d bytes this bridge accepts for a batch.", limit)}
-}
-
-// lineCounter passes a file through, counting its bytes and non-blank
-// lines, and fails once either is over the limit.
-type lineCounter struct {
-	r        io.Reader
-	limit    int64
-	n        int64
-	newlines int
-	blank    bool // the current line has nothing but white space so far
-	started  bool
-	nonBlank int
-	over     bool
-	tooMany  bool
-}
-
-func (l *lineCounter) Read(p []byte) (int, error) {
-	n, err := l.r.Read(p)
-	l.n += int64(n)
-	for _, b := range p[:n] {
-		switch b {
-		case '\n':
-			if l.started && !l.blank {
-				l.nonBlank++
-			}
-			l.started, l.blank = false, true
-		case ' ', '\t', '\r':
-			if !l.started {
-				l.started, l.blank = true, true
-			}
-		default:
-			l.started, l.blank = true, false
-		}
-	}
-	if l.n > l.limit {
-		l.over = true
-		return n, errors.New("file over the size limit")
-	}
-	if l.nonBlank > schema.MaxBatchLines {
-		l.tooMany = true
-		return n, errors.New("file over the line limit")
-	}
-	if errors.Is(err, io.EOF) && l.lines() > schema.MaxBatchLines {
-		l.tooMany = true
-		return n, errors.New("file over the line limit")
-	}
-	return n, err
-}
-
-// lines counts the non-blank lines read so far, the last one included
-// when it has no "\n".
-func (l *lineCounter) lines() int {
-	if l.started && !l.blank {
-		return l.nonBlank + 1
-	}
-	return l.nonBlank
 }
 
 // getFile answers GET /v1/files/{id}.

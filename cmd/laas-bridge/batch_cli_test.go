@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/laas-bridge/laas-bridge/worker/laasmock"
 )
 
 // fakeBatchAPI is the OpenAI Batch API's shape, reduced to what the CLI
@@ -310,4 +312,95 @@ func TestBatchUsageErrors(t *testing.T) {
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
 	}
+}
+
+// TestBatchCLIEndToEnd: `batch submit --wait --out` against a real bridge
+// (serve with the mock) writes one output line per good input line, with
+// its custom_id and the mock's answer, and the bad line in the error file;
+// results, fetched again later, are the same bytes.
+func TestBatchCLIEndToEnd(t *testing.T) {
+	t.Run("http", func(t *testing.T) {
+		mock, in := serveWithMock(t, 0)
+		batchCLIEndToEnd(t, mock, "--url", in.url)
+	})
+	// --nats: the CLI writes the file and the batch record into JetStream
+	// itself; the gateway's runner runs it. The HTTP URL points nowhere.
+	t.Run("nats", func(t *testing.T) {
+		mock, in := serveWithMock(t, 0, "--nats-listen", "127.0.0.1:0")
+		m := embeddedURL.FindStringSubmatch(in.logs.String())
+		if m == nil {
+			t.Fatalf("no embedded NATS URL in the logs:\n%s", in.logs)
+		}
+		batchCLIEndToEnd(t, mock, "--nats", m[1], "--url", "http://127.0.0.1:1")
+	})
+}
+
+func batchCLIEndToEnd(t *testing.T, mock *laasmock.Mock, target ...string) {
+	dir := t.TempDir()
+	input := filepath.Join(dir, "in.jsonl")
+	var lines []string
+	for i := range 20 {
+		lines = append(lines, batchLine(fmt.Sprintf("q%d", i), "claude-3.5-sonnet", fmt.Sprintf("question %d", i)))
+	}
+	lines = append(lines, batchLine("bad", "no-such-model", "x"))
+	if err := os.WriteFile(input, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "results.jsonl")
+	stdout, stderr, err := runBatchCmd(context.Background(), append([]string{"submit", input, "--wait", "--out", out, "--poll", "100ms"}, target...)...)
+	if err != nil {
+		t.Fatalf("submit: %v\n%s", err, stderr)
+	}
+	id := strings.TrimSpace(stdout)
+	if !strings.HasPrefix(id, "batch_") {
+		t.Fatalf("stdout %q, want a batch id", stdout)
+	}
+	if !strings.Contains(stderr, id+": 20 completed, 1 failed; output in "+out) {
+		t.Errorf("stderr:\n%s", stderr)
+	}
+	got := readJSONL(t, out)
+	if len(got) != 20 {
+		t.Fatalf("%d output lines, want 20", len(got))
+	}
+	seen := map[string]bool{}
+	for _, l := range got {
+		q := strings.TrimPrefix(*l.CustomID, "q")
+		if want := "mock[h]: question " + q; l.content() != want || seen[*l.CustomID] {
+			t.Errorf("line %s: content %q, want %q (seen before: %v)", *l.CustomID, l.content(), want, seen[*l.CustomID])
+		}
+		seen[*l.CustomID] = true
+	}
+	errs := readJSONL(t, strings.TrimSuffix(out, ".jsonl")+".errors.jsonl")
+	if len(errs) != 1 || *errs[0].CustomID != "bad" || errs[0].Error == nil || errs[0].Error.Code != "model_not_found" {
+		t.Errorf("error file: %+v", errs)
+	}
+	if n := mock.Calls(); n != 20 { // one LaaS call per good line
+		t.Errorf("LaaS calls %d, want 20", n)
+	}
+	again := filepath.Join(dir, "again.jsonl")
+	if _, stderr, err := runBatchCmd(context.Background(), append([]string{"results", id, "--out", again}, target...)...); err != nil {
+		t.Fatalf("results: %v\n%s", err, stderr)
+	}
+	a, _ := os.ReadFile(out)
+	b, _ := os.ReadFile(again)
+	if !bytes.Equal(a, b) {
+		t.Error("batch results differ from what submit --wait wrote")
+	}
+}
+
+func readJSONL(t *testing.T, path string) []outLine {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []outLine
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var l outLine
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("%s: %q: %v", path, line, err)
+		}
+		out = append(out, l)
+	}
+	return out
 }

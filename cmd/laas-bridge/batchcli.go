@@ -14,6 +14,8 @@ import (
 
 	"github.com/mattn/go-isatty"
 	"github.com/schollz/progressbar/v3"
+
+	"github.com/laas-bridge/laas-bridge/schema"
 )
 
 const batchUsage = `laas-bridge batch submits and follows OpenAI batches (JSONL files of
@@ -33,7 +35,8 @@ A bad line does not fail the batch: it goes to the error file with its custom_id
 output is not a terminal), then writes the results. Ctrl-C stops following and
 leaves the batch running. The bridge is --url (BRIDGE_URL, default
 http://localhost:4000), with --key (BRIDGE_API_KEY, else BRIDGE_MASTER_KEY) as
-its bearer key.
+its bearer key; or, with --nats URL ("--nats -" for NATS_URL), the Batch
+API's JetStream buckets directly, for hosts that reach NATS but no gateway.
 `
 
 // errInterrupted is returned when Ctrl-C stopped a command that left work
@@ -78,6 +81,7 @@ type batchClient interface {
 // batchFlags are the flags every batch subcommand takes.
 type batchFlags struct {
 	url, key     string
+	nats         string
 	wait, asJSON bool
 	out, errs    string
 	poll         time.Duration
@@ -112,6 +116,7 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.url, "url", f.url, "the bridge's base URL (BRIDGE_URL)")
 	secretFlag(fs, &f.key, "key", "bearer key for the bridge (BRIDGE_API_KEY, else BRIDGE_MASTER_KEY)")
 	fs.DurationVar(&f.poll, "poll", f.poll, "how often to ask for the batch's progress")
+	secretFlag(fs, &f.nats, "nats", "NATS server URLs, comma-separated: use NATS instead of the HTTP API (\"-\": NATS_URL)")
 	switch sub {
 	case "submit":
 		fs.BoolVar(&f.wait, "wait", false, "follow the batch to its end, then write its results")
@@ -155,9 +160,28 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "--poll must be positive")
 		return errUsage
 	}
-	c, err := newHTTPBatchClient(f.url, f.key)
-	if err != nil {
-		return err
+	var c batchClient
+	if f.nats != "" {
+		url := f.nats
+		if url == "-" {
+			url = os.Getenv("NATS_URL")
+		}
+		maxFile := int64(schema.MaxBatchFileBytes)
+		if env, err := readEnv(); err == nil && env.MaxFile > 0 {
+			maxFile = env.MaxFile
+		}
+		nc, err := newNATSBatchClient(ctx, url, maxFile)
+		if err != nil {
+			return err
+		}
+		defer nc.close()
+		c = nc
+	} else {
+		hc, err := newHTTPBatchClient(f.url, f.key)
+		if err != nil {
+			return err
+		}
+		c = hc
 	}
 	switch sub {
 	case "submit":
