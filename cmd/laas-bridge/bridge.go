@@ -22,6 +22,7 @@ import (
 	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge/internal/config"
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/schema/queue"
+	"github.com/laas-bridge/laas-bridge/schema/queue/failover"
 	"github.com/laas-bridge/laas-bridge/worker"
 	"github.com/laas-bridge/laas-bridge/worker/laasmock"
 )
@@ -124,9 +125,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	ensureCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	cons, err := queue.Ensure(ensureCtx, js, env.queueConfig(), queue.WithLogger(log))
-	cancel()
+	cons, err := ensureQueue(ctx, js, env.queueConfig(), log)
 	if err != nil {
 		return err
 	}
@@ -346,3 +345,30 @@ func microConfig(subject, version string) bridge.MicroConfig {
 
 // semver is SemVer 2.0.0's suggested pattern, as micro checks it.
 var semver = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$`)
+
+// Ensure's patience: a process started with its NATS cluster (compose, a
+// Kubernetes rollout) may come before JetStream has a meta leader, when
+// every JetStream request goes unanswered. It retries such failures, each
+// attempt bounded, until ensureWait has passed; other errors end it at once.
+const (
+	ensureAttempt = 10 * time.Second
+	ensureWait    = 2 * time.Minute
+)
+
+func ensureQueue(ctx context.Context, js jetstream.JetStream, cfg queue.Config, log *slog.Logger) (jetstream.Consumer, error) {
+	deadline := time.Now().Add(ensureWait)
+	for {
+		actx, cancel := context.WithTimeout(ctx, ensureAttempt)
+		cons, err := queue.Ensure(actx, js, cfg, queue.WithLogger(log))
+		cancel()
+		if err == nil || ctx.Err() != nil || !failover.Retryable(err) || time.Now().After(deadline) {
+			return cons, err
+		}
+		log.Warn("JetStream is not ready yet (a cluster still electing its leader?); retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

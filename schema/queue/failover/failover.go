@@ -40,7 +40,7 @@ func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (ack *j
 		actx, cancel := context.WithTimeout(ctx, Attempt)
 		ack, err = js.PublishMsg(actx, msg)
 		cancel()
-		if err == nil || ctx.Err() != nil || !retryable(err) {
+		if err == nil || ctx.Err() != nil || !Retryable(err) {
 			return ack, maybeStored, err
 		}
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
@@ -54,8 +54,9 @@ func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (ack *j
 	}
 }
 
-// retryable reports an error a leader election or a reconnect causes.
-func retryable(err error) bool {
+// Retryable reports an error a leader election or a reconnect causes: no
+// answer in time, no responders, JetStream temporarily unavailable.
+func Retryable(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) {
 		return true
