@@ -113,7 +113,8 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 	ensureCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	cons, err := queue.Ensure(ensureCtx, js, queue.Config{MaxMsgs: env.QueueMsgs, MaxBytes: env.QueueBytes, MaxAckPending: env.LaaSMaxConcurrency, AckWait: env.AckWait})
+	cons, err := queue.Ensure(ensureCtx, js, queue.Config{MaxMsgs: env.QueueMsgs, MaxBytes: env.QueueBytes, MaxAckPending: env.LaaSMaxConcurrency, AckWait: env.AckWait,
+		ResultsTTL: env.ResultsTTL})
 	cancel()
 	if err != nil {
 		return err

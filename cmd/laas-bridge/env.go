@@ -31,6 +31,7 @@ type Env struct {
 	QueueMsgs   int64         `envconfig:"BRIDGE_QUEUE_MAX_MSGS" default:"100000"`
 	QueueBytes  int64         `envconfig:"BRIDGE_QUEUE_MAX_BYTES" default:"1073741824"`
 	AckWait     time.Duration `envconfig:"BRIDGE_ACK_WAIT" default:"30s"`
+	ResultsTTL  time.Duration `envconfig:"BRIDGE_RESULTS_TTL" default:"24h"`
 	LogLevel    string        `envconfig:"BRIDGE_LOG_LEVEL" default:"info"`
 	LogFormat   string        `envconfig:"BRIDGE_LOG_FORMAT" default:"text"`
 
