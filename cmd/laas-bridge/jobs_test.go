@@ -141,4 +141,3 @@ func TestJobCancelAbortsLaaSCall(t *testing.T) {
 		t.Errorf("LaaS calls = %d, want 1", mock.Calls())
 	}
 }
-
