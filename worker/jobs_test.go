@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -150,12 +151,18 @@ func TestJobResubmitNeverCallsLaaSTwice(t *testing.T) {
 	moved := jobEnv("j1", "hello")
 	moved.ResultsSubject = "laas.results.elsewhere.j1"
 	publishJob(t, f.q.JS, moved, "j1-elsewhere")
+	badSubject := jobEnv("j1", "hello")
+	badSubject.ResultsSubject = "laas.requests.interactive"
+	publishJob(t, f.q.JS, badSubject, "j1-bad-subject") // must not overwrite the kept result with an error
 	f.drained(t)
 	if up.count() != 1 {
 		t.Fatalf("LaaS calls = %d, want 1 for one job id", up.count())
 	}
 	if n := resultCount(t, f.q.JS, "laas.results.j1"); n != 1 {
 		t.Errorf("results on laas.results.j1 = %d, want 1", n)
+	}
+	if kept, _ := nextResult(t, f.q.JS, "laas.results.j1"); kept.Status != schema.JobSucceeded {
+		t.Errorf("kept result = %+v", kept)
 	}
 	// The resubmission that asked for another subject gets the kept result there.
 	copied, _ := nextResult(t, f.q.JS, "laas.results.elsewhere.j1")
@@ -171,15 +178,18 @@ func TestJobBadInput(t *testing.T) {
 	up := &recorder{}
 	f := startPool(t, up, Config{})
 
-	for _, subject := range []string{"laas.requests.interactive", "laas.reply.gw.j1", "laas.results.>", "laas.results.other-job", "$JS.API.STREAM.DELETE.LAAS_REQUESTS"} {
-		env := jobEnv("bad1", "x")
+	bad := []string{"laas.requests.interactive", "laas.reply.gw.j1", "laas.results.>", "laas.results.other-job", "$JS.API.STREAM.DELETE.LAAS_REQUESTS"}
+	for i, subject := range bad {
+		env := jobEnv(fmt.Sprint("bad1-", i), "x")
 		env.ResultsSubject = subject
 		publishJob(t, f.q.JS, env, "")
 	}
-	r, _ := nextResult(t, f.q.JS, "laas.results.bad1")
-	if r.Status != schema.JobFailed || r.StatusCode != 400 || r.Error == nil || *r.Error.Param != "results_subject" || *r.Error.Code != schema.CodeInvalidValue ||
-		!strings.Contains(r.Error.Message, `"laas.requests.interactive"`) {
-		t.Errorf("bad subject result = %+v %+v", r, r.Error)
+	for i, subject := range bad {
+		r, _ := nextResult(t, f.q.JS, fmt.Sprint("laas.results.bad1-", i))
+		if r.Status != schema.JobFailed || r.StatusCode != 400 || r.Error == nil || *r.Error.Param != "results_subject" || *r.Error.Code != schema.CodeInvalidValue ||
+			!strings.Contains(r.Error.Message, fmt.Sprintf("%q", subject)) {
+			t.Errorf("bad subject %s: result = %+v %+v", subject, r, r.Error)
+		}
 	}
 
 	unknown := jobEnv("bad2", "x")

@@ -41,6 +41,9 @@ type Env struct {
 	QueueMsgs  int64         `envconfig:"BRIDGE_QUEUE_MAX_MSGS"`
 	QueueBytes int64         `envconfig:"BRIDGE_QUEUE_MAX_BYTES"`
 	AckWait    time.Duration `envconfig:"BRIDGE_ACK_WAIT"`
+	// ResultsTTL is how long direct job results and states are kept
+	// (queue.DefaultResultsTTL, 24h, when created).
+	ResultsTTL time.Duration `envconfig:"BRIDGE_RESULTS_TTL"`
 	// StreamReplicas is the replicas of every stream, consumer, key-value
 	// bucket and object store: 3 on a 3-node NATS cluster.
 	StreamReplicas *int `envconfig:"BRIDGE_STREAM_REPLICAS"`
@@ -71,7 +74,7 @@ type Env struct {
 // queueConfig is the stream and consumer settings set in e; the zero
 // fields are left to queue.Ensure (keep what exists, default what is new).
 func (e Env) queueConfig() queue.Config {
-	c := queue.Config{MaxMsgs: e.QueueMsgs, MaxBytes: e.QueueBytes, MaxAckPending: e.LaaSMaxConcurrency, AckWait: e.AckWait}
+	c := queue.Config{MaxMsgs: e.QueueMsgs, MaxBytes: e.QueueBytes, MaxAckPending: e.LaaSMaxConcurrency, AckWait: e.AckWait, ResultsTTL: e.ResultsTTL}
 	if e.StreamReplicas != nil {
 		c.Replicas = *e.StreamReplicas
 	}
@@ -90,8 +93,8 @@ func readEnv() (Env, error) {
 	if e.StreamReplicas != nil && (*e.StreamReplicas < 1 || *e.StreamReplicas > 5) {
 		return e, fmt.Errorf("BRIDGE_STREAM_REPLICAS must be 1 to 5 (3 on a 3-node NATS cluster), got %d", *e.StreamReplicas)
 	}
-	if e.QueueMsgs < 0 || e.QueueBytes < 0 || e.AckWait < 0 {
-		return e, fmt.Errorf("BRIDGE_QUEUE_MAX_MSGS, BRIDGE_QUEUE_MAX_BYTES and BRIDGE_ACK_WAIT must not be negative")
+	if e.QueueMsgs < 0 || e.QueueBytes < 0 || e.AckWait < 0 || e.ResultsTTL < 0 {
+		return e, fmt.Errorf("BRIDGE_QUEUE_MAX_MSGS, BRIDGE_QUEUE_MAX_BYTES, BRIDGE_ACK_WAIT and BRIDGE_RESULTS_TTL must not be negative")
 	}
 	if e.LaaSMaxConcurrency < 0 {
 		return e, fmt.Errorf("BRIDGE_LAAS_MAX_CONCURRENCY must be 0 (the default, %d) or more, got %d", queue.DefaultMaxAckPending, e.LaaSMaxConcurrency)
