@@ -39,17 +39,27 @@ type pending struct {
 	release    func()        // forgets the caller; nil when nothing to release
 }
 
-// chatCompletions validates a chat request, queues it and waits for its answer.
-func (g *Gateway) chatCompletions(c echo.Context) error {
+// readBody reads the request body up to MaxBodyBytes, refusing a larger
+// declared length before reading.
+func (g *Gateway) readBody(c echo.Context) ([]byte, error) {
 	r := c.Request()
-	if r.ContentLength > g.cfg.MaxBodyBytes { // refuse before reading
-		return &http.MaxBytesError{Limit: g.cfg.MaxBodyBytes}
+	if r.ContentLength > g.cfg.MaxBodyBytes {
+		return nil, &http.MaxBytesError{Limit: g.cfg.MaxBodyBytes}
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, max(0, r.ContentLength)))
 	if _, err := buf.ReadFrom(http.MaxBytesReader(c.Response(), r.Body, g.cfg.MaxBodyBytes)); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// chatCompletions validates a chat request, queues it and waits for its answer.
+func (g *Gateway) chatCompletions(c echo.Context) error {
+	r := c.Request()
+	body, err := g.readBody(c)
+	if err != nil {
 		return err
 	}
-	body := buf.Bytes()
 	req, err := schema.DecodeChatRequest(body)
 	if err != nil {
 		return err

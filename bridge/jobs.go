@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -74,14 +73,10 @@ func (g *Gateway) jobRoutes(e *echo.Echo) {
 func (g *Gateway) submitJob(c echo.Context) error {
 	r := c.Request()
 	// The checks of chatCompletions, in its order.
-	if r.ContentLength > g.cfg.MaxBodyBytes {
-		return &http.MaxBytesError{Limit: g.cfg.MaxBodyBytes}
-	}
-	buf := bytes.NewBuffer(make([]byte, 0, max(0, r.ContentLength)))
-	if _, err := buf.ReadFrom(http.MaxBytesReader(c.Response(), r.Body, g.cfg.MaxBodyBytes)); err != nil {
+	body, err := g.readBody(c)
+	if err != nil {
 		return err
 	}
-	body := buf.Bytes()
 	req, err := schema.DecodeChatRequest(body)
 	if err != nil {
 		return err
