@@ -2,7 +2,9 @@ package bench
 
 import (
 	"bytes"
+	"errors"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -33,5 +35,44 @@ func TestWriteTable(t *testing.T) {
 	}
 	if !regexp.MustCompile(`bridge\s+closed x1\s+80\s+0\s+80\s+2\.000ms\s+2\.000ms\s+2\.000ms\s+0\.80\s*\n`).MatchString(out) {
 		t.Errorf("closed row:\n%s", out)
+	}
+}
+
+// TestWriteMixTable: a row per phase, the added latency (during minus
+// alone, signed) and the batch's progress and end.
+func TestWriteMixTable(t *testing.T) {
+	mk := func(lats ...time.Duration) *Result {
+		rec := newRecorder()
+		for _, l := range lats {
+			rec.record(l, nil)
+		}
+		rec.record(0, errors.New("status 503: busy"))
+		return rec.result(TargetBridge, "fixed 2/s", 2*time.Second)
+	}
+	alone := mk(200*time.Millisecond, 300*time.Millisecond)
+	during := mk(250*time.Millisecond, 280*time.Millisecond)
+	var buf bytes.Buffer
+	err := WriteMixTable(&buf, alone, during, BatchProgress{Lines: 2000, WindowDone: 1200, Window: 20 * time.Second, Throughout: true,
+		SlotsMean: 14.25, SlotsMax: 16, Slots: 16, Status: "completed", Completed: 1990, Failed: 10, OutputLines: 1990, Elapsed: 40 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `         interactive  requests  errors  req/s        p50        p95        p99
+               alone         3       1      1  200.063ms  300.031ms  300.031ms
+        during batch         3       1      1  250.111ms  280.063ms  280.063ms
+  added by the batch                           +50.048ms  -19.968ms  -19.968ms
+batch during the window: 1200 of 2000 lines done in 20s (60.0 lines/s); still running at its end: yes
+worker slots busy during the window: mean 14.2, max 16 of 16
+batch at its end: completed, 1990 completed, 10 failed of 2000; output file 1990 lines; 40s after submission (50.0 lines/s)
+`
+	if got := buf.String(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+	buf.Reset()
+	if err := WriteMixTable(&buf, alone, during, BatchProgress{Lines: 50, WindowDone: 50, Window: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "still running at its end: no: it ended first") {
+		t.Errorf("a batch that ended inside the window is not flagged:\n%s", buf.String())
 	}
 }
