@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/laas-bridge/laas-bridge/bridge"
 	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge/internal/bench"
 )
 
@@ -37,6 +38,7 @@ func (h *benchHarness) batchMix(ctx context.Context, stdout io.Writer) error {
 	}
 	base := "http://" + addr
 	t := h.chatTarget(bench.TargetBridge, base)
+	t.MsHeader = bridge.HeaderQueueMs
 	client := bench.NewClient(1024)
 	if err := bench.Do(ctx, client, t); err != nil {
 		return fmt.Errorf("bench: the batch mode's bridge does not answer: %w", err)

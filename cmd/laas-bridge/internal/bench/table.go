@@ -119,25 +119,27 @@ type BatchProgress struct {
 
 // WriteMixTable prints interactive latency with no other load (alone) and
 // beside a batch (during), the latency the batch added (during minus
-// alone) and how the batch progressed.
+// alone) and how the batch progressed. "queued" columns are the quantiles
+// of the results' HeaderMs (the time a call waited in the queue).
 func WriteMixTable(w io.Writer, alone, during *Result, b BatchProgress) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "interactive\trequests\terrors\treq/s\tp50\tp95\tp99\t")
+	fmt.Fprintln(tw, "interactive\trequests\terrors\treq/s\tp50\tp95\tp99\tqueued p50\tqueued p99\t")
 	for _, r := range []struct {
 		name string
 		res  *Result
 	}{{"alone", alone}, {"during batch", during}} {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t\n", r.name, r.res.Requests, r.res.Errors, r.res.Throughput(),
-			ms(r.res.Quantile(50)), ms(r.res.Quantile(95)), ms(r.res.Quantile(99)))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", r.name, r.res.Requests, r.res.Errors, r.res.Throughput(),
+			ms(r.res.Quantile(50)), ms(r.res.Quantile(95)), ms(r.res.Quantile(99)), ms(r.res.HeaderQuantile(50)), ms(r.res.HeaderQuantile(99)))
 	}
-	added := func(q float64) string {
-		d := during.Quantile(q) - alone.Quantile(q)
+	signed := func(d time.Duration) string {
 		if d < 0 {
 			return ms(d)
 		}
 		return "+" + ms(d)
 	}
-	fmt.Fprintf(tw, "added by the batch\t\t\t\t%s\t%s\t%s\t\n", added(50), added(95), added(99))
+	added := func(q float64) string { return signed(during.Quantile(q) - alone.Quantile(q)) }
+	addedQueued := func(q float64) string { return signed(during.HeaderQuantile(q) - alone.HeaderQuantile(q)) }
+	fmt.Fprintf(tw, "added by the batch\t\t\t\t%s\t%s\t%s\t%s\t%s\t\n", added(50), added(95), added(99), addedQueued(50), addedQueued(99))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
