@@ -59,8 +59,8 @@ LaaS with no queue, each as its own process, and runs for each target:
           on a NATS server in this process; reports their peak memory.
   batch   interactive calls at --batch-rate, first alone, then while a
           --batch-lines batch runs through the Batch API, on its own mock
-          (--batch-latency) and 'serve' (--batch-concurrency, --batch-rpm); reports the
-          latency the batch added and the batch's progress.
+          (--batch-latency) and 'serve' (--batch-concurrency, --batch-rpm);
+          reports the latency the batch added and the batch's progress.
 
 Flags:
 `
