@@ -39,6 +39,10 @@ type benchConfig struct {
 	callersLatency              time.Duration
 	cpuProfile                  string
 	logDir                      string
+	batchLines, batchRate       int
+	batchConcurrency            int
+	batchLatency                time.Duration
+	batchRPM                    int
 }
 
 const benchUsage = `laas-bridge bench measures the bridge against a plain proxy to the same mock.
@@ -53,6 +57,10 @@ LaaS with no queue, each as its own process, and runs for each target:
   burst   --callers callers at once against a mock answering after
           --callers-latency, with gateway and worker as separate processes
           on a NATS server in this process; reports their peak memory.
+  batch   interactive calls at --batch-rate, first alone, then while a
+          --batch-lines batch runs through the Batch API, on its own mock
+          (--batch-latency) and 'serve' (--batch-concurrency, --batch-rpm);
+          reports the latency the batch added and the batch's progress.
 
 Flags:
 `
@@ -63,7 +71,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), benchUsage); fs.PrintDefaults() }
-	fs.StringVar(&c.modes, "mode", "fixed,closed", "comma-separated: fixed, closed, burst")
+	fs.StringVar(&c.modes, "mode", "fixed,closed", "comma-separated: fixed, closed, burst, batch")
 	fs.StringVar(&c.target, "target", "", "base URL of a running bridge to measure (default: start `laas-bridge serve`); it must call the mock given by --mock")
 	fs.StringVar(&c.baseline, "baseline", "", "base URL of a running baseline proxy (default: start `laas-bridge baseline-proxy`)")
 	fs.StringVar(&c.mock, "mock", "", "base URL of a running LaaS mock (default: start `laas-bridge mock-laas`)")
@@ -77,24 +85,19 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&c.callers, "callers", 10_000, "callers in burst mode")
 	fs.IntVar(&c.callersConcurrency, "callers-concurrency", 10_000, "the worker's concurrency (and the consumer's max ack pending) in burst mode")
 	fs.DurationVar(&c.callersLatency, "callers-latency", 5*time.Second, "latency of the burst mode's mock")
+	fs.IntVar(&c.batchLines, "batch-lines", 2000, "lines of the batch in batch mode")
+	fs.IntVar(&c.batchRate, "batch-rate", 10, "interactive requests per second in batch mode, alone and beside the batch (each for --duration)")
+	fs.IntVar(&c.batchConcurrency, "batch-concurrency", 16, "the worker's concurrency (BRIDGE_WORKER_CONCURRENCY) in batch mode")
+	fs.DurationVar(&c.batchLatency, "batch-latency", 200*time.Millisecond, "latency of the batch mode's mock")
+	fs.IntVar(&c.batchRPM, "batch-rpm", 0, "the shared LaaS rate limit (BRIDGE_LAAS_RPM) in batch mode; 0 for none")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the started bridge during its closed-loop run to this file")
 	fs.StringVar(&c.logDir, "log-dir", "", "keep the started processes' logs here (default: a temporary directory, removed)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	modes := map[string]bool{}
-	for m := range strings.SplitSeq(c.modes, ",") {
-		m = strings.TrimSpace(m)
-		if m != "fixed" && m != "closed" && m != "burst" {
-			return fmt.Errorf("bench: unknown mode %q (use fixed, closed, burst)", m)
-		}
-		modes[m] = true
-	}
-	if c.rate < 1 || c.concurrency < 1 || c.callers < 1 || c.callersConcurrency < 1 || c.duration <= 0 {
-		return errors.New("bench: --rate, --concurrency, --callers, --callers-concurrency and --duration must be positive")
-	}
-	if c.cpuProfile != "" && c.target != "" {
-		return errors.New("bench: --cpuprofile needs a bridge started by the bench (no --target)")
+	modes, err := c.validate()
+	if err != nil {
+		return err
 	}
 	h := &benchHarness{cfg: c, stderr: stderr}
 	defer h.stopAll()
@@ -136,7 +139,49 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
+	if modes["batch"] {
+		if err := h.batchMix(ctx, stdout); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// validate checks the flags and returns the modes to run.
+func (c benchConfig) validate() (map[string]bool, error) {
+	modes := map[string]bool{}
+	var errs []error
+	for m := range strings.SplitSeq(c.modes, ",") {
+		m = strings.TrimSpace(m)
+		switch m {
+		case "fixed", "closed", "burst", "batch":
+			modes[m] = true
+		default:
+			errs = append(errs, fmt.Errorf("bench: unknown mode %q (use fixed, closed, burst, batch)", m))
+		}
+	}
+	if c.rate < 1 || c.concurrency < 1 || c.callers < 1 || c.callersConcurrency < 1 || c.duration <= 0 {
+		errs = append(errs, errors.New("bench: --rate, --concurrency, --callers, --callers-concurrency and --duration must be positive"))
+	}
+	if c.warmup < 0 || c.mockLatency < 0 || c.callersLatency < 0 || c.batchLatency < 0 {
+		errs = append(errs, errors.New("bench: --warmup, --mock-latency, --callers-latency and --batch-latency must not be negative"))
+	}
+	if c.batchLines < 1 || c.batchLines > schema.MaxBatchLines {
+		errs = append(errs, fmt.Errorf("bench: --batch-lines must be 1 to %d, got %d", schema.MaxBatchLines, c.batchLines))
+	}
+	if c.batchRate < 1 {
+		errs = append(errs, fmt.Errorf("bench: --batch-rate must be positive, got %d", c.batchRate))
+	}
+	if c.batchRPM < 0 {
+		errs = append(errs, fmt.Errorf("bench: --batch-rpm must not be negative, got %d", c.batchRPM))
+	}
+	if c.batchConcurrency < 1 || c.batchConcurrency > 10_000 {
+		errs = append(errs, fmt.Errorf("bench: --batch-concurrency must be 1 to 10000, got %d", c.batchConcurrency))
+	}
+	if c.cpuProfile != "" && c.target != "" {
+		errs = append(errs, errors.New("bench: --cpuprofile needs a bridge started by the bench (no --target)"))
+	}
+	return modes, errors.Join(errs...)
 }
 
 // benchHarness starts and stops the processes under test.
@@ -211,8 +256,7 @@ func (h *benchHarness) latencyAndThroughput(ctx context.Context, fixed, closed b
 	c := h.cfg
 	mockURL := c.mock
 	if mockURL == "" {
-		_, u, err := h.start(ctx, "mock-laas", []string{"PATH=" + os.Getenv("PATH")}, benchMockReady,
-			"mock-laas", "--listen", "127.0.0.1:0", "--latency", c.mockLatency.String())
+		u, err := h.startMock(ctx, "mock-laas", c.mockLatency)
 		if err != nil {
 			return nil, err
 		}
@@ -325,8 +369,7 @@ func fetchProfile(ctx context.Context, addr string, d time.Duration, path string
 // burst runs the burst mode: its own mock, NATS server, gateway and worker.
 func (h *benchHarness) burst(ctx context.Context, stdout io.Writer) error {
 	c := h.cfg
-	_, mockURL, err := h.start(ctx, "burst-mock-laas", []string{"PATH=" + os.Getenv("PATH")}, benchMockReady,
-		"mock-laas", "--listen", "127.0.0.1:0", "--latency", c.callersLatency.String())
+	mockURL, err := h.startMock(ctx, "burst-mock-laas", c.callersLatency)
 	if err != nil {
 		return err
 	}
@@ -444,6 +487,13 @@ func (h *benchHarness) start(ctx context.Context, name string, env []string, rea
 		return nil, "", fmt.Errorf("%w (log: %s)", err, filepath.Join(h.dir, name+".log"))
 	}
 	return ch, m, nil
+}
+
+// startMock starts a LaaS mock answering after latency and returns its URL.
+func (h *benchHarness) startMock(ctx context.Context, name string, latency time.Duration) (string, error) {
+	_, u, err := h.start(ctx, name, []string{"PATH=" + os.Getenv("PATH")}, benchMockReady,
+		"mock-laas", "--listen", "127.0.0.1:0", "--latency", latency.String())
+	return u, err
 }
 
 // waitFor waits for an output line matching re and returns its last submatch.

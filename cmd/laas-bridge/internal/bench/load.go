@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,10 @@ type Target struct {
 	URL    string
 	Body   []byte
 	Header http.Header
+	// MsHeader, if set, names a header of the answers holding a duration
+	// in whole milliseconds (say, the time the request queued inside the
+	// target); fixed-rate runs record it in Result.HeaderMs.
+	MsHeader string
 }
 
 // Result summarises one load run.
@@ -37,6 +42,9 @@ type Result struct {
 	Elapsed      time.Duration
 	// Latency holds the latencies of successful requests, in microseconds.
 	Latency *hdrhistogram.Histogram
+	// HeaderMs holds Target.MsHeader of successful answers that had it, in
+	// microseconds; nil without MsHeader.
+	HeaderMs *hdrhistogram.Histogram
 }
 
 // Throughput is successful requests per second.
@@ -48,11 +56,17 @@ func (r *Result) Throughput() float64 {
 }
 
 // Quantile is the latency at q (0-100), 0 when nothing succeeded.
-func (r *Result) Quantile(q float64) time.Duration {
-	if r.Latency == nil || r.Latency.TotalCount() == 0 {
+func (r *Result) Quantile(q float64) time.Duration { return quantile(r.Latency, q) }
+
+// HeaderQuantile is Target.MsHeader's value at q (0-100), 0 when no answer
+// had it.
+func (r *Result) HeaderQuantile(q float64) time.Duration { return quantile(r.HeaderMs, q) }
+
+func quantile(h *hdrhistogram.Histogram, q float64) time.Duration {
+	if h == nil || h.TotalCount() == 0 {
 		return 0
 	}
-	return time.Duration(r.Latency.ValueAtQuantile(q)) * time.Microsecond
+	return time.Duration(h.ValueAtQuantile(q)) * time.Microsecond
 }
 
 // NewClient is an HTTP client for load: keep-alive connections, as many per
@@ -72,14 +86,24 @@ func NewClient(maxConns int) *http.Client {
 type recorder struct {
 	mu       sync.Mutex
 	hist     *hdrhistogram.Histogram
+	header   *hdrhistogram.Histogram // nil: not recorded
 	requests atomic.Int64
 	errors   atomic.Int64
 	firstErr atomic.Pointer[string]
 }
 
-func newRecorder() *recorder {
-	// 1 µs to 10 min, 3 significant digits.
-	return &recorder{hist: hdrhistogram.New(1, int64(10*time.Minute/time.Microsecond), 3)}
+func newRecorder() *recorder { return &recorder{hist: newHistogram()} }
+
+// newHistogram holds 1 µs to 10 min, to 3 significant digits.
+func newHistogram() *hdrhistogram.Histogram {
+	return hdrhistogram.New(1, int64(10*time.Minute/time.Microsecond), 3)
+}
+
+// recordHeader records a value of Target.MsHeader.
+func (r *recorder) recordHeader(d time.Duration) {
+	r.mu.Lock()
+	_ = r.header.RecordValue(max(1, d.Microseconds()))
+	r.mu.Unlock()
 }
 
 func (r *recorder) record(lat time.Duration, err error) {
@@ -96,7 +120,7 @@ func (r *recorder) record(lat time.Duration, err error) {
 }
 
 func (r *recorder) result(target, mode string, elapsed time.Duration) *Result {
-	res := &Result{Target: target, Mode: mode, Requests: r.requests.Load(), Errors: r.errors.Load(), Elapsed: elapsed, Latency: r.hist}
+	res := &Result{Target: target, Mode: mode, Requests: r.requests.Load(), Errors: r.errors.Load(), Elapsed: elapsed, Latency: r.hist, HeaderMs: r.header}
 	if s := r.firstErr.Load(); s != nil {
 		res.FirstError = *s
 	}
@@ -106,26 +130,32 @@ func (r *recorder) result(target, mode string, elapsed time.Duration) *Result {
 // Do sends one request and reads the whole answer; an answer other than 200
 // is an error that quotes the start of its body.
 func Do(ctx context.Context, c *http.Client, t Target) error {
+	_, err := do(ctx, c, t)
+	return err
+}
+
+// do is Do, returning the answer's header.
+func do(ctx context.Context, c *http.Client, t Target) (http.Header, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.URL, bytes.NewReader(t.Body))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for k, v := range t.Header {
 		req.Header[k] = v
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %d: %.200s", resp.StatusCode, body)
+		return nil, fmt.Errorf("status %d: %.200s", resp.StatusCode, body)
 	}
-	return nil
+	return resp.Header, nil
 }
 
 // FixedRate sends rate requests per second for d (after an unrecorded
@@ -138,6 +168,9 @@ func FixedRate(ctx context.Context, c *http.Client, t Target, rate int, d, warmu
 		fixedRate(ctx, c, t, rate, warmup, newRecorder())
 	}
 	rec := newRecorder()
+	if t.MsHeader != "" {
+		rec.header = newHistogram()
+	}
 	elapsed := fixedRate(ctx, c, t, rate, d, rec)
 	return rec.result(t.Name, fmt.Sprintf("fixed %d/s", rate), elapsed)
 }
@@ -161,8 +194,13 @@ func fixedRate(ctx context.Context, c *http.Client, t Target, rate int, d time.D
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := Do(ctx, c, t)
+			h, err := do(ctx, c, t)
 			rec.record(time.Since(due), err)
+			if rec.header != nil && err == nil {
+				if v, err := strconv.ParseInt(h.Get(t.MsHeader), 10, 64); err == nil {
+					rec.recordHeader(time.Duration(v) * time.Millisecond)
+				}
+			}
 		}()
 	}
 	wg.Wait()

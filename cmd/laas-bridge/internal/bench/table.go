@@ -93,3 +93,72 @@ func ReadMemory(pid int) (Memory, error) {
 
 // MiB formats n bytes in MiB.
 func MiB(n int64) string { return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20)) }
+
+// BatchProgress is how far a batch got while interactive load ran beside
+// it, from the batch's own request counts.
+type BatchProgress struct {
+	Lines int64 // lines in the batch
+	// WindowDone is how many lines finished (completed or failed) during
+	// the measured window of Window; Throughout says the batch was still
+	// running when the window ended, so the whole window ran beside it.
+	WindowDone int64
+	Window     time.Duration
+	Throughout bool
+	// SlotsMean and SlotsMax are the worker's busy slots (jobs in flight)
+	// sampled during the window, of Slots.
+	SlotsMean, SlotsMax float64
+	Slots               int
+	// Status and the counts are the batch's at its end; OutputLines is the
+	// number of lines in its output file. Elapsed runs from its submission
+	// to its end.
+	Status            string
+	Completed, Failed int64
+	OutputLines       int64
+	Elapsed           time.Duration
+}
+
+// WriteMixTable prints interactive latency with no other load (alone) and
+// beside a batch (during), the latency the batch added (during minus
+// alone) and how the batch progressed. "queued" columns are the quantiles
+// of the results' HeaderMs (the time a call waited in the queue).
+func WriteMixTable(w io.Writer, alone, during *Result, b BatchProgress) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "interactive\trequests\terrors\treq/s\tp50\tp95\tp99\tqueued p50\tqueued p99\t")
+	for _, r := range []struct {
+		name string
+		res  *Result
+	}{{"alone", alone}, {"during batch", during}} {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", r.name, r.res.Requests, r.res.Errors, r.res.Throughput(),
+			ms(r.res.Quantile(50)), ms(r.res.Quantile(95)), ms(r.res.Quantile(99)), ms(r.res.HeaderQuantile(50)), ms(r.res.HeaderQuantile(99)))
+	}
+	signed := func(d time.Duration) string {
+		if d < 0 {
+			return ms(d)
+		}
+		return "+" + ms(d)
+	}
+	added := func(q float64) string { return signed(during.Quantile(q) - alone.Quantile(q)) }
+	addedQueued := func(q float64) string { return signed(during.HeaderQuantile(q) - alone.HeaderQuantile(q)) }
+	fmt.Fprintf(tw, "added by the batch\t\t\t\t%s\t%s\t%s\t%s\t%s\t\n", added(50), added(95), added(99), addedQueued(50), addedQueued(99))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	throughout := "yes"
+	if !b.Throughout {
+		throughout = "no: it ended first, so part of the window ran without it"
+	}
+	fmt.Fprintf(w, "batch during the window: %d of %d lines done in %s (%s lines/s); still running at its end: %s\n",
+		b.WindowDone, b.Lines, b.Window.Round(time.Millisecond), perSecond(b.WindowDone, b.Window), throughout)
+	fmt.Fprintf(w, "worker slots busy during the window: mean %.1f, max %.0f of %d\n", b.SlotsMean, b.SlotsMax, b.Slots)
+	_, err := fmt.Fprintf(w, "batch at its end: %s, %d completed, %d failed of %d; output file %d lines; %s after submission (%s lines/s)\n",
+		b.Status, b.Completed, b.Failed, b.Lines, b.OutputLines, b.Elapsed.Round(time.Millisecond), perSecond(b.Completed+b.Failed, b.Elapsed))
+	return err
+}
+
+// perSecond formats n per d with one decimal.
+func perSecond(n int64, d time.Duration) string {
+	if d <= 0 {
+		return "0.0"
+	}
+	return strconv.FormatFloat(float64(n)/d.Seconds(), 'f', 1, 64)
+}

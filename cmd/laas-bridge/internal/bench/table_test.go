@@ -2,7 +2,12 @@ package bench
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -33,5 +38,67 @@ func TestWriteTable(t *testing.T) {
 	}
 	if !regexp.MustCompile(`bridge\s+closed x1\s+80\s+0\s+80\s+2\.000ms\s+2\.000ms\s+2\.000ms\s+0\.80\s*\n`).MatchString(out) {
 		t.Errorf("closed row:\n%s", out)
+	}
+}
+
+// TestWriteMixTable: a row per phase, the added latency (during minus
+// alone, signed) and the batch's progress and end.
+func TestWriteMixTable(t *testing.T) {
+	mk := func(queued time.Duration, lats ...time.Duration) *Result {
+		rec := newRecorder()
+		rec.header = newHistogram()
+		for _, l := range lats {
+			rec.record(l, nil)
+			rec.recordHeader(queued)
+		}
+		rec.record(0, errors.New("status 503: busy"))
+		return rec.result(TargetBridge, "fixed 2/s", 2*time.Second)
+	}
+	alone := mk(time.Millisecond, 200*time.Millisecond, 300*time.Millisecond)
+	during := mk(2*time.Millisecond, 250*time.Millisecond, 280*time.Millisecond)
+	var buf bytes.Buffer
+	err := WriteMixTable(&buf, alone, during, BatchProgress{Lines: 2000, WindowDone: 1200, Window: 20 * time.Second, Throughout: true,
+		SlotsMean: 14.25, SlotsMax: 16, Slots: 16, Status: "completed", Completed: 1990, Failed: 10, OutputLines: 1990, Elapsed: 40 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `         interactive  requests  errors  req/s        p50        p95        p99  queued p50  queued p99
+               alone         3       1      1  200.063ms  300.031ms  300.031ms     1.000ms     1.000ms
+        during batch         3       1      1  250.111ms  280.063ms  280.063ms     2.000ms     2.000ms
+  added by the batch                           +50.048ms  -19.968ms  -19.968ms    +1.000ms    +1.000ms
+batch during the window: 1200 of 2000 lines done in 20s (60.0 lines/s); still running at its end: yes
+worker slots busy during the window: mean 14.2, max 16 of 16
+batch at its end: completed, 1990 completed, 10 failed of 2000; output file 1990 lines; 40s after submission (50.0 lines/s)
+`
+	if got := buf.String(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+	buf.Reset()
+	if err := WriteMixTable(&buf, alone, during, BatchProgress{Lines: 50, WindowDone: 50, Window: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "still running at its end: no: it ended first") {
+		t.Errorf("a batch that ended inside the window is not flagged:\n%s", buf.String())
+	}
+}
+
+// TestFixedRateRecordsMsHeader: with Target.MsHeader, every successful
+// answer's header value is recorded, in milliseconds.
+func TestFixedRateRecordsMsHeader(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Queue-Ms", "2") // exact in the histogram (below 2048 µs)
+	}))
+	defer srv.Close()
+	tg := Target{Name: "t", URL: srv.URL, Body: []byte("{}"), MsHeader: "X-Queue-Ms"}
+	r := FixedRate(context.Background(), NewClient(4), tg, 100, 100*time.Millisecond, 0)
+	if r.Requests != 10 || r.Errors != 0 || r.HeaderMs.TotalCount() != 10 {
+		t.Fatalf("requests %d, errors %d, header values %d; want 10, 0, 10 (%s)", r.Requests, r.Errors, r.HeaderMs.TotalCount(), r.FirstError)
+	}
+	if got := r.HeaderQuantile(50); got != 2*time.Millisecond {
+		t.Errorf("header p50 = %s, want 2ms", got)
+	}
+	tg.MsHeader = ""
+	if r := FixedRate(context.Background(), NewClient(4), tg, 100, 50*time.Millisecond, 0); r.HeaderMs != nil || r.HeaderQuantile(50) != 0 {
+		t.Errorf("header recorded without MsHeader")
 	}
 }
