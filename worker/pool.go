@@ -655,8 +655,8 @@ func (p *Pool) keepAnswer(log *slog.Logger, key string, rep *schema.Reply) {
 	}
 }
 
-// publishReply sends rep on core NATS; an answer too large for a message
-// goes through the object store and the reply names it.
+// publishReply sends rep to the gateway (see sendReply); an answer too
+// large for a message goes through the object store and the reply names it.
 func (p *Pool) publishReply(subject string, rep *schema.Reply) error {
 	data, err := json.Marshal(rep)
 	if err != nil {
@@ -682,15 +682,33 @@ func (p *Pool) publishReply(subject string, rep *schema.Reply) error {
 	return p.sendReply(subject, data)
 }
 
-// sendReply publishes a reply through JetStream (StreamReplies keeps it for
-// a gateway that is reconnecting) and waits for the stream's ack.
+// directReplyTimeout bounds the wait for a gateway's answer on the reply's
+// fast path; without an answer by then the reply goes through the stream.
+const directReplyTimeout = 2 * time.Second
+
+// sendReply hands a reply to the gateway. First the fast path: a core NATS
+// request on the reply's direct subject, which no stream stores; the
+// gateway answers once the reply is its caller's. When that fails (no
+// gateway listening, as with a gateway that is reconnecting or one older
+// than the fast path; a timeout), the reply is published through JetStream
+// into StreamReplies, which keeps it for a gateway that reconnects, and the
+// stream's ack is awaited. A reply that arrives twice is delivered once.
 func (p *Pool) sendReply(subject string, data []byte) error {
+	if direct, ok := schema.DirectReplySubject(subject); ok {
+		if _, err := p.nc.Request(direct, data, directReplyTimeout); err == nil {
+			p.metrics.replied(replyDirect)
+			return nil
+		}
+	}
 	// Retried across a leader election of StreamReplies (a NATS node
 	// lost); a reply stored twice is delivered once.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, _, err := failover.Publish(ctx, p.js, &nats.Msg{Subject: subject, Data: data})
-	return err
+	if _, _, err := failover.Publish(ctx, p.js, &nats.Msg{Subject: subject, Data: data}); err != nil {
+		return err
+	}
+	p.metrics.replied(replyStream)
+	return nil
 }
 
 // keepAlive tells the server the job is still being worked on, so AckWait
