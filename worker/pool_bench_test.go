@@ -3,6 +3,7 @@ package worker
 import (
 	"log/slog"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -69,4 +70,43 @@ func processCPU(b *testing.B) int64 {
 		b.Fatal(err)
 	}
 	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// BenchmarkJobGoroutine is a job's request decoding and translation run
+// in a fresh goroutine per job (what the pool did) or handed to a goroutine
+// that ran the previous job (what it does: runnerIdle).
+func BenchmarkJobGoroutine(b *testing.B) {
+	m := schema.Model{Alias: "m", LaaSModel: "claude-4-sonnet", PresetHash: "p1", ServiceType: "ANTHROPIC"}
+	job := func() {
+		req, err := schema.DecodeChatRequest([]byte(benchChat))
+		if err != nil {
+			panic(err)
+		}
+		if _, err := ToLaaS(req, m); err != nil {
+			panic(err)
+		}
+	}
+	b.Run("fresh", func(b *testing.B) {
+		b.ReportAllocs()
+		var wg sync.WaitGroup
+		for b.Loop() {
+			wg.Go(job)
+			wg.Wait()
+		}
+	})
+	b.Run("reused", func(b *testing.B) {
+		b.ReportAllocs()
+		jobs, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			for range jobs {
+				job()
+				done <- struct{}{}
+			}
+		}()
+		defer close(jobs)
+		for b.Loop() {
+			jobs <- struct{}{}
+			<-done
+		}
+	})
 }
