@@ -74,7 +74,8 @@ func processCPU(b *testing.B) int64 {
 
 // BenchmarkJobGoroutine is a job's request decoding and translation run
 // in a fresh goroutine per job (what the pool did) or handed to a goroutine
-// that ran the previous job (what it does: runnerIdle).
+// that ran the previous job (what it does: runnerIdle). cpu-ns/op is the
+// process's CPU time per job.
 func BenchmarkJobGoroutine(b *testing.B) {
 	m := schema.Model{Alias: "m", LaaSModel: "claude-4-sonnet", PresetHash: "p1", ServiceType: "ANTHROPIC"}
 	job := func() {
@@ -89,10 +90,12 @@ func BenchmarkJobGoroutine(b *testing.B) {
 	b.Run("fresh", func(b *testing.B) {
 		b.ReportAllocs()
 		var wg sync.WaitGroup
+		cpu := processCPU(b)
 		for b.Loop() {
 			wg.Go(job)
 			wg.Wait()
 		}
+		b.ReportMetric(float64(processCPU(b)-cpu)/float64(b.N), "cpu-ns/op")
 	})
 	b.Run("reused", func(b *testing.B) {
 		b.ReportAllocs()
@@ -104,9 +107,11 @@ func BenchmarkJobGoroutine(b *testing.B) {
 			}
 		}()
 		defer close(jobs)
+		cpu := processCPU(b)
 		for b.Loop() {
 			jobs <- struct{}{}
 			<-done
 		}
+		b.ReportMetric(float64(processCPU(b)-cpu)/float64(b.N), "cpu-ns/op")
 	})
 }
