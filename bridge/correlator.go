@@ -1,42 +1,57 @@
 package bridge
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/laas-bridge/laas-bridge/schema"
 )
 
-// correlator matches replies to waiting callers. It holds one core NATS
-// subscription per gateway instance, on <prefix>.*, and a map from request id
-// to the caller's channel. A caller registers with expect before it
-// publishes, so a fast reply is never missed. Safe for concurrent use.
+// correlator matches replies to waiting callers. It holds two core NATS
+// subscriptions per gateway instance, whatever the number of callers: one
+// on <SubjectReplies>.<instance>.*, where replies published through
+// StreamReplies arrive, and one on <SubjectDirectReplies>.<instance>.*,
+// the workers' fast path, which it answers with an empty message once the
+// reply is handed over. A map goes from request id to the caller's
+// channel. A caller registers with expect before it publishes, so a fast
+// reply is never missed. Safe for concurrent use.
 type correlator struct {
-	prefix string
-	sub    *nats.Subscription
+	prefix string // <SubjectReplies>.<instance>.
+	direct string // <SubjectDirectReplies>.<instance>.
+	subs   []*nats.Subscription
 
 	mu      sync.Mutex
 	waiting map[string]chan []byte
 }
 
-func newCorrelator(nc *nats.Conn, prefix string) (*correlator, error) {
-	c := &correlator{prefix: prefix + ".", waiting: make(map[string]chan []byte)}
-	sub, err := nc.Subscribe(prefix+".*", c.deliver)
-	if err != nil {
-		return nil, fmt.Errorf("subscribe to replies on %s.*: %w", prefix, err)
+func newCorrelator(nc *nats.Conn, instance string) (*correlator, error) {
+	c := &correlator{
+		prefix:  schema.SubjectReplies + "." + instance + ".",
+		direct:  schema.SubjectDirectReplies + "." + instance + ".",
+		waiting: make(map[string]chan []byte),
 	}
-	// Thousands of callers may be answered at once; never drop a reply as a
-	// slow consumer.
-	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		_ = sub.Unsubscribe()
-		return nil, err
+	for _, prefix := range []string{c.prefix, c.direct} {
+		sub, err := nc.Subscribe(prefix+"*", c.deliver)
+		if err != nil {
+			_ = c.close()
+			return nil, fmt.Errorf("subscribe to replies on %s*: %w", prefix, err)
+		}
+		c.subs = append(c.subs, sub)
+		// Thousands of callers may be answered at once; never drop a
+		// reply as a slow consumer.
+		if err := sub.SetPendingLimits(-1, -1); err != nil {
+			_ = c.close()
+			return nil, err
+		}
 	}
-	c.sub = sub
-	// Make sure the server has the subscription before any request is sent:
-	// a reply published by another connection must find it.
+	// Make sure the server has the subscriptions before any request is
+	// sent: a reply published by another connection must find them.
 	if err := nc.Flush(); err != nil {
-		_ = sub.Unsubscribe()
+		_ = c.close()
 		return nil, fmt.Errorf("subscribe to replies: %w", err)
 	}
 	return c, nil
@@ -80,11 +95,19 @@ func (c *correlator) waitingIDs() []string {
 }
 
 func (c *correlator) deliver(m *nats.Msg) {
-	id, ok := strings.CutPrefix(m.Subject, c.prefix)
-	if !ok {
+	if id, ok := strings.CutPrefix(m.Subject, c.direct); ok {
+		c.deliverID(id, m.Data)
+		// The reply is its caller's now, or nobody waits for it: the worker
+		// need not store it. Only the fast path is answered; a message on
+		// the stream's subject carries the stream's ack inbox instead.
+		if m.Reply != "" {
+			_ = m.Respond(nil)
+		}
 		return
 	}
-	c.deliverID(id, m.Data)
+	if id, ok := strings.CutPrefix(m.Subject, c.prefix); ok {
+		c.deliverID(id, m.Data)
+	}
 }
 
 // deliverID hands data to the caller waiting for id, once.
@@ -98,4 +121,10 @@ func (c *correlator) deliverID(id string, data []byte) {
 	}
 }
 
-func (c *correlator) close() error { return c.sub.Unsubscribe() }
+func (c *correlator) close() error {
+	var errs []error
+	for _, sub := range c.subs {
+		errs = append(errs, sub.Unsubscribe())
+	}
+	return errors.Join(errs...)
+}

@@ -163,7 +163,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, err
 	}
-	corr, err := newCorrelator(nc, schema.SubjectReplies+"."+cfg.InstanceID)
+	corr, err := newCorrelator(nc, cfg.InstanceID)
 	if err != nil {
 		return nil, err
 	}
@@ -183,8 +183,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		return nil, err
 	}
 	g.echo = g.routes()
-	// A reply published while this gateway was disconnected is not lost:
-	// workers publish replies into a stream; read them back on reconnect.
+	// A reply sent while this gateway was disconnected is not lost: a
+	// reply the gateway does not confirm, workers store in a stream; read
+	// them back on reconnect.
 	prev := nc.Opts.ReconnectedCB
 	nc.SetReconnectHandler(func(c *nats.Conn) {
 		if prev != nil {

@@ -444,7 +444,7 @@ func TestHealthDetail(t *testing.T) {
 
 func TestCorrelatorDropsDuplicatesAndStrangers(t *testing.T) {
 	q := queuetest.Start(t, queue.Config{Memory: true})
-	c, err := newCorrelator(q.Conn, "laas.reply.test")
+	c, err := newCorrelator(q.Conn, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -473,6 +473,45 @@ func TestCorrelatorDropsDuplicatesAndStrangers(t *testing.T) {
 	}
 	if c.pending() != 0 {
 		t.Errorf("pending = %d", c.pending())
+	}
+}
+
+// TestCorrelatorAnswersDirectReplies: a reply on the direct subject is
+// handed to its caller and answered with an empty message, as is one nobody
+// waits for; a reply published through the stream still gets the stream's
+// own ack, not the correlator's.
+func TestCorrelatorAnswersDirectReplies(t *testing.T) {
+	q := queuetest.Start(t, queue.Config{Memory: true})
+	c, err := newCorrelator(q.Conn, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	ch := c.expect("a")
+	worker := q.Connect(t)
+	for _, id := range []string{"a", "gone"} {
+		ack, err := worker.Request("laas.direct.test."+id, []byte("reply "+id), 5*time.Second)
+		if err != nil || len(ack.Data) != 0 {
+			t.Fatalf("direct reply %s: ack %v, %v", id, ack, err)
+		}
+	}
+	select {
+	case got := <-ch:
+		if string(got) != "reply a" {
+			t.Errorf("got %q", got)
+		}
+	default:
+		t.Fatal("the caller did not have its reply when the worker got the ack")
+	}
+	js, err := jetstream.New(worker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		ack, err := js.Publish(context.Background(), fmt.Sprintf("laas.reply.test.s%d", i), []byte("stored"))
+		if err != nil || ack.Stream != schema.StreamReplies || ack.Sequence != uint64(i+1) {
+			t.Fatalf("stream publish %d: ack %+v, %v", i, ack, err)
+		}
 	}
 }
 
@@ -610,7 +649,7 @@ func TestRecoverRepliesAfterReconnect(t *testing.T) {
 	f := newFixture(t, Config{})
 	ch := f.gw.corr.expect("lost")
 	defer f.gw.corr.forget("lost")
-	if err := f.gw.corr.sub.Unsubscribe(); err != nil { // as if disconnected
+	if err := f.gw.corr.close(); err != nil { // as if disconnected
 		t.Fatal(err)
 	}
 	if _, err := f.q.JS.Publish(context.Background(), f.gw.corr.subject("lost"), []byte(`{"id":"lost"}`)); err != nil {

@@ -37,13 +37,22 @@ const (
 	// waiting, so a batch backlog never starves interactive callers.
 	ConsumerBatch = "laas-workers-batch"
 	// SubjectReplies prefixes reply subjects: laas.reply.<instance>.<request id>.
-	// Workers publish replies through JetStream into StreamReplies, so a
-	// gateway that was disconnected when its reply came can still read it;
-	// gateways receive them on a plain subscription.
+	// A reply its gateway did not take on the fast path
+	// (SubjectDirectReplies) is published there through JetStream into
+	// StreamReplies, so a gateway that was disconnected when its reply came
+	// can still read it; gateways receive them on a plain subscription.
 	SubjectReplies = "laas.reply"
 	// StreamReplies keeps recent replies (minutes) for gateways that
 	// reconnect.
 	StreamReplies = "LAAS_REPLIES"
+	// SubjectDirectReplies prefixes the fast path of replies,
+	// laas.direct.<instance>.<request id>, which no stream captures. A
+	// worker first sends the reply there as a core NATS request; the
+	// gateway answers with an empty message once the reply is its caller's
+	// (or nobody waits for it any more). Only when no answer comes (no
+	// gateway listening, a timeout, a disconnect) does the worker publish
+	// the reply into StreamReplies on the SubjectReplies subject.
+	SubjectDirectReplies = "laas.direct"
 	// SubjectCancel prefixes cancellations: a gateway whose caller went away
 	// publishes an empty message on laas.cancel.<request id> (core NATS);
 	// every worker hears it, skips the job or aborts its LaaS call.
@@ -162,4 +171,14 @@ func ValidReplySubject(s string) bool {
 	}
 	instance, id, ok := strings.Cut(rest, ".")
 	return ok && ValidRequestID(instance) && ValidRequestID(id)
+}
+
+// DirectReplySubject is the fast-path subject (SubjectDirectReplies) of
+// the reply subject replyTo, laas.reply.<instance>.<request id>; false if
+// replyTo is not a reply subject.
+func DirectReplySubject(replyTo string) (string, bool) {
+	if !ValidReplySubject(replyTo) {
+		return "", false
+	}
+	return SubjectDirectReplies + replyTo[len(SubjectReplies):], true
 }

@@ -19,6 +19,7 @@ func TestSubjectNames(t *testing.T) {
 		{"interactive", schema.SubjectInteractive, "laas.requests.interactive"},
 		{"consumer", schema.ConsumerWorkers, "laas-workers"},
 		{"replies", schema.SubjectReplies, "laas.reply"},
+		{"direct replies", schema.SubjectDirectReplies, "laas.direct"},
 		{"bodies bucket", schema.BucketBodies, "LAAS_BODIES"},
 		{"reply-to header", schema.HeaderReplyTo, "Laas-Reply-To"},
 		{"msg id header", schema.HeaderMsgID, "Nats-Msg-Id"},
@@ -27,6 +28,27 @@ func TestSubjectNames(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.got != tc.want {
 				t.Errorf("got %q, want %q", tc.got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDirectReplySubject(t *testing.T) {
+	tests := []struct {
+		name, replyTo, want string
+		ok                  bool
+	}{
+		{"reply subject", "laas.reply.gw-1.req_2", "laas.direct.gw-1.req_2", true},
+		{"not a reply subject", "laas.requests.interactive", "", false},
+		{"wildcard", "laas.reply.gw.>", "", false},
+		{"extra token", "laas.reply.gw.a.b", "", false},
+		{"no id", "laas.reply.gw", "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := schema.DirectReplySubject(tc.replyTo)
+			if got != tc.want || ok != tc.ok {
+				t.Errorf("DirectReplySubject(%q) = %q, %v; want %q, %v", tc.replyTo, got, ok, tc.want, tc.ok)
 			}
 		})
 	}

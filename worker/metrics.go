@@ -74,6 +74,7 @@ type poolMetrics struct {
 	cancellations *prometheus.CounterVec // when
 	tokens        *prometheus.CounterVec // model, direction
 	inFlight      prometheus.Gauge
+	replies       *prometheus.CounterVec // path
 }
 
 // newPoolMetrics registers a pool's metrics in reg; nil reg means none.
@@ -112,8 +113,11 @@ func newPoolMetrics(reg prometheus.Registerer, catalog *schema.Catalog) (*poolMe
 			[]string{"model", "direction"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts(opts("in_flight",
 			"Jobs this process is working on (including the rate-limit wait and the LaaS call)."))),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts(opts("replies_total",
+			"Replies handed to gateways, by path: direct (the gateway took it at once; not stored) or stream (stored in the replies stream).")),
+			[]string{"path"}),
 	}
-	for _, c := range []prometheus.Collector{m.jobs, m.queueWait, m.upstream, m.retries, m.limiterWait, m.cancellations, m.tokens, m.inFlight} {
+	for _, c := range []prometheus.Collector{m.jobs, m.queueWait, m.upstream, m.retries, m.limiterWait, m.cancellations, m.tokens, m.inFlight, m.replies} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("worker metrics: %w", err)
 		}
@@ -203,6 +207,20 @@ func (m *poolMetrics) cancelled(when string) {
 		return
 	}
 	m.cancellations.WithLabelValues(when).Inc()
+}
+
+// Paths of a reply to a gateway (replies_total's path label).
+const (
+	replyDirect = "direct"
+	replyStream = "stream"
+)
+
+// replied counts a reply handed to a gateway by path.
+func (m *poolMetrics) replied(path string) {
+	if m == nil {
+		return
+	}
+	m.replies.WithLabelValues(path).Inc()
 }
 
 // deadLettered counts a job that ran out of attempts.

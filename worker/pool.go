@@ -199,16 +199,39 @@ func (p *Pool) Run(ctx context.Context) error {
 	defer abandon()
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, p.cfg.Concurrency)
+	// A goroutine that finished a job waits a while for the next one
+	// rather than exit: a fresh goroutine per job grew its stack again
+	// while decoding every request (about 5% of a busy worker's CPU).
+	idle := make(chan jetstream.Msg) // unbuffered: only a waiting runner takes a job
+	quit := make(chan struct{})      // closed once pulling has stopped
+	runner := func(msg jetstream.Msg) {
+		t := time.NewTimer(runnerIdle)
+		defer t.Stop()
+		for {
+			p.handle(work, msg)
+			<-slots
+			wg.Done()
+			t.Reset(runnerIdle)
+			select {
+			case msg = <-idle:
+			case <-t.C:
+				return
+			case <-quit:
+				return
+			}
+		}
+	}
 	start := func(msg jetstream.Msg) bool {
 		if ctx.Err() != nil { // shutting down: the job goes back
 			_ = msg.Nak()
 			return false
 		}
 		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
-			p.handle(work, msg)
-		}()
+		select {
+		case idle <- msg:
+		default:
+			go runner(msg)
+		}
 		return true
 	}
 	p.log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_deliver", p.maxDeliver, "ack_wait", p.ackWait)
@@ -243,6 +266,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		})
 	}
 	pullers.Wait()
+	close(quit)
 
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
@@ -256,6 +280,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	p.log.Info("worker pool stopped")
 	return nil
 }
+
+// runnerIdle is how long a goroutine that finished a job waits for the
+// next one before it exits.
+const runnerIdle = 5 * time.Second
 
 // idlePull is how long a pull waits for an interactive job when neither
 // lane has one; a batch job arriving meanwhile waits at most this long.
@@ -655,8 +683,8 @@ func (p *Pool) keepAnswer(log *slog.Logger, key string, rep *schema.Reply) {
 	}
 }
 
-// publishReply sends rep on core NATS; an answer too large for a message
-// goes through the object store and the reply names it.
+// publishReply sends rep to the gateway (see sendReply); an answer too
+// large for a message goes through the object store and the reply names it.
 func (p *Pool) publishReply(subject string, rep *schema.Reply) error {
 	data, err := json.Marshal(rep)
 	if err != nil {
@@ -682,15 +710,33 @@ func (p *Pool) publishReply(subject string, rep *schema.Reply) error {
 	return p.sendReply(subject, data)
 }
 
-// sendReply publishes a reply through JetStream (StreamReplies keeps it for
-// a gateway that is reconnecting) and waits for the stream's ack.
+// directReplyTimeout bounds the wait for a gateway's answer on the reply's
+// fast path; without an answer by then the reply goes through the stream.
+const directReplyTimeout = 2 * time.Second
+
+// sendReply hands a reply to the gateway. First the fast path: a core NATS
+// request on the reply's direct subject, which no stream stores; the
+// gateway answers once the reply is its caller's. When that fails (no
+// gateway listening, as with a gateway that is reconnecting or one older
+// than the fast path; a timeout), the reply is published through JetStream
+// into StreamReplies, which keeps it for a gateway that reconnects, and the
+// stream's ack is awaited. A reply that arrives twice is delivered once.
 func (p *Pool) sendReply(subject string, data []byte) error {
+	if direct, ok := schema.DirectReplySubject(subject); ok {
+		if _, err := p.nc.Request(direct, data, directReplyTimeout); err == nil {
+			p.metrics.replied(replyDirect)
+			return nil
+		}
+	}
 	// Retried across a leader election of StreamReplies (a NATS node
 	// lost); a reply stored twice is delivered once.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, _, err := failover.Publish(ctx, p.js, &nats.Msg{Subject: subject, Data: data})
-	return err
+	if _, _, err := failover.Publish(ctx, p.js, &nats.Msg{Subject: subject, Data: data}); err != nil {
+		return err
+	}
+	p.metrics.replied(replyStream)
+	return nil
 }
 
 // keepAlive tells the server the job is still being worked on, so AckWait

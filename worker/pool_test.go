@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/schema/queue"
@@ -72,7 +73,7 @@ type poolFixture struct {
 	replies *nats.Subscription
 }
 
-func catalog(t *testing.T) *schema.Catalog {
+func catalog(t testing.TB) *schema.Catalog {
 	t.Helper()
 	c, err := schema.NewCatalog([]schema.Model{{Alias: "m", LaaSModel: "claude-4-sonnet", PresetHash: "p1", ServiceType: "ANTHROPIC"}})
 	if err != nil {
@@ -631,6 +632,101 @@ func TestPoolPullsOnlyForFreeSlots(t *testing.T) {
 	for i := range jobs {
 		if n := calls[fmt.Sprintf("job %d", i)]; n != 1 {
 			t.Errorf("job %d called LaaS %d times, want 1", i, n)
+		}
+	}
+}
+
+// TestPoolRepliesDirectOrThroughStream: a reply the gateway takes on the
+// direct subject is never stored; one no gateway answers (none listening,
+// or one that stays silent) is stored in StreamReplies, where a
+// reconnecting gateway reads it back.
+func TestPoolRepliesDirectOrThroughStream(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	f := startPool(t, &recorder{}, Config{}, WithMetrics(reg))
+	replies := func() (msgs uint64) {
+		t.Helper()
+		s, err := f.q.JS.Stream(context.Background(), schema.StreamReplies)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().State.Msgs
+	}
+	decode := func(data []byte) schema.Reply {
+		t.Helper()
+		var r schema.Reply
+		if err := json.Unmarshal(data, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	gw := f.q.Connect(t)
+
+	t.Run("the gateway takes it", func(t *testing.T) {
+		direct := make(chan *nats.Msg, 1)
+		sub, err := gw.Subscribe("laas.direct.test.*", func(m *nats.Msg) { direct <- m; _ = m.Respond(nil) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+		_ = gw.Flush()
+		f.publish(t, "d1", "m", time.Minute, hello)
+		select {
+		case m := <-direct:
+			if r := decode(m.Data); m.Subject != "laas.direct.test.d1" || r.ID != "d1" || r.Status != 200 || r.Completion == nil {
+				t.Errorf("direct reply on %s: %+v", m.Subject, r)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no direct reply")
+		}
+		f.drained(t)
+		if n := replies(); n != 0 {
+			t.Errorf("replies stream holds %d messages, want 0", n)
+		}
+		if m, err := f.replies.NextMsg(100 * time.Millisecond); err == nil {
+			t.Errorf("reply also published on %s", m.Subject)
+		}
+	})
+	t.Run("no gateway listens", func(t *testing.T) {
+		f.publish(t, "s1", "m", time.Minute, hello)
+		if r := f.reply(t); r.ID != "s1" || r.Status != 200 {
+			t.Errorf("reply = %+v", r)
+		}
+		f.drained(t)
+		if n := replies(); n != 1 {
+			t.Errorf("replies stream holds %d messages, want 1", n)
+		}
+	})
+	t.Run("the gateway does not answer", func(t *testing.T) {
+		sub, err := gw.SubscribeSync("laas.direct.test.*") // hears it, never answers
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+		_ = gw.Flush()
+		f.publish(t, "s2", "m", time.Minute, hello)
+		if m, err := sub.NextMsg(10 * time.Second); err != nil || decode(m.Data).ID != "s2" {
+			t.Fatalf("direct reply: %v", err)
+		}
+		if r := f.reply(t); r.ID != "s2" || r.Status != 200 { // after directReplyTimeout
+			t.Errorf("reply = %+v", r)
+		}
+		f.drained(t)
+		s, err := f.q.JS.Stream(context.Background(), schema.StreamReplies)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.GetLastMsgForSubject(context.Background(), "laas.reply.test.s2")
+		if err != nil || decode(m.Data).ID != "s2" {
+			t.Errorf("stored reply: %v", err)
+		}
+		if n := replies(); n != 2 {
+			t.Errorf("replies stream holds %d messages, want 2", n)
+		}
+	})
+	mfs := gather(t, reg)
+	for path, want := range map[string]float64{replyDirect: 1, replyStream: 2} {
+		if got := metricValue(mfs, "laas_bridge_worker_replies_total", "path", path); got != want {
+			t.Errorf("replies_total{path=%s} = %v, want %v", path, got, want)
 		}
 	}
 }
