@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"reflect"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,5 +155,34 @@ func TestReplyErrSuccess(t *testing.T) {
 	}
 	if got := (&schema.Reply{ID: "x", Status: http.StatusOK}).Err(); got != nil {
 		t.Errorf("Err() of a zero success = %v, want nil", got)
+	}
+}
+
+func TestValidRequestIDBytes(t *testing.T) {
+	for id, want := range map[string]bool{
+		"":                      false,
+		"a":                     true,
+		"req_01-AZaz09":         true,
+		strings.Repeat("x", 64): true,
+		strings.Repeat("x", 65): false,
+		"a.b":                   false, // a subject separator
+		"a*":                    false,
+		"a>":                    false,
+		"a b":                   false,
+		"é":                     false,
+		"a/b":                   false,
+		"a\x00":                 false,
+	} {
+		if got := schema.ValidRequestID(id); got != want {
+			t.Errorf("ValidRequestID(%q) = %v, want %v", id, got, want)
+		}
+	}
+	// Every single byte: only [A-Za-z0-9_-] names an id.
+	oracle := regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	for b := 0; b < 256; b++ {
+		id := "x" + string([]byte{byte(b)})
+		if got, want := schema.ValidRequestID(id), oracle.MatchString(id); got != want {
+			t.Errorf("ValidRequestID(%q) = %v, want %v", id, got, want)
+		}
 	}
 }
