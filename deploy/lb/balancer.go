@@ -122,7 +122,7 @@ func (b *balancer) order() []string {
 	if n == 0 {
 		return nil
 	}
-	start := int(b.next.Add(1)-1) % n
+	start := int((b.next.Add(1) - 1) % uint64(n))
 	up := make([]string, 0, n)
 	var down []string
 	now := time.Now()

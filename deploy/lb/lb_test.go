@@ -161,13 +161,33 @@ func TestNoRetryAfterSent(t *testing.T) {
 	}))
 	t.Cleanup(breaker.Close)
 	other := newBackend(t, "other")
-	l := newTestLB(t, breaker.Listener.Addr().String(), other.addr())
-	ans := post(t, l.url, `{"messages":[]}`)
-	if ans.status != http.StatusBadGateway || errorCode(t, ans.body) != CodeGatewayError {
-		t.Errorf("answer %d %q, want 502 %s", ans.status, ans.body, CodeGatewayError)
-	}
-	if got.Load() != 1 || other.n.Load() != 0 {
-		t.Errorf("the broken gateway got %d requests, the other %d; want 1 and 0", got.Load(), other.n.Load())
+	for _, method := range []string{http.MethodPost, http.MethodGet} {
+		t.Run(method, func(t *testing.T) {
+			got.Store(0)
+			// Round robin would send the next request to the other:
+			// start each case on the breaker.
+			l := newTestLB(t, breaker.Listener.Addr().String(), other.addr())
+			var body io.Reader
+			if method == http.MethodPost {
+				body = strings.NewReader(`{"messages":[]}`)
+			}
+			req, err := http.NewRequest(method, l.url+"/v1/chat/completions", body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadGateway || errorCode(t, string(b)) != CodeGatewayError {
+				t.Errorf("answer %d %q, want 502 %s", resp.StatusCode, b, CodeGatewayError)
+			}
+			if got.Load() != 1 || other.n.Load() != 0 {
+				t.Errorf("the broken gateway got %d requests, the other %d; want 1 and 0", got.Load(), other.n.Load())
+			}
+		})
 	}
 }
 
