@@ -25,11 +25,11 @@ import (
 // The images are built once per test binary run, by deploy/build-images.sh,
 // under tags of their own, and removed at the end.
 var images struct {
-	once          sync.Once
-	bridge, nats  string
-	built         bool
-	err           error
-	buildDuration time.Duration
+	once             sync.Once
+	bridge, nats, lb string
+	built            bool
+	err              error
+	buildDuration    time.Duration
 }
 
 func TestMain(m *testing.M) {
@@ -48,7 +48,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	if images.built {
-		if out, err := exec.Command("docker", "rmi", images.bridge, images.nats).CombinedOutput(); err != nil {
+		if out, err := exec.Command("docker", "rmi", images.bridge, images.nats, images.lb).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "docker rmi: %v\n%s", err, out)
 		}
 	}
@@ -76,14 +76,14 @@ func requireDocker(t *testing.T) *testcontainers.DockerClient {
 }
 
 // buildImages runs deploy/build-images.sh once and returns the image names.
-func buildImages(t *testing.T) (bridgeImage, natsImage string) {
+func buildImages(t *testing.T) (bridgeImage, natsImage, lbImage string) {
 	t.Helper()
 	images.once.Do(func() {
 		tag := "test-" + strconv.Itoa(os.Getpid())
-		images.bridge, images.nats = "laas-bridge:"+tag, "laas-bridge-nats:"+tag
+		images.bridge, images.nats, images.lb = "laas-bridge:"+tag, "laas-bridge-nats:"+tag, "laas-bridge-lb:"+tag
 		start := time.Now()
 		cmd := exec.Command("bash", "build-images.sh")
-		cmd.Env = append(os.Environ(), "LAAS_BRIDGE_IMAGE="+images.bridge, "NATS_IMAGE="+images.nats)
+		cmd.Env = append(os.Environ(), "LAAS_BRIDGE_IMAGE="+images.bridge, "NATS_IMAGE="+images.nats, "LB_IMAGE="+images.lb)
 		out, err := cmd.CombinedOutput()
 		images.buildDuration = time.Since(start)
 		images.built = err == nil
@@ -94,25 +94,27 @@ func buildImages(t *testing.T) (bridgeImage, natsImage string) {
 	if images.err != nil {
 		t.Fatal(images.err)
 	}
-	t.Logf("images %s and %s (built in %s)", images.bridge, images.nats, images.buildDuration.Round(time.Second))
-	return images.bridge, images.nats
+	t.Logf("images %s, %s and %s (built in %s)", images.bridge, images.nats, images.lb, images.buildDuration.Round(time.Second))
+	return images.bridge, images.nats, images.lb
 }
 
 // cstack is the bridge as containers on a network of its own: NATS nodes,
-// the LaaS mock, gateways and workers.
+// the LaaS mock, gateways, workers and the load balancer.
 type cstack struct {
-	t                 *testing.T
-	cli               *testcontainers.DockerClient
-	net               *testcontainers.DockerNetwork
-	bridgeImg, natImg string
-	nats              []*testcontainers.DockerContainer
-	natsNames         []string
-	mock              *testcontainers.DockerContainer
-	gateways          []*testcontainers.DockerContainer
-	urls              []string
-	workers           []*testcontainers.DockerContainer
-	env               map[string]string
-	replicas          int
+	t                        *testing.T
+	cli                      *testcontainers.DockerClient
+	net                      *testcontainers.DockerNetwork
+	bridgeImg, natImg, lbImg string
+	nats                     []*testcontainers.DockerContainer
+	natsNames                []string
+	mock                     *testcontainers.DockerContainer
+	gateways                 []*testcontainers.DockerContainer
+	gatewayURLs              []string // each gateway's own URL on the host
+	urls                     []string // where callers send: the gateways, or the lb
+	workers                  []*testcontainers.DockerContainer
+	lb                       *testcontainers.DockerContainer
+	env                      map[string]string
+	replicas                 int
 }
 
 // newStack starts nodes NATS servers (a cluster when nodes > 1), the mock
@@ -120,14 +122,14 @@ type cstack struct {
 func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 	t.Helper()
 	cli := requireDocker(t)
-	bridgeImg, natsImg := buildImages(t)
+	bridgeImg, natsImg, lbImg := buildImages(t)
 	ctx := context.Background()
 	nw, err := network.New(ctx)
 	testcontainers.CleanupNetwork(t, nw)
 	if err != nil {
 		t.Fatalf("create network: %v", err)
 	}
-	s := &cstack{t: t, cli: cli, net: nw, bridgeImg: bridgeImg, natImg: natsImg, replicas: nodes}
+	s := &cstack{t: t, cli: cli, net: nw, bridgeImg: bridgeImg, natImg: natsImg, lbImg: lbImg, replicas: nodes}
 	var urls, routes []string
 	for i := range nodes {
 		name := fmt.Sprintf("nats-%d", i+1)
@@ -146,7 +148,7 @@ func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.nats[i], errs[i] = s.start(name, natsImg, args, nil, []string{"8222/tcp"}, wait.ForLog("Server is ready"))
+			s.nats[i], errs[i] = s.start([]string{name}, natsImg, args, nil, []string{"8222/tcp"}, wait.ForLog("Server is ready"))
 		}()
 	}
 	wg.Wait()
@@ -156,7 +158,7 @@ func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 		}
 	}
 	s.waitJetStream()
-	s.mock, err = s.start("mock-laas", bridgeImg, []string{"mock-laas", "--listen", "0.0.0.0:9901", "--project", "p", "--api-key", "k", "--latency", mockLatency, "--access-log"},
+	s.mock, err = s.start([]string{"mock-laas"}, bridgeImg, []string{"mock-laas", "--listen", "0.0.0.0:9901", "--project", "p", "--api-key", "k", "--latency", mockLatency, "--access-log"},
 		nil, nil, wait.ForLog("mock-laas listening"))
 	if err != nil {
 		t.Fatal(err)
@@ -174,12 +176,14 @@ func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 }
 
 // start runs one container on the stack's network, removed at cleanup;
-// its output is logged when the test fails.
-func (s *cstack) start(alias, image string, cmd []string, env map[string]string, ports []string, ready wait.Strategy) (*testcontainers.DockerContainer, error) {
+// its output is logged when the test fails. Its DNS names on the network
+// are aliases; the first names it in logs.
+func (s *cstack) start(aliases []string, image string, cmd []string, env map[string]string, ports []string, ready wait.Strategy) (*testcontainers.DockerContainer, error) {
+	alias := aliases[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c, err := testcontainers.Run(ctx, image,
-		network.WithNetwork([]string{alias}, s.net),
+		network.WithNetwork(aliases, s.net),
 		testcontainers.WithCmd(cmd...),
 		testcontainers.WithEnv(env),
 		testcontainers.WithExposedPorts(ports...),
@@ -198,11 +202,13 @@ func (s *cstack) start(alias, image string, cmd []string, env map[string]string,
 	return c, nil
 }
 
-// addGateway starts a gateway and returns its URL on the host.
+// addGateway starts a gateway, named gateway-<n> and, like every gateway,
+// "gateway" (as compose names a service's containers), and adds its URL on
+// the host to the callers' URLs.
 func (s *cstack) addGateway() {
 	s.t.Helper()
 	alias := fmt.Sprintf("gateway-%d", len(s.gateways)+1)
-	c, err := s.start(alias, s.bridgeImg, []string{"gateway"}, s.env, []string{"4000/tcp"},
+	c, err := s.start([]string{alias, "gateway"}, s.bridgeImg, []string{"gateway"}, s.env, []string{"4000/tcp"},
 		wait.ForHTTP("/health/readiness").WithPort("4000/tcp"))
 	if err != nil {
 		s.t.Fatal(err)
@@ -211,7 +217,52 @@ func (s *cstack) addGateway() {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	s.gateways, s.urls = append(s.gateways, c), append(s.urls, ep)
+	s.gateways, s.gatewayURLs, s.urls = append(s.gateways, c), append(s.gatewayURLs, ep), append(s.urls, ep)
+}
+
+// addLB starts the load balancer in front of the gateways (upstream
+// "gateway:4000", its default); from then on callers send to its port
+// only. It is ready when a gateway's readiness answers through it.
+func (s *cstack) addLB() {
+	s.t.Helper()
+	c, err := s.start([]string{"lb"}, s.lbImg, nil, nil, []string{"4000/tcp"},
+		wait.ForAll(wait.ForLog("lb listening"), wait.ForHTTP("/health/readiness").WithPort("4000/tcp")))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	ep, err := c.PortEndpoint(context.Background(), "4000/tcp", "http")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.lb, s.urls = c, []string{ep}
+}
+
+// served is the chat requests gateway i answered 200, from its /metrics
+// (laas_bridge_gateway_requests_total, summed over models and streams).
+func (s *cstack) served(i int) int {
+	s.t.Helper()
+	resp, err := http.Get(s.gatewayURLs[i] + "/metrics")
+	if err != nil {
+		s.t.Fatalf("gateway-%d /metrics: %v", i+1, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "laas_bridge_gateway_requests_total{") || !strings.Contains(line, `status="200"`) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			s.t.Fatalf("gateway-%d /metrics: %q: %v", i+1, line, err)
+		}
+		n += int(v)
+	}
+	return n
 }
 
 // addWorker starts a worker with the given concurrency. It is ready when
@@ -223,7 +274,7 @@ func (s *cstack) addWorker(concurrency int) {
 	for k, v := range s.env {
 		env[k] = v
 	}
-	c, err := s.start(fmt.Sprintf("worker-%d", len(s.workers)+1), s.bridgeImg, []string{"worker"}, env, []string{"9090/tcp"},
+	c, err := s.start([]string{fmt.Sprintf("worker-%d", len(s.workers)+1)}, s.bridgeImg, []string{"worker"}, env, []string{"9090/tcp"},
 		wait.ForAll(wait.ForLog("worker pool started"), wait.ForHTTP("/metrics").WithPort("9090/tcp")))
 	if err != nil {
 		s.t.Fatal(err)
@@ -531,5 +582,39 @@ func TestContainersScaleWorkers(t *testing.T) {
 	t.Logf("2 workers / 1 worker = %.2fx", ratio)
 	if ratio < 1.6 {
 		t.Errorf("2 workers give %.2fx the throughput of 1, want at least 1.6x", ratio)
+	}
+}
+
+// TestContainersLoadBalancer: two gateways behind the lb image (deploy/lb),
+// reached on its one port. Every request through it is answered, and both
+// gateways serve them; once one gateway is stopped, every request goes to
+// the other, and none is lost or refused.
+func TestContainersLoadBalancer(t *testing.T) {
+	s := newStack(t, 1, "200ms")
+	s.addGateway()
+	s.addGateway()
+	s.addWorker(8)
+	s.addLB()
+	const n = 40
+	out := s.load("lb", n, 8, 0, nil)
+	if answered, _ := own(t, "lb", out, false); answered != n {
+		t.Fatalf("%d of %d callers through the lb got their own answer", answered, n)
+	}
+	one, two := s.served(0), s.served(1)
+	t.Logf("through the lb's one port: %d of %d answered; gateway-1 served %d, gateway-2 %d", n, n, one, two)
+	if one+two != n || one == 0 || two == 0 {
+		t.Errorf("gateway-1 served %d and gateway-2 %d of %d: want all, on both", one, two, n)
+	}
+
+	timeout := 10 * time.Second
+	if err := s.gateways[0].Stop(context.Background(), &timeout); err != nil {
+		t.Fatalf("stop gateway-1: %v", err)
+	}
+	out = s.load("after", n, 8, 0, nil)
+	answered, _ := own(t, "after", out, false)
+	after := s.served(1)
+	t.Logf("gateway-1 stopped: %d of %d answered through the lb; gateway-2 served %d of them", answered, n, after-two)
+	if answered != n || after-two != n {
+		t.Errorf("with gateway-1 stopped: %d of %d answered, gateway-2 served %d; want all %d", answered, n, after-two, n)
 	}
 }

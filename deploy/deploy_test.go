@@ -432,7 +432,7 @@ func loadCompose(t *testing.T, env map[string]string) *types.Project {
 func TestComposeFile(t *testing.T) {
 	known := knownEnv(t)
 	p := loadCompose(t, nil)
-	if got, want := p.ServiceNames(), []string{"gateway", "mock-laas", "nats-1", "nats-2", "nats-3", "worker"}; !slices.Equal(sorted(got), want) {
+	if got, want := p.ServiceNames(), []string{"gateway", "lb", "mock-laas", "nats-1", "nats-2", "nats-3", "worker"}; !slices.Equal(sorted(got), want) {
 		t.Fatalf("services %v, want %v (the demo profile on)", sorted(got), want)
 	}
 	routes := "nats://nats-1:6222,nats://nats-2:6222,nats://nats-3:6222"
@@ -480,11 +480,28 @@ func TestComposeFile(t *testing.T) {
 	if gw.Scale == nil || *gw.Scale != 2 {
 		t.Errorf("gateway scale %v, want 2", gw.Scale)
 	}
-	if len(gw.Ports) != 1 || gw.Ports[0].Target != 4000 || gw.Ports[0].Published != "4000-4001" {
-		t.Errorf("gateway ports %+v, want 4000-4001:4000", gw.Ports)
+	for _, name := range []string{"gateway", "worker"} {
+		if len(p.Services[name].Ports) != 0 {
+			t.Errorf("%s publishes %+v: it must publish no port, so that `--scale %s=N` never clashes", name, p.Services[name].Ports, name)
+		}
 	}
-	if len(p.Services["worker"].Ports) != 0 {
-		t.Error("workers publish no port, so `--scale worker=N` never clashes")
+	// The lb is the gateways' one port: it resolves the gateway service's
+	// name, on the gateway's port (the image's BRIDGE_LISTEN=:4000).
+	lb := p.Services["lb"]
+	if lb.Image != "laas-bridge-lb:dev" {
+		t.Errorf("lb image %q, want laas-bridge-lb:dev (what deploy/build-images.sh builds)", lb.Image)
+	}
+	if v := lb.Environment["LB_UPSTREAM"]; v == nil || *v != "gateway:4000" {
+		t.Errorf("lb LB_UPSTREAM %v, want gateway:4000", v)
+	}
+	if _, ok := lb.DependsOn["gateway"]; !ok || lb.Restart != "unless-stopped" {
+		t.Errorf("lb depends_on %v restart %q: want the gateways first, and restart unless-stopped", lb.DependsOn, lb.Restart)
+	}
+	if len(lb.Ports) != 1 || lb.Ports[0].Target != 4000 || lb.Ports[0].Published != "4000" {
+		t.Errorf("lb ports %+v, want 4000:4000", lb.Ports)
+	}
+	if lb.EnvFiles != nil {
+		t.Errorf("lb env_file %v: the LaaS credentials in .env are not the lb's", lb.EnvFiles)
 	}
 	mock := p.Services["mock-laas"]
 	if v := mock.Environment["MOCK_LAAS_LISTEN"]; v == nil || *v != "0.0.0.0:9901" || !slices.Equal(mock.Profiles, []string{"demo"}) {
@@ -492,15 +509,24 @@ func TestComposeFile(t *testing.T) {
 	}
 
 	t.Run("image names from the environment", func(t *testing.T) {
-		p := loadCompose(t, map[string]string{"LAAS_BRIDGE_IMAGE": "registry.example/laas-bridge:1.2", "NATS_IMAGE": "nats:2.15-alpine"})
+		p := loadCompose(t, map[string]string{"LAAS_BRIDGE_IMAGE": "registry.example/laas-bridge:1.2", "NATS_IMAGE": "nats:2.15-alpine", "LB_IMAGE": "registry.example/lb:1.2"})
 		for name, s := range p.Services {
 			want := "registry.example/laas-bridge:1.2"
-			if strings.HasPrefix(name, "nats-") {
+			switch {
+			case strings.HasPrefix(name, "nats-"):
 				want = "nats:2.15-alpine"
+			case name == "lb":
+				want = "registry.example/lb:1.2"
 			}
 			if s.Image != want {
 				t.Errorf("%s image %q, want %q", name, s.Image, want)
 			}
+		}
+	})
+	t.Run("GATEWAY_PORT", func(t *testing.T) {
+		p := loadCompose(t, map[string]string{"GATEWAY_PORT": "8080"})
+		if ports := p.Services["lb"].Ports; len(ports) != 1 || ports[0].Published != "8080" || ports[0].Target != 4000 {
+			t.Errorf("lb ports %+v, want 8080:4000", ports)
 		}
 	})
 	t.Run("without the demo profile", func(t *testing.T) {
