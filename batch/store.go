@@ -144,8 +144,10 @@ func (s *Store) OpenFile(ctx context.Context, id string) (jetstream.ObjectResult
 
 // DeleteFile deletes a file.
 func (s *Store) DeleteFile(ctx context.Context, id string) error {
-	if !ValidFileID(id) {
-		return ErrNotFound
+	// Delete marks a deleted object deleted again without an error: a file
+	// deleted before must be not found.
+	if _, err := s.File(ctx, id); err != nil {
+		return err
 	}
 	err := s.files.Delete(ctx, id)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {

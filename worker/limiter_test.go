@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"math"
 	"regexp"
 	"slices"
 	"strings"
@@ -131,17 +130,26 @@ func hammer(ctx context.Context, ls []*KVLimiter, callers int, model schema.Mode
 	return &wg
 }
 
-// maxInWindow is the most times in any window [t, t+w).
-func maxInWindow(times []time.Time, w time.Duration) int {
-	most, j := 0, 0
-	for i := range times {
-		for times[i].Sub(times[j]) >= w {
-			j++
+// aheadOfSchedule returns the first of the sorted grant times that came
+// before a schedule of one call per interval from start allows: the k-th
+// call (from 0) not before start+k*interval. A grant is recorded after its
+// Wait returned, never before, so a loaded machine cannot make this fail;
+// only calls let in too early can.
+func aheadOfSchedule(times []time.Time, start time.Time, interval time.Duration) (k int, early bool) {
+	const slack = time.Millisecond // clock granularity
+	for k, at := range times {
+		if at.Before(start.Add(time.Duration(k)*interval - slack)) {
+			return k, true
 		}
-		most = max(most, i-j+1)
 	}
-	return most
+	return 0, false
 }
+
+// budgetUsed is the least share of a rate's budget a run with callers
+// always waiting must use. The limiter wastes none, but a slot whose
+// claimer the machine does not run in time goes unused: 2/3 tolerates a
+// loaded machine and still fails a limiter that runs at half its rate.
+const budgetUsed = 2.0 / 3
 
 // countIn counts times in [from, to).
 func countIn(times []time.Time, from, to time.Time) int {
@@ -180,15 +188,12 @@ func TestKVLimiterSharedProjectRate(t *testing.T) {
 
 	times := g.times(nil)
 	perSec := float64(rpm) / 60
-	for _, w := range []time.Duration{time.Second, 2 * time.Second} {
-		// The schedule admits w*rate+1 calls; one more for timer jitter.
-		if got, limit := maxInWindow(times, w), int(w.Seconds()*perSec)+2; got > limit {
-			t.Errorf("%d calls in a %s window, limit %d", got, w, limit)
-		}
+	if k, early := aheadOfSchedule(times, start, time.Minute/rpm); early {
+		t.Errorf("call %d started %s after the first, before its slot at %s: over the shared rate", k, times[k].Sub(start), time.Duration(k)*time.Minute/rpm)
 	}
 	want := run.Seconds() * perSec
-	if got := countIn(times, start, start.Add(run)); float64(got) < 0.9*want {
-		t.Errorf("%d calls in %s, want at least 90%% of %.0f: the budget was wasted", got, run, want)
+	if got := countIn(times, start, start.Add(run)); float64(got) < budgetUsed*want {
+		t.Errorf("%d calls in %s, want at least %.0f%% of %.0f: the budget was wasted", got, run, 100*budgetUsed, want)
 	}
 	counts := perInstance(&g, len(ls))
 	for i, n := range counts {
@@ -196,8 +201,7 @@ func TestKVLimiterSharedProjectRate(t *testing.T) {
 			t.Errorf("limiter %d got %d of %d calls: %v", i, n, len(times), counts)
 		}
 	}
-	t.Logf("%d calls in %s (limit %.0f), per limiter %v, most in 1 s %d (limit %.0f)",
-		len(times), run, want, counts, maxInWindow(times, time.Second), perSec)
+	t.Logf("%d calls in %s (limit %.0f), per limiter %v", len(times), run, want, counts)
 }
 
 // TestKVLimiterModelRPM: a model's rpm holds across limiters, inside the
@@ -222,9 +226,9 @@ func TestKVLimiterModelRPM(t *testing.T) {
 
 		slowTimes := g.times(func(x grant) bool { return x.model == slow.Alias })
 		all := g.times(nil)
-		checkRate(t, "slow model", slowTimes, start, run, float64(slow.RPM)/60)
-		checkRate(t, "project", all, start, run, float64(projectRPM)/60)
-		if n := len(all) - len(slowTimes); float64(n) < 0.9*run.Seconds()*float64(projectRPM-slow.RPM)/60 {
+		checkRate(t, "slow model", slowTimes, start, run, slow.RPM)
+		checkRate(t, "project", all, start, run, projectRPM)
+		if n := len(all) - len(slowTimes); float64(n) < budgetUsed*run.Seconds()*float64(projectRPM-slow.RPM)/60 {
 			t.Errorf("the model without rpm got %d calls: held back by the slow one", n)
 		}
 	})
@@ -237,47 +241,42 @@ func TestKVLimiterModelRPM(t *testing.T) {
 		ctx, cancel := context.WithDeadline(context.Background(), start.Add(run))
 		defer cancel()
 		w := hammer(ctx, ls, 4, slow, &g)
-		// Meanwhile a model without any limit passes at once.
-		freeStart := time.Now()
+		// Meanwhile a model without any limit passes at once: 1000 calls
+		// while the slow model, paced at 5/s, gets a few.
+		slowBefore := len(g.times(nil))
 		for range 1000 {
 			if err := ls[0].Wait(ctx, free); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if d := time.Since(freeStart); d > 500*time.Millisecond {
-			t.Errorf("1000 calls of an unlimited model took %s", d)
+		if n := len(g.times(nil)) - slowBefore; n > 10 {
+			t.Errorf("1000 calls of an unlimited model took as long as %d calls of a model at 5/s", n)
 		}
 		w.Wait()
-		checkRate(t, "slow model", g.times(nil), start, run, float64(slow.RPM)/60)
+		checkRate(t, "slow model", g.times(nil), start, run, slow.RPM)
 	})
 }
 
-// checkRate checks times against a rate: no window of 2 s holds more than
-// the schedule admits (with the documented 2*Horizon of slack for a
-// model's slot, and one call for timer jitter), and the run as a whole used
-// at least 90% of the budget.
-func checkRate(t *testing.T, what string, times []time.Time, start time.Time, run time.Duration, perSec float64) {
+// checkRate checks times against rpm: no call came before its slot in a
+// schedule of rpm from start, and the run used budgetUsed of the budget.
+func checkRate(t *testing.T, what string, times []time.Time, start time.Time, run time.Duration, rpm int) {
 	t.Helper()
-	w := 2 * time.Second
-	limit := int(math.Floor((w+2*DefaultLimiterHorizon).Seconds()*perSec)) + 2
-	if got := maxInWindow(times, w); got > limit {
-		t.Errorf("%s: %d calls in a %s window, limit %d", what, got, w, limit)
+	interval := time.Minute / time.Duration(rpm)
+	if k, early := aheadOfSchedule(times, start, interval); early {
+		t.Errorf("%s: call %d started %s after the first, before its slot at %s", what, k, times[k].Sub(start), time.Duration(k)*interval)
 	}
-	want := run.Seconds() * perSec
+	want := run.Seconds() * float64(rpm) / 60
 	got := countIn(times, start, start.Add(run))
-	if float64(got) < 0.9*want {
-		t.Errorf("%s: %d calls in %s, want at least 90%% of %.0f", what, got, run, want)
+	if float64(got) < budgetUsed*want {
+		t.Errorf("%s: %d calls in %s, want at least %.0f%% of %.0f", what, got, run, 100*budgetUsed, want)
 	}
-	if float64(got) > want+2 {
-		t.Errorf("%s: %d calls in %s, want at most %.0f", what, got, run, want)
-	}
-	t.Logf("%s: %d calls in %s (budget %.0f), most in %s: %d", what, got, run, want, w, maxInWindow(times, w))
+	t.Logf("%s: %d calls in %s (budget %.0f)", what, got, run, want)
 }
 
-// TestKVLimiterCooldown: after Throttled(d) on one limiter, no Wait on any
-// limiter returns until d has passed (allowing the watch a moment to carry
-// it to the others), a shorter cooldown does not cut it short, and calls
-// resume when it ends.
+// TestKVLimiterCooldown: after Throttled(d) on one limiter, no call that
+// any limiter begins once it knows of the cooldown starts before d has
+// passed, a shorter cooldown does not cut it short, and calls resume when
+// it ends.
 func TestKVLimiterCooldown(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -289,69 +288,106 @@ func TestKVLimiterCooldown(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newLimiterFleet(t)
 			ls := f.startN(t, 3, tc.cfg)
-			var g grants
+			// One call: when Wait was called and when it returned nil, both
+			// read outside Wait, so began is early and returned late, never
+			// the other way round.
+			type call struct {
+				began, returned time.Time
+				instance        int
+			}
+			var mu sync.Mutex
+			var calls []call
+			since := func(from time.Time) (per []int) { // calls begun at or after from, per limiter
+				mu.Lock()
+				defer mu.Unlock()
+				per = make([]int, len(ls))
+				for _, c := range calls {
+					if !c.began.Before(from) {
+						per[c.instance]++
+					}
+				}
+				return per
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			var wg sync.WaitGroup
 			for i, l := range ls {
 				for range 3 {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
+					wg.Go(func() {
 						for ctx.Err() == nil {
+							began := time.Now()
 							if l.Wait(ctx, schema.Model{Alias: "m"}) == nil {
-								g.add(time.Now(), i, "m")
+								mu.Lock()
+								calls = append(calls, call{began, time.Now(), i})
+								mu.Unlock()
 								time.Sleep(time.Millisecond)
 							}
 						}
-					}()
+					})
 				}
 			}
-			time.Sleep(300 * time.Millisecond)
+			everyLimiterCalls := func(what string, from time.Time) {
+				waitUntil(t, what, func() bool { return !slices.Contains(since(from), 0) })
+			}
+			everyLimiterCalls("calls on every limiter", time.Time{})
+
 			const d = 700 * time.Millisecond
 			before := time.Now()
 			ls[0].Throttled(context.Background(), d)
-			after := time.Now()
+			end := before.Add(d)                                        // the cooldown ends no earlier
+			seen := []time.Time{time.Now()}                             // the throttled limiter: at once
 			ls[1].Throttled(context.Background(), 100*time.Millisecond) // does not shorten it
-			time.Sleep(d + 400*time.Millisecond)
+			for _, l := range ls[1:] {
+				seen = append(seen, seenCooldown(t, l, end))
+			}
+			everyLimiterCalls("calls to resume after the cooldown", end)
 			cancel()
 			wg.Wait()
 
-			const propagation = 30 * time.Millisecond
-			end := before.Add(d)
-			g.mu.Lock()
-			all := slices.Clone(g.all)
-			g.mu.Unlock()
-			resumed := false
-			for _, x := range all {
-				grace := propagation
-				if x.instance == 0 {
-					grace = after.Sub(before) // the throttled limiter itself: at once
-				}
-				if x.at.After(before.Add(grace)) && x.at.Before(end) {
-					t.Errorf("limiter %d let a call start %s into a %s cooldown", x.instance, x.at.Sub(before).Round(time.Millisecond), d)
-				}
-				if !x.at.Before(end) && x.at.Before(end.Add(200*time.Millisecond)) {
-					resumed = true
+			for _, c := range calls {
+				if !c.began.Before(seen[c.instance]) && c.returned.Before(end) {
+					t.Errorf("limiter %d let a call start %s into a %s cooldown", c.instance, c.returned.Sub(before).Round(time.Millisecond), d)
 				}
 			}
-			if !resumed {
-				t.Errorf("no call within 200ms after the cooldown ended")
-			}
-			// A limiter started later sees the cooldown too.
+			// A limiter started before a cooldown learns of it from the
+			// watch; one started after it reads it when it starts.
 			late := f.start(t, tc.cfg, 0)
 			before = time.Now()
 			ls[2].Throttled(context.Background(), 300*time.Millisecond)
+			end = before.Add(300 * time.Millisecond)
 			fresh := f.start(t, tc.cfg, 0)
+			if fresh.cooldown.Load() < end.UnixNano() {
+				t.Error("a limiter started during a cooldown does not know of it")
+			}
+			seenCooldown(t, late, end)
 			for _, l := range []*KVLimiter{late, fresh} {
 				if err := l.Wait(context.Background(), schema.Model{Alias: "m"}); err != nil {
 					t.Fatal(err)
 				}
-				if waited := time.Since(before); waited < 300*time.Millisecond-propagation {
-					t.Errorf("a limiter started around a cooldown let a call start after %s of 300ms", waited)
+				if early := end.Sub(time.Now()); early > 0 {
+					t.Errorf("a limiter started around a cooldown let a call start %s before its end", early)
 				}
 			}
 		})
+	}
+}
+
+// seenCooldown waits until l knows of a cooldown lasting until end at
+// least, and returns when it saw it.
+func seenCooldown(t *testing.T, l *KVLimiter, end time.Time) time.Time {
+	t.Helper()
+	waitUntil(t, "the cooldown to reach a limiter", func() bool { return l.cooldown.Load() >= end.UnixNano() })
+	return time.Now()
+}
+
+// waitUntil polls cond until it holds; 10s is far more than any of these
+// steps takes.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10s for %s", what)
+		}
 	}
 }
 
@@ -387,7 +423,9 @@ func TestKVLimiterWaitEndsWithContext(t *testing.T) {
 				}
 				start := time.Now()
 				err := w.l.Wait(ctx, w.model)
-				if took := time.Since(start); !errors.Is(err, w.cause) || took > timeout+50*time.Millisecond {
+				// Promptly: far sooner than the slot (a minute away) or the
+				// cooldown (an hour); 10s leaves a loaded machine room.
+				if took := time.Since(start); !errors.Is(err, w.cause) || took > timeout+10*time.Second {
 					t.Errorf("%s, waiter %d: Wait returned %v after %s, want %v after %s", phase, i, err, took, w.cause, timeout)
 				}
 			}()
@@ -401,7 +439,9 @@ func TestKVLimiterWaitEndsWithContext(t *testing.T) {
 		{ls[1], model, context.Canceled},
 	})
 	ls[1].Throttled(context.Background(), time.Hour)
-	time.Sleep(50 * time.Millisecond) // for the watch
+	for _, l := range []*KVLimiter{cooling, ls[0]} {
+		seenCooldown(t, l, time.Now().Add(30*time.Minute))
+	}
 	run("in a cooldown", []waiter{
 		{cooling, model, context.DeadlineExceeded},
 		{cooling, slowModel, context.Canceled},
@@ -423,16 +463,13 @@ func TestKVLimiterClockAhead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Three calls at 10/s; behind the other clock they would take an hour.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	start := time.Now()
 	for range 3 {
 		if err := normal.Wait(ctx, model); err != nil {
 			t.Fatalf("a limiter stalled behind a clock an hour ahead: %v", err)
 		}
-	}
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("three calls at 10/s took %s behind a clock an hour ahead", took)
 	}
 	if logs := f.logs.String(); !bytes.Contains([]byte(logs), []byte("clock is ahead")) {
 		t.Errorf("the skewed clock was not reported:\n%s", logs)
@@ -566,9 +603,10 @@ func TestKVLimiterSurvivesNATSRestart(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // let both watches start again
 	thrown := time.Now()
 	ls[0].Throttled(ctx, time.Minute)
+	// A watch left to notice missed heartbeats would take 10s or more.
 	for ls[1].cooldown.Load() < thrown.UnixNano() {
-		if time.Since(thrown) > 2*time.Second {
-			t.Fatal("the other limiter did not see a cooldown within 2s of it, after a NATS restart")
+		if time.Since(thrown) > 4*time.Second {
+			t.Fatal("the other limiter did not see a cooldown within 4s of it, after a NATS restart")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

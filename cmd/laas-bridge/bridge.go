@@ -353,22 +353,47 @@ var semver = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((
 const (
 	ensureAttempt = 10 * time.Second
 	ensureWait    = 2 * time.Minute
+	ensurePause   = time.Second
 )
 
+// ensurePatience bounds retryEnsure: each attempt, all attempts together,
+// and the pause between two.
+type ensurePatience struct {
+	attempt, wait, pause time.Duration
+}
+
+// ensureQueue provisions the streams, buckets and consumers (queue.Ensure),
+// waiting for JetStream as ensureWait allows.
 func ensureQueue(ctx context.Context, js jetstream.JetStream, cfg queue.Config, log *slog.Logger) (jetstream.Consumer, error) {
-	deadline := time.Now().Add(ensureWait)
+	return retryEnsure(ctx, ensurePatience{attempt: ensureAttempt, wait: ensureWait, pause: ensurePause}, log,
+		func(ctx context.Context) (jetstream.Consumer, error) {
+			return queue.Ensure(ctx, js, cfg, queue.WithLogger(log))
+		})
+}
+
+// retryEnsure calls ensure, each call bounded by p.attempt, until it
+// succeeds, fails with an error failover.Retryable does not retry, ctx
+// ends, or p.wait has passed.
+func retryEnsure(ctx context.Context, p ensurePatience, log *slog.Logger, ensure func(context.Context) (jetstream.Consumer, error)) (jetstream.Consumer, error) {
+	budget, cancel := context.WithTimeout(ctx, p.wait)
+	defer cancel()
 	for {
-		actx, cancel := context.WithTimeout(ctx, ensureAttempt)
-		cons, err := queue.Ensure(actx, js, cfg, queue.WithLogger(log))
-		cancel()
-		if err == nil || ctx.Err() != nil || !failover.Retryable(err) || time.Now().After(deadline) {
+		actx, cancelAttempt := context.WithTimeout(budget, p.attempt)
+		cons, err := ensure(actx)
+		cancelAttempt()
+		if err == nil || ctx.Err() != nil || !failover.Retryable(err) {
 			return cons, err
 		}
-		log.Warn("JetStream is not ready yet (a cluster still electing its leader?); retrying", "error", err)
+		if budget.Err() == nil {
+			log.Warn("JetStream is not ready yet (a cluster still electing its leader?); retrying", "error", err)
+		}
 		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(p.pause):
+		case <-budget.Done():
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("JetStream was not ready within %s (are the NATS servers up, and has the cluster elected a meta leader?): %w", p.wait, err)
 		}
 	}
 }

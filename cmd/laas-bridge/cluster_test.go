@@ -92,7 +92,14 @@ cluster {
 // connect opens a client connection to the cluster (any node).
 func (c *natsCluster) connect(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(c.urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	return connectJS(t, c.urls)
+}
+
+// connectJS opens a client connection to the NATS servers at urls
+// (comma-separated), closed by t.Cleanup.
+func connectJS(t *testing.T, urls string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
