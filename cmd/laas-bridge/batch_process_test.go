@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/openai/openai-go/v3"
+
+	"github.com/laas-bridge/laas-bridge/schema"
 )
 
 // TestBatchSurvivesKillingEveryProcess: a batch of 2,000 lines, with NATS,
@@ -42,16 +45,37 @@ func TestBatchSurvivesKillingEveryProcess(t *testing.T) {
 	b := uploadBatch(t, c, lines, nil)
 
 	// Kill between two waves of calls (the mock answers after 1 s, the
-	// calls of a wave end together): once a few waves are done, wait for
-	// 200 ms without an answer, so no call is being answered at the kill.
+	// calls of a wave end together): once a few waves are done, wait until
+	// no answer came for 100 ms and every answered call has its answer
+	// stored (LAAS_ANSWERS holds one key per answered line), so the kill
+	// cuts off only calls LaaS has not answered. A fixed quiet time is not
+	// enough: on a loaded machine a worker may take longer than that to
+	// store the answer it just got, and the kill would lose it.
+	js := connectJS(t, natsURL)
+	stored := func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := js.Stream(ctx, "KV_"+schema.BucketAnswers)
+		if err != nil {
+			return -1
+		}
+		return int(st.CachedInfo().State.Msgs)
+	}
 	for start := time.Now(); mockOK() < 300; time.Sleep(20 * time.Millisecond) {
 		if time.Since(start) > 2*time.Minute {
 			t.Fatalf("LaaS answered %d lines in 2 minutes", mockOK())
 		}
 	}
-	for last, quiet := mockOK(), time.Now(); time.Since(quiet) < 200*time.Millisecond; time.Sleep(5 * time.Millisecond) {
+	for start, last, quiet := time.Now(), mockOK(), time.Now(); ; time.Sleep(5 * time.Millisecond) {
 		if now := mockOK(); now != last {
 			last, quiet = now, time.Now()
+			continue
+		}
+		if time.Since(quiet) >= 100*time.Millisecond && stored() >= last {
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			t.Fatalf("no moment to kill in 2 minutes: LaaS answered %d lines, %d answers stored", last, stored())
 		}
 	}
 	before := mockOK()
