@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,11 +45,34 @@ import (
 // A slot may only be claimed once it starts within Horizon of now. That
 // bounds how far ahead the schedule runs (a job whose context ends while it
 // holds a slot wastes at most that slot) and how far behind its slot a call
-// can start. Inside one process, callers of one limit queue in FIFO order
-// and only the first one claims, sleeping until its slot is within Horizon;
+// can start. Inside one process, callers of one limit take turns and only
+// the one holding the turn claims, sleeping until its slot is within reach;
 // it wakes early when the bucket changes. So the processes, not their
 // goroutines, contend on a key, and each process has at most
 // Horizon/interval+1 slots claimed ahead.
+//
+// # Lanes: interactive calls first
+//
+// A batch-lane call (the pool marks its ctx) must not delay interactive
+// ones, in this process or another:
+//
+//   - The turn goes to interactive callers first, each lane in arrival
+//     order; a batch caller holding the turn before it has claimed gives it
+//     up as soon as an interactive caller waits for it.
+//   - A batch call claims only a slot that starts within its reach: one
+//     interval of the tightest schedule it needs, at least batchReachMin
+//     (20 ms, so the claim still lands before its slot) and at most
+//     Horizon. Interactive calls keep Horizon.
+//
+// So batch calls hold at most one or two slots ahead of now, and an
+// interactive call's slot is the next free one after those, whichever
+// process claims it: every claim goes through the same compare-and-set.
+// Batch calls take every slot interactive calls leave (a slot that comes
+// within their reach while no interactive caller wants the turn). While
+// interactive calls alone keep the schedule full, batch calls wait, holding
+// their worker slots, until interactive demand falls below the limit or
+// their jobs' deadlines pass; that order is intended. The limit itself is
+// the same for both lanes.
 //
 // A model with its own rpm needs a slot in its model's schedule and in the
 // project's (if the project has a limit), claimed in that order, each at
@@ -189,15 +213,154 @@ type rateScope struct {
 }
 
 // rateGate is what one kind of call waits for: the schedules it needs a slot in
-// (the model's first), and the turn that lets one caller in this process
-// claim at a time.
+// (the model's first), how far ahead a batch call may claim, and the turn
+// that lets one caller in this process claim at a time.
 type rateGate struct {
-	scopes []rateScope
-	turn   chan struct{}
+	scopes     []rateScope
+	batchReach time.Duration
+	turn       laneTurn
 }
 
-func newRateGate(scopes ...rateScope) *rateGate {
-	return &rateGate{scopes: scopes, turn: make(chan struct{}, 1)}
+// batchReachMin is the shortest reach of a batch claim: time for a claim
+// (one bucket round trip) and a timer's wake, with room to spare, so that
+// a batch call claims its slot before the slot starts and batch work alone
+// still uses the whole budget.
+const batchReachMin = 20 * time.Millisecond
+
+func newRateGate(horizon time.Duration, scopes ...rateScope) *rateGate {
+	interval := scopes[0].interval
+	for _, s := range scopes[1:] {
+		interval = min(interval, s.interval)
+	}
+	return &rateGate{scopes: scopes, batchReach: min(horizon, max(interval, batchReachMin))}
+}
+
+// reach is how long before its start a call of lane may claim a slot.
+func (g *rateGate) reach(lane int, horizon time.Duration) time.Duration {
+	if lane == laneBatch {
+		return g.batchReach
+	}
+	return horizon
+}
+
+// A call's lane; callers of the lower one take the turn first.
+const (
+	laneInteractive = iota
+	laneBatch
+	laneCount
+)
+
+func laneOf(ctx context.Context) int {
+	if isBatchLane(ctx) {
+		return laneBatch
+	}
+	return laneInteractive
+}
+
+// laneTurn lets one caller of a rateGate in this process claim at a time:
+// interactive callers before batch callers, each lane in arrival order. A
+// batch holder is told (by take's channel) when an interactive caller
+// waits, and gives the turn up with yield if it has not claimed yet.
+type laneTurn struct {
+	mu      sync.Mutex
+	held    bool
+	waiting [laneCount][]*turnWaiter
+	urgent  chan struct{} // the batch holder's: closed when an interactive caller waits
+}
+
+type turnWaiter struct {
+	granted chan struct{} // closed when the turn is this caller's
+	urgent  chan struct{} // set before granted is closed
+}
+
+// take waits for the turn, or returns ctx's error. The channel it returns
+// is closed when an interactive caller starts waiting for the turn; nil
+// (never closed) for an interactive caller, who never gives it up.
+func (t *laneTurn) take(ctx context.Context, lane int) (<-chan struct{}, error) {
+	t.mu.Lock()
+	if !t.held {
+		t.held = true
+		urgent := t.grant(lane)
+		t.mu.Unlock()
+		return urgent, nil
+	}
+	w := &turnWaiter{granted: make(chan struct{})}
+	t.waiting[lane] = append(t.waiting[lane], w)
+	if lane == laneInteractive && t.urgent != nil {
+		close(t.urgent)
+		t.urgent = nil
+	}
+	t.mu.Unlock()
+	return t.await(ctx, lane, w)
+}
+
+// yield hands a batch holder's turn to the interactive callers waiting and
+// waits for it again, first of the batch callers; it keeps the turn if they
+// have gone. On ctx's error the turn is no longer held.
+func (t *laneTurn) yield(ctx context.Context) (<-chan struct{}, error) {
+	t.mu.Lock()
+	if len(t.waiting[laneInteractive]) == 0 {
+		urgent := t.grant(laneBatch)
+		t.mu.Unlock()
+		return urgent, nil
+	}
+	w := &turnWaiter{granted: make(chan struct{})}
+	t.waiting[laneBatch] = slices.Insert(t.waiting[laneBatch], 0, w)
+	t.handOver()
+	t.mu.Unlock()
+	return t.await(ctx, laneBatch, w)
+}
+
+// release gives the turn up.
+func (t *laneTurn) release() {
+	t.mu.Lock()
+	t.handOver()
+	t.mu.Unlock()
+}
+
+// await waits until w is given the turn; if ctx ends first, w leaves the
+// queue (or passes on a turn given meanwhile).
+func (t *laneTurn) await(ctx context.Context, lane int, w *turnWaiter) (<-chan struct{}, error) {
+	select {
+	case <-w.granted:
+		return w.urgent, nil
+	case <-ctx.Done():
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	select {
+	case <-w.granted:
+		t.handOver()
+	default:
+		t.waiting[lane] = slices.DeleteFunc(t.waiting[lane], func(x *turnWaiter) bool { return x == w })
+	}
+	return nil, ctx.Err()
+}
+
+// handOver gives the turn to the first waiter of the first lane that has
+// one, or frees it; t.mu is held.
+func (t *laneTurn) handOver() {
+	for lane, q := range t.waiting {
+		if len(q) > 0 {
+			w := q[0]
+			t.waiting[lane] = slices.Delete(q, 0, 1)
+			w.urgent = t.grant(lane)
+			close(w.granted)
+			return
+		}
+	}
+	t.held = false
+	t.urgent = nil
+}
+
+// grant records a new holder of lane and returns its urgent channel; t.mu
+// is held.
+func (t *laneTurn) grant(lane int) chan struct{} {
+	t.urgent = nil
+	if lane == laneBatch {
+		t.urgent = make(chan struct{})
+	}
+	return t.urgent
 }
 
 type modelGateKey struct {
@@ -232,7 +395,7 @@ func newKVLimiter(ctx context.Context, js jetstream.JetStream, cfg LimiterConfig
 	l := &KVLimiter{kv: kv, cfg: cfg, log: log, now: now, keys: map[string]kvState{}, changed: make(chan struct{}),
 		claiming: make(chan struct{}, 1), watchDone: make(chan struct{})}
 	if cfg.RPM > 0 {
-		l.project = newRateGate(rateScope{key: limitKeyProject, interval: time.Minute / time.Duration(cfg.RPM)})
+		l.project = newRateGate(cfg.Horizon, rateScope{key: limitKeyProject, interval: time.Minute / time.Duration(cfg.RPM)})
 	}
 	watchCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	w, err := kv.WatchAll(watchCtx)
@@ -372,6 +535,7 @@ func (l *KVLimiter) raiseCooldown(until int64) {
 // retry (and log) until ctx ends: limits are never skipped.
 func (l *KVLimiter) Wait(ctx context.Context, model schema.Model) error {
 	g := l.gateFor(model)
+	lane := laneOf(ctx)
 	for {
 		if err := l.waitCooldown(ctx); err != nil {
 			return err
@@ -379,11 +543,11 @@ func (l *KVLimiter) Wait(ctx context.Context, model schema.Model) error {
 		if g == nil {
 			return nil
 		}
-		at, err := l.claim(ctx, g)
+		at, err := l.claim(ctx, g, lane)
 		if err != nil {
 			return err
 		}
-		if err := sleepOrWake(ctx, at.Sub(l.now()), nil); err != nil {
+		if err := sleepOrWake(ctx, at.Sub(l.now()), nil, nil); err != nil {
 			return err
 		}
 		if l.now().UnixNano() >= l.cooldown.Load() {
@@ -440,7 +604,7 @@ func (l *KVLimiter) gateFor(m schema.Model) *rateGate {
 	if l.project != nil {
 		scopes = append(scopes, l.project.scopes[0])
 	}
-	g, _ := l.gates.LoadOrStore(k, newRateGate(scopes...))
+	g, _ := l.gates.LoadOrStore(k, newRateGate(l.cfg.Horizon, scopes...))
 	return g.(*rateGate)
 }
 
@@ -459,24 +623,29 @@ func (l *KVLimiter) waitCooldown(ctx context.Context) error {
 		if d <= 0 {
 			return nil
 		}
-		if err := sleepOrWake(ctx, d, nil); err != nil {
+		if err := sleepOrWake(ctx, d, nil, nil); err != nil {
 			return err
 		}
 	}
 }
 
 // claim takes g's turn in this process and claims a slot in each of g's
-// schedules; it returns when the call may start.
-func (l *KVLimiter) claim(ctx context.Context, g *rateGate) (time.Time, error) {
-	select {
-	case g.turn <- struct{}{}:
-	case <-ctx.Done():
-		return time.Time{}, ctx.Err()
+// schedules; it returns when the call may start. A batch call gives the
+// turn up while it waits, whenever an interactive call wants it.
+func (l *KVLimiter) claim(ctx context.Context, g *rateGate, lane int) (time.Time, error) {
+	urgent, err := g.turn.take(ctx, lane)
+	if err != nil {
+		return time.Time{}, err
 	}
-	defer func() { <-g.turn }()
+	held := true
+	defer func() {
+		if held {
+			g.turn.release()
+		}
+	}()
 	backoff := 50 * time.Millisecond
 	for {
-		at, wait, changed, err := l.reserve(ctx, g)
+		at, wait, changed, err := l.reserve(ctx, g, lane)
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
@@ -488,16 +657,25 @@ func (l *KVLimiter) claim(ctx context.Context, g *rateGate) (time.Time, error) {
 		case !at.IsZero():
 			return at, nil
 		}
-		if err := sleepOrWake(ctx, wait, changed); err != nil {
+		if err := sleepOrWake(ctx, wait, changed, urgent); err != nil {
 			return time.Time{}, err
+		}
+		select {
+		case <-urgent: // nothing claimed yet: let the interactive call go first
+			if urgent, err = g.turn.yield(ctx); err != nil {
+				held = false
+				return time.Time{}, err
+			}
+		default:
 		}
 	}
 }
 
-// reserve claims the call's slots if they start within Horizon. It returns
-// the start, or how long to wait (woken early by changed) before trying
-// again; neither means try again now.
-func (l *KVLimiter) reserve(ctx context.Context, g *rateGate) (at time.Time, wait time.Duration, changed <-chan struct{}, err error) {
+// reserve claims the call's slots if they start within its lane's reach
+// (Horizon, or g.batchReach). It returns the start, or how long to wait
+// (woken early by changed) before trying again; neither means try again
+// now.
+func (l *KVLimiter) reserve(ctx context.Context, g *rateGate, lane int) (at time.Time, wait time.Duration, changed <-chan struct{}, err error) {
 	select {
 	case l.claiming <- struct{}{}:
 	case <-ctx.Done():
@@ -522,9 +700,9 @@ func (l *KVLimiter) reserve(ctx context.Context, g *rateGate) (at time.Time, wai
 	for i, s := range g.scopes {
 		t = max(t, l.sane(s, slots[i].at, now))
 	}
-	horizon := now.Add(l.cfg.Horizon).UnixNano()
-	if t > horizon {
-		return time.Time{}, time.Duration(t - horizon), changed, nil
+	reach := now.Add(g.reach(lane, l.cfg.Horizon)).UnixNano()
+	if t > reach {
+		return time.Time{}, time.Duration(t - reach), changed, nil
 	}
 	for i, s := range g.scopes {
 		cur := slots[i]
@@ -632,9 +810,9 @@ func (l *KVLimiter) warnEvery(last *atomic.Int64, msg string, args ...any) {
 	l.log.Warn(msg, args...)
 }
 
-// sleep waits d, or until wake is closed (nil: never); it returns ctx's
-// error if ctx ends first.
-func sleepOrWake(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
+// sleepOrWake waits d, or until wake or urgent is closed (nil: never); it
+// returns ctx's error if ctx ends first.
+func sleepOrWake(ctx context.Context, d time.Duration, wake, urgent <-chan struct{}) error {
 	if d <= 0 {
 		return ctx.Err()
 	}
@@ -644,6 +822,8 @@ func sleepOrWake(ctx context.Context, d time.Duration, wake <-chan struct{}) err
 	case <-t.C:
 		return nil
 	case <-wake:
+		return nil
+	case <-urgent:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

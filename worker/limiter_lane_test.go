@@ -1,0 +1,335 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// TestLaneTurnOrder: the turn goes to interactive callers before batch
+// callers, each lane in arrival order; a batch holder is told when an
+// interactive caller waits, and after yielding it is the first batch
+// caller again.
+func TestLaneTurnOrder(t *testing.T) {
+	var turn laneTurn
+	ctx := context.Background()
+	holderUrgent, err := turn.take(ctx, laneBatch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	granted := make(chan string, 10)
+	enqueue := func(name string, lane int) {
+		turn.mu.Lock()
+		before := len(turn.waiting[lane])
+		turn.mu.Unlock()
+		go func() {
+			if _, err := turn.take(ctx, lane); err != nil {
+				t.Error(err)
+			}
+			granted <- name
+		}()
+		waitFor(t, func() bool {
+			turn.mu.Lock()
+			defer turn.mu.Unlock()
+			return len(turn.waiting[lane]) > before
+		})
+	}
+	enqueue("b1", laneBatch)
+	enqueue("b2", laneBatch)
+	if isClosed(holderUrgent) {
+		t.Fatal("the batch holder was told to yield with only batch callers waiting")
+	}
+	enqueue("i1", laneInteractive)
+	if !isClosed(holderUrgent) {
+		t.Fatal("the batch holder was not told that an interactive caller waits")
+	}
+	enqueue("i2", laneInteractive)
+
+	yielded := make(chan error, 1)
+	go func() {
+		_, err := turn.yield(ctx)
+		yielded <- err
+	}()
+	var order []string
+	for range 4 {
+		select {
+		case name := <-granted:
+			order = append(order, name)
+		case err := <-yielded:
+			if err != nil {
+				t.Fatal(err)
+			}
+			order = append(order, "holder")
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stuck after %v", order)
+		}
+		if len(order) < 4 {
+			turn.release()
+		}
+	}
+	if got, want := fmt.Sprint(order), "[i1 i2 holder b1]"; got != want {
+		t.Errorf("turns went %s, want %s", got, want)
+	}
+	turn.release()
+	if name := <-granted; name != "b2" {
+		t.Errorf("last turn went to %s, want b2", name)
+	}
+	turn.release()
+	turn.mu.Lock()
+	defer turn.mu.Unlock()
+	if turn.held {
+		t.Error("the turn is still held after every caller released it")
+	}
+}
+
+// TestKVLimiterInteractiveAheadOfBatch: with many batch callers waiting
+// for a limit, an interactive call starts after at most the few batch calls
+// that held slots when it arrived, whether it waits in the same process or
+// in another one. Without lanes it would queue behind every batch caller.
+func TestKVLimiterInteractiveAheadOfBatch(t *testing.T) {
+	const (
+		rpm     = 1200 // one slot per 50 ms
+		callers = 12
+		tries   = 4
+		// When the interactive call arrives, the batch lane may hold a slot
+		// starting now, one within its reach and one being claimed that
+		// moment.
+		most = 3
+	)
+	// A long Horizon lets interactive calls claim far ahead; batch calls
+	// must not.
+	cfg := LimiterConfig{RPM: rpm, Horizon: time.Second}
+	for _, tc := range []struct {
+		name  string
+		other bool // the interactive call waits in another limiter
+	}{{"same process", false}, {"another process", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newLimiterFleet(t)
+			ls := f.startN(t, 2, cfg)
+			interactive := ls[0]
+			if tc.other {
+				interactive = ls[1]
+			}
+			var batch grants
+			ctx, cancel := context.WithCancel(context.Background())
+			done := hammer(withBatchLane(ctx), ls[:1], callers, schema.Model{Alias: "m"}, &batch)
+			defer func() { cancel(); done.Wait() }()
+			started := func() int {
+				batch.mu.Lock()
+				defer batch.mu.Unlock()
+				return len(batch.all)
+			}
+			waitFor(t, func() bool { return started() >= callers })
+			var ahead []int
+			for range tries {
+				before := started()
+				if err := interactive.Wait(ctx, schema.Model{Alias: "m"}); err != nil {
+					t.Fatal(err)
+				}
+				ahead = append(ahead, started()-before)
+			}
+			t.Logf("batch calls started while an interactive call waited: %v (%d batch callers)", ahead, callers)
+			for i, n := range ahead {
+				if n > most {
+					t.Errorf("interactive call %d started after %d batch calls, want at most %d", i, n, most)
+				}
+			}
+		})
+	}
+}
+
+// TestKVLimiterBatchFillsTheRest: interactive calls for a model with its
+// own rpm take a quarter of the project's budget, batch calls (in two
+// processes) take the rest; together they keep to the project's limit and
+// use all of it.
+func TestKVLimiterBatchFillsTheRest(t *testing.T) {
+	const projectRPM = 1200 // 20/s
+	slow := schema.Model{Alias: "slow", RPM: projectRPM / 4}
+	free := schema.Model{Alias: "free"}
+	const run = 3 * time.Second
+	ls := newLimiterFleet(t).startN(t, 2, LimiterConfig{RPM: projectRPM})
+	g, start := hammerFor(ls, run, load{callers: 4, model: slow}, load{callers: 6, model: free, batch: true})
+
+	checkRate(t, "interactive, model with rpm", g.times(func(x grant) bool { return x.model == slow.Alias }), start, run, slow.RPM)
+	checkRate(t, "project", g.times(nil), start, run, projectRPM)
+	batch := countIn(g.times(func(x grant) bool { return x.model == free.Alias }), start, start.Add(run))
+	if want := run.Seconds() * float64(projectRPM-slow.RPM) / 60; float64(batch) < 0.8*want {
+		t.Errorf("batch calls got %d slots of the %.0f interactive calls left", batch, want)
+	}
+}
+
+// load is callers on each limiter calling Wait for model in a loop, in the
+// batch lane or the interactive one.
+type load struct {
+	callers int
+	model   schema.Model
+	batch   bool
+}
+
+// hammerFor runs loads on every limiter of ls for run and returns their
+// grants and when they started.
+func hammerFor(ls []*KVLimiter, run time.Duration, loads ...load) (*grants, time.Time) {
+	var g grants
+	start := time.Now()
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(run))
+	defer cancel()
+	var all []*sync.WaitGroup
+	for _, x := range loads {
+		c := ctx
+		if x.batch {
+			c = withBatchLane(ctx)
+		}
+		all = append(all, hammer(c, ls, x.callers, x.model, &g))
+	}
+	for _, wg := range all {
+		wg.Wait()
+	}
+	return &g, start
+}
+
+// TestKVLimiterBatchProgressesBesideSparseInteractive: interactive calls
+// that come now and then, in the batch callers' process and in another,
+// go first but leave the batch lane the slots between them.
+func TestKVLimiterBatchProgressesBesideSparseInteractive(t *testing.T) {
+	const rpm = 1200 // one slot per 50 ms
+	f := newLimiterFleet(t)
+	ls := f.startN(t, 2, LimiterConfig{RPM: rpm})
+	model := schema.Model{Alias: "m"}
+	var batch grants
+	ctx, cancel := context.WithCancel(context.Background())
+	done := hammer(withBatchLane(ctx), ls[:1], 6, model, &batch)
+	defer func() { cancel(); done.Wait() }()
+
+	const calls = 10 // per interactive caller
+	var wg sync.WaitGroup
+	for _, l := range ls {
+		wg.Go(func() {
+			for range calls {
+				if err := l.Wait(ctx, model); err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(250 * time.Millisecond) // five slots
+			}
+		})
+	}
+	wg.Wait()
+	batch.mu.Lock()
+	n := len(batch.all)
+	batch.mu.Unlock()
+	// Five slots pass while each interactive caller sleeps, and the two
+	// take at most two of them.
+	if n < 2*calls {
+		t.Errorf("batch calls started %d times beside %d sparse interactive calls", n, 2*calls)
+	}
+	t.Logf("%d batch calls beside %d interactive calls", n, 2*calls)
+}
+
+// TestKVLimiterBatchWaitEndsWithContext: batch callers end promptly with
+// ctx's error whether they hold the turn, gave it up to an interactive
+// caller, or queue for it; the turn is free afterwards.
+func TestKVLimiterBatchWaitEndsWithContext(t *testing.T) {
+	f := newLimiterFleet(t)
+	l := f.start(t, LimiterConfig{RPM: 1}, 0) // one call a minute
+	model := schema.Model{Alias: "m"}
+	if err := l.Wait(context.Background(), model); err != nil {
+		t.Fatal(err)
+	}
+	turn := &l.project.turn
+	state := func() (held bool, interactive, batch int) {
+		turn.mu.Lock()
+		defer turn.mu.Unlock()
+		return turn.held, len(turn.waiting[laneInteractive]), len(turn.waiting[laneBatch])
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 3)
+	wait := func(ctx context.Context) { go func() { errs <- l.Wait(ctx, model) }() }
+	wait(withBatchLane(ctx)) // takes the turn
+	waitFor(t, func() bool { held, _, _ := state(); return held })
+	wait(withBatchLane(ctx)) // queues
+	waitFor(t, func() bool { _, _, b := state(); return b == 1 })
+	wait(ctx) // takes the turn from the first batch caller, who queues first
+	waitFor(t, func() bool { held, i, b := state(); return held && i == 0 && b == 2 })
+	cancel()
+	for range 3 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("Wait returned %v, want %v", err, context.Canceled)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a cancelled Wait did not return")
+		}
+	}
+	if held, i, b := state(); held || i != 0 || b != 0 {
+		t.Errorf("after every caller went: turn held %v, %d interactive and %d batch callers waiting", held, i, b)
+	}
+}
+
+// laneLimiter records the lane of every Wait.
+type laneLimiter struct {
+	mu    sync.Mutex
+	lanes []bool // isBatchLane, per call
+}
+
+func (l *laneLimiter) Wait(ctx context.Context, _ schema.Model) error {
+	l.mu.Lock()
+	l.lanes = append(l.lanes, isBatchLane(ctx))
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *laneLimiter) Throttled(context.Context, time.Duration) {}
+
+// TestPoolTellsLimiterTheLane: the limiter's Wait sees which lane a job
+// came from, through the pool's metrics wrapper.
+func TestPoolTellsLimiterTheLane(t *testing.T) {
+	lim := &laneLimiter{}
+	f := startPool(t, &recorder{}, Config{}, WithLimiter(lim))
+	f.publish(t, "i1", "m", time.Minute, hello)
+	if r := f.reply(t); r.Status != 200 {
+		t.Fatalf("reply %+v", r)
+	}
+	now := time.Now()
+	data, _ := json.Marshal(schema.Envelope{ID: "b1", Model: "m", EnqueuedAt: now, Deadline: now.Add(time.Minute), Request: json.RawMessage(hello)})
+	msg := &nats.Msg{Subject: schema.SubjectBatch, Data: data, Header: nats.Header{}}
+	msg.Header.Set(schema.HeaderReplyTo, "laas.reply.test.b1")
+	if _, err := f.q.JS.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.reply(t); r.Status != 200 {
+		t.Fatalf("reply %+v", r)
+	}
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	if got, want := fmt.Sprint(lim.lanes), "[false true]"; got != want {
+		t.Errorf("batch lane per Wait: %s, want %s (interactive, then batch)", got, want)
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+	}
+}
