@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -293,7 +294,8 @@ func (l *laneLimiter) Throttled(context.Context, time.Duration) {}
 // came from, through the pool's metrics wrapper.
 func TestPoolTellsLimiterTheLane(t *testing.T) {
 	lim := &laneLimiter{}
-	f := startPool(t, &recorder{}, Config{}, WithLimiter(lim))
+	reg := prometheus.NewRegistry()
+	f := startPool(t, &recorder{}, Config{}, WithLimiter(lim), WithMetrics(reg))
 	f.publish(t, "i1", "m", time.Minute, hello)
 	if r := f.reply(t); r.Status != 200 {
 		t.Fatalf("reply %+v", r)
@@ -312,6 +314,13 @@ func TestPoolTellsLimiterTheLane(t *testing.T) {
 	defer lim.mu.Unlock()
 	if got, want := fmt.Sprint(lim.lanes), "[false true]"; got != want {
 		t.Errorf("batch lane per Wait: %s, want %s (interactive, then batch)", got, want)
+	}
+	// The wait metric tells the lanes apart too.
+	mfs := gather(t, reg)
+	for _, lane := range []string{"interactive", "batch"} {
+		if got := metricValue(mfs, "laas_bridge_worker_rate_limit_wait_seconds", "lane", lane); got != 1 {
+			t.Errorf("rate_limit_wait_seconds{lane=%q} count = %v, want 1", lane, got)
+		}
 	}
 }
 

@@ -70,7 +70,7 @@ type poolMetrics struct {
 	upstream      *prometheus.HistogramVec // model, status
 	retries       *prometheus.CounterVec   // model, reason
 	deadLetters   *prometheus.CounterVec   // reason
-	limiterWait   prometheus.Histogram
+	limiterWait   *prometheus.HistogramVec
 	cancellations *prometheus.CounterVec // when
 	tokens        *prometheus.CounterVec // model, direction
 	inFlight      prometheus.Gauge
@@ -103,8 +103,9 @@ func newPoolMetrics(reg prometheus.Registerer, catalog *schema.Catalog) (*poolMe
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts(opts("retries_total",
 			"Jobs handed back to the queue for another attempt, by model alias and reason.")),
 			[]string{"model", "reason"}),
-		limiterWait: prometheus.NewHistogram(hist("rate_limit_wait_seconds",
-			"Time LaaS calls waited for the shared rate limiter.", limiterBuckets)),
+		limiterWait: prometheus.NewHistogramVec(hist("rate_limit_wait_seconds",
+			"Time LaaS calls waited for the shared rate limiter, by lane (interactive or batch; batch calls give way to interactive ones).", limiterBuckets),
+			[]string{"lane"}),
 		cancellations: prometheus.NewCounterVec(prometheus.CounterOpts(opts("cancellations_total",
 			"Jobs stopped because their caller went away: before_start (LaaS not called) or during_call (the call aborted).")),
 			[]string{"when"}),
@@ -242,13 +243,17 @@ func (m *poolMetrics) timed(l Limiter) Limiter {
 // timedLimiter records how long each Wait took, however it ended.
 type timedLimiter struct {
 	Limiter
-	wait prometheus.Histogram
+	wait *prometheus.HistogramVec
 }
 
 func (t timedLimiter) Wait(ctx context.Context, model schema.Model) error {
 	start := time.Now()
 	err := t.Limiter.Wait(ctx, model)
-	t.wait.Observe(time.Since(start).Seconds())
+	lane := "interactive"
+	if isBatchLane(ctx) {
+		lane = "batch"
+	}
+	t.wait.WithLabelValues(lane).Observe(time.Since(start).Seconds())
 	return err
 }
 

@@ -165,7 +165,7 @@ func TestPoolMetrics(t *testing.T) {
 		{"laas_bridge_worker_upstream_duration_seconds", []string{"model", "m", "status", "400"}, 1},
 		{"laas_bridge_worker_queue_wait_seconds", []string{"model", "m"}, 5}, // first deliveries only
 		{"laas_bridge_worker_queue_wait_seconds", []string{"model", ModelUnknown}, 1},
-		{"laas_bridge_worker_rate_limit_wait_seconds", nil, 9}, // one per LaaS call
+		{"laas_bridge_worker_rate_limit_wait_seconds", []string{"lane", "interactive"}, 9}, // one per LaaS call
 		{"laas_bridge_worker_cancellations_total", nil, 0},
 	} {
 		if got := metricValue(mfs, c.name, c.labels...); got != c.want {

@@ -82,7 +82,7 @@ func TestServeMetricsWithoutMasterKey(t *testing.T) {
 		`laas_bridge_gateway_in_flight 0`,
 		`laas_bridge_worker_jobs_total{model="claude-3.5-sonnet",status="200"} 1`,
 		`laas_bridge_worker_in_flight 0`,
-		`laas_bridge_worker_rate_limit_wait_seconds_count 1`,
+		`laas_bridge_worker_rate_limit_wait_seconds_count{lane="interactive"} 1`,
 		`laas_bridge_worker_upstream_duration_seconds_count{model="claude-3.5-sonnet",status="200"} 1`,
 		`laas_bridge_gateway_queue_depth{consumer="`+schema.ConsumerWorkers+`"} 0`,
 	)
