@@ -442,13 +442,21 @@ func TestHealthDetail(t *testing.T) {
 	}
 }
 
-func TestCorrelatorDropsDuplicatesAndStrangers(t *testing.T) {
+// startCorrelator starts a queue and a correlator of gateway instance
+// "test" on it, closed when the test ends.
+func startCorrelator(t *testing.T) (*queuetest.Queue, *correlator) {
+	t.Helper()
 	q := queuetest.Start(t, queue.Config{Memory: true})
 	c, err := newCorrelator(q.Conn, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.close()
+	t.Cleanup(func() { _ = c.close() })
+	return q, c
+}
+
+func TestCorrelatorDropsDuplicatesAndStrangers(t *testing.T) {
+	q, c := startCorrelator(t)
 	ch := c.expect("a")
 	pub := q.Connect(t)
 	for _, s := range []string{"laas.reply.test.stranger", "laas.reply.test.a", "laas.reply.test.a"} {
@@ -481,12 +489,7 @@ func TestCorrelatorDropsDuplicatesAndStrangers(t *testing.T) {
 // waits for; a reply published through the stream still gets the stream's
 // own ack, not the correlator's.
 func TestCorrelatorAnswersDirectReplies(t *testing.T) {
-	q := queuetest.Start(t, queue.Config{Memory: true})
-	c, err := newCorrelator(q.Conn, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
+	q, c := startCorrelator(t)
 	ch := c.expect("a")
 	worker := q.Connect(t)
 	for _, id := range []string{"a", "gone"} {

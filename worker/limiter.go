@@ -250,6 +250,9 @@ const (
 	laneCount
 )
 
+// laneNames are the lanes' names, as metrics label them.
+var laneNames = [laneCount]string{laneInteractive: "interactive", laneBatch: "batch"}
+
 func laneOf(ctx context.Context) int {
 	if isBatchLane(ctx) {
 		return laneBatch

@@ -249,11 +249,7 @@ type timedLimiter struct {
 func (t timedLimiter) Wait(ctx context.Context, model schema.Model) error {
 	start := time.Now()
 	err := t.Limiter.Wait(ctx, model)
-	lane := "interactive"
-	if isBatchLane(ctx) {
-		lane = "batch"
-	}
-	t.wait.WithLabelValues(lane).Observe(time.Since(start).Seconds())
+	t.wait.WithLabelValues(laneNames[laneOf(ctx)]).Observe(time.Since(start).Seconds())
 	return err
 }
 

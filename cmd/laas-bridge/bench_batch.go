@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"path/filepath"
 	"runtime"
@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/laas-bridge/laas-bridge/batch"
 	"github.com/laas-bridge/laas-bridge/bridge"
 	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge/internal/bench"
 )
@@ -164,22 +165,19 @@ func pollBatch(ctx context.Context, c batchClient, id string, done func(batchInf
 	}
 }
 
-// countLines counts the lines of a file of the Batch API.
+// countLines counts the non-blank lines of a file of the Batch API, as the
+// Batch API counts an input file's (batch.LineCounter).
 func countLines(ctx context.Context, c batchClient, fileID string) (int64, error) {
 	r, err := c.content(ctx, fileID)
 	if err != nil {
 		return 0, err
 	}
 	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	var n int64
-	for sc.Scan() {
-		if len(bytes.TrimSpace(sc.Bytes())) > 0 {
-			n++
-		}
+	lc := batch.NewLineCounter(r, math.MaxInt64)
+	if _, err := io.Copy(io.Discard, lc); err != nil {
+		return 0, err
 	}
-	return n, sc.Err()
+	return int64(lc.Lines()), nil
 }
 
 // benchInFlight is the worker's gauge of jobs in flight: its busy slots.
