@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -246,21 +248,18 @@ func (s *cstack) served(i int) int {
 		s.t.Fatalf("gateway-%d /metrics: %v", i+1, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		s.t.Fatal(err)
+		s.t.Fatalf("gateway-%d /metrics: %v", i+1, err)
 	}
 	n := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, "laas_bridge_gateway_requests_total{") || !strings.Contains(line, `status="200"`) {
-			continue
+	for _, m := range mfs["laas_bridge_gateway_requests_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "status" && l.GetValue() == "200" {
+				n += int(m.GetCounter().GetValue())
+			}
 		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			s.t.Fatalf("gateway-%d /metrics: %q: %v", i+1, line, err)
-		}
-		n += int(v)
 	}
 	return n
 }
