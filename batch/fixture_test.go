@@ -14,9 +14,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
 )
 
 // testModel is the one model of the tests' catalog.

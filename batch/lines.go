@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
 )
 
 // Plan is the outcome of validating a batch's input file: the lines to run

@@ -17,8 +17,8 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/laas-bridge/laas-bridge/batch"
+	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
 )
 
 // Config configures a gateway instance.

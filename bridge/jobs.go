@@ -12,9 +12,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
-	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
 )
 
 // Async jobs over HTTP: POST /v1/queue/jobs queues a chat request in the

@@ -17,8 +17,8 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
 )
 
 // The NATS request/reply endpoint, for programs that want to wait for an

@@ -20,7 +20,7 @@ import (
 //
 // Validate checks the structure of content parts only; the LaaS limits on
 // images and PDFs (types, sizes, counts, pages) are checked by package
-// schema/multimodal, after Validate.
+// admission/multimodal, after Validate.
 func (r *ChatCompletionRequest) Validate() error {
 	if r.Model == "" {
 		return Invalid("model", CodeInvalidValue, "The 'model' field is required.")
@@ -121,7 +121,7 @@ func validateMessage(i int, m *Message) error {
 // validatePart checks that part j of message i is of a kind the bridge can
 // send to LaaS and carries the field that kind needs. It does not look
 // inside URLs or data: the LaaS limits on images and PDFs are checked by
-// package schema/multimodal.
+// package admission/multimodal.
 func validatePart(i, j int, p *ContentPart) error {
 	pp := fmt.Sprintf("messages[%d].content[%d]", i, j)
 	switch p.Type {

@@ -16,9 +16,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
 )
 
 // startDead runs a queue provisioned with cfg and a DeadLetters on it.
@@ -324,7 +325,7 @@ func TestPoolKeepsDeadLetterWhenRetriesRunOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := failingUpstream{&UpstreamError{Status: http.StatusServiceUnavailable, Body: `{"message":"busy"}`}}
+	up := failingUpstream{&laas.UpstreamError{Status: http.StatusServiceUnavailable, Body: `{"message":"busy"}`}}
 	p, err := NewPool(Config{RetryBase: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond}, q.JS, q.Consumer, up, cat,
 		slog.New(slog.DiscardHandler), WithDeadLetters(d))
 	if err != nil {

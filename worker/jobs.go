@@ -5,8 +5,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
 )
 
 // Jobs (schema.Envelope.Job): nobody waits for a reply. The worker

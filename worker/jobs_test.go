@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
 )
 
 // The producer side of these tests uses plain nats.go, as a program in any

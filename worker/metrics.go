@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/laas-bridge/laas-bridge/laas"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -258,7 +259,7 @@ func upstreamStatus(err error) string {
 	if err == nil {
 		return strconv.Itoa(http.StatusOK)
 	}
-	if ue, ok := errors.AsType[*UpstreamError](err); ok {
+	if ue, ok := errors.AsType[*laas.UpstreamError](err); ok {
 		switch {
 		case ue.Status != 0:
 			return strconv.Itoa(ue.Status)
@@ -273,7 +274,7 @@ func upstreamStatus(err error) string {
 }
 
 // retryReason is the retries_total reason of a retryable upstream failure.
-func retryReason(ue *UpstreamError) string {
+func retryReason(ue *laas.UpstreamError) string {
 	switch {
 	case ue.Status == http.StatusTooManyRequests:
 		return retryRateLimited

@@ -12,9 +12,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
 )
 
 // gather reads reg's metrics.
@@ -107,11 +108,11 @@ func jobBody(text string) string {
 // answers by status, retries by reason, dead letters, tokens, LaaS calls by
 // status, queue waits and rate-limiter waits.
 func TestPoolMetrics(t *testing.T) {
-	e500 := &UpstreamError{Status: 500, Body: "boom"}
+	e500 := &laas.UpstreamError{Status: 500, Body: "boom"}
 	up := &scriptedByText{calls: map[string]int{}, failures: map[string][]error{
 		"flaky":   {e500},
-		"limited": {&UpstreamError{Status: 429}},
-		"refused": {&UpstreamError{Status: 400, Body: `{"message":"bad preset var"}`}},
+		"limited": {&laas.UpstreamError{Status: 429}},
+		"refused": {&laas.UpstreamError{Status: 400, Body: `{"message":"bad preset var"}`}},
 		"down":    {e500, e500, e500}, // MaxDeliver is 3
 	}}
 	reg := prometheus.NewRegistry()

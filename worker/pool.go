@@ -15,18 +15,19 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/queue/failover"
+	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
-	"github.com/laas-bridge/laas-bridge/schema/queue/failover"
-	"github.com/laas-bridge/laas-bridge/schema/queue/jobstore"
 )
 
-// Upstream runs one LaaS call. *LaaSClient implements it.
+// Upstream runs one LaaS call. *laas.Client implements it.
 type Upstream interface {
 	Complete(ctx context.Context, req *schema.LaaSRequest) (*schema.LaaSResponse, error)
 }
 
-var _ Upstream = (*LaaSClient)(nil)
+var _ Upstream = (*laas.Client)(nil)
 
 // Limiter paces LaaS calls across every worker process. Implementations
 // must be safe for concurrent use.
@@ -472,7 +473,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 			p.drop(log, &j)
 			return
 		}
-		var ue *UpstreamError
+		var ue *laas.UpstreamError
 		isUp := errors.As(err, &ue)
 		if isUp && ue.Status == http.StatusTooManyRequests && p.limiter != nil {
 			p.limiter.Throttled(ctx, p.throttleFor(&j, ue.RetryAfter))
@@ -494,7 +495,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 		p.finish(log, &j, schema.ErrorReply(j.env.ID, e), upstream)
 		return
 	}
-	cc, err := FromLaaS(resp, "chatcmpl-"+j.env.ID, model.Alias, time.Now())
+	cc, err := laas.FromLaaS(resp, "chatcmpl-"+j.env.ID, model.Alias, time.Now())
 	if err != nil {
 		e := &schema.Error{Status: http.StatusBadGateway, Type: schema.TypeUpstream, Code: schema.CodeUpstreamError,
 			Message: "LaaS answered with something that is not a chat completion: " + err.Error(), Cause: err}
@@ -539,7 +540,7 @@ func (p *Pool) prepare(ctx context.Context, env *schema.Envelope) (*schema.LaaSR
 		}
 		model.PresetHash = req.PresetHash
 	}
-	laasReq, err := ToLaaS(req, model)
+	laasReq, err := laas.ToLaaS(req, model)
 	return laasReq, model, err
 }
 

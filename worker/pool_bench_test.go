@@ -9,9 +9,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
 )
 
 // BenchmarkSendReply is one reply handed to a gateway, on an embedded
@@ -72,6 +73,10 @@ func processCPU(b *testing.B) int64 {
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
+// benchChat is a small chat request, as laas's translation benchmarks use.
+const benchChat = `{"model":"m","messages":[{"role":"system","content":"You are terse."},` +
+	`{"role":"user","content":"Say hello to the benchmark."}],"temperature":0.2,"params":{"name":"Kim","n":3}}`
+
 // BenchmarkJobGoroutine is a job's request decoding and translation run
 // in a fresh goroutine per job (what the pool did) or handed to a goroutine
 // that ran the previous job (what it does: runnerIdle). cpu-ns/op is the
@@ -83,7 +88,7 @@ func BenchmarkJobGoroutine(b *testing.B) {
 		if err != nil {
 			panic(err)
 		}
-		if _, err := ToLaaS(req, m); err != nil {
+		if _, err := laas.ToLaaS(req, m); err != nil {
 			panic(err)
 		}
 	}

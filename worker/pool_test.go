@@ -17,9 +17,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
 )
 
 // upstreamFunc adapts a function to Upstream.
@@ -51,7 +52,7 @@ func (r *recorder) Complete(ctx context.Context, req *schema.LaaSRequest) (*sche
 		select {
 		case <-time.After(r.delay):
 		case <-ctx.Done():
-			return nil, &UpstreamError{Err: ctx.Err()}
+			return nil, &laas.UpstreamError{Err: ctx.Err()}
 		}
 	}
 	if err != nil {
@@ -174,7 +175,7 @@ func TestPoolAnswersAndAcks(t *testing.T) {
 }
 
 func TestPoolRetries(t *testing.T) {
-	e500 := &UpstreamError{Status: 500, Body: "boom"}
+	e500 := &laas.UpstreamError{Status: 500, Body: "boom"}
 	cases := []struct {
 		name         string
 		script       []error
@@ -184,12 +185,12 @@ func TestPoolRetries(t *testing.T) {
 		wantAttempts int
 		wantCalls    int
 	}{
-		{"retryable then success", []error{e500, &UpstreamError{Status: 429}, nil}, time.Minute, 200, "", 3, 3},
-		{"connection error then success", []error{&UpstreamError{Err: context.DeadlineExceeded, Timeout: true}, nil}, time.Minute, 200, "", 2, 2},
-		{"not retryable: answered at once", []error{&UpstreamError{Status: 400, Body: `{"message":"bad preset var"}`}}, time.Minute, 400, "", 1, 1},
-		{"auth refused: answered at once", []error{&UpstreamError{Status: 401}}, time.Minute, 502, schema.CodeUpstreamAuth, 1, 1},
-		{"attempts exhausted: last error", []error{e500, e500, &UpstreamError{Status: 503}}, time.Minute, 503, schema.CodeUpstreamError, 3, 3},
-		{"retry would pass the deadline", []error{&UpstreamError{Status: 429, RetryAfter: time.Hour}}, time.Minute, 429, schema.CodeRateLimitExceeded, 1, 1},
+		{"retryable then success", []error{e500, &laas.UpstreamError{Status: 429}, nil}, time.Minute, 200, "", 3, 3},
+		{"connection error then success", []error{&laas.UpstreamError{Err: context.DeadlineExceeded, Timeout: true}, nil}, time.Minute, 200, "", 2, 2},
+		{"not retryable: answered at once", []error{&laas.UpstreamError{Status: 400, Body: `{"message":"bad preset var"}`}}, time.Minute, 400, "", 1, 1},
+		{"auth refused: answered at once", []error{&laas.UpstreamError{Status: 401}}, time.Minute, 502, schema.CodeUpstreamAuth, 1, 1},
+		{"attempts exhausted: last error", []error{e500, e500, &laas.UpstreamError{Status: 503}}, time.Minute, 503, schema.CodeUpstreamError, 3, 3},
+		{"retry would pass the deadline", []error{&laas.UpstreamError{Status: 429, RetryAfter: time.Hour}}, time.Minute, 429, schema.CodeRateLimitExceeded, 1, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,8 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/laas"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
 	"github.com/laas-bridge/laas-bridge/worker"
 )
 
@@ -46,7 +47,7 @@ func runBaselineProxy(ctx context.Context, args []string, stderr io.Writer) erro
 		return err
 	}
 	catalog := cfgFile.Catalog.WithDefaultPreset(env.LaaSPresetHash)
-	up, err := worker.NewLaaSClient(worker.LaaSConfig{BaseURL: env.LaaSBaseURL, ProjectCode: env.LaaSProjectCode, APIKey: env.LaaSAPIKey}, nil)
+	up, err := laas.NewClient(laas.Config{BaseURL: env.LaaSBaseURL, ProjectCode: env.LaaSProjectCode, APIKey: env.LaaSAPIKey}, nil)
 	if err != nil {
 		return err
 	}
@@ -74,7 +75,7 @@ func baselineHandler(catalog *schema.Catalog, up worker.Upstream, log *slog.Logg
 		cc, err := baselineCall(r, catalog, up)
 		if err != nil {
 			e := schema.AsError(err)
-			if ue, ok := errors.AsType[*worker.UpstreamError](err); ok {
+			if ue, ok := errors.AsType[*laas.UpstreamError](err); ok {
 				e = ue.OpenAI()
 			}
 			if e.Status >= 500 {
@@ -109,7 +110,7 @@ func baselineCall(r *http.Request, catalog *schema.Catalog, up worker.Upstream) 
 	if _, err := multimodal.Check(r.Context(), req); err != nil {
 		return nil, err
 	}
-	laasReq, err := worker.ToLaaS(req, model)
+	laasReq, err := laas.ToLaaS(req, model)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +118,7 @@ func baselineCall(r *http.Request, catalog *schema.Catalog, up worker.Upstream) 
 	if err != nil {
 		return nil, err
 	}
-	return worker.FromLaaS(resp, "chatcmpl-baseline", model.Alias, time.Now())
+	return laas.FromLaaS(resp, "chatcmpl-baseline", model.Alias, time.Now())
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 )
 
 // fakeBatchAPI is the OpenAI Batch API's shape, reduced to what the CLI

@@ -21,9 +21,9 @@ import (
 	"time"
 
 	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge/internal/bench"
+	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/worker"
 )
 
 // benchConfig is `laas-bridge bench`'s flags.
@@ -213,7 +213,7 @@ func (h *benchHarness) mockTarget(mockURL string) (bench.Target, error) {
 	if err != nil {
 		return bench.Target{}, err
 	}
-	laasReq, err := worker.ToLaaS(req, schema.Model{Alias: h.cfg.model, LaaSModel: h.cfg.model, PresetHash: benchPreset})
+	laasReq, err := laas.ToLaaS(req, schema.Model{Alias: h.cfg.model, LaaSModel: h.cfg.model, PresetHash: benchPreset})
 	if err != nil {
 		return bench.Target{}, err
 	}

@@ -20,11 +20,12 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/bridge"
 	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge/internal/config"
+	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
+	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/queue/failover"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/schema/queue/failover"
 	"github.com/laas-bridge/laas-bridge/worker"
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
 )
 
 // Demo credentials: only the in-process mock ever sees them.
@@ -95,7 +96,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 			*env.StreamReplicas, *env.StreamReplicas)
 	}
 
-	var up *worker.LaaSClient
+	var up *laas.Client
 	if hasWorker {
 		if env.Concurrency < 1 {
 			return fmt.Errorf("BRIDGE_WORKER_CONCURRENCY must be at least 1, got %d", env.Concurrency)
@@ -110,7 +111,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 			return fmt.Errorf("missing LaaS settings: %s. Set them in the environment or in .env, or run `laas-bridge serve --demo` to try the bridge with a built-in mock", strings.Join(missing, ", "))
 		}
 		catalog = catalog.WithDefaultPreset(env.LaaSPresetHash)
-		up, err = worker.NewLaaSClient(worker.LaaSConfig{BaseURL: env.LaaSBaseURL, ProjectCode: env.LaaSProjectCode, APIKey: env.LaaSAPIKey}, nil)
+		up, err = laas.NewClient(laas.Config{BaseURL: env.LaaSBaseURL, ProjectCode: env.LaaSProjectCode, APIKey: env.LaaSAPIKey}, nil)
 		if err != nil {
 			return err
 		}

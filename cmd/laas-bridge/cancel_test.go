@@ -9,7 +9,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 )
 
 // serveWithMock runs `serve` in-process against an in-test LaaS mock with

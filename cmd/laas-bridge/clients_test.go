@@ -22,9 +22,9 @@ import (
 	"github.com/openai/openai-go/v3/shared"
 	goopenai "github.com/sashabaranov/go-openai"
 
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal/multimodaltest"
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/admission/multimodal/multimodaltest"
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 )
 
 // The tests in this file drive the whole bridge (run → serve, embedded NATS,

@@ -20,9 +20,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/worker"
 )
 
@@ -409,7 +410,7 @@ func TestDeadLetterEndToEnd(t *testing.T) {
 		_, _ = io.WriteString(w, `{"message":"overloaded"}`)
 	}))
 	t.Cleanup(up.Close)
-	client, err := worker.NewLaaSClient(worker.LaaSConfig{BaseURL: up.URL, ProjectCode: "project", APIKey: "key"}, up.Client())
+	client, err := laas.NewClient(laas.Config{BaseURL: up.URL, ProjectCode: "project", APIKey: "key"}, up.Client())
 	if err != nil {
 		t.Fatal(err)
 	}

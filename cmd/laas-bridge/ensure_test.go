@@ -15,8 +15,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
 )
 
 // startNATSConf runs an in-process nats-server from a configuration text.

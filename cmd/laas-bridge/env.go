@@ -8,8 +8,8 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
 )
 
 // Env holds every environment setting. The names are fixed: existing .env

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/laas-bridge/laas-bridge/schema/queue"
+	"github.com/laas-bridge/laas-bridge/queue"
 )
 
 // Stream and consumer settings left unset reach queue.Ensure as zero, so a

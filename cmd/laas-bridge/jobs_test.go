@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
+	"github.com/laas-bridge/laas-bridge/queue"
 )
 
 // apiJob is what the jobs API answers.

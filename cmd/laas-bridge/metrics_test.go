@@ -13,10 +13,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
+	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
-	"github.com/laas-bridge/laas-bridge/schema/queue/queuetest"
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
 )
 
 var metricsListeningRe = regexp.MustCompile(`msg="metrics listening".* addr=(\S+)`)

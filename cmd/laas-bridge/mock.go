@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 )
 
 // runMock runs the LaaS look-alike until ctx is done.

@@ -18,7 +18,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 
-	"github.com/laas-bridge/laas-bridge/schema/queue"
+	"github.com/laas-bridge/laas-bridge/queue"
 )
 
 // binary is the laas-bridge binary built once for the process tests;

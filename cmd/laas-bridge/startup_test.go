@@ -16,7 +16,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 )
 
 // TestStartupErrors: commands that cannot work stop at once with a message

@@ -15,9 +15,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	mt "github.com/laas-bridge/laas-bridge/admission/multimodal/multimodaltest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
-	mt "github.com/laas-bridge/laas-bridge/schema/multimodal/multimodaltest"
 )
 
 // Content parts.

@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/laas-bridge/laas-bridge/schema/queue"
+	"github.com/laas-bridge/laas-bridge/queue"
 )
 
 // Queue is a running test server with the request stream provisioned.

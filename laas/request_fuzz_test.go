@@ -1,4 +1,4 @@
-package worker
+package laas
 
 import (
 	"bytes"
@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
 )
 
 // FuzzRequest drives a request body through what the bridge does with it

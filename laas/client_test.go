@@ -1,4 +1,4 @@
-package worker
+package laas
 
 import (
 	"bufio"
@@ -17,8 +17,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
 )
 
 // Test credentials, with characters that JSON and URL encodings change.
@@ -39,48 +39,48 @@ func testRequest() *schema.LaaSRequest {
 	}
 }
 
-func newTestClient(t *testing.T, baseURL string, timeout time.Duration) *LaaSClient {
+func newTestClient(t *testing.T, baseURL string, timeout time.Duration) *Client {
 	t.Helper()
-	c, err := NewLaaSClient(LaaSConfig{BaseURL: baseURL, ProjectCode: testProject, APIKey: testAPIKey, Timeout: timeout}, nil)
+	c, err := NewClient(Config{BaseURL: baseURL, ProjectCode: testProject, APIKey: testAPIKey, Timeout: timeout}, nil)
 	if err != nil {
-		t.Fatalf("NewLaaSClient: %v", err)
+		t.Fatalf("NewClient: %v", err)
 	}
 	return c
 }
 
 func TestLaaSConfigValidate(t *testing.T) {
-	ok := LaaSConfig{BaseURL: "https://api-laas.wanted.co.kr", ProjectCode: "p-VALUE", APIKey: "k-VALUE"}
-	with := func(f func(*LaaSConfig)) LaaSConfig { c := ok; f(&c); return c }
+	ok := Config{BaseURL: "https://api-laas.wanted.co.kr", ProjectCode: "p-VALUE", APIKey: "k-VALUE"}
+	with := func(f func(*Config)) Config { c := ok; f(&c); return c }
 	tests := []struct {
 		name         string
-		cfg          LaaSConfig
+		cfg          Config
 		want         []string // the joined errors, one per line; nil means valid
 		wantEndpoint string
 	}{
 		{name: "valid", cfg: ok, wantEndpoint: "https://api-laas.wanted.co.kr/api/preset/v2/chat/completions"},
-		{name: "empty base URL means the default", cfg: with(func(c *LaaSConfig) { c.BaseURL = "" }),
+		{name: "empty base URL means the default", cfg: with(func(c *Config) { c.BaseURL = "" }),
 			wantEndpoint: "https://api-laas.wanted.co.kr/api/preset/v2/chat/completions"},
-		{name: "http with port, path prefix and trailing slash", cfg: with(func(c *LaaSConfig) { c.BaseURL = "http://127.0.0.1:8080/laas/" }),
+		{name: "http with port, path prefix and trailing slash", cfg: with(func(c *Config) { c.BaseURL = "http://127.0.0.1:8080/laas/" }),
 			wantEndpoint: "http://127.0.0.1:8080/laas/api/preset/v2/chat/completions"},
-		{name: "timeout set", cfg: with(func(c *LaaSConfig) { c.Timeout = time.Minute }),
+		{name: "timeout set", cfg: with(func(c *Config) { c.Timeout = time.Minute }),
 			wantEndpoint: "https://api-laas.wanted.co.kr/api/preset/v2/chat/completions"},
-		{name: "no scheme", cfg: with(func(c *LaaSConfig) { c.BaseURL = "api-laas.wanted.co.kr" }),
+		{name: "no scheme", cfg: with(func(c *Config) { c.BaseURL = "api-laas.wanted.co.kr" }),
 			want: []string{`LAAS_BASE_URL "api-laas.wanted.co.kr" must be an absolute http:// or https:// URL`}},
-		{name: "ftp scheme", cfg: with(func(c *LaaSConfig) { c.BaseURL = "ftp://example.com" }),
+		{name: "ftp scheme", cfg: with(func(c *Config) { c.BaseURL = "ftp://example.com" }),
 			want: []string{`LAAS_BASE_URL "ftp://example.com" must be an absolute http:// or https:// URL`}},
-		{name: "no host", cfg: with(func(c *LaaSConfig) { c.BaseURL = "https:///path" }),
+		{name: "no host", cfg: with(func(c *Config) { c.BaseURL = "https:///path" }),
 			want: []string{`LAAS_BASE_URL "https:///path" has no host`}},
-		{name: "query", cfg: with(func(c *LaaSConfig) { c.BaseURL = "https://user:pw-VALUE@example.com/?a=1" }),
+		{name: "query", cfg: with(func(c *Config) { c.BaseURL = "https://user:pw-VALUE@example.com/?a=1" }),
 			want: []string{`LAAS_BASE_URL "https://user:xxxxx@example.com/?a=1" must not have a query or fragment`}},
-		{name: "does not parse", cfg: with(func(c *LaaSConfig) { c.BaseURL = "http://[::1%zz-VALUE" }),
+		{name: "does not parse", cfg: with(func(c *Config) { c.BaseURL = "http://[::1%zz-VALUE" }),
 			want: []string{"LAAS_BASE_URL does not parse as a URL"}},
-		{name: "no project code", cfg: with(func(c *LaaSConfig) { c.ProjectCode = "" }),
+		{name: "no project code", cfg: with(func(c *Config) { c.ProjectCode = "" }),
 			want: []string{"LAAS_PROJECT_CODE is empty: the LaaS project code is required"}},
-		{name: "no API key", cfg: with(func(c *LaaSConfig) { c.APIKey = "" }),
+		{name: "no API key", cfg: with(func(c *Config) { c.APIKey = "" }),
 			want: []string{"LAAS_API_KEY is empty: the LaaS API key is required"}},
-		{name: "negative timeout", cfg: with(func(c *LaaSConfig) { c.Timeout = -time.Second }),
+		{name: "negative timeout", cfg: with(func(c *Config) { c.Timeout = -time.Second }),
 			want: []string{"LaaS timeout -1s is negative"}},
-		{name: "everything wrong, joined", cfg: LaaSConfig{BaseURL: "mailto:x", Timeout: -1},
+		{name: "everything wrong, joined", cfg: Config{BaseURL: "mailto:x", Timeout: -1},
 			want: []string{
 				`LAAS_BASE_URL "mailto:x" must be an absolute http:// or https:// URL`,
 				"LAAS_PROJECT_CODE is empty: the LaaS project code is required",
@@ -91,10 +91,10 @@ func TestLaaSConfigValidate(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
-			c, newErr := NewLaaSClient(tc.cfg, nil)
+			c, newErr := NewClient(tc.cfg, nil)
 			if tc.want == nil {
 				if err != nil || newErr != nil {
-					t.Fatalf("Validate() = %v, NewLaaSClient() = %v; want nil", err, newErr)
+					t.Fatalf("Validate() = %v, NewClient() = %v; want nil", err, newErr)
 				}
 				if c.endpoint != tc.wantEndpoint {
 					t.Fatalf("endpoint = %q, want %q", c.endpoint, tc.wantEndpoint)
@@ -111,16 +111,16 @@ func TestLaaSConfigValidate(t *testing.T) {
 				t.Fatalf("a secret value leaked into %q", err)
 			}
 			if c != nil || newErr == nil || newErr.Error() != err.Error() {
-				t.Fatalf("NewLaaSClient() = %v, %v; want nil and the validation error", c, newErr)
+				t.Fatalf("NewClient() = %v, %v; want nil and the validation error", c, newErr)
 			}
 		})
 	}
 }
 
 func TestNewLaaSClientHTTPClient(t *testing.T) {
-	cfg := LaaSConfig{ProjectCode: "p", APIKey: "k"}
+	cfg := Config{ProjectCode: "p", APIKey: "k"}
 	t.Run("nil gets a tuned client", func(t *testing.T) {
-		c, err := NewLaaSClient(cfg, nil)
+		c, err := NewClient(cfg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,7 +137,7 @@ func TestNewLaaSClientHTTPClient(t *testing.T) {
 	})
 	t.Run("given client is copied, not modified", func(t *testing.T) {
 		hc := &http.Client{Timeout: 3 * time.Second}
-		c, err := NewLaaSClient(cfg, hc)
+		c, err := NewClient(cfg, hc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -623,7 +623,7 @@ func TestCompleteTransportErrors(t *testing.T) {
 	tests := []struct {
 		name       string
 		handler    http.HandlerFunc // nil: use closedURL
-		timeout    time.Duration    // LaaSConfig.Timeout
+		timeout    time.Duration    // Config.Timeout
 		ctx        func() (context.Context, context.CancelFunc)
 		wantStatus int
 		timedOut   bool
@@ -878,7 +878,7 @@ func TestLaaSClientPrintsNoSecrets(t *testing.T) {
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
 		t.Run(verb, func(t *testing.T) {
 			got := fmt.Sprintf(verb, c)
-			if want := "LaaSClient(http://127.0.0.1:1/api/preset/v2/chat/completions)"; got != want {
+			if want := "Client(http://127.0.0.1:1/api/preset/v2/chat/completions)"; got != want {
 				t.Fatalf("Sprintf(%q) = %q, want %q", verb, got, want)
 			}
 		})
@@ -886,7 +886,7 @@ func TestLaaSClientPrintsNoSecrets(t *testing.T) {
 }
 
 func TestLaaSClientPrintsNoPassword(t *testing.T) {
-	c, err := NewLaaSClient(LaaSConfig{BaseURL: "https://user:pw-SECRET@laas.example", ProjectCode: "p", APIKey: "k"}, nil)
+	c, err := NewClient(Config{BaseURL: "https://user:pw-SECRET@laas.example", ProjectCode: "p", APIKey: "k"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal/multimodaltest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal/multimodaltest"
 )
 
 const (

@@ -1,4 +1,4 @@
-package worker
+package laas
 
 import (
 	"bytes"
@@ -20,9 +20,9 @@ import (
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
-// DefaultLaaSBaseURL is LaaS's public base URL, used when LaaSConfig.BaseURL
+// DefaultBaseURL is LaaS's public base URL, used when Config.BaseURL
 // is empty.
-const DefaultLaaSBaseURL = "https://api-laas.wanted.co.kr"
+const DefaultBaseURL = "https://api-laas.wanted.co.kr"
 
 const (
 	// upstreamBodyLimit is how much of a non-2xx body UpstreamError keeps.
@@ -45,10 +45,10 @@ const (
 // likely answer the same way again) and maps to a 502 upstream_error.
 var ErrInvalidAnswer = errors.New("LaaS answer is not a chat completion")
 
-// LaaSConfig configures a LaaSClient.
-type LaaSConfig struct {
+// Config configures a Client.
+type Config struct {
 	// BaseURL is LaaS's absolute http(s) base URL, optionally with a path
-	// prefix; empty means DefaultLaaSBaseURL. A trailing slash is ignored.
+	// prefix; empty means DefaultBaseURL. A trailing slash is ignored.
 	BaseURL string
 	// ProjectCode and APIKey are sent as the "project" and "apiKey" headers.
 	// Both are required. They never appear in an error or a log.
@@ -61,7 +61,7 @@ type LaaSConfig struct {
 // Validate reports every problem with c, joined. Its messages name the
 // environment variables (LAAS_BASE_URL, LAAS_PROJECT_CODE, LAAS_API_KEY) but
 // never the credentials' values.
-func (c LaaSConfig) Validate() error {
+func (c Config) Validate() error {
 	var errs []error
 	if _, err := c.endpoint(); err != nil {
 		errs = append(errs, err)
@@ -79,10 +79,10 @@ func (c LaaSConfig) Validate() error {
 }
 
 // endpoint returns the chat completions URL for c.BaseURL.
-func (c LaaSConfig) endpoint() (string, error) {
+func (c Config) endpoint() (string, error) {
 	base := c.BaseURL
 	if base == "" {
-		base = DefaultLaaSBaseURL
+		base = DefaultBaseURL
 	}
 	u, err := url.Parse(base)
 	if err != nil {
@@ -109,10 +109,10 @@ func redactedEndpoint(endpoint string) string {
 	return u.Redacted()
 }
 
-// LaaSClient calls LaaS's preset chat endpoint. It makes exactly one HTTP
+// Client calls LaaS's preset chat endpoint. It makes exactly one HTTP
 // attempt per Complete call: retrying is the caller's job, guided by
 // UpstreamError.Retryable. It is safe for concurrent use.
-type LaaSClient struct {
+type Client struct {
 	hc       *http.Client
 	endpoint string
 	project  schema.Secret
@@ -122,14 +122,14 @@ type LaaSClient struct {
 	maxForm  int      // length of the longest form
 }
 
-// NewLaaSClient returns a client for cfg, or cfg's validation error.
+// NewClient returns a client for cfg, or cfg's validation error.
 //
 // A nil hc gets a client tuned for many concurrent calls to one host (up to
 // 256 idle connections kept per host, no overall timeout: LLM answers are
 // slow, so the context and cfg.Timeout bound each call). The client used is a
 // copy of hc that never follows redirects, so the credentials cannot be sent
 // to another host; a 3xx answer is an UpstreamError.
-func NewLaaSClient(cfg LaaSConfig, hc *http.Client) (*LaaSClient, error) {
+func NewClient(cfg Config, hc *http.Client) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -142,7 +142,7 @@ func NewLaaSClient(cfg LaaSConfig, hc *http.Client) (*LaaSClient, error) {
 	}
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-	c := &LaaSClient{
+	c := &Client{
 		hc: &client, endpoint: endpoint,
 		project: cfg.ProjectCode, apiKey: cfg.APIKey, timeout: cfg.Timeout,
 	}
@@ -161,10 +161,10 @@ func NewLaaSClient(cfg LaaSConfig, hc *http.Client) (*LaaSClient, error) {
 }
 
 // String describes c without its credentials, for logs.
-func (c *LaaSClient) String() string { return "LaaSClient(" + redactedEndpoint(c.endpoint) + ")" }
+func (c *Client) String() string { return "Client(" + redactedEndpoint(c.endpoint) + ")" }
 
 // GoString is String, so that %#v cannot print the credentials.
-func (c *LaaSClient) GoString() string { return c.String() }
+func (c *Client) GoString() string { return c.String() }
 
 // newLaaSTransport returns http.DefaultTransport's settings (proxy from the
 // environment, dial and TLS timeouts, HTTP/2) with a larger idle pool.
@@ -195,7 +195,7 @@ func secretForms(s string) []string {
 }
 
 // redact replaces every form of the credentials in s with "[redacted]".
-func (c *LaaSClient) redact(s string) string {
+func (c *Client) redact(s string) string {
 	for _, f := range c.secrets {
 		s = strings.ReplaceAll(s, f, "[redacted]")
 	}
@@ -206,12 +206,12 @@ func (c *LaaSClient) redact(s string) string {
 // sent it (see FromLaaS to normalise it) and has at least one choice.
 //
 // Every failure to get such an answer is an *UpstreamError: a non-2xx status,
-// a transport error, a timeout (ctx's deadline or LaaSConfig.Timeout), a
+// a transport error, a timeout (ctx's deadline or Config.Timeout), a
 // cancelled ctx (Err wraps context.Canceled), or a 2xx body that is not a
 // chat completion (Err wraps ErrInvalidAnswer). Only a request that cannot be
 // encoded yields another error. No error carries the credentials or the
 // request body.
-func (c *LaaSClient) Complete(ctx context.Context, req *schema.LaaSRequest) (*schema.LaaSResponse, error) {
+func (c *Client) Complete(ctx context.Context, req *schema.LaaSRequest) (*schema.LaaSResponse, error) {
 	if req == nil {
 		return nil, errors.New("laas: nil request")
 	}
@@ -262,7 +262,7 @@ func (c *LaaSClient) Complete(ctx context.Context, req *schema.LaaSRequest) (*sc
 }
 
 // transportError wraps a failure to send the request or read the answer.
-func (c *LaaSClient) transportError(status int, err error) *UpstreamError {
+func (c *Client) transportError(status int, err error) *UpstreamError {
 	var ne net.Error
 	timeout := errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 	return &UpstreamError{Status: status, Err: err, Timeout: timeout}
@@ -270,7 +270,7 @@ func (c *LaaSClient) transportError(status int, err error) *UpstreamError {
 
 // statusError builds the error for a non-2xx answer, keeping the start of its
 // body with the credentials redacted.
-func (c *LaaSClient) statusError(resp *http.Response) *UpstreamError {
+func (c *Client) statusError(resp *http.Response) *UpstreamError {
 	// Read enough past the limit to see whole any credential that straddles it.
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, int64(upstreamBodyLimit+c.maxForm)))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, drainLimit))
@@ -284,7 +284,7 @@ func (c *LaaSClient) statusError(resp *http.Response) *UpstreamError {
 }
 
 // invalidAnswer builds the error for a 2xx body that is not an answer.
-func (c *LaaSClient) invalidAnswer(status int, raw []byte, err error) *UpstreamError {
+func (c *Client) invalidAnswer(status int, raw []byte, err error) *UpstreamError {
 	if len(raw) > upstreamBodyLimit+c.maxForm {
 		raw = raw[:upstreamBodyLimit+c.maxForm]
 	}
@@ -297,7 +297,7 @@ func (c *LaaSClient) invalidAnswer(status int, raw []byte, err error) *UpstreamE
 // the credentials redacted. raw must hold at least c.maxForm bytes beyond the
 // limit when the body is longer, so that a credential crossing the limit is
 // redacted whole rather than cut into a prefix that no longer matches.
-func (c *LaaSClient) redactedPrefix(raw []byte) string {
+func (c *Client) redactedPrefix(raw []byte) string {
 	cut := min(len(raw), upstreamBodyLimit)
 	for moved := true; moved; {
 		moved = false
@@ -327,7 +327,7 @@ func (c *LaaSClient) redactedPrefix(raw []byte) string {
 
 // redactJSON returns v with the credentials redacted from every string
 // (object keys included), and whether anything changed.
-func (c *LaaSClient) redactJSON(v any) (any, bool) {
+func (c *Client) redactJSON(v any) (any, bool) {
 	switch v := v.(type) {
 	case string:
 		r := c.redact(v)
@@ -444,7 +444,7 @@ type UpstreamError struct {
 	RetryAfter time.Duration
 	// Err is the transport, timeout or invalid-answer error.
 	Err error
-	// Timeout reports that the context's deadline or LaaSConfig.Timeout
+	// Timeout reports that the context's deadline or Config.Timeout
 	// passed before LaaS answered.
 	Timeout bool
 

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/queue"
 )
 
 // TestEnsureJobs: Ensure provisions the results stream (laas.results.>,

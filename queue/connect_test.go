@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/laas-bridge/laas-bridge/schema/queue"
+	"github.com/laas-bridge/laas-bridge/queue"
 )
 
 func TestConnectWithoutURL(t *testing.T) {

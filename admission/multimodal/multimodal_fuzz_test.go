@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	mt "github.com/laas-bridge/laas-bridge/admission/multimodal/multimodaltest"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
-	mt "github.com/laas-bridge/laas-bridge/schema/multimodal/multimodaltest"
 )
 
 // FuzzMedia feeds arbitrary bytes, as an image or as a PDF in each part
@@ -18,7 +18,7 @@ import (
 // here, which FuzzRequest (package worker) rarely reaches through JSON and
 // base64. Check must not panic, and a refusal must be a 400 about the part.
 //
-//	go test -run '^$' -fuzz '^FuzzMedia$' -fuzztime 60s ./schema/multimodal
+//	go test -run '^$' -fuzz '^FuzzMedia$' -fuzztime 60s ./admission/multimodal
 func FuzzMedia(f *testing.F) {
 	f.Add(uint8(0), "image/png", mt.PNG(3, 2, 0))
 	f.Add(uint8(0), "image/jpeg", mt.JPEG(2, 3))

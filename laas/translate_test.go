@@ -1,4 +1,4 @@
-package worker
+package laas
 
 import (
 	"bytes"
@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/admission/multimodal/multimodaltest"
+	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 	"github.com/laas-bridge/laas-bridge/schema"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal"
-	"github.com/laas-bridge/laas-bridge/schema/multimodal/multimodaltest"
-	"github.com/laas-bridge/laas-bridge/worker/laasmock"
 )
 
 func TestToLaaS(t *testing.T) {
