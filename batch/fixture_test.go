@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
@@ -127,7 +128,11 @@ func (f *fixture) worker(t *testing.T) {
 // runner starts a runner that Run drives until stop is called.
 func (f *fixture) runner(t *testing.T, cfg RunnerConfig) (stop func()) {
 	t.Helper()
-	r, err := NewRunner(cfg, f.q.JS, f.store, f.catalog, slog.New(slog.DiscardHandler))
+	core, err := admission.Open(context.Background(), admission.Config{}, f.q.JS, f.catalog, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRunner(cfg, f.q.JS, f.store, core, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,8 +163,13 @@ func (f *fixture) watchPublished(t *testing.T) *published {
 	t.Helper()
 	p := &published{counts: map[string]int{}}
 	sub, err := f.q.Conn.Subscribe(schema.SubjectBatch, func(m *nats.Msg) {
+		var env schema.Envelope
+		if err := json.Unmarshal(m.Data, &env); err != nil {
+			t.Errorf("a message on the batch lane is not an envelope: %v", err)
+			return
+		}
 		p.mu.Lock()
-		p.counts[m.Header.Get(schema.HeaderMsgID)]++
+		p.counts[env.ID]++
 		p.mu.Unlock()
 	})
 	if err != nil {

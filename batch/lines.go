@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -53,11 +53,10 @@ func CountLines(data []byte) int {
 	return n
 }
 
-// Validator checks batch lines the way POST /v1/chat/completions checks a
-// request.
+// Validator checks batch lines through the admission core, the way
+// POST /v1/chat/completions checks a request, media included.
 type Validator struct {
-	Catalog             *schema.Catalog
-	AllowPresetOverride bool
+	Core *admission.Core
 }
 
 // Plan validates every line of an input file for batch id.
@@ -69,7 +68,7 @@ func (v Validator) Plan(ctx context.Context, id string, data []byte) Plan {
 			continue
 		}
 		p.Total++
-		customID, model, err := v.line(ctx, raw, seen)
+		customID, model, err := v.line(ctx, id, i, raw, seen)
 		if err != nil {
 			e := schema.AsError(err)
 			code := e.Code
@@ -93,7 +92,7 @@ func (v Validator) Plan(ctx context.Context, id string, data []byte) Plan {
 }
 
 // line checks one line and returns its custom_id (when it has one) and model.
-func (v Validator) line(ctx context.Context, raw []byte, seen map[string]bool) (customID, model string, err error) {
+func (v Validator) line(ctx context.Context, id string, line int, raw []byte, seen map[string]bool) (customID, model string, err error) {
 	var in schema.BatchInputLine
 	if err := json.Unmarshal(raw, &in); err != nil {
 		var probe struct {
@@ -112,26 +111,20 @@ func (v Validator) line(ctx context.Context, raw []byte, seen map[string]bool) (
 	case in.URL != schema.BatchEndpoint:
 		return in.CustomID, "", schema.Invalid("url", schema.CodeInvalidBatchLine, "'url' must be %s, the batch's endpoint, got %q.", schema.BatchEndpoint, in.URL)
 	}
-	req, err := schema.DecodeChatRequest(in.Body)
+	ck, err := v.Core.Check(lineRequest(id, line, in.Body))
+	if err == nil {
+		err = v.Core.CheckMedia(ctx, ck)
+	}
 	if err != nil {
 		return in.CustomID, "", err
 	}
-	if err := req.Validate(); err != nil {
-		return in.CustomID, "", err
-	}
-	if req.Stream {
-		return in.CustomID, "", schema.Invalid("stream", schema.CodeInvalidValue, "a batch request cannot be streamed; remove 'stream'.")
-	}
-	if _, ok := v.Catalog.Lookup(req.Model); !ok {
-		return in.CustomID, "", schema.ModelNotFound(req.Model)
-	}
-	if req.PresetHash != "" && !v.AllowPresetOverride {
-		return in.CustomID, "", schema.PresetOverrideDisabled()
-	}
-	if _, err := multimodal.Check(ctx, req); err != nil {
-		return in.CustomID, "", err
-	}
-	return in.CustomID, req.Model, nil
+	return in.CustomID, ck.Chat.Model, nil
+}
+
+// lineRequest is the admission request of line i of batch id.
+func lineRequest(id string, line int, body []byte) admission.Request {
+	return admission.Request{ID: JobID(id, line), Body: body, Door: admission.DoorBatch, Lane: admission.Batch,
+		Line: &admission.BatchLine{BatchID: id, Line: line}}
 }
 
 // lineBody returns the request body of a valid line.
@@ -148,6 +141,6 @@ func JobID(id string, line int) string { return id + "-" + strconv.Itoa(line) }
 
 // AnswerKey is where the worker keeps the answer of line i of batch id
 // (the job's idempotency key).
-func AnswerKey(id string, line int) string { return "batch." + id + "." + strconv.Itoa(line) }
+func AnswerKey(id string, line int) string { return admission.BatchAnswerKey(id, line) }
 
 func requestLineID(id string, line int) string { return "batch_req_" + JobID(id, line) }

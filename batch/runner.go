@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -36,8 +38,6 @@ type RunnerConfig struct {
 	// Window is the most lines of one batch queued and not yet answered;
 	// default 1000.
 	Window int
-	// AllowPresetOverride lets a line name its own preset_hash.
-	AllowPresetOverride bool
 }
 
 func (c *RunnerConfig) setDefaults() {
@@ -82,10 +82,9 @@ type Runner struct {
 	nc        *nats.Conn
 	store     *Store
 	answers   jetstream.KeyValue
-	bodies    jetstream.ObjectStore
+	core      *admission.Core
 	validator Validator
 	log       *slog.Logger
-	inlineMax int
 
 	mu      sync.Mutex
 	running map[string]bool
@@ -93,7 +92,7 @@ type Runner struct {
 }
 
 // NewRunner builds a runner; the queue's streams and buckets must exist.
-func NewRunner(cfg RunnerConfig, js jetstream.JetStream, store *Store, catalog *schema.Catalog, log *slog.Logger) (*Runner, error) {
+func NewRunner(cfg RunnerConfig, js jetstream.JetStream, store *Store, core *admission.Core, log *slog.Logger) (*Runner, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -104,16 +103,12 @@ func NewRunner(cfg RunnerConfig, js jetstream.JetStream, store *Store, catalog *
 	if err != nil {
 		return nil, fmt.Errorf("answers bucket %s: %w", schema.BucketAnswers, err)
 	}
-	bodies, err := js.ObjectStore(ctx, schema.BucketBodies)
-	if err != nil {
-		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
-	}
 	nc := js.Conn()
 	return &Runner{
-		cfg: cfg, js: js, nc: nc, store: store, answers: answers, bodies: bodies,
-		validator: Validator{Catalog: catalog, AllowPresetOverride: cfg.AllowPresetOverride},
-		log:       log.With("batch_runner", cfg.Owner), inlineMax: int(nc.MaxPayload() / 2),
-		running: map[string]bool{},
+		cfg: cfg, js: js, nc: nc, store: store, answers: answers, core: core,
+		validator: Validator{Core: core},
+		log:       log.With("batch_runner", cfg.Owner),
+		running:   map[string]bool{},
 	}, nil
 }
 
@@ -506,7 +501,8 @@ func (d *driver) progress(ctx context.Context) error {
 	}
 }
 
-// publish queues one line on the batch lane.
+// publish queues one line on the batch lane through the admission core;
+// its media were checked when the plan was made.
 func (d *driver) publish(ctx context.Context, l PlanLine, deadline time.Time) error {
 	if l.Line >= len(d.lines) {
 		return fmt.Errorf("line %d is not in the input file", l.Line)
@@ -515,26 +511,38 @@ func (d *driver) publish(ctx context.Context, l PlanLine, deadline time.Time) er
 	if err != nil {
 		return err
 	}
-	id := JobID(d.id, l.Line)
-	env := schema.Envelope{ID: id, Model: l.Model, EnqueuedAt: time.Now(), Deadline: deadline, Request: body, IdempotencyKey: AnswerKey(d.id, l.Line)}
-	if len(body) > d.r.inlineMax {
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, err := d.r.bodies.PutBytes(pctx, id, body)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("store large body: %w", err)
-		}
-		env.Request, env.RequestRef = nil, id
+	left := time.Until(deadline)
+	if left <= 0 {
+		return fmt.Errorf("line %d: the batch passed its deadline", l.Line)
 	}
-	data, err := json.Marshal(env)
+	req := lineRequest(d.id, l.Line, body)
+	req.Timeout, req.MediaChecked = min(left, schema.MaxRequestTimeout), true
+	ck, err := d.r.core.Check(req)
+	if err == nil {
+		_, err = d.r.core.Admit(ctx, ck)
+	}
+	if e, ok := errors.AsType[*schema.Error](err); ok && refusal(e) {
+		// Refused now although the plan took it (say its model left the
+		// catalogue): the refusal is the line's answer.
+		return d.keepRefusal(ctx, l, req.ID, e)
+	}
+	return err
+}
+
+// refusal reports an error that trying again will not change.
+func refusal(e *schema.Error) bool {
+	return e.Status >= 400 && e.Status < 500 && e.Status != http.StatusTooManyRequests && e.Status != admission.StatusClientClosed
+}
+
+// keepRefusal stores a refused line's error as its answer.
+func (d *driver) keepRefusal(ctx context.Context, l PlanLine, id string, e *schema.Error) error {
+	rep := schema.ErrorReply(id, e)
+	data, err := json.Marshal(rep)
 	if err != nil {
 		return err
 	}
-	msg := &nats.Msg{Subject: schema.SubjectBatch, Data: data, Header: nats.Header{}}
-	msg.Header.Set(schema.HeaderMsgID, id)
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	_, err = d.r.js.PublishMsg(pctx, msg)
+	d.log.Warn("batch line refused at queueing", "line", l.Line, "status", e.Status, "code", e.Code)
+	_, err = d.r.answers.Put(ctx, AnswerKey(d.id, l.Line), data)
 	return err
 }
 

@@ -13,11 +13,8 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/laas-bridge/laas-bridge/admission/multimodal"
-	"github.com/laas-bridge/laas-bridge/queue/failover"
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -53,143 +50,96 @@ func (g *Gateway) readBody(c echo.Context) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// chatCompletions validates a chat request, queues it and waits for its answer.
+// chatCompletions admits a chat request through the core and waits for
+// its answer.
 func (g *Gateway) chatCompletions(c echo.Context) error {
 	r := c.Request()
 	body, err := g.readBody(c)
 	if err != nil {
 		return err
 	}
-	req, err := schema.DecodeChatRequest(body)
-	if err != nil {
-		return err
-	}
-	obs := observationOf(c)
-	obs.request(req, g.catalog)
-	if err := req.Validate(); err != nil {
-		return err
-	}
-	model, ok := g.catalog.Lookup(req.Model)
-	if !ok {
-		return schema.ModelNotFound(req.Model)
-	}
-	if req.PresetHash != "" && !g.cfg.AllowPresetOverride {
-		return schema.PresetOverrideDisabled()
-	}
-	timeout, err := requestTimeout(r.Header, model)
-	if err != nil {
-		return err
-	}
-	idem, err := idempotencyKey(r.Header, body)
-	if err != nil {
-		return err
-	}
-	subject, err := g.lane(r.Header)
-	if err != nil {
-		return err
-	}
-	// The costly checks (decoding images, reading PDFs) come last.
-	report, err := multimodal.Check(r.Context(), req)
-	if err != nil {
-		return err
-	}
-	for _, w := range report.Warnings {
-		g.log.Info("request accepted with a warning", "request_id", c.Response().Header().Get(HeaderRequestID), "param", w.Param, "warning", w.Message)
-	}
 	id := c.Response().Header().Get(HeaderRequestID)
-	var p *pending
-	if idem != "" {
-		raw, found, err := g.storedAnswer(r.Context(), idem)
-		if err != nil {
-			return err
-		}
-		if found {
-			c.Response().Header().Set(HeaderIdempotentReplayed, "true")
-			ch := make(chan []byte, 1)
-			ch <- raw
-			now := time.Now()
-			p = &pending{id: id, model: model, enqueuedAt: now, timeout: timeout, deadline: now.Add(timeout), answer: ch}
-		}
+	req, err := g.request(id, admission.DoorChat, r.Header, body)
+	if err != nil {
+		return err
 	}
-	if p == nil {
-		if p, err = g.enqueue(r.Context(), subject, id, model, timeout, body, idem); err != nil {
-			return err
-		}
+	req.Streamable = true
+	ck, err := g.core.Check(req)
+	obs := observationOf(c)
+	if ck.Chat != nil {
+		obs.request(ck.Chat, g.catalog)
+	}
+	if err != nil {
+		return err
+	}
+	p, replayed, err := g.admit(r.Context(), ck)
+	if err != nil {
+		return err
+	}
+	if replayed {
+		c.Response().Header().Set(HeaderIdempotentReplayed, "true")
 	}
 	if p.release != nil {
 		defer p.release()
 	}
 	obs.queued = true
 	defer g.metrics.callerWaiting()()
-	if req.Stream {
-		err = g.streamAnswer(c, p, req)
+	if ck.Chat.Stream {
+		err = g.streamAnswer(c, p, ck.Chat)
 	} else {
 		err = g.awaitAnswer(c, p)
 	}
 	// Nobody will read the answer: stop the job. A caller with an
 	// Idempotency-Key will come back for it, so its job keeps running.
-	if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && idem == "" {
+	if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && ck.AnswerKey == "" {
 		g.cancelJob(p.id)
 	}
 	return err
 }
 
-// enqueue registers the caller and publishes the request. On success the
-// caller must eventually forget p.id.
-func (g *Gateway) enqueue(ctx context.Context, subject, id string, model schema.Model, timeout time.Duration, body []byte, idem string) (*pending, error) {
-	now := time.Now()
-	p := &pending{id: id, model: model, enqueuedAt: now, timeout: timeout, deadline: now.Add(timeout)}
-	env := schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: p.deadline, Request: body, IdempotencyKey: idem}
-	msgID := id
-	if idem != "" {
-		msgID = "idem." + idem // a retry within the dedupe window is not queued again
-	}
-	if len(body) > g.inlineMax {
-		if err := g.storeBody(ctx, id, body); err != nil {
-			return nil, err
-		}
-		env.Request, env.RequestRef = nil, id
-	}
-	data, err := json.Marshal(env)
+// request is the admission request of a caller who waits on this
+// gateway: the body, and what the headers say (timeout, lane, idempotency
+// key); the reply comes to this gateway's reply subject.
+func (g *Gateway) request(id string, door admission.Door, h http.Header, body []byte) (admission.Request, error) {
+	timeout, err := headerTimeout(h)
 	if err != nil {
-		return nil, fmt.Errorf("encode envelope: %w", err)
+		return admission.Request{}, err
 	}
-	p.answer = g.corr.expect(id) // before publishing: a fast reply is never missed
-	p.release = func() { g.corr.forget(id) }
-	duplicate, err := g.publish(ctx, subject, id, msgID, data)
-	if err != nil || duplicate {
-		g.corr.forget(id)
-		if env.RequestRef != "" {
-			g.dropBody(id)
-		}
-	}
+	lane, err := g.lane(h)
 	if err != nil {
-		return nil, err
+		return admission.Request{}, err
 	}
-	if duplicate { // the first request with this key is queued or running: wait for its answer
-		if p.answer, p.release, err = g.watchAnswer(ctx, idem); err != nil {
-			return nil, err
-		}
-	}
-	return p, nil
+	return admission.Request{ID: id, Body: body, Door: door, Lane: lane, Timeout: timeout,
+		IdempotencyKey: h.Get(HeaderIdempotencyKey), ReplyTo: g.corr.subject(id)}, nil
 }
 
-// storeBody puts a body too large for a queue message in the object store,
-// under the request id; the worker deletes it when the job ends.
-func (g *Gateway) storeBody(ctx context.Context, id string, body []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, g.cfg.PublishTimeout+time.Duration(len(body)>>20)*time.Second)
-	defer cancel()
-	if _, err := g.bodies.PutBytes(ctx, id, body); err != nil {
-		if errors.Is(err, context.Canceled) {
-			return clientGone(err)
-		}
-		return &schema.Error{
-			Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
-			Message: "The store for large requests is unavailable or full; try again shortly.", RetryAfter: 1,
-			Cause: fmt.Errorf("store body of %s (%d bytes): %w", id, len(body), err),
-		}
+// admit queues a checked request whose caller waits for its reply here,
+// or finds its answer kept (replayed) or on its way for an earlier request
+// with the same idempotency key. On success the caller must call
+// p.release, when set, once it stops waiting.
+func (g *Gateway) admit(ctx context.Context, ck *admission.Checked) (p *pending, replayed bool, err error) {
+	answer := g.corr.expect(ck.ID) // before publishing: a fast reply is never missed
+	t, err := g.core.Admit(ctx, ck)
+	if err != nil {
+		g.corr.forget(ck.ID)
+		return nil, false, err
 	}
-	return nil
+	p = &pending{id: ck.ID, model: ck.Model, enqueuedAt: t.EnqueuedAt, timeout: ck.Timeout, deadline: t.Deadline}
+	switch {
+	case t.Answer != nil:
+		g.corr.forget(ck.ID)
+		ch := make(chan []byte, 1)
+		ch <- t.Answer
+		p.answer, replayed = ch, true
+	case t.Duplicate: // the first request with this key is queued or running: wait for its answer
+		g.corr.forget(ck.ID)
+		if p.answer, p.release, err = g.core.WatchAnswer(ctx, ck.AnswerKey); err != nil {
+			return nil, false, err
+		}
+	default:
+		p.answer, p.release = answer, func() { g.corr.forget(ck.ID) }
+	}
+	return p, replayed, nil
 }
 
 // claimCompletion fetches an answer too large for a NATS message from the
@@ -208,15 +158,6 @@ func (g *Gateway) claimCompletion(ctx context.Context, ref string) (json.RawMess
 		return nil, fmt.Errorf("decode large answer %s: not JSON", ref)
 	}
 	return data, nil
-}
-
-// dropBody deletes a stored body whose request never reached the queue.
-func (g *Gateway) dropBody(id string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := g.bodies.Delete(ctx, id); err != nil {
-		g.log.Warn("could not delete the body of a request that was not queued", "request_id", id, "error", err)
-	}
 }
 
 // awaitAnswer waits for the worker's reply and writes it as one JSON answer.
@@ -244,18 +185,19 @@ func (g *Gateway) awaitAnswer(c echo.Context, p *pending) error {
 // "batch". Workers take interactive jobs first.
 const HeaderLane = "X-Laas-Bridge-Lane"
 
-// lane is the subject a request is published to.
-func (g *Gateway) lane(h http.Header) (string, error) {
-	switch v := strings.ToLower(strings.TrimSpace(h.Get(HeaderLane))); v {
-	case "":
-		return g.cfg.Subject, nil
-	case "interactive":
-		return schema.SubjectInteractive, nil
-	case "batch":
-		return schema.SubjectBatch, nil
-	default:
+// lane is the lane a request asks for in its headers, else the
+// gateway's default.
+func (g *Gateway) lane(h http.Header) (admission.Lane, error) {
+	v := strings.ToLower(strings.TrimSpace(h.Get(HeaderLane)))
+	def := admission.Interactive
+	if g.cfg.Subject == schema.SubjectBatch {
+		def = admission.Batch
+	}
+	lane, err := admission.ParseLane(v, def)
+	if err != nil {
 		return "", schema.Invalid("", schema.CodeInvalidValue, "The %s header must be interactive or batch, got %q.", HeaderLane, v)
 	}
+	return lane, nil
 }
 
 // Request headers that set a request's timeout, in seconds: LiteLLM's name
@@ -265,8 +207,9 @@ const (
 	HeaderRequestTimeout = "X-Request-Timeout"
 )
 
-// requestTimeout is the request's timeout: a header's, else the model's.
-func requestTimeout(h http.Header, model schema.Model) (time.Duration, error) {
+// headerTimeout is the timeout a request's headers set, or 0 for none
+// (the model's).
+func headerTimeout(h http.Header) (time.Duration, error) {
 	for _, name := range []string{HeaderLiteLLMTimeout, HeaderRequestTimeout} {
 		v := strings.TrimSpace(h.Get(name))
 		if v == "" {
@@ -279,7 +222,7 @@ func requestTimeout(h http.Header, model schema.Model) (time.Duration, error) {
 		}
 		return time.Duration(secs * float64(time.Second)), nil
 	}
-	return model.Deadline(), nil
+	return 0, nil
 }
 
 // cancelJob tells every worker that nobody waits for id any more: a job
@@ -290,9 +233,7 @@ func (g *Gateway) cancelJob(id string) {
 	}
 }
 
-func clientGone(cause error) *schema.Error {
-	return &schema.Error{Status: statusClientClosed, Type: schema.TypeInvalidRequest, Message: "client closed request", Cause: cause}
-}
+func clientGone(cause error) *schema.Error { return admission.CallerGone(cause) }
 
 // expired is the error for a caller whose deadline passed without an answer.
 func (p *pending) expired() *schema.Error {
@@ -302,53 +243,6 @@ func (p *pending) expired() *schema.Error {
 			p.timeout, p.enqueuedAt.UTC().Format(time.RFC3339)),
 	}
 }
-
-// publish puts one request on the stream and waits for the stream's ack.
-// duplicate reports that the stream already had a message with msgID.
-func (g *Gateway) publish(ctx context.Context, subject, id, msgID string, data []byte) (duplicate bool, err error) {
-	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	msg.Header.Set(schema.HeaderReplyTo, g.corr.subject(id))
-	msg.Header.Set(schema.HeaderMsgID, msgID)
-	ctx, cancel := context.WithTimeout(ctx, g.cfg.PublishTimeout)
-	defer cancel()
-	// Retried across a stream leader election (a NATS node lost) until
-	// PublishTimeout; the Nats-Msg-Id keeps a retry from queuing it twice.
-	ack, maybeStored, err := failover.Publish(ctx, g.js, msg)
-	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			return false, clientGone(err)
-		}
-		if queueFull(err) {
-			return false, &schema.Error{
-				Status: http.StatusTooManyRequests, Type: schema.TypeRateLimit, Code: schema.CodeQueueFull,
-				Message: "The request queue is full; retry after the time in Retry-After.", RetryAfter: 1,
-				Cause: fmt.Errorf("publish %s: %w", id, err),
-			}
-		}
-		return false, &schema.Error{
-			Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
-			Message: "The request queue is unavailable; try again shortly.", RetryAfter: 1,
-			Cause: fmt.Errorf("publish %s: %w", id, err),
-		}
-	}
-	// A duplicate of this request's own earlier attempt (its ack lost in
-	// a failover) is not another caller's request with the same key.
-	return ack.Duplicate && !(maybeStored && msgID == id), nil
-}
-
-// queueFull reports a publish refused because the stream is at its
-// MaxMsgs or MaxBytes (it discards new messages). The server gives these the
-// generic store-failure code, so the description tells them apart.
-func queueFull(err error) bool {
-	var api *jetstream.APIError
-	if !errors.As(err, &api) || api.ErrorCode != jsErrStoreFailed {
-		return false
-	}
-	return strings.Contains(api.Description, "maximum messages exceeded") || strings.Contains(api.Description, "maximum bytes exceeded")
-}
-
-// jsErrStoreFailed is nats-server's JSStreamStoreFailedF.
-const jsErrStoreFailed jetstream.ErrorCode = 10077
 
 // rawReply is a worker's reply with the completion left encoded.
 type rawReply struct {

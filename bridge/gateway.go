@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/batch"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
@@ -124,8 +125,8 @@ type Gateway struct {
 	corr    *correlator
 	metrics *metrics // nil: none kept
 	echo    *echo.Echo
+	core    *admission.Core // the one way into the queue
 	bodies  jetstream.ObjectStore
-	answers jetstream.KeyValue
 	batches *batch.Store    // Batch API files and batches
 	jobs    *jobstore.Store // async jobs (jobs.go)
 	// inlineMax is the largest body sent inside the queue message; larger
@@ -151,9 +152,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
 	}
-	answers, err := js.KeyValue(ctx, schema.BucketAnswers)
+	core, err := admission.Open(ctx, admission.Config{AllowPresetOverride: cfg.AllowPresetOverride, MaxBodyBytes: cfg.MaxBodyBytes,
+		PublishTimeout: cfg.PublishTimeout, InlineMax: inlineMaxFor(nc.MaxPayload())}, js, catalog, log.With("gateway", cfg.InstanceID))
 	if err != nil {
-		return nil, fmt.Errorf("answers bucket %s: %w", schema.BucketAnswers, err)
+		return nil, err
 	}
 	batches, err := batch.Open(ctx, js)
 	if err != nil {
@@ -169,8 +171,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	}
 	g := &Gateway{
 		cfg: cfg, nc: nc, js: js, catalog: catalog, log: log.With("gateway", cfg.InstanceID), corr: corr,
+		core:      core,
 		bodies:    bodies,
-		answers:   answers,
 		batches:   batches,
 		jobs:      jobs,
 		stopping:  make(chan struct{}),
@@ -230,6 +232,10 @@ func (g *Gateway) recoverReplies() {
 	g.log.Info("replies read back after a reconnect", "waiting_callers", len(ids), "recovered", recovered)
 }
 
+// Core is the gateway's admission core, for the other doors it runs
+// beside HTTP (the batch runner).
+func (g *Gateway) Core() *admission.Core { return g.core }
+
 // Handler returns the HTTP handler, for tests and custom servers.
 func (g *Gateway) Handler() http.Handler { return g.echo }
 
@@ -246,6 +252,11 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	defer endpoint.stop()
+	producers, err := g.startProducers(ctx)
+	if err != nil {
+		return err
+	}
+	defer producers.stop()
 	srv := &http.Server{
 		Handler:           g.echo,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -12,7 +12,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -68,80 +68,34 @@ func (g *Gateway) jobRoutes(e *echo.Echo) {
 	e.DELETE("/v1/queue/jobs/:id", g.deleteJob, g.authenticate)
 }
 
-// submitJob checks a chat request exactly as /v1/chat/completions does,
-// queues it as a job in the batch lane and answers 202 with the job.
+// submitJob admits a chat request through the core as a job in the batch
+// lane and answers 202 with the job.
 func (g *Gateway) submitJob(c echo.Context) error {
 	r := c.Request()
-	// The checks of chatCompletions, in its order.
 	body, err := g.readBody(c)
 	if err != nil {
 		return err
 	}
-	req, err := schema.DecodeChatRequest(body)
-	if err != nil {
-		return err
-	}
-	if err := req.Validate(); err != nil {
-		return err
-	}
-	model, ok := g.catalog.Lookup(req.Model)
-	if !ok {
-		return schema.ModelNotFound(req.Model)
-	}
-	if req.PresetHash != "" && !g.cfg.AllowPresetOverride {
-		return schema.PresetOverrideDisabled()
-	}
 	// Nobody waits on a job: without a timeout header it may wait in the
 	// batch lane as long as any request (24 h); each LaaS call is still
 	// bounded by the model's timeout.
-	timeout := schema.MaxRequestTimeout
-	if r.Header.Get(HeaderLiteLLMTimeout) != "" || r.Header.Get(HeaderRequestTimeout) != "" {
-		if timeout, err = requestTimeout(r.Header, model); err != nil {
-			return err
-		}
-	}
-	report, err := multimodal.Check(r.Context(), req)
+	timeout, err := headerTimeout(r.Header)
 	if err != nil {
 		return err
 	}
 	id := c.Response().Header().Get(HeaderRequestID)
-	for _, w := range report.Warnings {
-		g.log.Info("job accepted with a warning", "request_id", id, "param", w.Param, "warning", w.Message)
-	}
-
-	now := time.Now()
-	env := schema.Envelope{ID: id, Model: model.Alias, EnqueuedAt: now, Deadline: now.Add(timeout), Request: body}
-	if len(body) > g.inlineMax {
-		if err := g.storeBody(r.Context(), id, body); err != nil {
-			return err
-		}
-		env.Request, env.RequestRef = nil, id
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), g.cfg.PublishTimeout)
-	defer cancel()
-	st, _, err := g.jobs.Submit(ctx, schema.SubjectBatch, &env)
+	ck, err := g.core.Check(admission.Request{ID: id, Body: body, Door: admission.DoorJobs, Lane: admission.Batch, Timeout: timeout,
+		Job: &admission.Job{Record: true}})
 	if err != nil {
-		if env.RequestRef != "" {
-			g.dropBody(id)
-		}
-		return g.submitError(id, err)
+		return err
 	}
-	g.log.Info("job queued", "request_id", id, "model", model.Alias)
+	t, err := g.core.Admit(r.Context(), ck)
+	if err != nil {
+		return err
+	}
+	g.log.Info("job queued", "request_id", id, "model", ck.Model.Alias)
 	c.Response().Header().Set(echo.HeaderLocation, "/v1/queue/jobs/"+id)
-	return c.JSON(http.StatusAccepted, jobOf(st, nil))
-}
-
-// submitError maps a failed Submit as publish does a failed chat publish.
-func (g *Gateway) submitError(id string, err error) error {
-	switch {
-	case errors.Is(err, context.Canceled):
-		return clientGone(err)
-	case queueFull(err):
-		return &schema.Error{Status: http.StatusTooManyRequests, Type: schema.TypeRateLimit, Code: schema.CodeQueueFull,
-			Message: "The request queue is full; retry after the time in Retry-After.", RetryAfter: 1, Cause: fmt.Errorf("submit job %s: %w", id, err)}
-	}
-	return &schema.Error{Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
-		Message: "The request queue is unavailable; try again shortly.", RetryAfter: 1, Cause: fmt.Errorf("submit job %s: %w", id, err)}
+	return c.JSON(http.StatusAccepted, jobOf(t.JobState, nil))
 }
 
 // getJob answers a job's state and result; with ?wait= it waits (at most

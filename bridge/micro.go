@@ -17,7 +17,7 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -191,25 +191,13 @@ func (m *microEndpoint) wait(ctx context.Context) error {
 	return m.calls.wait(ctx)
 }
 
-// natsCall is a checked request waiting to be queued.
-type natsCall struct {
-	id      string
-	reply   string
-	header  http.Header
-	body    []byte
-	req     *schema.ChatCompletionRequest
-	model   schema.Model
-	timeout time.Duration
-	subject string
-	idem    string
-}
-
-// handle checks a request in line, as POST /v1/chat/completions does, and
-// leaves the wait for its answer to a goroutine.
+// handle checks a request in line with the admission core's cheap checks
+// (a refusal is answered there) and leaves the rest, the multimodal check,
+// the queue and the wait, to a goroutine.
 func (m *microEndpoint) handle(r micro.Request) {
 	id := nuid.Next()
 	hdr := nats.Header{HeaderRequestID: []string{id}}
-	call, model, err := m.check(id, r)
+	ck, model, err := m.check(id, r)
 	if err == nil && !m.calls.add() {
 		err = shuttingDown()
 	}
@@ -224,107 +212,59 @@ func (m *microEndpoint) handle(r micro.Request) {
 	go func() {
 		defer m.calls.done()
 		defer m.waiting.Add(-1)
-		m.answer(call, hdr)
+		m.answer(r.Reply(), ck, hdr)
 	}()
 }
 
-// check decodes and validates a request with the same checks, in the same
-// order, as POST /v1/chat/completions; the costly multimodal checks come
-// later, out of line. model is the alias for metrics.
-func (m *microEndpoint) check(id string, r micro.Request) (call *natsCall, model string, err error) {
+// check runs the admission core's cheap checks on a request; model is the
+// alias for metrics.
+func (m *microEndpoint) check(id string, r micro.Request) (ck *admission.Checked, model string, err error) {
 	g := m.g
 	model = ModelUnknown
 	if r.Reply() == "" {
 		return nil, model, schema.Invalid("", schema.CodeInvalidValue, "Send chat requests on %s as NATS requests (with a reply subject); nobody would receive this answer.", g.cfg.Micro.Subject)
 	}
-	body := r.Data()
-	if int64(len(body)) > g.cfg.MaxBodyBytes {
-		return nil, model, &http.MaxBytesError{Limit: g.cfg.MaxBodyBytes}
-	}
-	h := httpHeader(r.Headers())
-	req, err := schema.DecodeChatRequest(body)
+	req, err := g.request(id, admission.DoorMicro, httpHeader(r.Headers()), r.Data())
 	if err != nil {
 		return nil, model, err
 	}
-	mod, ok := g.catalog.Lookup(req.Model)
-	if ok {
-		model = mod.Alias
+	ck, err = g.core.Check(req)
+	if ck.Chat != nil {
+		if mod, ok := g.catalog.Lookup(ck.Chat.Model); ok {
+			model = mod.Alias
+		}
 	}
-	if err := req.Validate(); err != nil {
-		return nil, model, err
-	}
-	if !ok {
-		return nil, model, schema.ModelNotFound(req.Model)
-	}
-	if req.PresetHash != "" && !g.cfg.AllowPresetOverride {
-		return nil, model, schema.PresetOverrideDisabled()
-	}
-	if req.Stream {
-		return nil, model, &schema.Error{Status: http.StatusBadRequest, Type: schema.TypeInvalidRequest, Code: schema.CodeUnsupported, Param: "stream",
-			Message: "'stream': true is not supported over NATS request/reply, whose answer is one message; leave it out, or stream over HTTP (POST /v1/chat/completions)."}
-	}
-	timeout, err := requestTimeout(h, mod)
-	if err != nil {
-		return nil, model, err
-	}
-	idem, err := idempotencyKey(h, body)
-	if err != nil {
-		return nil, model, err
-	}
-	subject, err := g.lane(h)
-	if err != nil {
-		return nil, model, err
-	}
-	return &natsCall{id: id, reply: r.Reply(), header: h, body: body, req: req, model: mod, timeout: timeout, subject: subject, idem: idem}, model, nil
+	return ck, model, err
 }
 
 // answer queues a checked request, waits for its answer and sends it.
-func (m *microEndpoint) answer(call *natsCall, hdr nats.Header) {
-	data, err := m.complete(call, hdr)
-	msg := &nats.Msg{Subject: call.reply, Header: hdr, Data: data}
+func (m *microEndpoint) answer(reply string, ck *admission.Checked, hdr nats.Header) {
+	data, err := m.complete(ck, hdr)
+	msg := &nats.Msg{Subject: reply, Header: hdr, Data: data}
 	if err != nil {
 		m.failed.Add(1)
-		msg.Data, _, _ = m.errorBody(call.id, err, hdr)
+		msg.Data, _, _ = m.errorBody(ck.ID, err, hdr)
 	} else {
 		m.done.Add(1)
 	}
-	m.record(call.model.Alias, err)
+	m.record(ck.Model.Alias, err)
 	if err := m.g.nc.PublishMsg(msg); err != nil {
-		m.g.log.Warn("could not send an answer over NATS", "request_id", call.id, "error", err)
+		m.g.log.Warn("could not send an answer over NATS", "request_id", ck.ID, "error", err)
 	}
 }
 
-// complete runs the rest of POST /v1/chat/completions's path: multimodal
-// checks, a kept idempotent answer, the queue, and the wait.
-func (m *microEndpoint) complete(call *natsCall, hdr nats.Header) ([]byte, error) {
+// complete admits the request (multimodal check, a kept idempotent answer,
+// the queue) and waits for its answer.
+func (m *microEndpoint) complete(ck *admission.Checked, hdr nats.Header) ([]byte, error) {
 	g := m.g
-	ctx, cancel := context.WithTimeout(context.Background(), call.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), ck.Timeout)
 	defer cancel()
-	report, err := multimodal.Check(ctx, call.req)
+	p, replayed, err := g.admit(ctx, ck)
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range report.Warnings {
-		g.log.Info("request accepted with a warning", "request_id", call.id, "param", w.Param, "warning", w.Message)
-	}
-	var p *pending
-	if call.idem != "" {
-		raw, found, err := g.storedAnswer(ctx, call.idem)
-		if err != nil {
-			return nil, err
-		}
-		if found {
-			hdr.Set(HeaderIdempotentReplayed, "true")
-			ch := make(chan []byte, 1)
-			ch <- raw
-			now := time.Now()
-			p = &pending{id: call.id, model: call.model, enqueuedAt: now, timeout: call.timeout, deadline: now.Add(call.timeout), answer: ch}
-		}
-	}
-	if p == nil {
-		if p, err = g.enqueue(ctx, call.subject, call.id, call.model, call.timeout, call.body, call.idem); err != nil {
-			return nil, err
-		}
+	if replayed {
+		hdr.Set(HeaderIdempotentReplayed, "true")
 	}
 	if p.release != nil {
 		defer p.release()
@@ -338,7 +278,7 @@ func (m *microEndpoint) complete(call *natsCall, hdr nats.Header) ([]byte, error
 	case <-timer.C:
 		return nil, p.expired()
 	case <-g.closing:
-		if call.idem == "" { // nobody will read the answer: stop the job
+		if ck.AnswerKey == "" { // nobody will read the answer: stop the job
 			g.cancelJob(p.id)
 		}
 		return nil, shuttingDown()

@@ -11,6 +11,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/nats-io/nuid"
 
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -116,7 +117,7 @@ func (g *Gateway) handleError(err error, c echo.Context) {
 
 // statusClientClosed marks a caller that disconnected before its answer
 // (nginx's 499); nothing is written.
-const statusClientClosed = 499
+const statusClientClosed = admission.StatusClientClosed
 
 func (g *Gateway) toError(err error, r *http.Request) *schema.Error {
 	var he *echo.HTTPError

@@ -169,9 +169,10 @@ func (c Config) StreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        schema.StreamRequests,
 		Description: "laas-bridge pending chat requests (work queue)",
-		// The two lanes; a publish to any other subject fails at once
-		// instead of waiting for a consumer that does not exist.
-		Subjects:   []string{schema.SubjectInteractive, schema.SubjectBatch},
+		// The submit subjects of direct producers and the two lanes; a
+		// publish to any other subject fails at once instead of waiting
+		// for a consumer that does not exist.
+		Subjects:   []string{schema.SubjectSubmit, schema.SubjectSubmitInteractive, schema.SubjectInteractive, schema.SubjectBatch},
 		Retention:  jetstream.WorkQueuePolicy,
 		Discard:    jetstream.DiscardNew,
 		MaxMsgs:    c.MaxMsgs,
@@ -234,6 +235,24 @@ func (c Config) ConsumerConfig() jetstream.ConsumerConfig {
 // BatchConsumerConfig returns the workers' shared consumer of the batch lane.
 func (c Config) BatchConsumerConfig() jetstream.ConsumerConfig {
 	return c.laneConsumer(schema.ConsumerBatch, schema.SubjectBatch, "laas-bridge workers, batch lane")
+}
+
+// AdmissionConsumerConfig returns the admission door's consumer of the
+// submit subjects (laas.requests.*, one token: no lane matches it). A
+// message stays until it is queued on a lane or answered with a refusal,
+// however many deliveries that takes (a full queue hands it back).
+func (c Config) AdmissionConsumerConfig() jetstream.ConsumerConfig {
+	c.setDefaults()
+	return jetstream.ConsumerConfig{
+		Durable:       schema.ConsumerAdmission,
+		Description:   "laas-bridge admission door: jobs published by programs",
+		FilterSubject: schema.SubjectRequests + ".*",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: c.MaxAckPending,
+		Replicas:      c.Replicas,
+	}
 }
 
 func (c Config) laneConsumer(name, subject, description string) jetstream.ConsumerConfig {
@@ -410,6 +429,11 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 		return nil, err
 	}
 	if _, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.BatchConsumerConfig(), consumer); err != nil {
+		return nil, err
+	}
+	// After the lanes: a lane consumer from before the admission door
+	// filtered on a submit subject, which this one now takes.
+	if _, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.AdmissionConsumerConfig(), []string{setDescription, setFilterSubject, setAckPolicy}); err != nil {
 		return nil, err
 	}
 	return cons, nil

@@ -11,15 +11,25 @@ import (
 const (
 	// StreamRequests is the work-queue stream that holds pending requests.
 	StreamRequests = "LAAS_REQUESTS"
-	// SubjectRequests is the prefix of every request subject; the stream
-	// captures SubjectRequests + ".>".
+	// SubjectRequests is the prefix of every request subject.
 	SubjectRequests = "laas.requests"
+	// SubjectSubmit is where programs other than the bridge publish jobs
+	// (the direct queue API): the admission door (consumer
+	// ConsumerAdmission) checks each as the HTTP API checks a request and
+	// queues it on the batch lane, or answers it with a failed result.
+	SubjectSubmit = SubjectRequests + ".batch"
+	// SubjectSubmitInteractive is taken like SubjectSubmit, for producers
+	// that named the interactive lane, and queued on that lane.
+	SubjectSubmitInteractive = SubjectRequests + ".interactive"
+	// SubjectLanes prefixes the lanes: only the bridge's admission core
+	// publishes there, and workers trust what it wrote.
+	SubjectLanes = SubjectRequests + ".lane"
 	// SubjectInteractive is the lane of requests whose caller waits on HTTP.
-	SubjectInteractive = SubjectRequests + ".interactive"
+	SubjectInteractive = SubjectLanes + ".interactive"
+	// SubjectBatch is the lane of requests nobody waits on over HTTP: jobs,
+	// batch lines, direct producers' jobs, replayed dead letters.
+	SubjectBatch = SubjectLanes + ".batch"
 	// --- dead letters (see deadletter.go) ---
-	// SubjectBatch is the lane of requests nobody waits on over HTTP: batch
-	// producers, and dead letters replayed by `laas-bridge dlq replay`.
-	SubjectBatch = SubjectRequests + ".batch"
 	// StreamDead keeps jobs that ran out of attempts, one message each, on
 	// SubjectDead.<request id> (see DeadLetterSubject). A limits stream, not
 	// a work queue: reading it does not consume it.
@@ -31,6 +41,10 @@ const (
 	// ConsumerWorkers is the durable pull consumer every worker shares for
 	// the interactive lane (SubjectInteractive).
 	ConsumerWorkers = "laas-workers"
+	// ConsumerAdmission is the admission door's durable consumer of the
+	// submit subjects (SubjectSubmit, SubjectSubmitInteractive); every
+	// gateway shares it.
+	ConsumerAdmission = "laas-admission"
 	// ConsumerBatch is the workers' shared consumer for the batch lane
 	// (SubjectBatch). Workers take an interactive job first whenever one is
 	// waiting, so a batch backlog never starves interactive callers.

@@ -255,9 +255,11 @@ func TestJobCancel(t *testing.T) {
 	}
 
 	// Running: cancelled through the store (state + broadcast).
-	if _, _, err := store.Submit(ctx, schema.SubjectBatch, ptr(jobEnv("r1", "long"))); err != nil {
+	// As the admission core queues a recorded job: state first, then the lane.
+	if _, _, err := store.Record(ctx, ptr(jobEnv("r1", "long"))); err != nil {
 		t.Fatal(err)
 	}
+	publishJob(t, f.q.JS, jobEnv("r1", "long"), "job.r1")
 	for deadline := time.Now().Add(10 * time.Second); up.count() == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the job never reached LaaS")

@@ -7,20 +7,20 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/batch"
-	"github.com/laas-bridge/laas-bridge/schema"
 )
 
 // startBatchRunner runs this gateway's batch runner until the returned
 // func is called (or ctx is done); the func waits for it to stop.
-func startBatchRunner(ctx context.Context, js jetstream.JetStream, catalog *schema.Catalog, allowPresetOverride bool, log *slog.Logger) (stop func(), err error) {
+func startBatchRunner(ctx context.Context, js jetstream.JetStream, core *admission.Core, log *slog.Logger) (stop func(), err error) {
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	store, err := batch.Open(octx, js)
 	cancel()
 	if err != nil {
 		return nil, err
 	}
-	runner, err := batch.NewRunner(batch.RunnerConfig{AllowPresetOverride: allowPresetOverride}, js, store, catalog, log)
+	runner, err := batch.NewRunner(batch.RunnerConfig{}, js, store, core, log)
 	if err != nil {
 		return nil, err
 	}

@@ -60,14 +60,34 @@ func Check(env *schema.Envelope) error {
 	return nil
 }
 
-// Submit queues env as a job on subject (schema.SubjectBatch unless the
-// caller has a reason): it records the job queued, then publishes env with
-// Nats-Msg-Id set to the job id, and returns the state. env.Job is set
-// here. A job id already known is not queued again: Submit returns its
-// state and known=true. Publish errors are returned as they are (the caller
-// maps a full queue to its own answer); the queued state is then removed.
-func (j *Store) Submit(ctx context.Context, subject string, env *schema.Envelope) (st schema.JobState, known bool, err error) {
+// Submit hands env to the bridge as a job, as a direct producer does: it
+// records the job queued, then publishes env on schema.SubjectSubmit with
+// Nats-Msg-Id set to the job id, where the bridge's admission door checks
+// it and queues it (a refusal becomes the job's failed result). env.Job is
+// set here. A job id already known is not submitted again: Submit returns
+// its state and known=true. Publish errors are returned as they are; the
+// queued state is then removed.
+func (j *Store) Submit(ctx context.Context, env *schema.Envelope) (st schema.JobState, known bool, err error) {
 	env.Job = true
+	if st, known, err = j.Record(ctx, env); err != nil || known {
+		return st, known, err
+	}
+	body, err := json.Marshal(env)
+	if err != nil {
+		return st, false, err
+	}
+	msg := &nats.Msg{Subject: schema.SubjectSubmit, Data: body, Header: nats.Header{}}
+	msg.Header.Set(schema.HeaderMsgID, env.ID)
+	if _, err := j.js.PublishMsg(ctx, msg); err != nil {
+		j.Forget(context.WithoutCancel(ctx), env.ID)
+		return st, false, err
+	}
+	return st, false, nil
+}
+
+// Record records job env queued and returns its state. A job id already
+// known is left as it is: Record returns its state and known=true.
+func (j *Store) Record(ctx context.Context, env *schema.Envelope) (st schema.JobState, known bool, err error) {
 	if err := Check(env); err != nil {
 		return st, false, err
 	}
@@ -81,19 +101,16 @@ func (j *Store) Submit(ctx context.Context, subject string, env *schema.Envelope
 		}
 		return st, false, fmt.Errorf("record job %s: %w", env.ID, err)
 	}
-	body, err := json.Marshal(env)
-	if err != nil {
-		return st, false, err
-	}
-	msg := &nats.Msg{Subject: subject, Data: body, Header: nats.Header{}}
-	msg.Header.Set(schema.HeaderMsgID, env.ID)
-	if _, err := j.js.PublishMsg(ctx, msg); err != nil {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = j.kv.Delete(dctx, env.ID)
-		return st, false, err
-	}
 	return st, false, nil
+}
+
+// Forget removes the queued state Record wrote for a job that was then not
+// queued. It waits at most 5 s and reports nothing: the state's TTL ends a
+// state it could not remove.
+func (j *Store) Forget(ctx context.Context, id string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = j.kv.Delete(ctx, id)
 }
 
 // state reads id's entry in the jobs bucket.

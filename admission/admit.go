@@ -1,0 +1,226 @@
+package admission
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/queue/failover"
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// Ticket is an admitted request.
+type Ticket struct {
+	// ID is the request id; Subject the lane it was published to.
+	ID, Subject string
+	// EnqueuedAt is when it was admitted; Deadline when its caller stops
+	// waiting (no LaaS call starts after it).
+	EnqueuedAt, Deadline time.Time
+	// Answer is the kept answer of an earlier request with the same
+	// idempotency key: nothing was queued.
+	Answer []byte
+	// Duplicate reports that nothing new was queued because the same
+	// request is queued or running already: the same idempotency key (its
+	// answer comes through WatchAnswer), or the same job id.
+	Duplicate bool
+	// JobState is a recorded job's state (Job.Record).
+	JobState schema.JobState
+}
+
+// Admit runs the multimodal check on a checked request (unless the door
+// did, MediaChecked), answers it from a kept answer when its idempotency
+// key has one, else stores a large body in the object store, builds the
+// envelope and publishes it to its lane with failover. A door that waits on
+// a reply subject registers there before calling Admit, so a fast answer is
+// never missed. Errors are *schema.Error: a refusal (4xx), a full queue
+// (429 queue_full) or an unavailable one (503 queue_unavailable), or the
+// caller gone (ctx cancelled, CallerGone).
+func (c *Core) Admit(ctx context.Context, ck *Checked) (Ticket, error) {
+	if !ck.MediaChecked {
+		if err := c.checkMedia(ctx, ck); err != nil {
+			return Ticket{}, err
+		}
+	}
+	now := time.Now()
+	t := Ticket{ID: ck.ID, Subject: ck.Lane.Subject(), EnqueuedAt: now, Deadline: now.Add(ck.Timeout)}
+	if ck.AnswerKey != "" {
+		raw, found, err := c.StoredAnswer(ctx, ck.AnswerKey)
+		if err != nil || found {
+			t.Answer = raw
+			return t, err
+		}
+	}
+	env := schema.Envelope{ID: ck.ID, Model: ck.Model.Alias, EnqueuedAt: now, Deadline: t.Deadline, Request: ck.Body, IdempotencyKey: ck.AnswerKey}
+	if ck.Job != nil {
+		env.Job, env.ResultsSubject = true, ck.Job.ResultsSubject
+		if ck.Job.Record {
+			st, known, err := c.jobs.Record(ctx, &env)
+			if err != nil {
+				return t, c.publishError(ctx, ck.ID, err)
+			}
+			if t.JobState = st; known {
+				t.Duplicate = true
+				return t, nil
+			}
+		}
+	}
+	dup, err := c.publish(ctx, ck, &env)
+	if err != nil && ck.Job != nil && ck.Job.Record {
+		c.jobs.Forget(context.WithoutCancel(ctx), ck.ID)
+	}
+	t.Duplicate = dup
+	return t, err
+}
+
+// CheckMedia runs the multimodal check (images, PDFs) on a checked
+// request, for a door that keeps the outcome (a batch's plan) and then
+// admits with MediaChecked.
+func (c *Core) CheckMedia(ctx context.Context, ck *Checked) error { return c.checkMedia(ctx, ck) }
+
+func (c *Core) checkMedia(ctx context.Context, ck *Checked) error {
+	report, err := multimodal.Check(ctx, ck.Chat)
+	if err != nil {
+		if ctx.Err() != nil {
+			return CallerGone(ctx.Err())
+		}
+		return err
+	}
+	for _, w := range report.Warnings {
+		c.log.Info("request accepted with a warning", "request_id", ck.ID, "door", ck.Door, "param", w.Param, "warning", w.Message)
+	}
+	return nil
+}
+
+// msgID is the Nats-Msg-Id of an admitted request: a retry within the
+// duplicate window is not queued again. It never equals an id a producer
+// publishes on the submit subjects, which share the stream's window.
+func msgID(ck *Checked) string {
+	switch {
+	case ck.Job != nil:
+		return "job." + ck.ID
+	case ck.AnswerKey != "":
+		return "idem." + ck.AnswerKey
+	}
+	return "req." + ck.ID
+}
+
+// publish stores a large body, then publishes env. dup reports a request
+// with the same Nats-Msg-Id already queued.
+func (c *Core) publish(ctx context.Context, ck *Checked, env *schema.Envelope) (dup bool, err error) {
+	if len(env.Request) > c.cfg.InlineMax {
+		if err := c.storeBody(ctx, env.ID, env.Request); err != nil {
+			return false, err
+		}
+		env.Request, env.RequestRef = nil, env.ID
+	}
+	data, err := json.Marshal(env)
+	if err != nil {
+		return false, fmt.Errorf("encode envelope: %w", err)
+	}
+	msg := &nats.Msg{Subject: ck.Lane.Subject(), Data: data, Header: nats.Header{}}
+	if ck.ReplyTo != "" {
+		msg.Header.Set(schema.HeaderReplyTo, ck.ReplyTo)
+	}
+	msg.Header.Set(schema.HeaderMsgID, msgID(ck))
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
+	defer cancel()
+	// Retried across a stream leader election until PublishTimeout; the
+	// Nats-Msg-Id keeps a retry from queuing it twice.
+	ack, maybeStored, err := failover.Publish(pctx, c.js, msg)
+	if err != nil {
+		if env.RequestRef != "" {
+			c.dropBody(env.RequestRef)
+		}
+		return false, c.publishError(ctx, env.ID, err)
+	}
+	if !ack.Duplicate {
+		return false, nil
+	}
+	// Another request with this idempotency key holds the queue: its body
+	// is its own, under its own id. Not so where the id is the request's
+	// own for good (a job, a batch line: one id, one body), nor after an
+	// attempt that may have stored this very message.
+	if env.RequestRef != "" && ck.Job == nil && ck.Line == nil && !maybeStored {
+		c.dropBody(env.RequestRef)
+	}
+	// A plain request's Nats-Msg-Id is its own: a duplicate can only be
+	// this very message, stored by an attempt whose ack was lost.
+	return ck.Job != nil || ck.AnswerKey != "", nil
+}
+
+// storeBody puts a body too large for a queue message in the object store,
+// under the request id; the worker deletes it when the job ends.
+func (c *Core) storeBody(ctx context.Context, id string, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout+time.Duration(len(body)>>20)*time.Second)
+	defer cancel()
+	if _, err := c.bodies.PutBytes(ctx, id, body); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return CallerGone(err)
+		}
+		return &schema.Error{
+			Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
+			Message: "The store for large requests is unavailable or full; try again shortly.", RetryAfter: 1,
+			Cause: fmt.Errorf("store body of %s (%d bytes): %w", id, len(body), err),
+		}
+	}
+	return nil
+}
+
+// dropBody deletes a stored body whose request was not queued.
+func (c *Core) dropBody(ref string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.bodies.Delete(ctx, ref); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		c.log.Warn("could not delete the body of a request that was not queued", "request_id", ref, "error", err)
+	}
+}
+
+// publishError maps a failed publish (or job record) to the caller's error.
+func (c *Core) publishError(ctx context.Context, id string, err error) error {
+	switch {
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		return CallerGone(err)
+	case queueFull(err):
+		return &schema.Error{
+			Status: http.StatusTooManyRequests, Type: schema.TypeRateLimit, Code: schema.CodeQueueFull,
+			Message: "The request queue is full; retry after the time in Retry-After.", RetryAfter: 1,
+			Cause: fmt.Errorf("publish %s: %w", id, err),
+		}
+	}
+	return &schema.Error{
+		Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
+		Message: "The request queue is unavailable; try again shortly.", RetryAfter: 1,
+		Cause: fmt.Errorf("publish %s: %w", id, err),
+	}
+}
+
+// StatusClientClosed is the status of a caller that went away before its
+// answer: nginx's 499, as the HTTP API logs it.
+const StatusClientClosed = 499
+
+// CallerGone is the error of a caller that went away.
+func CallerGone(cause error) *schema.Error {
+	return &schema.Error{Status: StatusClientClosed, Type: schema.TypeInvalidRequest, Message: "client closed request", Cause: cause}
+}
+
+// queueFull reports a publish refused because the stream is at its
+// MaxMsgs or MaxBytes (it discards new messages). The server gives these the
+// generic store-failure code, so the description tells them apart.
+func queueFull(err error) bool {
+	var api *jetstream.APIError
+	if !errors.As(err, &api) || api.ErrorCode != jsErrStoreFailed {
+		return false
+	}
+	return strings.Contains(api.Description, "maximum messages exceeded") || strings.Contains(api.Description, "maximum bytes exceeded")
+}
+
+// jsErrStoreFailed is nats-server's JSStreamStoreFailedF.
+const jsErrStoreFailed jetstream.ErrorCode = 10077
