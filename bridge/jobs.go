@@ -54,9 +54,16 @@ type Job struct {
 // jobOf builds the API view of a job's state and result (nil before it has one).
 func jobOf(st schema.JobState, res *schema.JobResult) Job {
 	j := Job{ID: st.ID, Object: ObjectQueueJob, Status: st.Status, Model: st.Model, CreatedAt: st.CreatedAt.Unix(), Attempts: st.Attempts}
-	if res != nil {
+	switch {
+	case res != nil:
 		fin := res.FinishedAt.Unix()
 		j.FinishedAt, j.Result, j.StatusCode, j.Error = &fin, res.Completion, res.StatusCode, res.Error
+	case st.Status == schema.JobCancelled:
+		// Cancelled, and its worker has not written the result yet (it
+		// will be this same error): answer it now.
+		fin, e := st.UpdatedAt.Unix(), schema.JobCancelledError()
+		d := e.Body().Error
+		j.FinishedAt, j.StatusCode, j.Error = &fin, e.Status, &d
 	}
 	return j
 }

@@ -11,11 +11,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
+	"github.com/laas-bridge/laas-bridge/worker/dlq"
 )
 
 const dlqUsage = `laas-bridge dlq inspects and replays dead letters: jobs that ran out of attempts.
@@ -26,10 +27,12 @@ Usage:
   laas-bridge dlq replay --all [--timeout 10m] [--nats-url URL]
 
 list reads the dead letters without consuming them, oldest first. replay
-publishes a dead letter's request again, on the batch lane (` + schema.SubjectBatch + `,
-nobody waits for the answer) with a fresh deadline, and deletes the dead
-letter once the queue has stored the request. Both need NATS_URL or
---nats-url (for 'serve', its embedded NATS: nats://127.0.0.1:4222).
+checks a dead letter's request again, as every request is checked (so it
+reads config.yaml, BRIDGE_CONFIG, for the models), queues it as a job of its
+own, <id>-replay-<n>, on the batch lane with a fresh deadline, and deletes
+the dead letter once the queue has stored the job; its result is then at
+GET /v1/queue/jobs/<job id> and on laas.results.<job id>. Both need NATS_URL
+or --nats-url (for 'serve', its embedded NATS: nats://127.0.0.1:4222).
 `
 
 // DefaultReplayTimeout is the deadline of a replayed request.
@@ -102,22 +105,39 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	dead, err := js.Stream(ctx, schema.StreamDead)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
+	store, err := dlq.Open(ctx, js)
+	if errors.Is(err, dlq.ErrNoStream) {
 		return fmt.Errorf("no dead-letter stream %s on %s: a worker (or `laas-bridge serve`) creates it when it starts", schema.StreamDead, nc.ConnectedUrlRedacted())
 	}
 	if err != nil {
-		return fmt.Errorf("dead-letter stream %s: %w", schema.StreamDead, err)
+		return err
 	}
-	d := dlq{js: js, nc: nc, dead: dead, stdout: stdout, stderr: stderr}
-	switch {
-	case sub == "list":
-		return d.list(ctx, asJSON)
-	case all:
-		return d.replayAll(ctx, timeout)
-	default:
-		return d.replayOne(ctx, id, timeout)
+	store.Skipped = func(seq uint64, subject string) {
+		fmt.Fprintf(stderr, "skipping message %d on %s: not a dead-letter record\n", seq, subject)
 	}
+	if sub == "list" {
+		return listDead(ctx, store, asJSON, stdout)
+	}
+	cfgFile, err := loadConfig(env.Config, log)
+	if err != nil {
+		return err
+	}
+	core, err := admission.Open(ctx, admission.Config{AllowPresetOverride: cfgFile.AllowPresetOverride, MaxBodyBytes: env.MaxBody}, js, cfgFile.Catalog, log)
+	if err != nil {
+		return err
+	}
+	r := replayer{store: store, core: core, timeout: timeout, stdout: stdout, stderr: stderr}
+	if all {
+		return r.all(ctx)
+	}
+	e, err := store.Get(ctx, id)
+	if errors.Is(err, dlq.ErrNotFound) {
+		return fmt.Errorf("%w (see `laas-bridge dlq list`)", err)
+	}
+	if err != nil {
+		return err
+	}
+	return r.one(ctx, e)
 }
 
 // parseInterspersed parses flags that may come before or after the
@@ -136,95 +156,27 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// dlq works on the dead-letter stream.
-type dlq struct {
-	js             jetstream.JetStream
-	nc             *nats.Conn
-	dead           jetstream.Stream
-	stdout, stderr io.Writer
-}
-
-// deadEntry is one dead letter and its sequence in the dead-letter stream.
-type deadEntry struct {
-	seq uint64
-	rec schema.DeadLetterRecord
-}
-
-// read returns every dead letter, oldest first, without consuming any: an
-// ordered consumer reads the stream up to its last message at the start.
-func (d *dlq) read(ctx context.Context) ([]deadEntry, error) {
-	info, err := d.dead.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("dead-letter stream %s: %w", schema.StreamDead, err)
-	}
-	if info.State.Msgs == 0 {
-		return nil, nil
-	}
-	last := info.State.LastSeq
-	cons, err := d.js.OrderedConsumer(ctx, schema.StreamDead, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", schema.StreamDead, err)
-	}
-	var out []deadEntry
-	for remaining := info.State.Msgs; ; {
-		// Asking for no more than the stream holds ends each fetch as soon
-		// as they arrive, not at its expiry.
-		batch, err := cons.Fetch(int(min(max(remaining, 1), 256)), jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", schema.StreamDead, err)
-		}
-		n, done := 0, false
-		for msg := range batch.Messages() {
-			n++
-			remaining = max(remaining-1, 0)
-			md, err := msg.Metadata()
-			if err != nil {
-				return nil, fmt.Errorf("read %s: %w", schema.StreamDead, err)
-			}
-			if md.Sequence.Stream > last {
-				done = true
-				break
-			}
-			var rec schema.DeadLetterRecord
-			if err := json.Unmarshal(msg.Data(), &rec); err != nil || rec.ID == "" {
-				fmt.Fprintf(d.stderr, "skipping message %d on %s: not a dead-letter record\n", md.Sequence.Stream, msg.Subject())
-			} else {
-				out = append(out, deadEntry{seq: md.Sequence.Stream, rec: rec})
-			}
-			if md.Sequence.Stream == last || md.NumPending == 0 {
-				done = true
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return nil, fmt.Errorf("read %s: %w", schema.StreamDead, err)
-		}
-		if done || n == 0 || ctx.Err() != nil {
-			return out, ctx.Err()
-		}
-	}
-}
-
-// list prints the dead letters as a table, or as JSON.
-func (d *dlq) list(ctx context.Context, asJSON bool) error {
-	entries, err := d.read(ctx)
+// listDead prints the dead letters as a table, or as JSON.
+func listDead(ctx context.Context, store *dlq.Store, asJSON bool, stdout io.Writer) error {
+	entries, err := store.List(ctx)
 	if err != nil {
 		return err
 	}
 	if asJSON {
 		recs := make([]schema.DeadLetterRecord, 0, len(entries))
 		for _, e := range entries {
-			recs = append(recs, e.rec)
+			recs = append(recs, e.Record)
 		}
-		return writeJSONLines(d.stdout, recs)
+		return writeJSONLines(stdout, recs)
 	}
 	if len(entries) == 0 {
-		fmt.Fprintf(d.stdout, "no dead letters in %s\n", schema.StreamDead)
+		fmt.Fprintf(stdout, "no dead letters in %s\n", schema.StreamDead)
 		return nil
 	}
-	tw := tabwriter.NewWriter(d.stdout, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tMODEL\tSTATUS\tATTEMPTS\tFAILED_AT\tREASON")
 	for _, e := range entries {
-		r := e.rec
+		r := e.Record
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", r.ID, r.Model, r.Reason.Status, r.Attempts,
 			r.FailedAt.UTC().Format(time.RFC3339), oneLine(r.Reason.Error.Message, reasonWidth))
 	}
@@ -264,121 +216,49 @@ func oneLine(s string, width int) string {
 	return s
 }
 
-// replayOne replays the dead letter of request id.
-func (d *dlq) replayOne(ctx context.Context, id string, timeout time.Duration) error {
-	m, err := d.dead.GetLastMsgForSubject(ctx, schema.DeadLetterSubject(id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("no dead letter for request id %q in %s (see `laas-bridge dlq list`)", id, schema.StreamDead)
-	}
-	if err != nil {
-		return fmt.Errorf("read the dead letter of %s: %w", id, err)
-	}
-	var rec schema.DeadLetterRecord
-	if err := json.Unmarshal(m.Data, &rec); err != nil || rec.ID != id {
-		return fmt.Errorf("no dead letter for request id %q in %s (see `laas-bridge dlq list`)", id, schema.StreamDead)
-	}
-	return d.replay(ctx, deadEntry{seq: m.Sequence, rec: rec}, timeout)
+// replayer replays dead letters and says what it did.
+type replayer struct {
+	store          *dlq.Store
+	core           *admission.Core
+	timeout        time.Duration
+	stdout, stderr io.Writer
 }
 
-// replayAll replays every dead letter kept when it starts, oldest first, and
+// one replays one dead letter.
+func (r replayer) one(ctx context.Context, e dlq.Entry) error {
+	rep, err := r.store.Replay(ctx, r.core, e, r.timeout)
+	if err != nil {
+		return err
+	}
+	if rep.BodyLeft != nil {
+		fmt.Fprintf(r.stderr, "could not delete %s from %s (its TTL will): %v\n", e.Record.RequestRef, schema.BucketBodies, rep.BodyLeft)
+	}
+	verb := "replayed"
+	if rep.Duplicate {
+		verb = "already replayed"
+	}
+	rec := e.Record
+	fmt.Fprintf(r.stdout, "%s %s (model %s, %d attempts, failed %s) to %s as job %s, timeout %s\n",
+		verb, rec.ID, rec.Model, rec.Attempts, rec.FailedAt.UTC().Format(time.RFC3339), rep.Subject, rep.JobID, r.timeout)
+	return nil
+}
+
+// all replays every dead letter kept when it starts, oldest first, and
 // stops at the first that fails (a full queue fails the rest too).
-func (d *dlq) replayAll(ctx context.Context, timeout time.Duration) error {
-	entries, err := d.read(ctx)
+func (r replayer) all(ctx context.Context) error {
+	entries, err := r.store.List(ctx)
 	if err != nil {
 		return err
 	}
 	if len(entries) == 0 {
-		fmt.Fprintf(d.stdout, "no dead letters in %s\n", schema.StreamDead)
+		fmt.Fprintf(r.stdout, "no dead letters in %s\n", schema.StreamDead)
 		return nil
 	}
 	for i, e := range entries {
-		if err := d.replay(ctx, e, timeout); err != nil {
+		if err := r.one(ctx, e); err != nil {
 			return fmt.Errorf("%w (%d of %d dead letters replayed)", err, i, len(entries))
 		}
 	}
-	fmt.Fprintf(d.stdout, "replayed %d dead letters\n", len(entries))
-	return nil
-}
-
-// replay publishes e's request to the batch lane with a fresh deadline and
-// no reply subject, and deletes the dead letter once the request stream has
-// stored it. Its Nats-Msg-Id, <id>.replay.<dead-letter sequence>, makes a
-// second replay of the same dead letter (after a crash before the delete) a
-// duplicate the request stream drops.
-func (d *dlq) replay(ctx context.Context, e deadEntry, timeout time.Duration) error {
-	rec := e.rec
-	var bodies jetstream.ObjectStore
-	store := func() (jetstream.ObjectStore, error) {
-		if bodies != nil {
-			return bodies, nil
-		}
-		var err error
-		bodies, err = d.js.ObjectStore(ctx, schema.BucketBodies)
-		if err != nil {
-			return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
-		}
-		return bodies, nil
-	}
-	body := []byte(rec.Request)
-	if rec.RequestRef != "" {
-		s, err := store()
-		if err != nil {
-			return err
-		}
-		body, err = s.GetBytes(ctx, rec.RequestRef)
-		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			return fmt.Errorf("replay %s: its request body %s is gone from %s (that bucket's TTL ended it)", rec.ID, rec.RequestRef, schema.BucketBodies)
-		}
-		if err != nil {
-			return fmt.Errorf("replay %s: read its request body %s: %w", rec.ID, rec.RequestRef, err)
-		}
-	}
-	if len(body) == 0 {
-		return fmt.Errorf("replay %s: the dead letter holds no request to replay", rec.ID)
-	}
-
-	msgID := fmt.Sprintf("%s.replay.%d", rec.ID, e.seq)
-	now := time.Now().UTC()
-	env := schema.Envelope{ID: rec.ID, Model: rec.Model, EnqueuedAt: now, Deadline: now.Add(timeout)}
-	if len(body) > int(d.nc.MaxPayload()/2) {
-		s, err := store()
-		if err != nil {
-			return err
-		}
-		if _, err := s.PutBytes(ctx, msgID, body); err != nil {
-			return fmt.Errorf("replay %s: store its large request body: %w", rec.ID, err)
-		}
-		env.RequestRef = msgID
-	} else {
-		env.Request = body
-	}
-	data, err := json.Marshal(env)
-	if err != nil {
-		return fmt.Errorf("replay %s: %w", rec.ID, err)
-	}
-	msg := nats.NewMsg(schema.SubjectBatch)
-	msg.Data = data
-	msg.Header.Set(schema.HeaderMsgID, msgID)
-	ack, err := d.js.PublishMsg(ctx, msg)
-	if err != nil {
-		if env.RequestRef != "" {
-			_ = bodies.Delete(context.WithoutCancel(ctx), env.RequestRef)
-		}
-		return fmt.Errorf("replay %s: publish to %s: %w", rec.ID, schema.SubjectBatch, err)
-	}
-	if err := d.dead.DeleteMsg(ctx, e.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("replay %s: published as %s, but the dead letter could not be deleted: %w", rec.ID, msgID, err)
-	}
-	if rec.RequestRef != "" {
-		if err := bodies.Delete(ctx, rec.RequestRef); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			fmt.Fprintf(d.stderr, "could not delete %s from %s (its TTL will): %v\n", rec.RequestRef, schema.BucketBodies, err)
-		}
-	}
-	verb := "replayed"
-	if ack.Duplicate {
-		verb = "already replayed"
-	}
-	fmt.Fprintf(d.stdout, "%s %s (model %s, %d attempts, failed %s) to %s as %s, timeout %s\n",
-		verb, rec.ID, rec.Model, rec.Attempts, rec.FailedAt.UTC().Format(time.RFC3339), schema.SubjectBatch, msgID, timeout)
+	fmt.Fprintf(r.stdout, "replayed %d dead letters\n", len(entries))
 	return nil
 }

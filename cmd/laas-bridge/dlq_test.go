@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -39,6 +40,15 @@ func startDLQ(t *testing.T, cfg queue.Config) *dlqFixture {
 		t.Setenv(k, "") // restored at cleanup
 		os.Unsetenv(k)
 	}
+	// Replays are checked against the models, as every request is.
+	models := filepath.Join(t.TempDir(), "config.yaml")
+	yaml := "model_list:\n" +
+		"  - model_name: m\n    litellm_params:\n      model: laas/m\n" +
+		"  - model_name: claude\n    litellm_params:\n      model: laas/claude\n"
+	if err := os.WriteFile(models, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("BRIDGE_CONFIG", models)
 	q := queuetest.Start(t, cfg)
 	dead, err := worker.NewDeadLetters(context.Background(), q.JS, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -171,12 +181,12 @@ func batchJobs(t *testing.T, js jetstream.JetStream) []*jetstream.RawStreamMsg {
 	return out
 }
 
-// checkReplayed checks a replayed job: dl's request, a fresh deadline, no
-// reply subject, no idempotency key.
-func checkReplayed(t *testing.T, m *jetstream.RawStreamMsg, dl worker.DeadLetter, msgID string, timeout time.Duration, before time.Time) schema.Envelope {
+// checkReplayed checks a replayed job: a job of its own (jobID), dl's
+// request, a fresh deadline, no reply subject, no idempotency key.
+func checkReplayed(t *testing.T, m *jetstream.RawStreamMsg, dl worker.DeadLetter, jobID string, timeout time.Duration, before time.Time) schema.Envelope {
 	t.Helper()
-	if got := m.Header.Get(schema.HeaderMsgID); got != msgID {
-		t.Errorf("Nats-Msg-Id %q, want %q", got, msgID)
+	if got := m.Header.Get(schema.HeaderMsgID); got != "job."+jobID {
+		t.Errorf("Nats-Msg-Id %q, want %q", got, "job."+jobID)
 	}
 	if got := m.Header.Get(schema.HeaderReplyTo); got != "" {
 		t.Errorf("a replayed job names a reply subject: %q", got)
@@ -185,7 +195,7 @@ func checkReplayed(t *testing.T, m *jetstream.RawStreamMsg, dl worker.DeadLetter
 	if err := json.Unmarshal(m.Data, &env); err != nil {
 		t.Fatal(err)
 	}
-	if env.ID != dl.Envelope.ID || env.Model != dl.Envelope.Model || env.IdempotencyKey != "" {
+	if env.ID != jobID || !env.Job || env.Model != dl.Envelope.Model || env.IdempotencyKey != "" {
 		t.Errorf("replayed envelope %+v", env)
 	}
 	if env.RequestRef == "" && !bytes.Equal(env.Request, dl.Envelope.Request) {
@@ -205,7 +215,7 @@ func TestDLQReplayOne(t *testing.T) {
 	if err != nil {
 		t.Fatalf("replay: %v\n%s", err, stderr)
 	}
-	const want = "replayed req-a (model m, 3 attempts, failed 2026-01-02T03:00:08Z) to laas.requests.batch as req-a.replay.1, timeout 10m0s\n"
+	const want = "replayed req-a (model m, 3 attempts, failed 2026-01-02T03:00:08Z) to laas.requests.lane.batch as job req-a-replay-1, timeout 10m0s\n"
 	if out != want {
 		t.Errorf("replay printed %q, want %q", out, want)
 	}
@@ -213,7 +223,7 @@ func TestDLQReplayOne(t *testing.T) {
 	if len(jobs) != 1 {
 		t.Fatalf("%d jobs on the request stream, want 1", len(jobs))
 	}
-	checkReplayed(t, jobs[0], a, "req-a.replay.1", 10*time.Minute, start)
+	checkReplayed(t, jobs[0], a, "req-a-replay-1", 10*time.Minute, start)
 
 	// The dead letter is gone; the other stays.
 	out, _, _ = f.dlq(t, "list")
@@ -227,13 +237,13 @@ func TestDLQReplayOne(t *testing.T) {
 	// Flags after the id, and a timeout.
 	start = time.Now()
 	out, _, err = f.dlq(t, "replay", "req-b", "--timeout", "90s")
-	if err != nil || !strings.HasPrefix(out, "replayed req-b (model claude, 5 attempts, failed 2026-01-02T04:00:00Z) to laas.requests.batch as req-b.replay.2, timeout 1m30s") {
+	if err != nil || !strings.HasPrefix(out, "replayed req-b (model claude, 5 attempts, failed 2026-01-02T04:00:00Z) to laas.requests.lane.batch as job req-b-replay-2, timeout 1m30s") {
 		t.Fatalf("replay req-b: %q, %v", out, err)
 	}
 	if jobs = batchJobs(t, f.q.JS); len(jobs) != 2 {
 		t.Fatalf("%d jobs on the request stream, want 2", len(jobs))
 	}
-	checkReplayed(t, jobs[1], b, "req-b.replay.2", 90*time.Second, start)
+	checkReplayed(t, jobs[1], b, "req-b-replay-2", 90*time.Second, start)
 }
 
 func TestDLQReplayAlreadyPublished(t *testing.T) {
@@ -241,9 +251,17 @@ func TestDLQReplayAlreadyPublished(t *testing.T) {
 	// running it again does not queue the job twice.
 	f := startDLQ(t, queue.Config{Memory: true})
 	f.keep(t, "req-a", "m", 503, 3, dlqT0, "busy", nil)
+	// What the first replay left: the job recorded and queued.
+	kv, err := f.q.JS.KeyValue(context.Background(), schema.BucketJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(context.Background(), "req-a-replay-1", []byte(`{"id":"req-a-replay-1","status":"queued","model":"m"}`)); err != nil {
+		t.Fatal(err)
+	}
 	msg := nats.NewMsg(schema.SubjectBatch)
-	msg.Data = []byte(`{"id":"req-a","model":"m"}`)
-	msg.Header.Set(schema.HeaderMsgID, "req-a.replay.1")
+	msg.Data = []byte(`{"id":"req-a-replay-1","model":"m","job":true}`)
+	msg.Header.Set(schema.HeaderMsgID, "job.req-a-replay-1")
 	if _, err := f.q.JS.PublishMsg(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
@@ -281,9 +299,9 @@ func TestDLQReplayAll(t *testing.T) {
 		t.Fatalf("replay --all: %v\n%s", err, stderr)
 	}
 	const want = "" +
-		"replayed req-a (model m, 3 attempts, failed 2026-01-02T03:00:01Z) to laas.requests.batch as req-a.replay.1, timeout 10m0s\n" +
-		"replayed big (model m, 3 attempts, failed 2026-01-02T03:00:02Z) to laas.requests.batch as big.replay.2, timeout 10m0s\n" +
-		"replayed batch.7 (model m, 5 attempts, failed 2026-01-02T03:00:03Z) to laas.requests.batch as batch.7.replay.3, timeout 10m0s\n" +
+		"replayed req-a (model m, 3 attempts, failed 2026-01-02T03:00:01Z) to laas.requests.lane.batch as job req-a-replay-1, timeout 10m0s\n" +
+		"replayed big (model m, 3 attempts, failed 2026-01-02T03:00:02Z) to laas.requests.lane.batch as job big-replay-2, timeout 10m0s\n" +
+		"replayed batch.7 (model m, 5 attempts, failed 2026-01-02T03:00:03Z) to laas.requests.lane.batch as job batch_7-replay-3, timeout 10m0s\n" +
 		"replayed 3 dead letters\n"
 	if out != want {
 		t.Errorf("replay --all printed:\n%s\nwant:\n%s", out, want)
@@ -292,12 +310,12 @@ func TestDLQReplayAll(t *testing.T) {
 	if len(jobs) != 3 {
 		t.Fatalf("%d jobs on the request stream, want 3", len(jobs))
 	}
-	checkReplayed(t, jobs[0], a, "req-a.replay.1", 10*time.Minute, start)
-	env := checkReplayed(t, jobs[1], big, "big.replay.2", 10*time.Minute, start)
-	checkReplayed(t, jobs[2], dotted, "batch.7.replay.3", 10*time.Minute, start)
+	checkReplayed(t, jobs[0], a, "req-a-replay-1", 10*time.Minute, start)
+	env := checkReplayed(t, jobs[1], big, "big-replay-2", 10*time.Minute, start)
+	checkReplayed(t, jobs[2], dotted, "batch_7-replay-3", 10*time.Minute, start)
 
 	// The large request travels as a claim check, under a name of its own.
-	if env.RequestRef != "big.replay.2" || env.Request != nil {
+	if env.RequestRef != "big-replay-2" || len(env.Request) != 0 {
 		t.Fatalf("large replay: request_ref %q, %d bytes inline", env.RequestRef, len(env.Request))
 	}
 	if got, err := bodies.GetBytes(ctx, env.RequestRef); err != nil || !bytes.Equal(got, bigReq) {
