@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -671,86 +670,6 @@ func TestRecoverRepliesAfterReconnect(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the reply was not read back")
-	}
-}
-
-// TestServeShutdown: on shutdown readiness turns 503 at once, a caller whose
-// answer comes within the grace gets it, and a caller still waiting when
-// the grace is over gets a 503 it can retry; Serve returns nil.
-func TestServeShutdown(t *testing.T) {
-	q := queuetest.Start(t, queue.Config{Memory: true})
-	gw, err := New(Config{ShutdownGrace: 500 * time.Millisecond}, q.Conn, q.JS, testCatalog(t), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "http://" + ln.Addr().String()
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- gw.Serve(ctx, ln) }()
-
-	type result struct {
-		status int
-		body   string
-	}
-	post := func(text string) <-chan result {
-		ch := make(chan result, 1)
-		go func() {
-			resp, err := http.Post(url+"/v1/chat/completions", "application/json", strings.NewReader(chatBody("claude-3.5-sonnet", text)))
-			if err != nil {
-				ch <- result{0, err.Error()}
-				return
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			ch <- result{resp.StatusCode, string(b)}
-		}()
-		return ch
-	}
-	fast, slow := post("fast"), post("slow")
-	for range 500 {
-		if info, err := q.Consumer.Info(context.Background()); err == nil && info.NumPending == 2 {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	stop()
-	time.Sleep(100 * time.Millisecond)
-	if gw.draining.Load() != true {
-		t.Error("readiness did not turn at shutdown")
-	}
-	// Answer only "fast", within the grace.
-	batch, err := q.Consumer.Fetch(2, jetstream.FetchMaxWait(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for m := range batch.Messages() {
-		var env schema.Envelope
-		_ = json.Unmarshal(m.Data(), &env)
-		if strings.Contains(string(env.Request), `"fast"`) {
-			data, _ := json.Marshal(echoAnswer(env))
-			_ = q.Conn.Publish(m.Headers().Get(schema.HeaderReplyTo), data)
-		}
-		_ = m.Ack()
-	}
-	if r := <-fast; r.status != 200 || !strings.Contains(r.body, "echo: fast") {
-		t.Errorf("answered within the grace: %d %s", r.status, r.body)
-	}
-	r := <-slow
-	if r.status != 503 || !strings.Contains(r.body, `"code":"gateway_shutting_down"`) {
-		t.Errorf("still waiting after the grace: %d %s", r.status, r.body)
-	}
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Errorf("Serve = %v, want nil", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return")
 	}
 }
 

@@ -47,9 +47,7 @@ func TestCallerGoneAbortsLaaSCall(t *testing.T) {
 		})
 		done <- err
 	}()
-	for mock.Calls() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	eventually(t, 30*time.Second, "the LaaS call to start", func() bool { return mock.Calls() > 0 })
 	start := time.Now()
 	cancel()
 	<-done
