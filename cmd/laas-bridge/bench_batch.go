@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/laas-bridge/laas-bridge/batch"
+	"github.com/laas-bridge/laas-bridge/batch/batchcli"
 	"github.com/laas-bridge/laas-bridge/bridge"
 	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge/internal/bench"
 )
@@ -44,7 +45,7 @@ func (h *benchHarness) batchMix(ctx context.Context, stdout io.Writer) error {
 	if err := bench.Do(ctx, client, t); err != nil {
 		return fmt.Errorf("bench: the batch mode's bridge does not answer: %w", err)
 	}
-	bc, err := newHTTPBatchClient(base, "")
+	bc, err := batchcli.NewHTTPClient(base, "")
 	if err != nil {
 		return err
 	}
@@ -58,17 +59,17 @@ func (h *benchHarness) batchMix(ctx context.Context, stdout io.Writer) error {
 		return err
 	}
 	submitted := time.Now()
-	b, err := bc.submit(ctx, "bench.jsonl", bytes.NewReader(input), map[string]string{"source": "laas-bridge bench"})
+	b, err := bc.Submit(ctx, "bench.jsonl", bytes.NewReader(input), map[string]string{"source": "laas-bridge bench"})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(h.stderr, "bench: batch %s of %d lines submitted; waiting for its first answered line\n", b.ID, c.batchLines)
 	// The window opens once lines are being answered, so every slot the
 	// batch can take is taken.
-	if b, err = pollBatch(ctx, bc, b.ID, func(b batchInfo) bool { return b.final() || b.Counts.Completed+b.Counts.Failed > 0 }); err != nil {
+	if b, err = pollBatch(ctx, bc, b.ID, func(b batchcli.Batch) bool { return b.Final() || b.Done() > 0 }); err != nil {
 		return err
 	}
-	if b.final() {
+	if b.Final() {
 		return fmt.Errorf("bench: batch %s ended (%s) before the interactive load started; give more --batch-lines", b.ID, b.Status)
 	}
 	fmt.Fprintf(h.stderr, "bench: interactive at %d/s for %s beside batch %s (%d of %d lines done)\n",
@@ -80,7 +81,7 @@ func (h *benchHarness) batchMix(ctx context.Context, stdout io.Writer) error {
 	during := bench.FixedRate(ctx, client, t, c.batchRate, c.duration, 0)
 	stopSampling()
 	busy := <-slots
-	after, err := bc.get(ctx, b.ID)
+	after, err := bc.Get(ctx, b.ID)
 	if err != nil {
 		return err
 	}
@@ -88,13 +89,13 @@ func (h *benchHarness) batchMix(ctx context.Context, stdout io.Writer) error {
 		Lines:      int64(c.batchLines),
 		WindowDone: after.Counts.Completed + after.Counts.Failed - b.Counts.Completed - b.Counts.Failed,
 		Window:     time.Since(windowStart),
-		Throughout: !after.final(),
+		Throughout: !after.Final(),
 		Slots:      c.batchConcurrency,
 		SlotsMean:  busy.mean(),
 		SlotsMax:   busy.max,
 	}
 	fmt.Fprintf(h.stderr, "bench: waiting for batch %s to end\n", b.ID)
-	if b, err = pollBatch(ctx, bc, b.ID, batchInfo.final); err != nil {
+	if b, err = pollBatch(ctx, bc, b.ID, batchcli.Batch.Final); err != nil {
 		return err
 	}
 	prog.Elapsed = time.Since(submitted)
@@ -119,7 +120,7 @@ func (h *benchHarness) batchMix(ctx context.Context, stdout io.Writer) error {
 		}
 	}
 	if len(b.Errors) > 0 {
-		fmt.Fprintf(stdout, "batch errors: %s\n", batchErrors(b))
+		fmt.Fprintf(stdout, "batch errors: %s\n", b.ErrorsText())
 	}
 	return nil
 }
@@ -151,9 +152,9 @@ func (h *benchHarness) batchInput(n int) ([]byte, error) {
 }
 
 // pollBatch polls batch id every 100ms until done says so.
-func pollBatch(ctx context.Context, c batchClient, id string, done func(batchInfo) bool) (batchInfo, error) {
+func pollBatch(ctx context.Context, c batchcli.Client, id string, done func(batchcli.Batch) bool) (batchcli.Batch, error) {
 	for {
-		b, err := c.get(ctx, id)
+		b, err := c.Get(ctx, id)
 		if err != nil || done(b) {
 			return b, err
 		}
@@ -167,8 +168,8 @@ func pollBatch(ctx context.Context, c batchClient, id string, done func(batchInf
 
 // countLines counts the non-blank lines of a file of the Batch API, as the
 // Batch API counts an input file's (batch.LineCounter).
-func countLines(ctx context.Context, c batchClient, fileID string) (int64, error) {
-	r, err := c.content(ctx, fileID)
+func countLines(ctx context.Context, c batchcli.Client, fileID string) (int64, error) {
+	r, err := c.Content(ctx, fileID)
 	if err != nil {
 		return 0, err
 	}
