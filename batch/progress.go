@@ -18,126 +18,167 @@ func (d *driver) progress(ctx context.Context) error {
 	if err := d.load(ctx); err != nil {
 		return err
 	}
-	rec := d.record()
-	valid := d.plan.Valid
-	pos := make(map[int]int, len(valid)) // line -> position in valid
-	for i, l := range valid {
-		pos[l.Line] = i
-	}
 	w, err := d.r.answers.Watch(ctx, "batch."+d.id+".*", jetstream.IgnoreDeletes())
 	if err != nil {
 		return fmt.Errorf("watch answers: %w", err)
 	}
 	defer func() { _ = w.Stop() }()
-
-	answered := make([]bool, len(valid))
-	var done, completed, failed, answeredBelow int
-	cursor := min(rec.Published, len(valid))
-	initial := true
-	var pauseUntil time.Time
-	expires := time.Unix(*rec.Batch.ExpiresAt, 0)
-	saveCounts := func() error {
-		c := cursor
-		return d.save(ctx, func(r *Record) {
-			r.Published = max(r.Published, c)
-			r.Batch.RequestCounts.Completed = completed
-			r.Batch.RequestCounts.Failed = r.ValidationFailed + failed
-		})
-	}
-	handle := func(e jetstream.KeyValueEntry) {
-		line, ok := lineOf(e.Key())
-		p, known := pos[line]
-		if !ok || !known || answered[p] {
-			return
-		}
-		answered[p] = true
-		done++
-		if answerStatus(e.Value()) == 200 {
-			completed++
-		} else {
-			failed++
-		}
-		if p < cursor {
-			answeredBelow++
-		}
-	}
+	t := newTally(d)
 	tick := time.NewTicker(d.r.cfg.SaveInterval)
 	defer tick.Stop()
 	for {
-		if !initial && done == len(valid) {
-			if err := saveCounts(); err != nil {
+		if !t.initial && t.done == len(t.valid) {
+			if err := t.saveCounts(ctx); err != nil {
 				return err
 			}
 			return d.toFinalizing(ctx, schema.BatchCompleted)
 		}
-		if time.Now().After(expires) {
-			if err := saveCounts(); err != nil {
+		if time.Now().After(t.expires) {
+			if err := t.saveCounts(ctx); err != nil {
 				return err
 			}
 			return d.toFinalizing(ctx, schema.BatchExpired)
 		}
 		if d.status() != schema.BatchInProgress {
-			return saveCounts()
+			return t.saveCounts(ctx)
 		}
-		canPublish := !initial && cursor < len(valid) && cursor-answeredBelow < d.r.cfg.Window && time.Now().After(pauseUntil)
+		canPublish := t.canPublish()
 		if canPublish {
-			// Queue a few lines, then look at answers again.
-			for n := 0; n < 64 && cursor < len(valid) && cursor-answeredBelow < d.r.cfg.Window; n++ {
-				if answered[cursor] { // answered before a restart: never queued again
-					answeredBelow++
-					cursor++
-					continue
-				}
-				if err := d.publish(ctx, valid[cursor], expires); err != nil {
-					if ctx.Err() != nil {
-						return ctx.Err()
-					}
-					d.log.Warn("could not queue a batch line; trying again shortly", "line", valid[cursor].Line, "error", err)
-					pauseUntil = time.Now().Add(time.Second)
-					break
-				}
-				cursor++
+			if err := t.publishSome(ctx); err != nil {
+				return err
 			}
 		}
 		var timer <-chan time.Time
-		if !canPublish && time.Now().Before(pauseUntil) {
-			timer = time.After(time.Until(pauseUntil))
+		if !canPublish && time.Now().Before(t.pauseUntil) {
+			timer = time.After(time.Until(t.pauseUntil))
 		}
+		// While lines can be queued, only take what is ready; else wait.
+		if err := t.next(ctx, w.Updates(), tick.C, timer, !canPublish); err != nil {
+			return err
+		}
+	}
+}
+
+// tally is the state of progress: which valid lines have an answer, how
+// they ended, and how far queuing got.
+type tally struct {
+	d       *driver
+	valid   []PlanLine
+	pos     map[int]int // line -> position in valid
+	expires time.Time
+
+	answered                               []bool
+	done, completed, failed, answeredBelow int
+	cursor                                 int  // the next position in valid to queue
+	initial                                bool // the watcher has not yet delivered every kept answer
+	pauseUntil                             time.Time
+}
+
+func newTally(d *driver) *tally {
+	rec := d.record()
+	valid := d.plan.Valid
+	t := &tally{d: d, valid: valid, pos: make(map[int]int, len(valid)), expires: time.Unix(*rec.Batch.ExpiresAt, 0),
+		answered: make([]bool, len(valid)), cursor: min(rec.Published, len(valid)), initial: true}
+	for i, l := range valid {
+		t.pos[l.Line] = i
+	}
+	return t
+}
+
+// saveCounts records how far queuing got and the counts so far.
+func (t *tally) saveCounts(ctx context.Context) error {
+	c, completed, failed := t.cursor, t.completed, t.failed
+	return t.d.save(ctx, func(r *Record) {
+		r.Published = max(r.Published, c)
+		r.Batch.RequestCounts.Completed = completed
+		r.Batch.RequestCounts.Failed = r.ValidationFailed + failed
+	})
+}
+
+// handle counts an answer, once per line.
+func (t *tally) handle(e jetstream.KeyValueEntry) {
+	line, ok := lineOf(e.Key())
+	p, known := t.pos[line]
+	if !ok || !known || t.answered[p] {
+		return
+	}
+	t.answered[p] = true
+	t.done++
+	if answerStatus(e.Value()) == 200 {
+		t.completed++
+	} else {
+		t.failed++
+	}
+	if p < t.cursor {
+		t.answeredBelow++
+	}
+}
+
+// canPublish reports whether a line may be queued now: every kept answer
+// is known, lines are left, the window has room and no pause is on.
+func (t *tally) canPublish() bool {
+	return !t.initial && t.cursor < len(t.valid) && t.inWindow() && time.Now().After(t.pauseUntil)
+}
+
+func (t *tally) inWindow() bool { return t.cursor-t.answeredBelow < t.d.r.cfg.Window }
+
+// publishSome queues a few lines, then lets the caller look at answers
+// again. A line that cannot be queued pauses queuing for a second.
+func (t *tally) publishSome(ctx context.Context) error {
+	for n := 0; n < 64 && t.cursor < len(t.valid) && t.inWindow(); n++ {
+		if t.answered[t.cursor] { // answered before a restart: never queued again
+			t.answeredBelow++
+			t.cursor++
+			continue
+		}
+		if err := t.d.publish(ctx, t.valid[t.cursor], t.expires); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			t.d.log.Warn("could not queue a batch line; trying again shortly", "line", t.valid[t.cursor].Line, "error", err)
+			t.pauseUntil = time.Now().Add(time.Second)
+			return nil
+		}
+		t.cursor++
+	}
+	return nil
+}
+
+// next handles one event: an answer (nil: the watcher's initial values are
+// all in), a tick (save the counts), the end of a pause, or ctx's end.
+// Without block it returns at once when none is ready.
+func (t *tally) next(ctx context.Context, updates <-chan jetstream.KeyValueEntry, tick, timer <-chan time.Time, block bool) error {
+	if !block {
 		select {
-		case e := <-w.Updates():
-			if e == nil {
-				initial = false
-			} else {
-				handle(e)
-			}
-		case <-tick.C:
-			if err := saveCounts(); err != nil {
-				return err
-			}
+		case e := <-updates:
+			t.update(e)
+		case <-tick:
+			return t.saveCounts(ctx)
 		case <-timer:
 		case <-ctx.Done():
 			return ctx.Err()
 		default:
-			if canPublish {
-				continue
-			}
-			select {
-			case e := <-w.Updates():
-				if e == nil {
-					initial = false
-				} else {
-					handle(e)
-				}
-			case <-tick.C:
-				if err := saveCounts(); err != nil {
-					return err
-				}
-			case <-timer:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
 		}
+		return nil
 	}
+	select {
+	case e := <-updates:
+		t.update(e)
+	case <-tick:
+		return t.saveCounts(ctx)
+	case <-timer:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
+}
+
+func (t *tally) update(e jetstream.KeyValueEntry) {
+	if e == nil {
+		t.initial = false
+		return
+	}
+	t.handle(e)
 }
 
 // publish queues one line on the batch lane.
