@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/batch/batchcli"
 	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 )
 
@@ -241,7 +242,7 @@ func TestBatchStatusResultsCancel(t *testing.T) {
 		t.Errorf("status:\n%s\nwant:\n%s", stdout, want)
 	}
 	stdout, _, err = runBatchCmd(context.Background(), "status", "batch_1", "--json")
-	var b batchInfo
+	var b batchcli.Batch
 	if err != nil || json.Unmarshal([]byte(stdout), &b) != nil || b.Counts.Failed != 1 || b.OutputFileID != "file-out" {
 		t.Errorf("status --json: %v %q", err, stdout)
 	}

@@ -19,7 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/bridge"
-	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge/internal/config"
+	"github.com/laas-bridge/laas-bridge/internal/config"
 	"github.com/laas-bridge/laas-bridge/laas"
 	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 	"github.com/laas-bridge/laas-bridge/queue"

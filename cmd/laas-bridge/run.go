@@ -27,7 +27,6 @@ Usage:
   laas-bridge worker [flags]           a worker pool only (needs NATS_URL)
   laas-bridge mock-laas [flags]        a LaaS look-alike for demos, tests and benchmarks
   laas-bridge dlq list|replay [flags]  inspect and replay dead letters (needs NATS_URL)
-  laas-bridge bench [flags]            measure latency and throughput against a plain proxy
   laas-bridge batch submit|status|results|cancel
                                        OpenAI batches through a running bridge
   laas-bridge version                  print the version
@@ -54,10 +53,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runMock(ctx, rest, stderr)
 	case "dlq":
 		return runDLQ(ctx, rest, stdout, stderr)
-	case "bench":
-		return runBench(ctx, rest, stdout, stderr)
-	case "baseline-proxy": // bench's yardstick; not in the usage
-		return runBaselineProxy(ctx, rest, stderr)
 	case "batch":
 		return runBatch(ctx, rest, stdout, stderr)
 	case "version", "--version":

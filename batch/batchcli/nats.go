@@ -1,4 +1,4 @@
-package main
+package batchcli
 
 import (
 	"context"
@@ -16,17 +16,20 @@ import (
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
-// natsBatchClient works on the Batch API's JetStream state directly
+// NATSClient works on the Batch API's JetStream state directly
 // (LAAS_FILES, LAAS_BATCHES): the gateways' batch runners pick up what it
 // creates, exactly as if it had come over HTTP. For hosts that reach NATS
 // but no gateway.
-type natsBatchClient struct {
+type NATSClient struct {
 	nc       *nats.Conn
 	store    *batch.Store
 	maxBytes int64
 }
 
-func newNATSBatchClient(ctx context.Context, url string, maxBytes int64) (*natsBatchClient, error) {
+// NewNATSClient connects to the NATS servers at url and opens the Batch
+// API's buckets, which a gateway creates; ctx bounds opening them (at most
+// 10s). maxBytes caps an uploaded file, as POST /v1/files does. Close it.
+func NewNATSClient(ctx context.Context, url string, maxBytes int64) (*NATSClient, error) {
 	nc, err := queue.Connect(url, "laas-bridge batch", slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, err
@@ -43,13 +46,15 @@ func newNATSBatchClient(ctx context.Context, url string, maxBytes int64) (*natsB
 		nc.Close()
 		return nil, fmt.Errorf("open the Batch API's buckets (has a gateway started on this NATS?): %w", err)
 	}
-	return &natsBatchClient{nc: nc, store: store, maxBytes: maxBytes}, nil
+	return &NATSClient{nc: nc, store: store, maxBytes: maxBytes}, nil
 }
 
-func (n *natsBatchClient) close() { n.nc.Close() }
+// Close closes the NATS connection.
+func (n *NATSClient) Close() { n.nc.Close() }
 
-func (n *natsBatchClient) submit(ctx context.Context, name string, r io.Reader, metadata map[string]string) (batchInfo, error) {
-	// The same limits POST /v1/files applies, checked while storing.
+// Submit stores the file under the limits POST /v1/files applies and
+// creates a batch record on it.
+func (n *NATSClient) Submit(ctx context.Context, name string, r io.Reader, metadata map[string]string) (Batch, error) {
 	counted := batch.NewLineCounter(r, n.maxBytes)
 	id := batch.NewFileID()
 	f, err := n.store.PutFile(ctx, id, name, schema.PurposeBatch, 0, counted)
@@ -62,39 +67,42 @@ func (n *natsBatchClient) submit(ctx context.Context, name string, r io.Reader, 
 		_ = n.store.DeleteFile(dctx, id) // a partial object, if any
 		switch {
 		case counted.Over:
-			return batchInfo{}, fmt.Errorf("upload %s: larger than %d bytes", name, n.maxBytes)
+			return Batch{}, fmt.Errorf("upload %s: larger than %d bytes", name, n.maxBytes)
 		case counted.TooMany:
-			return batchInfo{}, fmt.Errorf("upload %s: more than %d lines", name, schema.MaxBatchLines)
+			return Batch{}, fmt.Errorf("upload %s: more than %d lines", name, schema.MaxBatchLines)
 		}
-		return batchInfo{}, fmt.Errorf("upload %s: %w", name, err)
+		return Batch{}, fmt.Errorf("upload %s: %w", name, err)
 	}
 	rec := &batch.Record{Batch: batch.NewBatch(f.ID, metadata, time.Now())}
 	if err := n.store.CreateBatch(ctx, rec); err != nil {
-		return batchInfo{}, fmt.Errorf("create batch on %s: %w", f.ID, err)
+		return Batch{}, fmt.Errorf("create batch on %s: %w", f.ID, err)
 	}
-	return fromBatch(rec.Batch), nil
+	return fromSchema(rec.Batch), nil
 }
 
-func (n *natsBatchClient) get(ctx context.Context, id string) (batchInfo, error) {
+// Get returns batch id.
+func (n *NATSClient) Get(ctx context.Context, id string) (Batch, error) {
 	rec, _, err := n.store.Batch(ctx, id)
 	if err != nil {
-		return batchInfo{}, natsBatchErr(id, err)
+		return Batch{}, natsErr(id, err)
 	}
-	return fromBatch(rec.Batch), nil
+	return fromSchema(rec.Batch), nil
 }
 
-func (n *natsBatchClient) cancel(ctx context.Context, id string) (batchInfo, error) {
+// Cancel marks batch id cancelling; the runner that holds it stops it.
+func (n *NATSClient) Cancel(ctx context.Context, id string) (Batch, error) {
 	rec, err := n.store.Cancel(ctx, id, time.Now())
 	switch {
 	case err == nil, batch.IsUnchanged(err):
-		return fromBatch(rec.Batch), nil
+		return fromSchema(rec.Batch), nil
 	case errors.Is(err, batch.ErrNotCancellable):
-		return batchInfo{}, fmt.Errorf("cancel batch %s: it is %s", id, rec.Batch.Status)
+		return Batch{}, fmt.Errorf("cancel batch %s: it is %s", id, rec.Batch.Status)
 	}
-	return batchInfo{}, natsBatchErr(id, err)
+	return Batch{}, natsErr(id, err)
 }
 
-func (n *natsBatchClient) content(ctx context.Context, fileID string) (io.ReadCloser, error) {
+// Content returns the bytes of file fileID.
+func (n *NATSClient) Content(ctx context.Context, fileID string) (io.ReadCloser, error) {
 	if !batch.ValidFileID(fileID) {
 		return nil, fmt.Errorf("file %s: not found", fileID)
 	}
@@ -105,15 +113,15 @@ func (n *natsBatchClient) content(ctx context.Context, fileID string) (io.ReadCl
 	return r, nil
 }
 
-func natsBatchErr(id string, err error) error {
+func natsErr(id string, err error) error {
 	if errors.Is(err, batch.ErrNotFound) {
 		return fmt.Errorf("batch %s: not found", id)
 	}
 	return fmt.Errorf("batch %s: %w", id, err)
 }
 
-func fromBatch(b schema.Batch) batchInfo {
-	var i batchInfo
+func fromSchema(b schema.Batch) Batch {
+	var i Batch
 	i.ID, i.Status, i.InputFileID, i.CreatedAt = b.ID, string(b.Status), b.InputFileID, b.CreatedAt
 	if b.OutputFileID != nil {
 		i.OutputFileID = *b.OutputFileID

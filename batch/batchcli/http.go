@@ -1,4 +1,4 @@
-package main
+package batchcli
 
 import (
 	"context"
@@ -13,32 +13,37 @@ import (
 	"github.com/openai/openai-go/v3/shared"
 )
 
-// httpBatchClient talks to a bridge's OpenAI Batch API with the official
+// HTTPClient talks to a bridge's OpenAI Batch API with the official
 // openai-go client, so the CLI exercises exactly what SDK users call.
-type httpBatchClient struct{ c openai.Client }
+type HTTPClient struct{ c openai.Client }
 
-func newHTTPBatchClient(base, key string) (*httpBatchClient, error) {
+// NewHTTPClient reaches the bridge at base (http(s)://host[:port]) with key
+// as its bearer key; an empty key sends "none", which a bridge without
+// BRIDGE_MASTER_KEY takes. It does no I/O.
+func NewHTTPClient(base, key string) (*HTTPClient, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--url %q: want http(s)://host[:port]", base)
+		return nil, fmt.Errorf("%q: want http(s)://host[:port]", base)
 	}
 	if key == "" {
-		key = "none" // a bridge without BRIDGE_MASTER_KEY takes any key
+		key = "none"
 	}
-	return &httpBatchClient{c: openai.NewClient(
+	return &HTTPClient{c: openai.NewClient(
 		option.WithBaseURL(strings.TrimSuffix(u.String(), "/")+"/v1/"),
 		option.WithAPIKey(key),
 		option.WithMaxRetries(2),
 	)}, nil
 }
 
-func (h *httpBatchClient) submit(ctx context.Context, name string, r io.Reader, metadata map[string]string) (batchInfo, error) {
+// Submit uploads the file with purpose batch and creates a 24h batch of
+// /v1/chat/completions on it.
+func (h *HTTPClient) Submit(ctx context.Context, name string, r io.Reader, metadata map[string]string) (Batch, error) {
 	f, err := h.c.Files.New(ctx, openai.FileNewParams{
 		File:    openai.File(r, name, "application/jsonl"),
 		Purpose: openai.FilePurposeBatch,
 	})
 	if err != nil {
-		return batchInfo{}, apiErr("upload "+name, err)
+		return Batch{}, apiErr("upload "+name, err)
 	}
 	p := openai.BatchNewParams{
 		InputFileID:      f.ID,
@@ -50,28 +55,31 @@ func (h *httpBatchClient) submit(ctx context.Context, name string, r io.Reader, 
 	}
 	b, err := h.c.Batches.New(ctx, p)
 	if err != nil {
-		return batchInfo{}, apiErr("create batch on "+f.ID, err)
+		return Batch{}, apiErr("create batch on "+f.ID, err)
 	}
-	return toBatchInfo(b), nil
+	return fromOpenAI(b), nil
 }
 
-func (h *httpBatchClient) get(ctx context.Context, id string) (batchInfo, error) {
+// Get returns batch id.
+func (h *HTTPClient) Get(ctx context.Context, id string) (Batch, error) {
 	b, err := h.c.Batches.Get(ctx, id)
 	if err != nil {
-		return batchInfo{}, apiErr("batch "+id, err)
+		return Batch{}, apiErr("batch "+id, err)
 	}
-	return toBatchInfo(b), nil
+	return fromOpenAI(b), nil
 }
 
-func (h *httpBatchClient) cancel(ctx context.Context, id string) (batchInfo, error) {
+// Cancel asks the bridge to cancel batch id.
+func (h *HTTPClient) Cancel(ctx context.Context, id string) (Batch, error) {
 	b, err := h.c.Batches.Cancel(ctx, id)
 	if err != nil {
-		return batchInfo{}, apiErr("cancel batch "+id, err)
+		return Batch{}, apiErr("cancel batch "+id, err)
 	}
-	return toBatchInfo(b), nil
+	return fromOpenAI(b), nil
 }
 
-func (h *httpBatchClient) content(ctx context.Context, fileID string) (io.ReadCloser, error) {
+// Content returns the bytes of file fileID.
+func (h *HTTPClient) Content(ctx context.Context, fileID string) (io.ReadCloser, error) {
 	res, err := h.c.Files.Content(ctx, fileID)
 	if err != nil {
 		return nil, apiErr("file "+fileID, err)
@@ -93,8 +101,8 @@ func apiErr(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-func toBatchInfo(b *openai.Batch) batchInfo {
-	var i batchInfo
+func fromOpenAI(b *openai.Batch) Batch {
+	var i Batch
 	i.ID, i.Status, i.InputFileID = b.ID, string(b.Status), b.InputFileID
 	i.OutputFileID, i.ErrorFileID, i.CreatedAt = b.OutputFileID, b.ErrorFileID, b.CreatedAt
 	i.Counts.Total, i.Counts.Completed, i.Counts.Failed = b.RequestCounts.Total, b.RequestCounts.Completed, b.RequestCounts.Failed

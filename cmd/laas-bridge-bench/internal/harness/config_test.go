@@ -1,0 +1,52 @@
+package harness
+
+import (
+	"maps"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestConfigValidate: the modes are parsed, and every bad setting is
+// named at once.
+func TestConfigValidate(t *testing.T) {
+	valid := Config{Modes: "fixed, batch", Rate: 1, Concurrency: 1, Callers: 1, CallersConcurrency: 1, Duration: time.Second,
+		BatchLines: 2000, BatchRate: 10, BatchConcurrency: 16, BatchLatency: 200 * time.Millisecond}
+	modes, err := valid.modes()
+	if err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	if !maps.Equal(modes, map[string]bool{"fixed": true, "batch": true}) {
+		t.Errorf("modes = %v", modes)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		want []string
+	}{
+		{"unknown mode", func(c *Config) { c.Modes = "batch,mixed" }, []string{`unknown mode "mixed" (use fixed, closed, burst, batch)`}},
+		{"no batch lines", func(c *Config) { c.BatchLines = 0 }, []string{"--batch-lines must be 1 to 50000, got 0"}},
+		{"too many batch lines", func(c *Config) { c.BatchLines = 50_001 }, []string{"--batch-lines must be 1 to 50000, got 50001"}},
+		{"batch rate", func(c *Config) { c.BatchRate = 0 }, []string{"--batch-rate must be positive, got 0"}},
+		{"batch concurrency", func(c *Config) { c.BatchConcurrency = 0 }, []string{"--batch-concurrency must be 1 to 10000, got 0"}},
+		{"batch rpm", func(c *Config) { c.BatchRPM = -1 }, []string{"--batch-rpm must not be negative, got -1"}},
+		{"negative latency", func(c *Config) { c.BatchLatency = -time.Millisecond }, []string{"--batch-latency must not be negative"}},
+		{"profile of a bridge not started", func(c *Config) { c.CPUProfile, c.Target = "cpu.pprof", "http://127.0.0.1:4000" }, []string{"--cpuprofile needs a bridge started by the bench"}},
+		{"all at once", func(c *Config) { c.Duration, c.BatchRate, c.BatchLines = 0, -1, -1 }, []string{
+			"--duration must be positive", "--batch-rate must be positive, got -1", "--batch-lines must be 1 to 50000, got -1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := valid
+			tc.edit(&c)
+			err := c.Validate()
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
