@@ -8,7 +8,7 @@ import (
 
 // Jobs: requests nobody waits for on a connection. A producer (the HTTP
 // jobs API, the Batch API, or any program with a NATS client) publishes an
-// Envelope with Job set on SubjectBatch, with Nats-Msg-Id set to the job
+// Envelope with Job set on SubjectSubmit, with Nats-Msg-Id set to the job
 // id; the worker publishes the JobResult on the job's results subject,
 // captured by StreamResults, and records the job's state in BucketJobs.
 // These names are part of the public contract (see the README).
