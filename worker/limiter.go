@@ -53,7 +53,7 @@ import (
 //
 // # Lanes: interactive calls first
 //
-// A batch-lane call (the pool marks its ctx) must not delay interactive
+// A batch-lane call (Wait's lane argument) must not delay interactive
 // ones, in this process or another:
 //
 //   - The turn goes to interactive callers first, each lane in arrival
@@ -236,28 +236,11 @@ func newRateGate(horizon time.Duration, scopes ...rateScope) *rateGate {
 }
 
 // reach is how long before its start a call of lane may claim a slot.
-func (g *rateGate) reach(lane int, horizon time.Duration) time.Duration {
-	if lane == laneBatch {
+func (g *rateGate) reach(lane Lane, horizon time.Duration) time.Duration {
+	if lane == LaneBatch {
 		return g.batchReach
 	}
 	return horizon
-}
-
-// A call's lane; callers of the lower one take the turn first.
-const (
-	laneInteractive = iota
-	laneBatch
-	laneCount
-)
-
-// laneNames are the lanes' names, as metrics label them.
-var laneNames = [laneCount]string{laneInteractive: "interactive", laneBatch: "batch"}
-
-func laneOf(ctx context.Context) int {
-	if isBatchLane(ctx) {
-		return laneBatch
-	}
-	return laneInteractive
 }
 
 // laneTurn lets one caller of a rateGate in this process claim at a time:
@@ -279,7 +262,7 @@ type turnWaiter struct {
 // take waits for the turn, or returns ctx's error. The channel it returns
 // is closed when an interactive caller starts waiting for the turn; nil
 // (never closed) for an interactive caller, who never gives it up.
-func (t *laneTurn) take(ctx context.Context, lane int) (<-chan struct{}, error) {
+func (t *laneTurn) take(ctx context.Context, lane Lane) (<-chan struct{}, error) {
 	t.mu.Lock()
 	if !t.held {
 		t.held = true
@@ -289,7 +272,7 @@ func (t *laneTurn) take(ctx context.Context, lane int) (<-chan struct{}, error) 
 	}
 	w := &turnWaiter{granted: make(chan struct{})}
 	t.waiting[lane] = append(t.waiting[lane], w)
-	if lane == laneInteractive && t.urgent != nil {
+	if lane == LaneInteractive && t.urgent != nil {
 		close(t.urgent)
 		t.urgent = nil
 	}
@@ -302,16 +285,16 @@ func (t *laneTurn) take(ctx context.Context, lane int) (<-chan struct{}, error) 
 // have gone. On ctx's error the turn is no longer held.
 func (t *laneTurn) yield(ctx context.Context) (<-chan struct{}, error) {
 	t.mu.Lock()
-	if len(t.waiting[laneInteractive]) == 0 {
-		urgent := t.grant(laneBatch)
+	if len(t.waiting[LaneInteractive]) == 0 {
+		urgent := t.grant(LaneBatch)
 		t.mu.Unlock()
 		return urgent, nil
 	}
 	w := &turnWaiter{granted: make(chan struct{})}
-	t.waiting[laneBatch] = slices.Insert(t.waiting[laneBatch], 0, w)
+	t.waiting[LaneBatch] = slices.Insert(t.waiting[LaneBatch], 0, w)
 	t.handOver()
 	t.mu.Unlock()
-	return t.await(ctx, laneBatch, w)
+	return t.await(ctx, LaneBatch, w)
 }
 
 // release gives the turn up.
@@ -323,7 +306,7 @@ func (t *laneTurn) release() {
 
 // await waits until w is given the turn; if ctx ends first, w leaves the
 // queue (or passes on a turn given meanwhile).
-func (t *laneTurn) await(ctx context.Context, lane int, w *turnWaiter) (<-chan struct{}, error) {
+func (t *laneTurn) await(ctx context.Context, lane Lane, w *turnWaiter) (<-chan struct{}, error) {
 	select {
 	case <-w.granted:
 		return w.urgent, nil
@@ -347,7 +330,7 @@ func (t *laneTurn) handOver() {
 		if len(q) > 0 {
 			w := q[0]
 			t.waiting[lane] = slices.Delete(q, 0, 1)
-			w.urgent = t.grant(lane)
+			w.urgent = t.grant(Lane(lane))
 			close(w.granted)
 			return
 		}
@@ -358,9 +341,9 @@ func (t *laneTurn) handOver() {
 
 // grant records a new holder of lane and returns its urgent channel; t.mu
 // is held.
-func (t *laneTurn) grant(lane int) chan struct{} {
+func (t *laneTurn) grant(lane Lane) chan struct{} {
 	t.urgent = nil
-	if lane == laneBatch {
+	if lane == LaneBatch {
 		t.urgent = make(chan struct{})
 	}
 	return t.urgent
@@ -536,9 +519,8 @@ func (l *KVLimiter) raiseCooldown(until int64) {
 // call has its slot in the project's schedule and in the model's. It returns
 // ctx's error as soon as ctx ends. A bucket that cannot be reached makes it
 // retry (and log) until ctx ends: limits are never skipped.
-func (l *KVLimiter) Wait(ctx context.Context, model schema.Model) error {
+func (l *KVLimiter) Wait(ctx context.Context, model schema.Model, lane Lane) error {
 	g := l.gateFor(model)
-	lane := laneOf(ctx)
 	for {
 		if err := l.waitCooldown(ctx); err != nil {
 			return err
@@ -635,7 +617,7 @@ func (l *KVLimiter) waitCooldown(ctx context.Context) error {
 // claim takes g's turn in this process and claims a slot in each of g's
 // schedules; it returns when the call may start. A batch call gives the
 // turn up while it waits, whenever an interactive call wants it.
-func (l *KVLimiter) claim(ctx context.Context, g *rateGate, lane int) (time.Time, error) {
+func (l *KVLimiter) claim(ctx context.Context, g *rateGate, lane Lane) (time.Time, error) {
 	urgent, err := g.turn.take(ctx, lane)
 	if err != nil {
 		return time.Time{}, err
@@ -678,7 +660,7 @@ func (l *KVLimiter) claim(ctx context.Context, g *rateGate, lane int) (time.Time
 // (Horizon, or g.batchReach). It returns the start, or how long to wait
 // (woken early by changed) before trying again; neither means try again
 // now.
-func (l *KVLimiter) reserve(ctx context.Context, g *rateGate, lane int) (at time.Time, wait time.Duration, changed <-chan struct{}, err error) {
+func (l *KVLimiter) reserve(ctx context.Context, g *rateGate, lane Lane) (at time.Time, wait time.Duration, changed <-chan struct{}, err error) {
 	select {
 	case l.claiming <- struct{}{}:
 	case <-ctx.Done():

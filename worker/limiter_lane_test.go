@@ -22,12 +22,12 @@ import (
 func TestLaneTurnOrder(t *testing.T) {
 	var turn laneTurn
 	ctx := context.Background()
-	holderUrgent, err := turn.take(ctx, laneBatch)
+	holderUrgent, err := turn.take(ctx, LaneBatch)
 	if err != nil {
 		t.Fatal(err)
 	}
 	granted := make(chan string, 10)
-	enqueue := func(name string, lane int) {
+	enqueue := func(name string, lane Lane) {
 		turn.mu.Lock()
 		before := len(turn.waiting[lane])
 		turn.mu.Unlock()
@@ -43,16 +43,16 @@ func TestLaneTurnOrder(t *testing.T) {
 			return len(turn.waiting[lane]) > before
 		})
 	}
-	enqueue("b1", laneBatch)
-	enqueue("b2", laneBatch)
+	enqueue("b1", LaneBatch)
+	enqueue("b2", LaneBatch)
 	if isClosed(holderUrgent) {
 		t.Fatal("the batch holder was told to yield with only batch callers waiting")
 	}
-	enqueue("i1", laneInteractive)
+	enqueue("i1", LaneInteractive)
 	if !isClosed(holderUrgent) {
 		t.Fatal("the batch holder was not told that an interactive caller waits")
 	}
-	enqueue("i2", laneInteractive)
+	enqueue("i2", LaneInteractive)
 
 	yielded := make(chan error, 1)
 	go func() {
@@ -121,7 +121,7 @@ func TestKVLimiterInteractiveAheadOfBatch(t *testing.T) {
 			}
 			var batch grants
 			ctx, cancel := context.WithCancel(context.Background())
-			done := hammer(withBatchLane(ctx), ls[:1], callers, schema.Model{Alias: "m"}, &batch)
+			done := hammer(ctx, ls[:1], callers, schema.Model{Alias: "m"}, LaneBatch, &batch)
 			defer func() { cancel(); done.Wait() }()
 			started := func() int {
 				batch.mu.Lock()
@@ -132,7 +132,7 @@ func TestKVLimiterInteractiveAheadOfBatch(t *testing.T) {
 			var ahead []int
 			for range tries {
 				before := started()
-				if err := interactive.Wait(ctx, schema.Model{Alias: "m"}); err != nil {
+				if err := interactive.Wait(ctx, schema.Model{Alias: "m"}, LaneInteractive); err != nil {
 					t.Fatal(err)
 				}
 				ahead = append(ahead, started()-before)
@@ -184,11 +184,11 @@ func hammerFor(ls []*KVLimiter, run time.Duration, loads ...load) (*grants, time
 	defer cancel()
 	var all []*sync.WaitGroup
 	for _, x := range loads {
-		c := ctx
+		lane := LaneInteractive
 		if x.batch {
-			c = withBatchLane(ctx)
+			lane = LaneBatch
 		}
-		all = append(all, hammer(c, ls, x.callers, x.model, &g))
+		all = append(all, hammer(ctx, ls, x.callers, x.model, lane, &g))
 	}
 	for _, wg := range all {
 		wg.Wait()
@@ -206,7 +206,7 @@ func TestKVLimiterBatchProgressesBesideSparseInteractive(t *testing.T) {
 	model := schema.Model{Alias: "m"}
 	var batch grants
 	ctx, cancel := context.WithCancel(context.Background())
-	done := hammer(withBatchLane(ctx), ls[:1], 6, model, &batch)
+	done := hammer(ctx, ls[:1], 6, model, LaneBatch, &batch)
 	defer func() { cancel(); done.Wait() }()
 
 	const calls = 10 // per interactive caller
@@ -214,7 +214,7 @@ func TestKVLimiterBatchProgressesBesideSparseInteractive(t *testing.T) {
 	for _, l := range ls {
 		wg.Go(func() {
 			for range calls {
-				if err := l.Wait(ctx, model); err != nil {
+				if err := l.Wait(ctx, model, LaneInteractive); err != nil {
 					t.Error(err)
 					return
 				}
@@ -241,23 +241,23 @@ func TestKVLimiterBatchWaitEndsWithContext(t *testing.T) {
 	f := newLimiterFleet(t)
 	l := f.start(t, LimiterConfig{RPM: 1}, 0) // one call a minute
 	model := schema.Model{Alias: "m"}
-	if err := l.Wait(context.Background(), model); err != nil {
+	if err := l.Wait(context.Background(), model, LaneInteractive); err != nil {
 		t.Fatal(err)
 	}
 	turn := &l.project.turn
 	state := func() (held bool, interactive, batch int) {
 		turn.mu.Lock()
 		defer turn.mu.Unlock()
-		return turn.held, len(turn.waiting[laneInteractive]), len(turn.waiting[laneBatch])
+		return turn.held, len(turn.waiting[LaneInteractive]), len(turn.waiting[LaneBatch])
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errs := make(chan error, 3)
-	wait := func(ctx context.Context) { go func() { errs <- l.Wait(ctx, model) }() }
-	wait(withBatchLane(ctx)) // takes the turn
+	wait := func(lane Lane) { go func() { errs <- l.Wait(ctx, model, lane) }() }
+	wait(LaneBatch) // takes the turn
 	waitFor(t, func() bool { held, _, _ := state(); return held })
-	wait(withBatchLane(ctx)) // queues
+	wait(LaneBatch) // queues
 	waitFor(t, func() bool { _, _, b := state(); return b == 1 })
-	wait(ctx) // takes the turn from the first batch caller, who queues first
+	wait(LaneInteractive) // takes the turn from the first batch caller, who queues first
 	waitFor(t, func() bool { held, i, b := state(); return held && i == 0 && b == 2 })
 	cancel()
 	for range 3 {
@@ -278,12 +278,12 @@ func TestKVLimiterBatchWaitEndsWithContext(t *testing.T) {
 // laneLimiter records the lane of every Wait.
 type laneLimiter struct {
 	mu    sync.Mutex
-	lanes []bool // isBatchLane, per call
+	lanes []Lane // per call
 }
 
-func (l *laneLimiter) Wait(ctx context.Context, _ schema.Model) error {
+func (l *laneLimiter) Wait(_ context.Context, _ schema.Model, lane Lane) error {
 	l.mu.Lock()
-	l.lanes = append(l.lanes, isBatchLane(ctx))
+	l.lanes = append(l.lanes, lane)
 	l.mu.Unlock()
 	return nil
 }
@@ -312,8 +312,8 @@ func TestPoolTellsLimiterTheLane(t *testing.T) {
 	}
 	lim.mu.Lock()
 	defer lim.mu.Unlock()
-	if got, want := fmt.Sprint(lim.lanes), "[false true]"; got != want {
-		t.Errorf("batch lane per Wait: %s, want %s (interactive, then batch)", got, want)
+	if got, want := fmt.Sprint(lim.lanes), "[interactive batch]"; got != want {
+		t.Errorf("lane per Wait: %s, want %s", got, want)
 	}
 	// The wait metric tells the lanes apart too.
 	mfs := gather(t, reg)

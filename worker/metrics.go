@@ -247,10 +247,10 @@ type timedLimiter struct {
 	wait *prometheus.HistogramVec
 }
 
-func (t timedLimiter) Wait(ctx context.Context, model schema.Model) error {
+func (t timedLimiter) Wait(ctx context.Context, model schema.Model, lane Lane) error {
 	start := time.Now()
-	err := t.Limiter.Wait(ctx, model)
-	t.wait.WithLabelValues(laneNames[laneOf(ctx)]).Observe(time.Since(start).Seconds())
+	err := t.Limiter.Wait(ctx, model, lane)
+	t.wait.WithLabelValues(lane.String()).Observe(time.Since(start).Seconds())
 	return err
 }
 

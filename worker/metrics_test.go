@@ -97,8 +97,8 @@ func (s *scriptedByText) Complete(_ context.Context, req *schema.LaaSRequest) (*
 // freeLimiter lets every call start at once.
 type freeLimiter struct{}
 
-func (freeLimiter) Wait(ctx context.Context, _ schema.Model) error { return ctx.Err() }
-func (freeLimiter) Throttled(context.Context, time.Duration)       {}
+func (freeLimiter) Wait(ctx context.Context, _ schema.Model, _ Lane) error { return ctx.Err() }
+func (freeLimiter) Throttled(context.Context, time.Duration)               {}
 
 func jobBody(text string) string {
 	return `{"model":"m","messages":[{"role":"user","content":"` + text + `"}]}`

@@ -29,34 +29,6 @@ type Upstream interface {
 
 var _ Upstream = (*laas.Client)(nil)
 
-// Limiter paces LaaS calls across every worker process. Implementations
-// must be safe for concurrent use.
-type Limiter interface {
-	// Wait blocks until a call for model may start. It returns ctx's error
-	// if ctx ends first; the job is then handed back, not failed. The pool
-	// marks the ctx of a batch-lane job's call (see isBatchLane): a limiter
-	// may let interactive calls start first.
-	Wait(ctx context.Context, model schema.Model) error
-	// Throttled reports that LaaS answered 429: every worker holds off new
-	// calls for d.
-	Throttled(ctx context.Context, d time.Duration)
-}
-
-// batchLaneKey is the context key of withBatchLane's mark.
-type batchLaneKey struct{}
-
-// withBatchLane marks ctx as a batch-lane job's: Limiter.Wait serves it
-// after interactive calls.
-func withBatchLane(ctx context.Context) context.Context {
-	return context.WithValue(ctx, batchLaneKey{}, true)
-}
-
-// isBatchLane reports whether ctx carries withBatchLane's mark.
-func isBatchLane(ctx context.Context) bool {
-	batch, _ := ctx.Value(batchLaneKey{}).(bool)
-	return batch
-}
-
 // DeadLetter is a job that ran out of attempts.
 type DeadLetter struct {
 	Envelope schema.Envelope
@@ -447,11 +419,7 @@ func (p *Pool) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	defer p.cancels.done(j.env.ID)
 	if p.limiter != nil {
-		waitCtx := callCtx
-		if msg.Subject() == schema.SubjectBatch {
-			waitCtx = withBatchLane(callCtx)
-		}
-		if err := p.limiter.Wait(waitCtx, model); err != nil {
+		if err := p.limiter.Wait(callCtx, model, laneOf(msg.Subject())); err != nil {
 			p.handBack(log, &j, callCtx, err)
 			return
 		}
