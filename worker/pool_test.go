@@ -88,6 +88,18 @@ func catalog(t testing.TB) *schema.Catalog {
 func startPool(t *testing.T, up Upstream, cfg Config, opts ...Option) *poolFixture {
 	t.Helper()
 	q := queuetest.Start(t, queue.Config{Memory: true, MaxDeliver: 3, AckWait: 2 * time.Second})
+	runPool(t, q, up, cfg, opts...)
+	sub, err := q.Conn.SubscribeSync("laas.reply.test.*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &poolFixture{q: q, replies: sub}
+}
+
+// runPool runs a pool over q's consumer until the test's cleanup; the
+// retry backoff is 10ms to 40ms unless cfg sets it.
+func runPool(t *testing.T, q *queuetest.Queue, up Upstream, cfg Config, opts ...Option) *Pool {
+	t.Helper()
 	if cfg.RetryBase == 0 {
 		cfg.RetryBase, cfg.RetryMax = 10*time.Millisecond, 40*time.Millisecond
 	}
@@ -104,11 +116,7 @@ func startPool(t *testing.T, up Upstream, cfg Config, opts ...Option) *poolFixtu
 			t.Errorf("Run: %v", err)
 		}
 	})
-	sub, err := q.Conn.SubscribeSync("laas.reply.test.*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &poolFixture{q: q, replies: sub}
+	return p
 }
 
 func (f *poolFixture) publish(t *testing.T, id, model string, deadline time.Duration, req string) {
