@@ -95,19 +95,25 @@ func TestLaneTurnOrder(t *testing.T) {
 // for a limit, an interactive call starts after at most the few batch calls
 // that held slots when it arrived, whether it waits in the same process or
 // in another one. Without lanes it would queue behind every batch caller.
+//
+// The bound is the schedule's. When the interactive call arrives, the
+// batch lane holds at most a slot starting about now and one within its
+// reach (one interval), and may be claiming the next at that moment; the
+// interactive call claims the slot after those. Grants are counted when
+// their Wait returns, which on a busy machine may be a little after the
+// slot began: a batch grant of the slot just before the arrival may be
+// counted as well. Slots are 200ms apart, so only a goroutine delayed by
+// a whole interval could make the count larger still.
 func TestKVLimiterInteractiveAheadOfBatch(t *testing.T) {
 	const (
-		rpm     = 1200 // one slot per 50 ms
+		rpm     = 300 // one slot per 200 ms
 		callers = 12
 		tries   = 4
-		// When the interactive call arrives, the batch lane may hold a slot
-		// starting now, one within its reach and one being claimed that
-		// moment.
-		most = 3
+		most    = 3 + 1 // held or being claimed at the arrival, and one counted late
 	)
 	// A long Horizon lets interactive calls claim far ahead; batch calls
 	// must not.
-	cfg := LimiterConfig{RPM: rpm, Horizon: time.Second}
+	cfg := LimiterConfig{RPM: rpm, Horizon: 2 * time.Second} // ten slots
 	for _, tc := range []struct {
 		name  string
 		other bool // the interactive call waits in another limiter
@@ -128,7 +134,7 @@ func TestKVLimiterInteractiveAheadOfBatch(t *testing.T) {
 				defer batch.mu.Unlock()
 				return len(batch.all)
 			}
-			waitFor(t, func() bool { return started() >= callers })
+			waitFor(t, func() bool { return started() >= 2 }) // every batch caller is waiting
 			var ahead []int
 			for range tries {
 				before := started()
@@ -162,7 +168,7 @@ func TestKVLimiterBatchFillsTheRest(t *testing.T) {
 	checkRate(t, "interactive, model with rpm", g.times(func(x grant) bool { return x.model == slow.Alias }), start, run, slow.RPM)
 	checkRate(t, "project", g.times(nil), start, run, projectRPM)
 	batch := countIn(g.times(func(x grant) bool { return x.model == free.Alias }), start, start.Add(run))
-	if want := run.Seconds() * float64(projectRPM-slow.RPM) / 60; float64(batch) < 0.8*want {
+	if want := run.Seconds() * float64(projectRPM-slow.RPM) / 60; float64(batch) < budgetUsed*want {
 		t.Errorf("batch calls got %d slots of the %.0f interactive calls left", batch, want)
 	}
 }
