@@ -1,5 +1,8 @@
 package worker
 
+// This file holds the pool's Prometheus metrics (laas_bridge_worker_*),
+// their label vocabularies, and the wrapper that times rate-limit waits.
+
 import (
 	"context"
 	"errors"

@@ -28,6 +28,7 @@ type fakeMsg struct {
 	data      []byte
 	header    nats.Header
 	delivered uint64
+	seq       uint64 // stream sequence; 1 when unset
 
 	mu         sync.Mutex
 	acks       []string
@@ -38,7 +39,7 @@ func (m *fakeMsg) Subject() string      { return m.subject }
 func (m *fakeMsg) Data() []byte         { return m.data }
 func (m *fakeMsg) Headers() nats.Header { return m.header }
 func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) {
-	return &jetstream.MsgMetadata{NumDelivered: max(1, m.delivered), Sequence: jetstream.SequencePair{Stream: 1, Consumer: 1}}, nil
+	return &jetstream.MsgMetadata{NumDelivered: max(1, m.delivered), Sequence: jetstream.SequencePair{Stream: max(1, m.seq), Consumer: 1}}, nil
 }
 func (m *fakeMsg) record(s string) error {
 	m.mu.Lock()
