@@ -250,6 +250,7 @@ type timedLimiter struct {
 	wait *prometheus.HistogramVec
 }
 
+// Wait is the wrapped Limiter's, timed and labelled with lane.
 func (t timedLimiter) Wait(ctx context.Context, model schema.Model, lane Lane) error {
 	start := time.Now()
 	err := t.Limiter.Wait(ctx, model, lane)

@@ -30,15 +30,21 @@ var _ Upstream = (*laas.Client)(nil)
 
 // DeadLetter is a job that ran out of attempts.
 type DeadLetter struct {
+	// Envelope is the job's envelope as the worker read it.
 	Envelope schema.Envelope
-	// Reason is the last error, as the caller got it.
-	Reason   schema.ErrorDetail
-	Status   int
+	// Reason is the last error, as the caller got it; Status its HTTP
+	// status.
+	Reason schema.ErrorDetail
+	Status int
+	// Attempts is how many deliveries the job had.
 	Attempts int
-	// FirstAttempt is approximate: the last attempt's start minus the
-	// backoff is not tracked, so it is the envelope's EnqueuedAt.
+	// LastAttempt is when the last attempt began: its LaaS call's start,
+	// or when the worker gave up on an attempt that never reached LaaS.
+	// The first attempt is not tracked; the envelope's EnqueuedAt is the
+	// nearest.
 	LastAttempt time.Time
-	FailedAt    time.Time
+	// FailedAt is when the job was given up.
+	FailedAt time.Time
 }
 
 // DeadLetterer keeps jobs that ran out of attempts, for inspection and
