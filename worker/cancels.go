@@ -1,5 +1,9 @@
 package worker
 
+// This file holds how the pool hears that a caller went away: the cancel
+// broadcast every pool subscribes to, the calls it aborts and the ids it
+// remembers so a job not yet started is skipped.
+
 import (
 	"context"
 	"errors"

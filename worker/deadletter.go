@@ -1,5 +1,10 @@
 package worker
 
+// This file holds the dead letters: jobs that ran out of attempts, kept on
+// their own stream (with a large body in the object store) for inspection
+// and replay, and the watcher that rescues jobs that reached MaxDeliver
+// without a worker finishing them.
+
 import (
 	"context"
 	"encoding/json"

@@ -5,7 +5,12 @@
 // any number of processes, share the work. The consumer's MaxAckPending is
 // the global cap on jobs in flight. A job is acknowledged only after its
 // answer is published, so a worker that dies mid-call leaves the job to be
-// redelivered. The LaaS client, the OpenAI<->LaaS translation and the LaaS
-// mock (package laasmock) live here too. WithMetrics gives a pool its
-// Prometheus metrics; see metrics.go.
+// redelivered.
+//
+// A delivery runs through a chain of small steps (handler.go lists them in
+// order, each in its own step_*.go file): decode, job state, cancelled,
+// deadline, kept answer, large body, prepare, call scope, rate limit, and
+// the LaaS call with its retry mapping. KVLimiter is the rate limiter every
+// worker process shares; WithMetrics gives a pool its Prometheus metrics
+// (metrics.go). The LaaS client and translation are package laas.
 package worker

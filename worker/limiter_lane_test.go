@@ -22,12 +22,12 @@ import (
 func TestLaneTurnOrder(t *testing.T) {
 	var turn laneTurn
 	ctx := context.Background()
-	holderUrgent, err := turn.take(ctx, laneBatch)
+	holderUrgent, err := turn.take(ctx, LaneBatch)
 	if err != nil {
 		t.Fatal(err)
 	}
 	granted := make(chan string, 10)
-	enqueue := func(name string, lane int) {
+	enqueue := func(name string, lane Lane) {
 		turn.mu.Lock()
 		before := len(turn.waiting[lane])
 		turn.mu.Unlock()
@@ -43,16 +43,16 @@ func TestLaneTurnOrder(t *testing.T) {
 			return len(turn.waiting[lane]) > before
 		})
 	}
-	enqueue("b1", laneBatch)
-	enqueue("b2", laneBatch)
+	enqueue("b1", LaneBatch)
+	enqueue("b2", LaneBatch)
 	if isClosed(holderUrgent) {
 		t.Fatal("the batch holder was told to yield with only batch callers waiting")
 	}
-	enqueue("i1", laneInteractive)
+	enqueue("i1", LaneInteractive)
 	if !isClosed(holderUrgent) {
 		t.Fatal("the batch holder was not told that an interactive caller waits")
 	}
-	enqueue("i2", laneInteractive)
+	enqueue("i2", LaneInteractive)
 
 	yielded := make(chan error, 1)
 	go func() {
@@ -95,19 +95,25 @@ func TestLaneTurnOrder(t *testing.T) {
 // for a limit, an interactive call starts after at most the few batch calls
 // that held slots when it arrived, whether it waits in the same process or
 // in another one. Without lanes it would queue behind every batch caller.
+//
+// The bound is the schedule's. When the interactive call arrives, the
+// batch lane holds at most a slot starting about now and one within its
+// reach (one interval), and may be claiming the next at that moment; the
+// interactive call claims the slot after those. Grants are counted when
+// their Wait returns, which on a busy machine may be a little after the
+// slot began: a batch grant of the slot just before the arrival may be
+// counted as well. Slots are 200ms apart, so only a goroutine delayed by
+// a whole interval could make the count larger still.
 func TestKVLimiterInteractiveAheadOfBatch(t *testing.T) {
 	const (
-		rpm     = 1200 // one slot per 50 ms
+		rpm     = 300 // one slot per 200 ms
 		callers = 12
 		tries   = 4
-		// When the interactive call arrives, the batch lane may hold a slot
-		// starting now, one within its reach and one being claimed that
-		// moment.
-		most = 3
+		most    = 3 + 1 // held or being claimed at the arrival, and one counted late
 	)
 	// A long Horizon lets interactive calls claim far ahead; batch calls
 	// must not.
-	cfg := LimiterConfig{RPM: rpm, Horizon: time.Second}
+	cfg := LimiterConfig{RPM: rpm, Horizon: 2 * time.Second} // ten slots
 	for _, tc := range []struct {
 		name  string
 		other bool // the interactive call waits in another limiter
@@ -121,18 +127,18 @@ func TestKVLimiterInteractiveAheadOfBatch(t *testing.T) {
 			}
 			var batch grants
 			ctx, cancel := context.WithCancel(context.Background())
-			done := hammer(withBatchLane(ctx), ls[:1], callers, schema.Model{Alias: "m"}, &batch)
+			done := hammer(ctx, ls[:1], callers, schema.Model{Alias: "m"}, LaneBatch, &batch)
 			defer func() { cancel(); done.Wait() }()
 			started := func() int {
 				batch.mu.Lock()
 				defer batch.mu.Unlock()
 				return len(batch.all)
 			}
-			waitFor(t, func() bool { return started() >= callers })
+			waitFor(t, func() bool { return started() >= 2 }) // every batch caller is waiting
 			var ahead []int
 			for range tries {
 				before := started()
-				if err := interactive.Wait(ctx, schema.Model{Alias: "m"}); err != nil {
+				if err := interactive.Wait(ctx, schema.Model{Alias: "m"}, LaneInteractive); err != nil {
 					t.Fatal(err)
 				}
 				ahead = append(ahead, started()-before)
@@ -162,7 +168,7 @@ func TestKVLimiterBatchFillsTheRest(t *testing.T) {
 	checkRate(t, "interactive, model with rpm", g.times(func(x grant) bool { return x.model == slow.Alias }), start, run, slow.RPM)
 	checkRate(t, "project", g.times(nil), start, run, projectRPM)
 	batch := countIn(g.times(func(x grant) bool { return x.model == free.Alias }), start, start.Add(run))
-	if want := run.Seconds() * float64(projectRPM-slow.RPM) / 60; float64(batch) < 0.8*want {
+	if want := run.Seconds() * float64(projectRPM-slow.RPM) / 60; float64(batch) < budgetUsed*want {
 		t.Errorf("batch calls got %d slots of the %.0f interactive calls left", batch, want)
 	}
 }
@@ -184,11 +190,11 @@ func hammerFor(ls []*KVLimiter, run time.Duration, loads ...load) (*grants, time
 	defer cancel()
 	var all []*sync.WaitGroup
 	for _, x := range loads {
-		c := ctx
+		lane := LaneInteractive
 		if x.batch {
-			c = withBatchLane(ctx)
+			lane = LaneBatch
 		}
-		all = append(all, hammer(c, ls, x.callers, x.model, &g))
+		all = append(all, hammer(ctx, ls, x.callers, x.model, lane, &g))
 	}
 	for _, wg := range all {
 		wg.Wait()
@@ -206,7 +212,7 @@ func TestKVLimiterBatchProgressesBesideSparseInteractive(t *testing.T) {
 	model := schema.Model{Alias: "m"}
 	var batch grants
 	ctx, cancel := context.WithCancel(context.Background())
-	done := hammer(withBatchLane(ctx), ls[:1], 6, model, &batch)
+	done := hammer(ctx, ls[:1], 6, model, LaneBatch, &batch)
 	defer func() { cancel(); done.Wait() }()
 
 	const calls = 10 // per interactive caller
@@ -214,7 +220,7 @@ func TestKVLimiterBatchProgressesBesideSparseInteractive(t *testing.T) {
 	for _, l := range ls {
 		wg.Go(func() {
 			for range calls {
-				if err := l.Wait(ctx, model); err != nil {
+				if err := l.Wait(ctx, model, LaneInteractive); err != nil {
 					t.Error(err)
 					return
 				}
@@ -241,23 +247,23 @@ func TestKVLimiterBatchWaitEndsWithContext(t *testing.T) {
 	f := newLimiterFleet(t)
 	l := f.start(t, LimiterConfig{RPM: 1}, 0) // one call a minute
 	model := schema.Model{Alias: "m"}
-	if err := l.Wait(context.Background(), model); err != nil {
+	if err := l.Wait(context.Background(), model, LaneInteractive); err != nil {
 		t.Fatal(err)
 	}
 	turn := &l.project.turn
 	state := func() (held bool, interactive, batch int) {
 		turn.mu.Lock()
 		defer turn.mu.Unlock()
-		return turn.held, len(turn.waiting[laneInteractive]), len(turn.waiting[laneBatch])
+		return turn.held, len(turn.waiting[LaneInteractive]), len(turn.waiting[LaneBatch])
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errs := make(chan error, 3)
-	wait := func(ctx context.Context) { go func() { errs <- l.Wait(ctx, model) }() }
-	wait(withBatchLane(ctx)) // takes the turn
+	wait := func(lane Lane) { go func() { errs <- l.Wait(ctx, model, lane) }() }
+	wait(LaneBatch) // takes the turn
 	waitFor(t, func() bool { held, _, _ := state(); return held })
-	wait(withBatchLane(ctx)) // queues
+	wait(LaneBatch) // queues
 	waitFor(t, func() bool { _, _, b := state(); return b == 1 })
-	wait(ctx) // takes the turn from the first batch caller, who queues first
+	wait(LaneInteractive) // takes the turn from the first batch caller, who queues first
 	waitFor(t, func() bool { held, i, b := state(); return held && i == 0 && b == 2 })
 	cancel()
 	for range 3 {
@@ -278,12 +284,12 @@ func TestKVLimiterBatchWaitEndsWithContext(t *testing.T) {
 // laneLimiter records the lane of every Wait.
 type laneLimiter struct {
 	mu    sync.Mutex
-	lanes []bool // isBatchLane, per call
+	lanes []Lane // per call
 }
 
-func (l *laneLimiter) Wait(ctx context.Context, _ schema.Model) error {
+func (l *laneLimiter) Wait(_ context.Context, _ schema.Model, lane Lane) error {
 	l.mu.Lock()
-	l.lanes = append(l.lanes, isBatchLane(ctx))
+	l.lanes = append(l.lanes, lane)
 	l.mu.Unlock()
 	return nil
 }
@@ -312,8 +318,8 @@ func TestPoolTellsLimiterTheLane(t *testing.T) {
 	}
 	lim.mu.Lock()
 	defer lim.mu.Unlock()
-	if got, want := fmt.Sprint(lim.lanes), "[false true]"; got != want {
-		t.Errorf("batch lane per Wait: %s, want %s (interactive, then batch)", got, want)
+	if got, want := fmt.Sprint(lim.lanes), "[interactive batch]"; got != want {
+		t.Errorf("lane per Wait: %s, want %s", got, want)
 	}
 	// The wait metric tells the lanes apart too.
 	mfs := gather(t, reg)

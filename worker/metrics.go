@@ -1,5 +1,8 @@
 package worker
 
+// This file holds the pool's Prometheus metrics (laas_bridge_worker_*),
+// their label vocabularies, and the wrapper that times rate-limit waits.
+
 import (
 	"context"
 	"errors"
@@ -247,10 +250,11 @@ type timedLimiter struct {
 	wait *prometheus.HistogramVec
 }
 
-func (t timedLimiter) Wait(ctx context.Context, model schema.Model) error {
+// Wait is the wrapped Limiter's, timed and labelled with lane.
+func (t timedLimiter) Wait(ctx context.Context, model schema.Model, lane Lane) error {
 	start := time.Now()
-	err := t.Limiter.Wait(ctx, model)
-	t.wait.WithLabelValues(laneNames[laneOf(ctx)]).Observe(time.Since(start).Seconds())
+	err := t.Limiter.Wait(ctx, model, lane)
+	t.wait.WithLabelValues(lane.String()).Observe(time.Since(start).Seconds())
 	return err
 }
 

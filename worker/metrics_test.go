@@ -97,8 +97,8 @@ func (s *scriptedByText) Complete(_ context.Context, req *schema.LaaSRequest) (*
 // freeLimiter lets every call start at once.
 type freeLimiter struct{}
 
-func (freeLimiter) Wait(ctx context.Context, _ schema.Model) error { return ctx.Err() }
-func (freeLimiter) Throttled(context.Context, time.Duration)       {}
+func (freeLimiter) Wait(ctx context.Context, _ schema.Model, _ Lane) error { return ctx.Err() }
+func (freeLimiter) Throttled(context.Context, time.Duration)               {}
 
 func jobBody(text string) string {
 	return `{"model":"m","messages":[{"role":"user","content":"` + text + `"}]}`
@@ -188,18 +188,12 @@ func TestPoolMetricsCancellations(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	f := startPool(t, up, Config{}, WithMetrics(reg))
 	f.publish(t, "r1", "m", 2*time.Minute, hello)
-	for up.count() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	calledAtLeast(t, up, 1)
 	if err := f.q.Conn.Publish(schema.SubjectCancel+".r1", nil); err != nil {
 		t.Fatal(err)
 	}
 	f.drained(t)
-	if err := f.q.Conn.Publish(schema.SubjectCancel+".r2", nil); err != nil {
-		t.Fatal(err)
-	}
-	_ = f.q.Conn.Flush()
-	time.Sleep(50 * time.Millisecond) // the cancel reaches the pool's subscription first
+	f.cancelled(t, "r2")
 	f.publish(t, "r2", "m", time.Minute, hello)
 	f.drained(t)
 	var mfs map[string]*dto.MetricFamily

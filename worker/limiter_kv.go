@@ -1,14 +1,17 @@
 package worker
 
+// This file holds KVLimiter, the Limiter every worker process shares
+// through one JetStream key-value bucket: its configuration, construction,
+// Wait and Throttled. The schedule claims are in limiter_claim.go, the
+// bucket watch in limiter_watch.go and the lanes in limiter_lanes.go.
+
 import (
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,7 +56,7 @@ import (
 //
 // # Lanes: interactive calls first
 //
-// A batch-lane call (the pool marks its ctx) must not delay interactive
+// A batch-lane call (Wait's lane argument) must not delay interactive
 // ones, in this process or another:
 //
 //   - The turn goes to interactive callers first, each lane in arrival
@@ -206,176 +209,9 @@ func (c LimiterConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// rateScope is one shared schedule: a key and the spacing of its slots.
-type rateScope struct {
-	key      string
-	interval time.Duration
-}
-
-// rateGate is what one kind of call waits for: the schedules it needs a slot in
-// (the model's first), how far ahead a batch call may claim, and the turn
-// that lets one caller in this process claim at a time.
-type rateGate struct {
-	scopes     []rateScope
-	batchReach time.Duration
-	turn       laneTurn
-}
-
-// batchReachMin is the shortest reach of a batch claim: time for a claim
-// (one bucket round trip) and a timer's wake, with room to spare, so that
-// a batch call claims its slot before the slot starts and batch work alone
-// still uses the whole budget.
-const batchReachMin = 20 * time.Millisecond
-
-func newRateGate(horizon time.Duration, scopes ...rateScope) *rateGate {
-	interval := scopes[0].interval
-	for _, s := range scopes[1:] {
-		interval = min(interval, s.interval)
-	}
-	return &rateGate{scopes: scopes, batchReach: min(horizon, max(interval, batchReachMin))}
-}
-
-// reach is how long before its start a call of lane may claim a slot.
-func (g *rateGate) reach(lane int, horizon time.Duration) time.Duration {
-	if lane == laneBatch {
-		return g.batchReach
-	}
-	return horizon
-}
-
-// A call's lane; callers of the lower one take the turn first.
-const (
-	laneInteractive = iota
-	laneBatch
-	laneCount
-)
-
-// laneNames are the lanes' names, as metrics label them.
-var laneNames = [laneCount]string{laneInteractive: "interactive", laneBatch: "batch"}
-
-func laneOf(ctx context.Context) int {
-	if isBatchLane(ctx) {
-		return laneBatch
-	}
-	return laneInteractive
-}
-
-// laneTurn lets one caller of a rateGate in this process claim at a time:
-// interactive callers before batch callers, each lane in arrival order. A
-// batch holder is told (by take's channel) when an interactive caller
-// waits, and gives the turn up with yield if it has not claimed yet.
-type laneTurn struct {
-	mu      sync.Mutex
-	held    bool
-	waiting [laneCount][]*turnWaiter
-	urgent  chan struct{} // the batch holder's: closed when an interactive caller waits
-}
-
-type turnWaiter struct {
-	granted chan struct{} // closed when the turn is this caller's
-	urgent  chan struct{} // set before granted is closed
-}
-
-// take waits for the turn, or returns ctx's error. The channel it returns
-// is closed when an interactive caller starts waiting for the turn; nil
-// (never closed) for an interactive caller, who never gives it up.
-func (t *laneTurn) take(ctx context.Context, lane int) (<-chan struct{}, error) {
-	t.mu.Lock()
-	if !t.held {
-		t.held = true
-		urgent := t.grant(lane)
-		t.mu.Unlock()
-		return urgent, nil
-	}
-	w := &turnWaiter{granted: make(chan struct{})}
-	t.waiting[lane] = append(t.waiting[lane], w)
-	if lane == laneInteractive && t.urgent != nil {
-		close(t.urgent)
-		t.urgent = nil
-	}
-	t.mu.Unlock()
-	return t.await(ctx, lane, w)
-}
-
-// yield hands a batch holder's turn to the interactive callers waiting and
-// waits for it again, first of the batch callers; it keeps the turn if they
-// have gone. On ctx's error the turn is no longer held.
-func (t *laneTurn) yield(ctx context.Context) (<-chan struct{}, error) {
-	t.mu.Lock()
-	if len(t.waiting[laneInteractive]) == 0 {
-		urgent := t.grant(laneBatch)
-		t.mu.Unlock()
-		return urgent, nil
-	}
-	w := &turnWaiter{granted: make(chan struct{})}
-	t.waiting[laneBatch] = slices.Insert(t.waiting[laneBatch], 0, w)
-	t.handOver()
-	t.mu.Unlock()
-	return t.await(ctx, laneBatch, w)
-}
-
-// release gives the turn up.
-func (t *laneTurn) release() {
-	t.mu.Lock()
-	t.handOver()
-	t.mu.Unlock()
-}
-
-// await waits until w is given the turn; if ctx ends first, w leaves the
-// queue (or passes on a turn given meanwhile).
-func (t *laneTurn) await(ctx context.Context, lane int, w *turnWaiter) (<-chan struct{}, error) {
-	select {
-	case <-w.granted:
-		return w.urgent, nil
-	case <-ctx.Done():
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	select {
-	case <-w.granted:
-		t.handOver()
-	default:
-		t.waiting[lane] = slices.DeleteFunc(t.waiting[lane], func(x *turnWaiter) bool { return x == w })
-	}
-	return nil, ctx.Err()
-}
-
-// handOver gives the turn to the first waiter of the first lane that has
-// one, or frees it; t.mu is held.
-func (t *laneTurn) handOver() {
-	for lane, q := range t.waiting {
-		if len(q) > 0 {
-			w := q[0]
-			t.waiting[lane] = slices.Delete(q, 0, 1)
-			w.urgent = t.grant(lane)
-			close(w.granted)
-			return
-		}
-	}
-	t.held = false
-	t.urgent = nil
-}
-
-// grant records a new holder of lane and returns its urgent channel; t.mu
-// is held.
-func (t *laneTurn) grant(lane int) chan struct{} {
-	t.urgent = nil
-	if lane == laneBatch {
-		t.urgent = make(chan struct{})
-	}
-	return t.urgent
-}
-
 type modelGateKey struct {
 	alias string
 	rpm   int
-}
-
-// kvState is a key's value as last seen: a time in unix nanoseconds, the
-// cooldown's duration, and the key's revision (0: absent).
-type kvState struct {
-	at, dur int64
-	rev     uint64
 }
 
 // NewKVLimiter returns a limiter over cfg.Bucket, the bucket every worker
@@ -429,116 +265,12 @@ func (l *KVLimiter) Close() {
 	<-l.watchDone
 }
 
-// watch keeps l.keys and l.cooldown up to date from w, and from a new watch
-// after every reconnect or when w ends, until ctx ends. It closes ready once
-// the bucket's current values are in.
-func (l *KVLimiter) watch(ctx context.Context, w jetstream.KeyWatcher, ready chan struct{}, reconnected <-chan nats.Status) {
-	defer close(l.watchDone)
-	for {
-		again := l.follow(ctx, w, &ready, reconnected)
-		_ = w.Stop()
-		if !again {
-			return
-		}
-		for {
-			var err error
-			if w, err = l.kv.WatchAll(ctx); err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			l.warnEvery(&l.kvWarned, "rate limiter: cannot watch the shared bucket; retrying", "error", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			case <-reconnected:
-			}
-		}
-	}
-}
-
-// follow applies w's updates until ctx ends (false) or the watch should be
-// started again (true).
-func (l *KVLimiter) follow(ctx context.Context, w jetstream.KeyWatcher, ready *chan struct{}, reconnected <-chan nats.Status) bool {
-	// The current values a new watch starts with are the bucket's state
-	// now, even if their revisions are lower than the ones known (a memory
-	// store that lost its data). Updates after them only ever move forward.
-	initial := true
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-reconnected:
-			return true
-		case e, ok := <-w.Updates():
-			switch {
-			case !ok:
-				return ctx.Err() == nil
-			case e == nil: // the current values are in
-				initial = false
-				if *ready != nil {
-					close(*ready)
-					*ready = nil
-				}
-			default:
-				l.apply(e, initial)
-			}
-		}
-	}
-}
-
-// apply records one watched entry; force as in store.
-func (l *KVLimiter) apply(e jetstream.KeyValueEntry, force bool) {
-	st := kvState{rev: e.Revision()}
-	if e.Operation() == jetstream.KeyValuePut {
-		var ok bool
-		if st, ok = decodeState(e.Value()); !ok {
-			l.log.Warn("rate limiter: ignoring a malformed value", "key", e.Key())
-			return
-		}
-		st.rev = e.Revision()
-	}
-	l.store(e.Key(), st, force)
-}
-
-// store records a key's state, unless a newer revision is known already;
-// force records it anyway (what the bucket holds now, read by a Get or a new
-// watch).
-func (l *KVLimiter) store(key string, st kvState, force bool) {
-	l.mu.Lock()
-	if cur, ok := l.keys[key]; ok && !force && cur.rev >= st.rev {
-		l.mu.Unlock()
-		return
-	}
-	l.keys[key] = st
-	close(l.changed)
-	l.changed = make(chan struct{})
-	l.mu.Unlock()
-	if key == limitKeyCooldown && st.at > 0 {
-		// Seen from a clock far ahead, a cooldown would last too long.
-		until := min(st.at, l.now().Add(time.Duration(st.dur)+l.cfg.MaxClockSkew).UnixNano())
-		l.raiseCooldown(until)
-	}
-}
-
-func (l *KVLimiter) raiseCooldown(until int64) {
-	for {
-		cur := l.cooldown.Load()
-		if cur >= until || l.cooldown.CompareAndSwap(cur, until) {
-			return
-		}
-	}
-}
-
 // Wait blocks until a call for model may start: no cooldown is on, and the
 // call has its slot in the project's schedule and in the model's. It returns
 // ctx's error as soon as ctx ends. A bucket that cannot be reached makes it
 // retry (and log) until ctx ends: limits are never skipped.
-func (l *KVLimiter) Wait(ctx context.Context, model schema.Model) error {
+func (l *KVLimiter) Wait(ctx context.Context, model schema.Model, lane Lane) error {
 	g := l.gateFor(model)
-	lane := laneOf(ctx)
 	for {
 		if err := l.waitCooldown(ctx); err != nil {
 			return err
@@ -630,177 +362,6 @@ func (l *KVLimiter) waitCooldown(ctx context.Context) error {
 			return err
 		}
 	}
-}
-
-// claim takes g's turn in this process and claims a slot in each of g's
-// schedules; it returns when the call may start. A batch call gives the
-// turn up while it waits, whenever an interactive call wants it.
-func (l *KVLimiter) claim(ctx context.Context, g *rateGate, lane int) (time.Time, error) {
-	urgent, err := g.turn.take(ctx, lane)
-	if err != nil {
-		return time.Time{}, err
-	}
-	held := true
-	defer func() {
-		if held {
-			g.turn.release()
-		}
-	}()
-	backoff := 50 * time.Millisecond
-	for {
-		at, wait, changed, err := l.reserve(ctx, g, lane)
-		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return time.Time{}, ctx.Err()
-			}
-			l.warnEvery(&l.kvWarned, "rate limiter: the shared bucket is unavailable; calls wait", "error", err)
-			wait, changed = backoff, nil
-			backoff = min(2*backoff, 2*time.Second)
-		case !at.IsZero():
-			return at, nil
-		}
-		if err := sleepOrWake(ctx, wait, changed, urgent); err != nil {
-			return time.Time{}, err
-		}
-		select {
-		case <-urgent: // nothing claimed yet: let the interactive call go first
-			if urgent, err = g.turn.yield(ctx); err != nil {
-				held = false
-				return time.Time{}, err
-			}
-		default:
-		}
-	}
-}
-
-// reserve claims the call's slots if they start within its lane's reach
-// (Horizon, or g.batchReach). It returns the start, or how long to wait
-// (woken early by changed) before trying again; neither means try again
-// now.
-func (l *KVLimiter) reserve(ctx context.Context, g *rateGate, lane int) (at time.Time, wait time.Duration, changed <-chan struct{}, err error) {
-	select {
-	case l.claiming <- struct{}{}:
-	case <-ctx.Done():
-		return time.Time{}, 0, nil, ctx.Err()
-	}
-	defer func() { <-l.claiming }()
-	// A bucket that does not answer must not hold the other claims up.
-	ctx, cancel := context.WithTimeout(ctx, kvOpTimeout)
-	defer cancel()
-	now := l.now()
-	earliest := max(now.UnixNano(), l.cooldown.Load())
-	slots := make([]kvState, len(g.scopes))
-	l.mu.Lock()
-	changed = l.changed
-	for i, s := range g.scopes {
-		slots[i] = l.keys[s.key]
-	}
-	l.mu.Unlock()
-	// Each schedule's slot starts at its own next free time; the call
-	// starts when the last of them does.
-	t := earliest
-	for i, s := range g.scopes {
-		t = max(t, l.sane(s, slots[i].at, now))
-	}
-	reach := now.Add(g.reach(lane, l.cfg.Horizon)).UnixNano()
-	if t > reach {
-		return time.Time{}, time.Duration(t - reach), changed, nil
-	}
-	for i, s := range g.scopes {
-		cur := slots[i]
-		for {
-			start := max(earliest, l.sane(s, cur.at, now))
-			if i > 0 && start > now.Add(2*l.cfg.Horizon).UnixNano() {
-				return time.Time{}, 0, nil, nil // the earlier slots go unused
-			}
-			next := start + int64(s.interval)
-			rev, err := l.cas(ctx, s.key, strconv.AppendInt(nil, next, 10), cur.rev)
-			if err == nil {
-				l.store(s.key, kvState{at: next, rev: rev}, false)
-				t = max(t, start)
-				break
-			}
-			if !isConflict(err) {
-				return time.Time{}, 0, nil, err
-			}
-			if err := l.refresh(ctx, s.key); err != nil {
-				return time.Time{}, 0, nil, err
-			}
-			if i == 0 {
-				return time.Time{}, 0, nil, nil // nothing claimed yet: recheck the horizon
-			}
-			cur = l.state(s.key)
-		}
-	}
-	return time.Unix(0, t), 0, nil, nil
-}
-
-// sane returns a schedule's next start as this process should take it: a
-// time further ahead than any process could have claimed comes from a clock
-// far ahead of this one, and is taken as now.
-func (l *KVLimiter) sane(s rateScope, at int64, now time.Time) int64 {
-	limit := now.Add(2*l.cfg.Horizon + s.interval + l.cfg.MaxClockSkew).UnixNano()
-	if at <= limit {
-		return at
-	}
-	l.warnEvery(&l.skewWarned, "rate limiter: a worker's clock is ahead of this one by more than the allowed skew; pacing across them is not exact until the clocks agree",
-		"key", s.key, "ahead", time.Duration(at-now.UnixNano()-int64(2*l.cfg.Horizon+s.interval)).Round(time.Millisecond), "max_clock_skew", l.cfg.MaxClockSkew)
-	return now.UnixNano()
-}
-
-// cas writes value to key if its revision is still rev (0: absent).
-func (l *KVLimiter) cas(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
-	if rev == 0 {
-		return l.kv.Create(ctx, key, value)
-	}
-	return l.kv.Update(ctx, key, value, rev)
-}
-
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
-}
-
-// refresh reads key from the bucket after a lost compare-and-set; the watch
-// may not have delivered the winner's write yet.
-func (l *KVLimiter) refresh(ctx context.Context, key string) error {
-	e, err := l.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		l.store(key, kvState{}, true)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	st, ok := decodeState(e.Value())
-	if !ok {
-		st = kvState{} // overwritten by the next claim
-	}
-	st.rev = e.Revision()
-	l.store(key, st, true)
-	return nil
-}
-
-func (l *KVLimiter) state(key string) kvState {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.keys[key]
-}
-
-// decodeState reads "<unix ns>" or "<unix ns>,<duration ns>".
-func decodeState(v []byte) (kvState, bool) {
-	at, dur, hasDur := strings.Cut(string(v), ",")
-	var st kvState
-	var err error
-	if st.at, err = strconv.ParseInt(at, 10, 64); err != nil {
-		return st, false
-	}
-	if hasDur {
-		if st.dur, err = strconv.ParseInt(dur, 10, 64); err != nil {
-			return st, false
-		}
-	}
-	return st, true
 }
 
 // warnEvery logs at most once a minute per counter.
