@@ -33,7 +33,7 @@ func TestStartJobState(t *testing.T) {
 			}
 		}, false, "[ack]"},
 		{"job cancelled before it started: answered cancelled, not run", true, func(t *testing.T, jobs *jobstore.Store, env *schema.Envelope) {
-			if _, _, err := jobs.Submit(ctx, schema.SubjectBatch, env); err != nil {
+			if _, _, err := jobs.Record(ctx, env); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := jobs.Cancel(ctx, env.ID); err != nil {
