@@ -99,7 +99,7 @@ func TestStreamConfig(t *testing.T) {
 	want := jetstream.StreamConfig{
 		Name:        "LAAS_REQUESTS",
 		Description: "laas-bridge pending chat requests (work queue)",
-		Subjects:    []string{"laas.requests.interactive", "laas.requests.batch"},
+		Subjects:    []string{"laas.requests.batch", "laas.requests.interactive", "laas.requests.lane.interactive", "laas.requests.lane.batch"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxMsgs:     100_000,
@@ -136,7 +136,7 @@ func TestConsumerConfig(t *testing.T) {
 	want := jetstream.ConsumerConfig{
 		Durable:       "laas-workers",
 		Description:   "laas-bridge workers, interactive lane",
-		FilterSubject: "laas.requests.interactive",
+		FilterSubject: "laas.requests.lane.interactive",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       30 * time.Second,
 		MaxDeliver:    5,
@@ -291,7 +291,7 @@ func TestEnsureIdempotent(t *testing.T) {
 	if !slices.Equal(streams1, streams2) {
 		t.Errorf("streams after one Ensure %q, after two %q", streams1, streams2)
 	}
-	if want := []string{schema.ConsumerWorkers, schema.ConsumerBatch}; !slices.Equal(consumers1, want) || !slices.Equal(consumers2, want) {
+	if want := []string{schema.ConsumerAdmission, schema.ConsumerWorkers, schema.ConsumerBatch}; !slices.Equal(consumers1, want) || !slices.Equal(consumers2, want) {
 		t.Errorf("consumers after one Ensure %q, after two %q; want %q", consumers1, consumers2, want)
 	}
 	if _, err := js.ObjectStore(ctx, schema.BucketBodies); err != nil {
@@ -301,7 +301,7 @@ func TestEnsureIdempotent(t *testing.T) {
 	// What the server holds, not only what we asked for.
 	sc := streamInfo(t, ctx, js).Config
 	if sc.Retention != jetstream.WorkQueuePolicy || sc.Discard != jetstream.DiscardNew || sc.Storage != jetstream.FileStorage ||
-		!slices.Equal(sc.Subjects, []string{"laas.requests.interactive", "laas.requests.batch"}) || sc.MaxMsgs != 100_000 || sc.MaxBytes != 1<<30 ||
+		!slices.Equal(sc.Subjects, []string{"laas.requests.batch", "laas.requests.interactive", "laas.requests.lane.interactive", "laas.requests.lane.batch"}) || sc.MaxMsgs != 100_000 || sc.MaxBytes != 1<<30 ||
 		sc.Replicas != 1 || sc.Duplicates != 10*time.Minute {
 		t.Errorf("stream config on the server = %+v", sc)
 	}

@@ -12,7 +12,7 @@ func TestDeadLetterNames(t *testing.T) {
 	for _, tc := range []struct{ name, got, want string }{
 		{"stream", schema.StreamDead, "LAAS_DEAD"},
 		{"subject prefix", schema.SubjectDead, "laas.dead"},
-		{"batch lane", schema.SubjectBatch, "laas.requests.batch"},
+		{"batch lane (replays)", schema.SubjectBatch, "laas.requests.lane.batch"},
 		{"reason code", schema.CodeMaxDeliveries, "max_deliveries_reached"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

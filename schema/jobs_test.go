@@ -15,7 +15,7 @@ func TestJobNames(t *testing.T) {
 		{"results stream", schema.StreamResults, "LAAS_RESULTS"},
 		{"results subject", schema.SubjectResults, "laas.results"},
 		{"jobs bucket", schema.BucketJobs, "LAAS_JOBS"},
-		{"batch lane", schema.SubjectBatch, "laas.requests.batch"},
+		{"where producers publish jobs", schema.SubjectSubmit, "laas.requests.batch"},
 		{"default results subject", schema.ResultsSubject("j1"), "laas.results.j1"},
 		{"cancelled code", schema.CodeJobCancelled, "job_cancelled"},
 	} {
