@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"mime/multipart"
 	"net/http"
 	"strings"
 	"time"
@@ -45,84 +46,97 @@ func (g *Gateway) uploadFile(c echo.Context) error {
 	if err != nil {
 		return schema.Invalid("", schema.CodeInvalidValue, "The body is not a valid multipart form: %v.", err)
 	}
-	id := batch.NewFileID()
-	var (
-		purpose  string
-		stored   *schema.FileObject
-		counted  *batch.LineCounter
-		tooLarge bool
-	)
-	cleanup := func() {
-		if stored != nil {
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
-			defer cancel()
-			_ = g.batches.DeleteFile(ctx, id)
-		}
+	up := &upload{g: g, id: batch.NewFileID(), limit: limit}
+	purpose, err := up.read(r.Context(), mr)
+	if err != nil {
+		up.cleanup(r.Context())
+		return err
 	}
+	switch {
+	case up.stored == nil:
+		return schema.Invalid("file", schema.CodeInvalidValue, "The upload has no 'file' field.")
+	case purpose != schema.PurposeBatch:
+		up.cleanup(r.Context())
+		return schema.Invalid("purpose", schema.CodeInvalidValue, "'purpose' must be \"batch\"; this bridge keeps files for the Batch API only, got %q.", purpose)
+	case up.counted.Lines() == 0:
+		up.cleanup(r.Context())
+		return schema.Invalid("file", schema.CodeInvalidValue, "The file is empty; a batch input file holds one JSON request per line.")
+	}
+	up.stored.Bytes = up.counted.Bytes
+	return c.JSON(http.StatusOK, up.stored)
+}
+
+// upload is one file being stored from a multipart form.
+type upload struct {
+	g       *Gateway
+	id      string
+	limit   int64
+	stored  *schema.FileObject // nil until the file part is stored
+	counted *batch.LineCounter
+}
+
+// read reads the form's parts, storing the file part, and returns the
+// purpose field.
+func (u *upload) read(ctx context.Context, mr *multipart.Reader) (purpose string, err error) {
 	for {
 		part, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
-			break
+			return purpose, nil
 		}
 		if err != nil {
-			cleanup()
 			if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				return mbe
+				return "", mbe
 			}
-			return schema.Invalid("", schema.CodeInvalidValue, "The body is not a valid multipart form: %v.", err)
+			return "", schema.Invalid("", schema.CodeInvalidValue, "The body is not a valid multipart form: %v.", err)
 		}
 		switch part.FormName() {
 		case "purpose":
 			v, _ := io.ReadAll(io.LimitReader(part, 256))
 			purpose = strings.TrimSpace(string(v))
 		case "file":
-			if stored != nil {
-				cleanup()
-				return schema.Invalid("file", schema.CodeInvalidValue, "Send one 'file' per upload.")
+			if u.stored != nil {
+				return "", schema.Invalid("file", schema.CodeInvalidValue, "Send one 'file' per upload.")
 			}
-			counted = batch.NewLineCounter(part, limit)
-			filename := part.FileName()
-			if filename == "" {
-				filename = "upload.jsonl"
-			}
-			f, err := g.batches.PutFile(r.Context(), id, filename, schema.PurposeBatch, 0, counted)
-			if err != nil {
-				// The store may hold a partial object: remove it.
-				stored = &schema.FileObject{}
-				cleanup()
-				switch {
-				case counted.Over:
-					tooLarge = true
-				case errors.As(err, new(*http.MaxBytesError)):
-					return fileTooLarge(limit)
-				case errors.Is(err, context.Canceled):
-					return clientGone(err)
-				case counted.TooMany:
-					return schema.Invalid("file", schema.CodeInvalidValue, "The file has more than %d lines; a batch holds at most %d requests.", schema.MaxBatchLines, schema.MaxBatchLines)
-				default:
-					return batchStoreUnavailable(fmt.Errorf("store file %s: %w", id, err))
-				}
-			} else {
-				stored = &f
+			if err := u.store(ctx, part); err != nil {
+				return "", err
 			}
 		}
 		_ = part.Close()
-		if tooLarge {
-			return fileTooLarge(limit)
-		}
 	}
+}
+
+// store puts the file part in the files bucket, counting its lines.
+func (u *upload) store(ctx context.Context, part *multipart.Part) error {
+	u.counted = batch.NewLineCounter(part, u.limit)
+	filename := part.FileName()
+	if filename == "" {
+		filename = "upload.jsonl"
+	}
+	f, err := u.g.batches.PutFile(ctx, u.id, filename, schema.PurposeBatch, 0, u.counted)
+	if err == nil {
+		u.stored = &f
+		return nil
+	}
+	u.stored = &schema.FileObject{} // the store may hold a partial object: cleanup removes it
 	switch {
-	case stored == nil:
-		return schema.Invalid("file", schema.CodeInvalidValue, "The upload has no 'file' field.")
-	case purpose != schema.PurposeBatch:
-		cleanup()
-		return schema.Invalid("purpose", schema.CodeInvalidValue, "'purpose' must be \"batch\"; this bridge keeps files for the Batch API only, got %q.", purpose)
-	case counted.Lines() == 0:
-		cleanup()
-		return schema.Invalid("file", schema.CodeInvalidValue, "The file is empty; a batch input file holds one JSON request per line.")
+	case u.counted.Over, errors.As(err, new(*http.MaxBytesError)):
+		return fileTooLarge(u.limit)
+	case errors.Is(err, context.Canceled):
+		return clientGone(err)
+	case u.counted.TooMany:
+		return schema.Invalid("file", schema.CodeInvalidValue, "The file has more than %d lines; a batch holds at most %d requests.", schema.MaxBatchLines, schema.MaxBatchLines)
 	}
-	stored.Bytes = counted.Bytes
-	return c.JSON(http.StatusOK, stored)
+	return batchStoreUnavailable(fmt.Errorf("store file %s: %w", u.id, err))
+}
+
+// cleanup deletes what was stored of a refused upload.
+func (u *upload) cleanup(ctx context.Context) {
+	if u.stored == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_ = u.g.batches.DeleteFile(ctx, u.id)
 }
 
 func fileTooLarge(limit int64) *schema.Error {
