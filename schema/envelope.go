@@ -7,7 +7,8 @@ import (
 )
 
 // Stream, consumer and subject names. Programs other than the bridge publish
-// to these, so they are part of the public contract (see the README).
+// to these, so they are part of the public contract (see
+// docs/queue-contract.md).
 const (
 	// StreamRequests is the work-queue stream that holds pending requests.
 	StreamRequests = "LAAS_REQUESTS"

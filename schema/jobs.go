@@ -11,7 +11,8 @@ import (
 // Envelope with Job set on SubjectSubmit, with Nats-Msg-Id set to the job
 // id; the worker publishes the JobResult on the job's results subject,
 // captured by StreamResults, and records the job's state in BucketJobs.
-// These names are part of the public contract (see the README).
+// These names are part of the public contract (see docs/queue-contract.md,
+// "Direct queue API").
 const (
 	// StreamResults keeps job results, one message per job on its results
 	// subject: a limits stream (reading does not consume), kept for a

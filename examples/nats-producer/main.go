@@ -1,6 +1,6 @@
 // Command nats-producer submits one job to laas-bridge over NATS, with
-// nothing but nats.go, and prints its answer (see the README, "Direct
-// queue API"). Run it against `laas-bridge serve --demo`.
+// nothing but nats.go, and prints its answer (see docs/queue-contract.md,
+// "Direct queue API"). Run it against `laas-bridge serve --demo`.
 package main
 
 import (
