@@ -11,7 +11,8 @@ import (
 	"github.com/nats-io/nats.go/micro"
 )
 
-// A Go program that waits for an answer over NATS (the README's example).
+// A Go program that waits for an answer over NATS (the example in docs/api.md,
+// "Waiting over NATS: the micro endpoint").
 func Example_natsRequestReply() {
 	nc, err := nats.Connect("nats://127.0.0.1:4222") // where `laas-bridge serve` listens
 	if err != nil {
