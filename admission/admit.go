@@ -156,12 +156,38 @@ func (c *Core) publish(ctx context.Context, ck *Checked, env *schema.Envelope) (
 	return ck.Job != nil || ck.AnswerKey != "", nil
 }
 
+// retry runs op until it succeeds, fails with an error that is no
+// failover (see failover.Retryable), or patience ends: a bucket's stream
+// rides out a leader election as the request stream does.
+func (c *Core) retry(ctx context.Context, patience time.Duration, op func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, patience)
+	defer cancel()
+	for {
+		actx, cancelAttempt := context.WithTimeout(ctx, failover.Attempt)
+		err := op(actx)
+		cancelAttempt()
+		if err == nil || ctx.Err() != nil || !failover.Retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // storeBody puts a body too large for a queue message in the object store,
 // under the request id; the worker deletes it when the job ends.
 func (c *Core) storeBody(ctx context.Context, id string, body []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout+time.Duration(len(body)>>20)*time.Second)
-	defer cancel()
-	if _, err := c.bodies.PutBytes(ctx, id, body); err != nil {
+	perMiB := time.Duration(len(body)>>20) * time.Second // a large body takes a while to store
+	err := c.retry(ctx, c.cfg.PublishTimeout+perMiB, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, failover.Attempt+perMiB)
+		defer cancel()
+		_, err := c.bodies.PutBytes(ctx, id, body)
+		return err
+	})
+	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			return CallerGone(err)
 		}

@@ -51,7 +51,11 @@ func namespaceOf(d Door) string {
 
 // StoredAnswer returns the finished reply kept under key, if any.
 func (c *Core) StoredAnswer(ctx context.Context, key string) ([]byte, bool, error) {
-	e, err := c.answers.Get(ctx, key)
+	var e jetstream.KeyValueEntry
+	err := c.retry(ctx, c.cfg.PublishTimeout, func(ctx context.Context) (err error) {
+		e, err = c.answers.Get(ctx, key)
+		return err
+	})
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return nil, false, nil

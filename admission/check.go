@@ -73,7 +73,7 @@ func (c *Core) resolve(ck *Checked) error {
 	}
 	if ck.Lane == "" {
 		ck.Lane = Interactive
-		if ck.Job != nil {
+		if ck.Job != nil || ck.Line != nil { // nobody waits on a connection
 			ck.Lane = Batch
 		}
 	}

@@ -96,7 +96,7 @@ func (d *producerDoor) admit(ctx context.Context, msg jetstream.Msg) {
 	case ctx.Err() != nil:
 		_ = msg.Nak()
 		return
-	case errors.As(err, &e) && (e.Status == http.StatusTooManyRequests || e.Status >= 500):
+	case errors.As(err, &e) && (e.Code == schema.CodeQueueFull || e.Code == schema.CodeQueueUnavailable):
 		log.Warn("job not queued yet; handed back", "status", e.Status, "code", e.Code)
 		_ = msg.NakWithDelay(producerRetry)
 		return

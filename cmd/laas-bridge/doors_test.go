@@ -319,6 +319,49 @@ func TestProducerCannotChooseCoreFields(t *testing.T) {
 			}
 		})
 	}
+	t.Run("forged resubmission of a finished job", func(t *testing.T) {
+		// Refused, and dropped: the finished job's result stays as it was.
+		data, _ := json.Marshal(map[string]any{"id": "plain", "job": true, "request": request, "request_ref": "someone-else"})
+		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: "laas.requests.batch", Data: data}); err != nil {
+			t.Fatal(err)
+		}
+		cons, err := js.Consumer(ctx, schema.StreamRequests, schema.ConsumerAdmission)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+			info, err := cons.Info(ctx)
+			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+				break
+			}
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("the admission door did not take the resubmission within 30s: %+v, %v", info, err)
+			}
+		}
+		if res := nextJobResult(t, ctx, js, schema.ResultsSubject("plain")); res.Status != schema.JobSucceeded {
+			t.Errorf("the finished job's result after a forged resubmission: %+v", res)
+		}
+		kv, err := js.KeyValue(ctx, schema.BucketJobs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := kv.Get(ctx, "plain")
+		var st schema.JobState
+		if err != nil || json.Unmarshal(e.Value(), &st) != nil || st.Status != schema.JobSucceeded {
+			t.Errorf("the finished job's state after a forged resubmission: %+v, %v; want succeeded", st, err)
+		}
+	})
+	t.Run("deadline passed", func(t *testing.T) {
+		// A refusal, answered once: not handed back as if the queue were down.
+		data, _ := json.Marshal(map[string]any{"id": "late", "job": true, "request": request, "deadline": time.Now().Add(-time.Minute)})
+		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: "laas.requests.batch", Data: data}); err != nil {
+			t.Fatal(err)
+		}
+		res := nextJobResult(t, ctx, js, schema.ResultsSubject("late"))
+		if res.Status != schema.JobFailed || res.StatusCode != http.StatusGatewayTimeout || res.Error == nil || *res.Error.Code != schema.CodeDeadlineExceeded {
+			t.Fatalf("result %+v; want 504 deadline_exceeded", res)
+		}
+	})
 	if n := mock.Calls(); n != 1 {
 		t.Errorf("LaaS called %d times; want 1, for the plain job only", n)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/queue/failover"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -94,14 +95,31 @@ func (j *Store) Record(ctx context.Context, env *schema.Envelope) (st schema.Job
 	st = schema.JobState{ID: env.ID, Status: schema.JobQueued, Model: env.Model, ResultsSubject: env.ResultsTo(),
 		CreatedAt: env.EnqueuedAt.UTC(), UpdatedAt: time.Now().UTC()}
 	data, _ := json.Marshal(st)
-	if _, err := j.kv.Create(ctx, env.ID, data); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
+	// Retried across a leader election of the bucket's stream, as
+	// failover.Publish retries a publish.
+	maybeStored := false
+	for {
+		actx, cancel := context.WithTimeout(ctx, failover.Attempt)
+		_, err := j.kv.Create(actx, env.ID, data)
+		cancel()
+		switch {
+		case err == nil:
+			return st, false, nil
+		case errors.Is(err, jetstream.ErrKeyExists):
 			old, _, gerr := j.state(ctx, env.ID)
-			return old, true, gerr
+			// An attempt whose answer was lost may have stored this very state.
+			own := maybeStored && gerr == nil && old.Status == schema.JobQueued && old.CreatedAt.Equal(st.CreatedAt)
+			return old, !own, gerr
+		case ctx.Err() != nil || !failover.Retryable(err):
+			return st, false, fmt.Errorf("record job %s: %w", env.ID, err)
 		}
-		return st, false, fmt.Errorf("record job %s: %w", env.ID, err)
+		maybeStored = maybeStored || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		select {
+		case <-ctx.Done():
+			return st, false, fmt.Errorf("record job %s: %w", env.ID, err)
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
-	return st, false, nil
 }
 
 // Forget removes the queued state Record wrote for a job that was then not
