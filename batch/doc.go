@@ -8,9 +8,11 @@
 // stale; so one Runner drives a batch at a time, and a batch whose Runner
 // died resumes on any other, or on the same process after a restart.
 //
-// Each valid line becomes one job on the batch lane (schema.SubjectBatch)
-// with the job id "<batch id>-<line>" (also its Nats-Msg-Id) and the
-// idempotency key "batch.<batch id>.<line>": the worker keeps the line's
+// Each valid line is admitted through the admission core (its media were
+// checked once, when the plan was made) onto the batch lane
+// (schema.SubjectBatch) with the request id "<batch id>-<line>" and the
+// answer key "batch.<batch id>.<line>" (admission.BatchAnswerKey; its
+// Nats-Msg-Id is "idem." and that key): the worker keeps the line's
 // answer under that key in schema.BucketAnswers and, for a job whose answer
 // is already there, does not call LaaS again. The Runner learns of answers
 // by watching those keys, publishes at most Window unanswered lines at a

@@ -29,7 +29,8 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	// 1. Publish the job on the batch lane; Nats-Msg-Id = job id.
+	// 1. Publish the job where programs submit jobs; Nats-Msg-Id = job id.
+	// The bridge checks it as it checks an HTTP request, then queues it.
 	id := "order-42-summary" // 1-64 of [A-Za-z0-9_-]; a job id is answered once
 	env, _ := json.Marshal(map[string]any{
 		"id": id, "model": "claude-3.5-sonnet", "job": true,
