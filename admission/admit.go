@@ -156,14 +156,15 @@ func (c *Core) publish(ctx context.Context, ck *Checked, env *schema.Envelope) (
 	return ck.Job != nil || ck.AnswerKey != "", nil
 }
 
-// retry runs op until it succeeds, fails with an error that is no
-// failover (see failover.Retryable), or patience ends: a bucket's stream
-// rides out a leader election as the request stream does.
-func (c *Core) retry(ctx context.Context, patience time.Duration, op func(ctx context.Context) error) error {
+// retry runs op, each attempt bounded by attempt, until it succeeds, fails
+// with an error that is no failover (see failover.Retryable), or patience
+// ends: a bucket's stream rides out a leader election as the request
+// stream does.
+func (c *Core) retry(ctx context.Context, patience, attempt time.Duration, op func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, patience)
 	defer cancel()
 	for {
-		actx, cancelAttempt := context.WithTimeout(ctx, failover.Attempt)
+		actx, cancelAttempt := context.WithTimeout(ctx, attempt)
 		err := op(actx)
 		cancelAttempt()
 		if err == nil || ctx.Err() != nil || !failover.Retryable(err) {
@@ -180,10 +181,11 @@ func (c *Core) retry(ctx context.Context, patience time.Duration, op func(ctx co
 // storeBody puts a body too large for a queue message in the object store,
 // under the request id; the worker deletes it when the job ends.
 func (c *Core) storeBody(ctx context.Context, id string, body []byte) error {
-	perMiB := time.Duration(len(body)>>20) * time.Second // a large body takes a while to store
-	err := c.retry(ctx, c.cfg.PublishTimeout+perMiB, func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, failover.Attempt+perMiB)
-		defer cancel()
+	// A large body takes a while to store: one attempt may take all the
+	// patience; only an attempt that fails fast (no leader, no responders)
+	// is tried again.
+	patience := c.cfg.PublishTimeout + time.Duration(len(body)>>20)*time.Second
+	err := c.retry(ctx, patience, patience, func(ctx context.Context) error {
 		_, err := c.bodies.PutBytes(ctx, id, body)
 		return err
 	})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/queue/failover"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -52,7 +53,7 @@ func namespaceOf(d Door) string {
 // StoredAnswer returns the finished reply kept under key, if any.
 func (c *Core) StoredAnswer(ctx context.Context, key string) ([]byte, bool, error) {
 	var e jetstream.KeyValueEntry
-	err := c.retry(ctx, c.cfg.PublishTimeout, func(ctx context.Context) (err error) {
+	err := c.retry(ctx, c.cfg.PublishTimeout, failover.Attempt, func(ctx context.Context) (err error) {
 		e, err = c.answers.Get(ctx, key)
 		return err
 	})
