@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/schema"
@@ -39,20 +38,12 @@ func TestDLQReplayLargeProcess(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connectJS(t, natsURL)
 	dead, err := worker.NewDeadLetters(ctx, js, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := strings.Repeat("x", int(nc.MaxPayload()/2))
+	text := strings.Repeat("x", int(js.Conn().MaxPayload()/2))
 	body, _ := json.Marshal(map[string]any{"model": "claude-3.5-sonnet", "messages": []map[string]string{{"role": "user", "content": text}}})
 	now := time.Now()
 	if err := dead.DeadLetter(ctx, worker.DeadLetter{

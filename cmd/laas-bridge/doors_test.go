@@ -64,16 +64,8 @@ func badRequests() []struct {
 func TestDoorsRefuseAlike(t *testing.T) {
 	port := freePort(t)
 	mock, in := serveWithMock(t, 0, "--nats-listen", "127.0.0.1:"+strconv.Itoa(port))
-	natsURL := "nats://127.0.0.1:" + strconv.Itoa(port)
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connectJS(t, "nats://127.0.0.1:"+strconv.Itoa(port))
+	nc := js.Conn()
 	doors := []struct {
 		name  string
 		nats  bool // the request travels in one NATS message
@@ -264,15 +256,7 @@ func replayRefusal(t *testing.T, js jetstream.JetStream, i int, body string) ref
 func TestProducerCannotChooseCoreFields(t *testing.T) {
 	port := freePort(t)
 	mock, _ := serveWithMock(t, 0, "--nats-listen", "127.0.0.1:"+strconv.Itoa(port))
-	nc, err := nats.Connect("nats://127.0.0.1:" + strconv.Itoa(port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := connectJS(t, "nats://127.0.0.1:"+strconv.Itoa(port))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	request := json.RawMessage(`{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"hi"}]}`)
