@@ -364,7 +364,7 @@ func TestKVLimiterCooldown(t *testing.T) {
 				if err := l.Wait(context.Background(), schema.Model{Alias: "m"}, LaneInteractive); err != nil {
 					t.Fatal(err)
 				}
-				if early := end.Sub(time.Now()); early > 0 {
+				if early := time.Until(end); early > 0 {
 					t.Errorf("a limiter started around a cooldown let a call start %s before its end", early)
 				}
 			}

@@ -225,7 +225,7 @@ func TestPoolThrottlesEveryWorkerOn429(t *testing.T) {
 	if err := other.Wait(context.Background(), schema.Model{Alias: "m"}, LaneInteractive); err != nil {
 		t.Fatal(err)
 	}
-	if early := end.Sub(time.Now()); early > 0 {
+	if early := time.Until(end); early > 0 {
 		t.Errorf("another worker started a call %s before the 429's Retry-After was over", early)
 	}
 }
