@@ -15,12 +15,12 @@ import (
 // Connect dials the NATS servers in url (a comma-separated list) and keeps
 // reconnecting for as long as the process lives. The first connection must
 // succeed: an unreachable server is an error that names the URL without
-// credentials.
-func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
+// credentials. opts come after the defaults (see Unbuffered).
+func Connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
 	if strings.TrimSpace(url) == "" {
 		return nil, errors.New("NATS_URL is not set: gateway and worker need a NATS server (or run `laas-bridge serve`, which embeds one)")
 	}
-	nc, err := nats.Connect(url, options(name, log)...)
+	nc, err := nats.Connect(url, append(options(name, log), opts...)...)
 	var bad *neturl.Error
 	switch {
 	case errors.As(err, &bad):
@@ -31,6 +31,14 @@ func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
 	}
 	return nc, nil
 }
+
+// Unbuffered makes a connection refuse to publish while it reconnects
+// (nats.ErrReconnectBufExceeded, which failover.Publish retries until the
+// connection is back) instead of keeping the message to send after the
+// reconnect. A gateway needs it: a request it answered 503 because its
+// publish got no ack in time must not reach the queue later from that
+// buffer. Workers keep the buffer: their acks are worth sending late.
+func Unbuffered() nats.Option { return nats.ReconnectBufSize(-1) }
 
 // ConnectEmbedded connects to an embedded server in-process, without a socket.
 func ConnectEmbedded(s *server.Server, name string, log *slog.Logger) (*nats.Conn, error) {

@@ -230,7 +230,12 @@ func runRoles(ctx context.Context, gw *bridge.Gateway, ln net.Listener, pool *wo
 func connectNATS(cmd string, env Env, log *slog.Logger) (*nats.Conn, func(), error) {
 	name := "laas-bridge " + cmd
 	if env.NATSURL != "" {
-		nc, err := queue.Connect(env.NATSURL, name, log)
+		var opts []nats.Option
+		if cmd == "gateway" {
+			// A request answered 503 is never queued later from a buffer.
+			opts = append(opts, queue.Unbuffered())
+		}
+		nc, err := queue.Connect(env.NATSURL, name, log, opts...)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -55,10 +55,12 @@ func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (ack *j
 }
 
 // Retryable reports an error a leader election or a reconnect causes: no
-// answer in time, no responders, JetStream temporarily unavailable.
+// answer in time, no responders, JetStream temporarily unavailable, a
+// connection that does not buffer while it reconnects.
 func Retryable(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
-		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrReconnectBufExceeded) { // an unbuffered connection reconnecting
 		return true
 	}
 	// Only "JetStream system temporarily unavailable": other 503s, such as
