@@ -76,7 +76,17 @@ type MicroConfig struct {
 	Subject string
 	// Version is the service's version, SemVer; default "0.0.0-dev".
 	Version string
+	// ReplyPrefixes are the reply subjects the endpoint answers to: a
+	// request whose reply subject starts with none of them is dropped
+	// (logged, counted), because the answer is published with the
+	// gateway's own NATS rights and must land only in a caller's inbox,
+	// never on a subject of the bridge's own. Default DefaultReplyPrefix.
+	ReplyPrefixes []string
 }
+
+// DefaultReplyPrefix is MicroConfig.ReplyPrefixes's default: the inbox
+// prefix NATS clients use unless told otherwise.
+const DefaultReplyPrefix = "_INBOX."
 
 func (c *MicroConfig) setDefaults() {
 	if c.Subject == "" {
@@ -84,6 +94,9 @@ func (c *MicroConfig) setDefaults() {
 	}
 	if c.Version == "" {
 		c.Version = "0.0.0-dev"
+	}
+	if len(c.ReplyPrefixes) == 0 {
+		c.ReplyPrefixes = []string{DefaultReplyPrefix}
 	}
 }
 
@@ -98,7 +111,27 @@ func (c MicroConfig) Validate() error {
 	if strings.HasPrefix(c.Subject, schema.SubjectRequests+".") || strings.HasPrefix(c.Subject, "laas.reply.") {
 		return fmt.Errorf("micro endpoint subject %q is inside the bridge's queue subjects", c.Subject)
 	}
-	return nil
+	var errs []error
+	for _, p := range c.ReplyPrefixes {
+		if !strings.HasSuffix(p, ".") || len(p) < 2 || strings.ContainsAny(p, " \t\r\n*>") || strings.HasPrefix(p, "laas.") || strings.HasPrefix(p, "$") {
+			errs = append(errs, fmt.Errorf("micro reply prefix %q must be a subject prefix ending in \".\", outside laas.> and $...", p))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// replyAllowed reports whether a request's reply subject is in a caller's
+// inbox space (MicroConfig.ReplyPrefixes), with no wildcard in it.
+func (c MicroConfig) replyAllowed(reply string) bool {
+	if reply == "" || strings.ContainsAny(reply, "*> \t\r\n") {
+		return false
+	}
+	for _, p := range c.ReplyPrefixes {
+		if strings.HasPrefix(reply, p) && len(reply) > len(p) {
+			return true
+		}
+	}
+	return false
 }
 
 // MicroStats is the data of the chat endpoint in `nats micro stats`: the
@@ -195,6 +228,13 @@ func (m *microEndpoint) wait(ctx context.Context) error {
 // (a refusal is answered there) and leaves the rest, the multimodal check,
 // the queue and the wait, to a goroutine.
 func (m *microEndpoint) handle(r micro.Request) {
+	if reply := r.Reply(); reply != "" && !m.g.cfg.Micro.replyAllowed(reply) {
+		// Answering would publish, with the gateway's rights, wherever the
+		// caller pointed: say nothing there.
+		m.g.log.Warn("NATS request dropped: its reply subject is not in a caller's inbox space", "reply_prefixes", strings.Join(m.g.cfg.Micro.ReplyPrefixes, ","))
+		m.record(ModelUnknown, &schema.Error{Status: http.StatusForbidden, Type: schema.TypeInvalidRequest, Message: "reply subject refused"})
+		return
+	}
 	id := nuid.Next()
 	hdr := nats.Header{HeaderRequestID: []string{id}}
 	ck, model, err := m.check(id, r)

@@ -466,6 +466,11 @@ func TestMicroConfigValidate(t *testing.T) {
 		{MicroConfig{Subject: "laas.requests.interactive"}, false},
 		{MicroConfig{Subject: "laas.reply.x.y"}, false},
 		{MicroConfig{Subject: "laas.api.*", Disabled: true}, true},
+		{MicroConfig{Subject: "laas.api.chat", ReplyPrefixes: []string{"_INBOX.", "app1.inbox."}}, true},
+		{MicroConfig{Subject: "laas.api.chat", ReplyPrefixes: []string{"laas."}}, false},
+		{MicroConfig{Subject: "laas.api.chat", ReplyPrefixes: []string{"$KV."}}, false},
+		{MicroConfig{Subject: "laas.api.chat", ReplyPrefixes: []string{"app1"}}, false},
+		{MicroConfig{Subject: "laas.api.chat", ReplyPrefixes: []string{"app.*."}}, false},
 	} {
 		if err := c.cfg.Validate(); (err == nil) != c.ok {
 			t.Errorf("%+v: Validate = %v", c.cfg, err)
@@ -532,4 +537,38 @@ func TestMicroLaneHeader(t *testing.T) {
 		t.Fatalf("nothing on %s: %v", schema.SubjectBatch, err)
 	}
 	<-done // the 300 ms model times out: no worker here
+}
+
+// TestMicroAnswersOnlyInboxes: the endpoint publishes its answers with the
+// gateway's own NATS rights, so it answers only reply subjects in a
+// caller's inbox space. A request naming laas.cancel.<id> (which would
+// cancel someone's job) or a reply subject of the bridge's gets nothing
+// published there; a request from the same connection right after it,
+// with a plain inbox, is answered, and arrives after anything the first
+// could have caused (one connection's messages stay in order).
+func TestMicroAnswersOnlyInboxes(t *testing.T) {
+	_, nc := serveFixture(t, Config{})
+	for _, forged := range []string{"laas.cancel.victim", "laas.reply.gw1.victim", "$KV.LAAS_BATCHES.b.x", "_INBOX"} {
+		t.Run(forged, func(t *testing.T) {
+			spy, err := nc.SubscribeSync(forged)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = spy.Unsubscribe() }()
+			if err := nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			bad := chatBody("no-such-model", "x") // refused in line: its answer would go out at once
+			if err := nc.PublishRequest(DefaultMicroSubject, forged, []byte(bad)); err != nil {
+				t.Fatal(err)
+			}
+			rep := ask(t, nc, bad)
+			if rep.Header.Get(micro.ErrorCodeHeader) != "404" {
+				t.Fatalf("the inbox request: %v %s; want the 404 refusal", rep.Header, rep.Data)
+			}
+			if n, _, err := spy.Pending(); err != nil || n != 0 {
+				t.Errorf("the endpoint published %d messages on %s (%v)", n, forged, err)
+			}
+		})
+	}
 }

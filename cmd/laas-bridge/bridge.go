@@ -169,7 +169,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	var ln net.Listener
 	if hasGateway {
 		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
-			Micro: microConfig(env.MicroSubject, version)}, nc, js, catalog, log); err != nil {
+			Micro: microConfig(env.MicroSubject, env.MicroReplyPrefixes, version)}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()
@@ -341,12 +341,18 @@ func newLimiter(ctx context.Context, js jetstream.JetStream, env Env, log *slog.
 // microConfig is the NATS endpoint's configuration: subject "off" turns it
 // off; its version is the binary's, or 0.0.0-dev when that is not SemVer
 // (micro requires SemVer).
-func microConfig(subject, version string) bridge.MicroConfig {
+func microConfig(subject, replyPrefixes, version string) bridge.MicroConfig {
 	v := strings.TrimPrefix(version, "v")
 	if !semver.MatchString(v) {
 		v = "0.0.0-dev"
 	}
-	return bridge.MicroConfig{Disabled: strings.EqualFold(subject, "off"), Subject: subject, Version: v}
+	var prefixes []string
+	for _, p := range strings.Split(replyPrefixes, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			prefixes = append(prefixes, p)
+		}
+	}
+	return bridge.MicroConfig{Disabled: strings.EqualFold(subject, "off"), Subject: subject, Version: v, ReplyPrefixes: prefixes}
 }
 
 // semver is SemVer 2.0.0's suggested pattern, as micro checks it.

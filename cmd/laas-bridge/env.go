@@ -58,6 +58,9 @@ type Env struct {
 	// MicroSubject is the NATS subject of the gateway's request/reply chat
 	// endpoint (a nats.go/micro service); "off" turns it off.
 	MicroSubject string `envconfig:"BRIDGE_MICRO_SUBJECT" default:"laas.api.chat"`
+	// MicroReplyPrefixes are the reply-subject prefixes the micro endpoint
+	// answers to, comma-separated; empty for the NATS default, "_INBOX.".
+	MicroReplyPrefixes string `envconfig:"BRIDGE_MICRO_REPLY_PREFIXES"`
 
 	// LaaSRPM is the LaaS project's requests per minute over every worker
 	// process (0: none); LaaSMaxConcurrency caps its calls in flight (the

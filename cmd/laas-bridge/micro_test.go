@@ -135,11 +135,11 @@ func TestMicroSubjectSetting(t *testing.T) {
 
 func TestMicroConfigVersion(t *testing.T) {
 	for in, want := range map[string]string{"dev": "0.0.0-dev", "v1.4.0": "1.4.0", "1.4.0-rc.1+abc": "1.4.0-rc.1+abc", "main": "0.0.0-dev", "": "0.0.0-dev"} {
-		if got := microConfig("laas.api.chat", in).Version; got != want {
+		if got := microConfig("laas.api.chat", "", in).Version; got != want {
 			t.Errorf("version %q -> %q, want %q", in, got, want)
 		}
 	}
-	if !microConfig("OFF", "dev").Disabled || microConfig("laas.api.chat", "dev").Disabled {
+	if !microConfig("OFF", "", "dev").Disabled || microConfig("laas.api.chat", "", "dev").Disabled {
 		t.Error("only \"off\" turns the endpoint off")
 	}
 }
