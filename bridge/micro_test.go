@@ -245,9 +245,17 @@ func TestMicroDiscoveryAndStats(t *testing.T) {
 			Data MicroStats `json:"data"`
 		} `json:"endpoints"`
 	}
-	control(t, nc, micro.StatsVerb, &stats)
-	if stats.Name != MicroServiceName || len(stats.Endpoints) != 1 {
-		t.Fatalf("stats %+v", stats)
+	// micro counts a request once its handler returns, which can be after
+	// the answer sent from the handler's goroutine reached this test: read
+	// the stats until the fifth request is counted (10 s at most).
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		control(t, nc, micro.StatsVerb, &stats)
+		if stats.Name != MicroServiceName || len(stats.Endpoints) != 1 {
+			t.Fatalf("stats %+v", stats)
+		}
+		if stats.Endpoints[0].NumRequests >= 5 || time.Since(start) > 10*time.Second {
+			break
+		}
 	}
 	ep := stats.Endpoints[0]
 	if ep.Name != "chat" || ep.NumRequests != 5 || ep.NumErrors != 2 || !strings.HasPrefix(ep.LastError, "400:") {
