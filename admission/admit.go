@@ -156,26 +156,13 @@ func (c *Core) publish(ctx context.Context, ck *Checked, env *schema.Envelope) (
 	return ck.Job != nil || ck.AnswerKey != "", nil
 }
 
-// retry runs op, each attempt bounded by attempt, until it succeeds, fails
-// with an error that is no failover (see failover.Retryable), or patience
-// ends: a bucket's stream rides out a leader election as the request
-// stream does.
+// retry runs op with failover.Retry within patience: a bucket's stream
+// rides out a leader election as the request stream does.
 func (c *Core) retry(ctx context.Context, patience, attempt time.Duration, op func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, patience)
 	defer cancel()
-	for {
-		actx, cancelAttempt := context.WithTimeout(ctx, attempt)
-		err := op(actx)
-		cancelAttempt()
-		if err == nil || ctx.Err() != nil || !failover.Retryable(err) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	_, err := failover.Retry(ctx, attempt, op)
+	return err
 }
 
 // storeBody puts a body too large for a queue message in the object store,

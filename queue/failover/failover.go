@@ -28,27 +28,43 @@ const Attempt = 2 * time.Second
 const pause = 200 * time.Millisecond
 
 // Publish publishes msg to js and waits for the stream's ack, retrying what
-// a leader election or a reconnect makes fail (no answer within Attempt, no
-// responders, JetStream temporarily unavailable) until ctx ends. Any other
-// error (a full stream, a refused message) returns at once.
+// a leader election or a reconnect makes fail (see Retry) until ctx ends.
+// Any other error (a full stream, a refused message) returns at once.
 //
 // maybeStored reports that an earlier attempt got no answer, so the stream
 // may hold the message from it: a Duplicate ack then means this very
 // message, not another publisher's with the same Nats-Msg-Id.
 func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (ack *jetstream.PubAck, maybeStored bool, err error) {
+	maybeStored, err = Retry(ctx, Attempt, func(ctx context.Context) (err error) {
+		ack, err = js.PublishMsg(ctx, msg)
+		return err
+	})
+	if err != nil {
+		return nil, maybeStored, err
+	}
+	return ack, maybeStored, nil
+}
+
+// Retry runs op, each attempt bounded by attempt, until it succeeds, fails
+// with an error Retryable does not accept, or ctx ends; it pauses briefly
+// between attempts. Every write to JetStream that must ride out a leader
+// election goes through it: a publish, a key-value create, an object put.
+// timedOut reports that an attempt got no answer in time, so it may have
+// taken effect although it failed.
+func Retry(ctx context.Context, attempt time.Duration, op func(ctx context.Context) error) (timedOut bool, err error) {
 	for {
-		actx, cancel := context.WithTimeout(ctx, Attempt)
-		ack, err = js.PublishMsg(actx, msg)
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		err = op(actx)
 		cancel()
 		if err == nil || ctx.Err() != nil || !Retryable(err) {
-			return ack, maybeStored, err
+			return timedOut, err
 		}
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
-			maybeStored = true
+			timedOut = true
 		}
 		select {
 		case <-ctx.Done():
-			return nil, maybeStored, err
+			return timedOut, err
 		case <-time.After(pause):
 		}
 	}

@@ -95,31 +95,22 @@ func (j *Store) Record(ctx context.Context, env *schema.Envelope) (st schema.Job
 	st = schema.JobState{ID: env.ID, Status: schema.JobQueued, Model: env.Model, ResultsSubject: env.ResultsTo(),
 		CreatedAt: env.EnqueuedAt.UTC(), UpdatedAt: time.Now().UTC()}
 	data, _ := json.Marshal(st)
-	// Retried across a leader election of the bucket's stream, as
-	// failover.Publish retries a publish.
-	maybeStored := false
-	for {
-		actx, cancel := context.WithTimeout(ctx, failover.Attempt)
-		_, err := j.kv.Create(actx, env.ID, data)
-		cancel()
-		switch {
-		case err == nil:
-			return st, false, nil
-		case errors.Is(err, jetstream.ErrKeyExists):
-			old, _, gerr := j.state(ctx, env.ID)
-			// An attempt whose answer was lost may have stored this very state.
-			own := maybeStored && gerr == nil && old.Status == schema.JobQueued && old.CreatedAt.Equal(st.CreatedAt)
-			return old, !own, gerr
-		case ctx.Err() != nil || !failover.Retryable(err):
-			return st, false, fmt.Errorf("record job %s: %w", env.ID, err)
-		}
-		maybeStored = maybeStored || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
-		select {
-		case <-ctx.Done():
-			return st, false, fmt.Errorf("record job %s: %w", env.ID, err)
-		case <-time.After(200 * time.Millisecond):
-		}
+	// Retried across a leader election of the bucket's stream, as a
+	// publish is.
+	timedOut, err := failover.Retry(ctx, failover.Attempt, func(ctx context.Context) error {
+		_, err := j.kv.Create(ctx, env.ID, data)
+		return err
+	})
+	switch {
+	case err == nil:
+		return st, false, nil
+	case errors.Is(err, jetstream.ErrKeyExists):
+		old, _, gerr := j.state(ctx, env.ID)
+		// An attempt whose answer was lost may have stored this very state.
+		own := timedOut && gerr == nil && old.Status == schema.JobQueued && old.CreatedAt.Equal(st.CreatedAt)
+		return old, !own, gerr
 	}
+	return st, false, fmt.Errorf("record job %s: %w", env.ID, err)
 }
 
 // Forget removes the queued state Record wrote for a job that was then not
