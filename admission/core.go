@@ -24,7 +24,7 @@ type Config struct {
 	PublishTimeout time.Duration
 	// InlineMax is the largest body sent inside a queue message; larger
 	// ones go through the object store. Default: half the connection's max
-	// payload.
+	// payload, since JSON-escaping can grow a body inside the envelope.
 	InlineMax int
 }
 
@@ -95,9 +95,3 @@ func Open(ctx context.Context, cfg Config, js jetstream.JetStream, catalog *sche
 	}
 	return &Core{cfg: cfg, js: js, bodies: bodies, answers: answers, jobs: jobs, catalog: catalog, log: log}, nil
 }
-
-// MaxBodyBytes is the largest body the core accepts.
-func (c *Core) MaxBodyBytes() int64 { return c.cfg.MaxBodyBytes }
-
-// Catalog is the model catalogue requests are checked against.
-func (c *Core) Catalog() *schema.Catalog { return c.catalog }

@@ -117,25 +117,22 @@ func (c Config) Validate() error {
 
 // Gateway is the HTTP front end. Create it with New, serve it with Serve.
 type Gateway struct {
-	cfg     Config
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	catalog *schema.Catalog
-	log     *slog.Logger
-	corr    *correlator
-	metrics *metrics // nil: none kept
-	echo    *echo.Echo
-	core    *admission.Core // the one way into the queue
-	bodies  jetstream.ObjectStore
-	batches *batch.Store    // Batch API files and batches
-	jobs    *jobstore.Store // async jobs (jobs.go)
-	// inlineMax is the largest body sent inside the queue message; larger
-	// bodies go through the object store.
-	inlineMax int
-	created   int64 // the models' "created" time
-	draining  atomic.Bool
-	stopping  chan struct{} // closed when draining begins: long polls answer at once
-	closing   chan struct{} // closed when the shutdown grace is over
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	catalog  *schema.Catalog
+	log      *slog.Logger
+	corr     *correlator
+	metrics  *metrics // nil: none kept
+	echo     *echo.Echo
+	core     *admission.Core // the one way into the queue
+	bodies   jetstream.ObjectStore
+	batches  *batch.Store    // Batch API files and batches
+	jobs     *jobstore.Store // async jobs (jobs.go)
+	created  int64           // the models' "created" time
+	draining atomic.Bool
+	stopping chan struct{} // closed when draining begins: long polls answer at once
+	closing  chan struct{} // closed when the shutdown grace is over
 }
 
 // New subscribes to this instance's replies and builds the routes. The
@@ -153,7 +150,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
 	}
 	core, err := admission.Open(ctx, admission.Config{AllowPresetOverride: cfg.AllowPresetOverride, MaxBodyBytes: cfg.MaxBodyBytes,
-		PublishTimeout: cfg.PublishTimeout, InlineMax: inlineMaxFor(nc.MaxPayload())}, js, catalog, log.With("gateway", cfg.InstanceID))
+		PublishTimeout: cfg.PublishTimeout}, js, catalog, log.With("gateway", cfg.InstanceID))
 	if err != nil {
 		return nil, err
 	}
@@ -171,14 +168,13 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	}
 	g := &Gateway{
 		cfg: cfg, nc: nc, js: js, catalog: catalog, log: log.With("gateway", cfg.InstanceID), corr: corr,
-		core:      core,
-		bodies:    bodies,
-		batches:   batches,
-		jobs:      jobs,
-		stopping:  make(chan struct{}),
-		inlineMax: inlineMaxFor(nc.MaxPayload()),
-		created:   time.Now().Unix(),
-		closing:   make(chan struct{}),
+		core:     core,
+		bodies:   bodies,
+		batches:  batches,
+		jobs:     jobs,
+		stopping: make(chan struct{}),
+		created:  time.Now().Unix(),
+		closing:  make(chan struct{}),
 	}
 	if g.metrics, err = newMetrics(cfg.Metrics, js, g.log); err != nil {
 		_ = corr.close()
@@ -196,13 +192,6 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		go g.recoverReplies()
 	})
 	return g, nil
-}
-
-// inlineMaxFor is the largest request body that fits a queue message of
-// maxPayload bytes once wrapped in the envelope and headers. JSON-escaping
-// can grow a body inside the envelope, so only half the payload is used.
-func inlineMaxFor(maxPayload int64) int {
-	return int(maxPayload / 2)
 }
 
 // recoverReplies looks up, in the replies stream, the reply of every caller

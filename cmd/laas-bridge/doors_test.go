@@ -19,6 +19,7 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/worker"
 	"github.com/laas-bridge/laas-bridge/worker/dlq"
@@ -303,6 +304,21 @@ func TestProducerCannotChooseCoreFields(t *testing.T) {
 			}
 		})
 	}
+	t.Run("jobstore.Submit", func(t *testing.T) {
+		// Go producers' helper: the job is recorded queued at once, then
+		// admitted through the door like any producer's, and answered.
+		store, err := jobstore.Open(ctx, js)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, known, err := store.Submit(ctx, &schema.Envelope{ID: "submitted", Model: "claude-3.5-sonnet", EnqueuedAt: time.Now(), Request: request})
+		if err != nil || known || st.Status != schema.JobQueued {
+			t.Fatalf("Submit = %+v, known %v, %v; want a queued job", st, known, err)
+		}
+		if res := nextJobResult(t, ctx, js, schema.ResultsSubject("submitted")); res.Status != schema.JobSucceeded {
+			t.Fatalf("the submitted job: %+v", res)
+		}
+	})
 	t.Run("forged resubmission of a finished job", func(t *testing.T) {
 		// Refused, and dropped: the finished job's result stays as it was.
 		data, _ := json.Marshal(map[string]any{"id": "plain", "job": true, "request": request, "request_ref": "someone-else"})
@@ -346,7 +362,7 @@ func TestProducerCannotChooseCoreFields(t *testing.T) {
 			t.Fatalf("result %+v; want 504 deadline_exceeded", res)
 		}
 	})
-	if n := mock.Calls(); n != 1 {
-		t.Errorf("LaaS called %d times; want 1, for the plain job only", n)
+	if n := mock.Calls(); n != 2 {
+		t.Errorf("LaaS called %d times; want 2, for the plain job and the submitted one only", n)
 	}
 }
