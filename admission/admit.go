@@ -58,7 +58,7 @@ func (c *Core) Admit(ctx context.Context, ck *Checked) (Ticket, error) {
 			return t, err
 		}
 	}
-	env := schema.Envelope{ID: ck.ID, Model: ck.Model.Alias, EnqueuedAt: now, Deadline: t.Deadline, Request: ck.Body, IdempotencyKey: ck.AnswerKey}
+	env := schema.Envelope{ID: ck.ID, Model: ck.Model.Alias, EnqueuedAt: now, Deadline: t.Deadline, Request: ck.Body, IdempotencyKey: ck.AnswerKey, Owner: ck.Caller.Owner()}
 	if ck.Job != nil {
 		env.Job, env.ResultsSubject = true, ck.Job.ResultsSubject
 		if ck.Job.Record {

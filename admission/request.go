@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -60,6 +61,11 @@ type Request struct {
 	ID string
 	// Body is the OpenAI chat request as the caller sent it.
 	Body []byte
+	// Caller is who sent it, as the door authenticated it: the zero Caller
+	// (the admin) for the master key, an open bridge, a direct producer or
+	// a replay. The core records its owner on the envelope and the job, and
+	// enforces its key's model access and limits.
+	Caller keys.Caller
 	// Door is the way the request came in.
 	Door Door
 	// Lane is where it waits; "" is Interactive for a caller who waits,

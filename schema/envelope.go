@@ -124,6 +124,11 @@ type Envelope struct {
 	// ResultsSubject is where a job's result goes: empty for
 	// laas.results.<id>, else a subject ValidResultsSubject accepts.
 	ResultsSubject string `json:"results_subject,omitempty"`
+	// Owner is the token (hash) of the virtual key that sent the request,
+	// "" for the admin. Set by the admission core, never taken from a
+	// message; the worker counts the key's usage and releases its limits
+	// under it.
+	Owner string `json:"owner,omitempty"`
 }
 
 // Reply is what a worker publishes on the request's reply subject: either a
