@@ -58,11 +58,25 @@ func (c *Core) Admit(ctx context.Context, ck *Checked) (Ticket, error) {
 			return t, err
 		}
 	}
-	env := schema.Envelope{ID: ck.ID, Model: ck.Model.Alias, EnqueuedAt: now, Deadline: t.Deadline, Request: ck.Body, IdempotencyKey: ck.AnswerKey, Owner: ck.Caller.Owner()}
+	adm, err := c.limitKey(ctx, ck, t.Deadline)
+	if err != nil {
+		return t, err
+	}
+	env := schema.Envelope{ID: ck.ID, Model: ck.Model.Alias, EnqueuedAt: now, Deadline: t.Deadline, Request: ck.Body,
+		IdempotencyKey: ck.AnswerKey, Owner: ck.Caller.Owner(), NotBefore: adm.NotBefore}
+	t, err = c.queue(ctx, ck, &env, t)
+	if err != nil || t.Duplicate {
+		c.undoKey(ctx, adm) // not queued: its slot and lease are free again
+	}
+	return t, err
+}
+
+// queue records a job (Job.Record) and publishes env.
+func (c *Core) queue(ctx context.Context, ck *Checked, env *schema.Envelope, t Ticket) (Ticket, error) {
 	if ck.Job != nil {
 		env.Job, env.ResultsSubject = true, ck.Job.ResultsSubject
 		if ck.Job.Record {
-			st, known, err := c.jobs.Record(ctx, &env)
+			st, known, err := c.jobs.Record(ctx, env)
 			if err != nil {
 				return t, c.publishError(ctx, ck.ID, err)
 			}
@@ -72,7 +86,7 @@ func (c *Core) Admit(ctx context.Context, ck *Checked) (Ticket, error) {
 			}
 		}
 	}
-	dup, err := c.publish(ctx, ck, &env)
+	dup, err := c.publish(ctx, ck, env)
 	if err != nil && ck.Job != nil && ck.Job.Record {
 		c.jobs.Forget(context.WithoutCancel(ctx), ck.ID)
 	}

@@ -26,6 +26,9 @@ type Config struct {
 	// ones go through the object store. Default: half the connection's max
 	// payload, since JSON-escaping can grow a body inside the envelope.
 	InlineMax int
+	// Limits enforces virtual keys' rpm, tpm, parallel and budget limits;
+	// nil enforces none.
+	Limits KeyLimits
 }
 
 // DefaultMaxBodyBytes is Config.MaxBodyBytes's default: LaaS's 32 MB PDF

@@ -92,6 +92,10 @@ type Request struct {
 	// Streamable is set by a door that can stream an answer (HTTP chat);
 	// elsewhere "stream": true is refused.
 	Streamable bool
+	// QueueWait lets a request over its key's rpm_limit wait in the queue
+	// for its slot, up to its deadline, instead of being refused (the
+	// X-Laas-Bridge-Queue: wait header).
+	QueueWait bool
 	// MediaChecked says that the door has already run the multimodal
 	// check on this very body and kept the outcome durably (a batch's
 	// plan), so Admit does not run it again.

@@ -124,7 +124,11 @@ func (v Validator) line(ctx context.Context, id string, line int, raw []byte, se
 // lineRequest is the admission request of line i of batch id.
 func lineRequest(id string, line int, body []byte) admission.Request {
 	return admission.Request{ID: JobID(id, line), Body: body, Door: admission.DoorBatch, Lane: admission.Batch,
-		Line: &admission.BatchLine{BatchID: id, Line: line}}
+		Line: &admission.BatchLine{BatchID: id, Line: line},
+		// A line over its key's rpm_limit waits for its slot; past
+		// keys.MaxReserveAhead the 429 hands it back to the driver, which
+		// offers it again later.
+		QueueWait: true}
 }
 
 // lineBody returns the request body of a valid line.

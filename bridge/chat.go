@@ -63,7 +63,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	req.Streamable = true
+	req.Streamable, req.Caller = true, callerOf(c)
 	ck, err := g.core.Check(req)
 	obs := observationOf(c)
 	if ck.Chat != nil {
@@ -109,8 +109,28 @@ func (g *Gateway) request(id string, door admission.Door, h http.Header, body []
 	if err != nil {
 		return admission.Request{}, err
 	}
+	wait, err := queueWait(h)
+	if err != nil {
+		return admission.Request{}, err
+	}
 	return admission.Request{ID: id, Body: body, Door: door, Lane: lane, Timeout: timeout,
-		IdempotencyKey: h.Get(HeaderIdempotencyKey), ReplyTo: g.corr.subject(id)}, nil
+		IdempotencyKey: h.Get(HeaderIdempotencyKey), ReplyTo: g.corr.subject(id), QueueWait: wait}, nil
+}
+
+// HeaderQueue set to "wait" lets a request over its key's rpm_limit wait
+// in the queue for its slot, up to its timeout, instead of a 429.
+const HeaderQueue = "X-Laas-Bridge-Queue"
+
+// queueWait reads HeaderQueue: "wait", or absent.
+func queueWait(h http.Header) (bool, error) {
+	switch v := strings.ToLower(strings.TrimSpace(h.Get(HeaderQueue))); v {
+	case "":
+		return false, nil
+	case "wait":
+		return true, nil
+	default:
+		return false, schema.Invalid("", schema.CodeInvalidValue, "The %s header must be wait, got %q.", HeaderQueue, v)
+	}
 }
 
 // admit queues a checked request whose caller waits for its reply here,

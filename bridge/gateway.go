@@ -43,6 +43,9 @@ type Config struct {
 	KeepAlive time.Duration
 	// AllowPresetOverride lets a request name its own preset_hash.
 	AllowPresetOverride bool
+	// Limits enforces virtual keys' limits at admission (keys.Limits); nil
+	// enforces none.
+	Limits admission.KeyLimits
 	// MaxBodyBytes is the largest request body accepted; larger gets 413.
 	// The default, 64 MiB, fits the largest request LaaS accepts: a 32 MB
 	// PDF and three 4 MB images, base64-encoded.
@@ -150,7 +153,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
 	}
 	core, err := admission.Open(ctx, admission.Config{AllowPresetOverride: cfg.AllowPresetOverride, MaxBodyBytes: cfg.MaxBodyBytes,
-		PublishTimeout: cfg.PublishTimeout}, js, catalog, log.With("gateway", cfg.InstanceID))
+		PublishTimeout: cfg.PublishTimeout, Limits: cfg.Limits}, js, catalog, log.With("gateway", cfg.InstanceID))
 	if err != nil {
 		return nil, err
 	}

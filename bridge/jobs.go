@@ -90,9 +90,13 @@ func (g *Gateway) submitJob(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	wait, err := queueWait(r.Header)
+	if err != nil {
+		return err
+	}
 	id := c.Response().Header().Get(HeaderRequestID)
 	ck, err := g.core.Check(admission.Request{ID: id, Body: body, Door: admission.DoorJobs, Lane: admission.Batch, Timeout: timeout,
-		Job: &admission.Job{Record: true}})
+		Job: &admission.Job{Record: true}, Caller: callerOf(c), QueueWait: wait})
 	if err != nil {
 		return err
 	}

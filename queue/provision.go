@@ -379,6 +379,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 
 	bodiesCfg, answersCfg, limitsCfg := cfg.BodiesConfig(), cfg.AnswersConfig(), cfg.LimitsConfig()
 	jobsCfg, filesCfg, batchesCfg := cfg.JobsConfig(), cfg.FilesConfig(), cfg.BatchesConfig()
+	keyStateCfg := cfg.KeyStateConfig()
 	for _, spec := range []streamSpec{
 		{want: cfg.StreamConfig(), set: requests},
 		{want: cfg.RepliesConfig(), set: with(append(owned, setMaxAge, setMaxBytes)...)},
@@ -394,6 +395,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 		{ // rate limiter
 			kind: "key-value bucket", name: limitsCfg.Bucket, want: kvStream(limitsCfg), set: with(setDescription, setMaxAge, setMaxMsgsPerSubject),
 			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, limitsCfg); return err },
+		},
+		{ // virtual keys' limits (package keys)
+			kind: "key-value bucket", name: keyStateCfg.Bucket, want: kvStream(keyStateCfg), set: with(setDescription),
+			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, keyStateCfg); return err },
 		},
 		// Direct jobs (jobs.go): results kept for producers, job states.
 		{want: cfg.ResultsConfig(), set: results},

@@ -26,6 +26,15 @@ type Model struct {
 	Timeout time.Duration
 	// RPM is the model's requests-per-minute limit; zero means none.
 	RPM int
+	// InputCostPerToken and OutputCostPerToken price a call's tokens for
+	// virtual keys' spend and budgets (config.yaml's model_info, LiteLLM's
+	// names); zero is free.
+	InputCostPerToken, OutputCostPerToken float64
+}
+
+// Cost is what a call that used usage costs.
+func (m Model) Cost(u Usage) float64 {
+	return float64(u.PromptTokens)*m.InputCostPerToken + float64(u.CompletionTokens)*m.OutputCostPerToken
 }
 
 // Deadline returns the model's timeout, or DefaultTimeout.

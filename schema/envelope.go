@@ -129,6 +129,10 @@ type Envelope struct {
 	// message; the worker counts the key's usage and releases its limits
 	// under it.
 	Owner string `json:"owner,omitempty"`
+	// NotBefore, when set, is the rpm slot the core reserved ahead for a
+	// request that waits for its key's rate limit: no worker starts its
+	// call earlier.
+	NotBefore time.Time `json:"not_before,omitzero"`
 }
 
 // Reply is what a worker publishes on the request's reply subject: either a

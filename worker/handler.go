@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -28,6 +29,9 @@ type job struct {
 
 	model   schema.Model        // the catalogue's entry, as the request may override it
 	laasReq *schema.LaaSRequest // the call prepare built
+
+	spent   keys.Spent // what its LaaS call used, for its key
+	settled bool       // its key's usage is counted (settleKey)
 }
 
 // handlerFunc runs a delivery from one step to its end. Whatever path it
@@ -69,6 +73,7 @@ func (p *Pool) newHandler() handlerFunc {
 		p.startJobState,    // jobs: a kept result, a duplicate, a cancelled job
 		p.skipCancelled,    // the caller went away before the job started
 		p.refuseLate,       // the deadline passed in the queue
+		p.holdForSlot,      // its key's rpm slot, reserved ahead
 		p.answerFromStore,  // an Idempotency-Key whose answer is kept
 		p.claimBody,        // a large body from the object store
 		p.prepare,          // the catalogue and the translation to LaaS

@@ -131,6 +131,9 @@ type Pool struct {
 	dead       DeadLetterer // nil: none kept
 	metricsReg prometheus.Registerer
 	metrics    *poolMetrics // nil: none kept
+	ledger     KeyLedger    // nil: keys' usage is not counted
+	keys       KeyResolver  // nil: keys are not looked up
+	keyMetrics *keyMetrics  // nil: none kept
 
 	// send hands an encoded reply to a gateway: sendReply (tests replace it).
 	send func(subject string, data []byte) error
@@ -175,6 +178,11 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	}
 	if p.metrics, err = newPoolMetrics(p.metricsReg, catalog); err != nil {
 		return nil, err
+	}
+	if p.ledger != nil {
+		if p.keyMetrics, err = newKeyMetrics(p.metricsReg); err != nil {
+			return nil, err
+		}
 	}
 	p.limiter = p.metrics.timed(p.limiter)
 	p.send = p.sendReply

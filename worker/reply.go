@@ -25,6 +25,7 @@ func (p *Pool) finish(j *job, rep schema.Reply, upstream time.Duration) {
 	rep.Attempts = j.attempt
 	rep.QueueMs = max(0, j.received.Sub(j.env.EnqueuedAt).Milliseconds())
 	rep.UpstreamMs = upstream.Milliseconds()
+	p.settleKey(j)
 	if j.env.IdempotencyKey != "" {
 		p.keepAnswer(j, &rep)
 	}
@@ -57,6 +58,7 @@ func (p *Pool) drop(j *job) {
 		p.finish(j, schema.ErrorReply(j.env.ID, schema.JobCancelledError()), 0)
 		return
 	}
+	p.settleKey(j)
 	if err := j.msg.Ack(); err != nil {
 		j.log.Warn("ack failed; the job may be redelivered", "error", err)
 	}

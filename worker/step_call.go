@@ -22,6 +22,7 @@ func (p *Pool) callLaaS(ctx context.Context, j *job) {
 	resp, err := p.up.Complete(ctx, j.laasReq)
 	upstream := time.Since(start)
 	p.metrics.called(j.model.Alias, err, upstream)
+	j.spent.Called = true
 	if err != nil {
 		p.upstreamFailed(ctx, j, err, start, upstream)
 		return
@@ -33,6 +34,7 @@ func (p *Pool) callLaaS(ctx context.Context, j *job) {
 		p.finish(j, schema.ErrorReply(j.env.ID, e), upstream)
 		return
 	}
+	j.spend(cc.Usage)
 	p.finish(j, schema.Reply{ID: j.env.ID, Status: http.StatusOK, Completion: cc}, upstream)
 }
 

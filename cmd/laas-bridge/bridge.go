@@ -20,6 +20,7 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/bridge"
 	"github.com/laas-bridge/laas-bridge/internal/config"
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/laas"
 	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 	"github.com/laas-bridge/laas-bridge/queue"
@@ -131,6 +132,11 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 
+	// Virtual keys' limits, shared by every gateway and worker.
+	keyLimits, err := keys.OpenLimits(ctx, js, log)
+	if err != nil {
+		return err
+	}
 	// One registry per process: `serve` shows both sides' metrics on the
 	// gateway's /metrics.
 	reg := newRegistry()
@@ -161,14 +167,14 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		defer limiter.Close()
 		// --- end rate limits ---
 		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log,
-			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg)); err != nil {
+			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, nil)); err != nil {
 			return err
 		}
 	}
 	var gw *bridge.Gateway
 	var ln net.Listener
 	if hasGateway {
-		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
+		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg, Limits: keyLimits,
 			Micro: microConfig(env.MicroSubject, env.MicroReplyPrefixes, version)}, nc, js, catalog, log); err != nil {
 			return err
 		}

@@ -44,12 +44,14 @@ type golden struct {
 }
 
 type goldenModel struct {
-	Alias       string `json:"alias"`
-	LaaSModel   string `json:"laas_model"`
-	PresetHash  string `json:"preset_hash"`
-	ServiceType string `json:"service_type"`
-	Timeout     string `json:"timeout"`
-	RPM         int    `json:"rpm"`
+	Alias       string  `json:"alias"`
+	LaaSModel   string  `json:"laas_model"`
+	PresetHash  string  `json:"preset_hash"`
+	ServiceType string  `json:"service_type"`
+	Timeout     string  `json:"timeout"`
+	RPM         int     `json:"rpm"`
+	InputCost   float64 `json:"input_cost_per_token,omitempty"`
+	OutputCost  float64 `json:"output_cost_per_token,omitempty"`
 }
 
 func render(t *testing.T, f *File) []byte {
@@ -66,6 +68,8 @@ func render(t *testing.T, f *File) []byte {
 			ServiceType: m.ServiceType,
 			Timeout:     m.Timeout.String(),
 			RPM:         m.RPM,
+			InputCost:   m.InputCostPerToken,
+			OutputCost:  m.OutputCostPerToken,
 		})
 	}
 	out, err := json.MarshalIndent(g, "", "  ")
@@ -164,6 +168,16 @@ func TestParseErrors(t *testing.T) {
 			name: "malformed YAML keeps yaml's line",
 			yaml: "model_list:\n  - model_name: a\n    litellm_params: [\n",
 			want: "config.yaml:3: did not find expected node content",
+		},
+		{
+			name: "negative price",
+			yaml: "model_list:\n  - model_name: a\n    litellm_params: {model: laas/a}\n    model_info:\n      input_cost_per_token: -1\n",
+			want: "config.yaml:5: model_list[0].model_info.input_cost_per_token -1 must be a number of at least 0, such as 0.000003",
+		},
+		{
+			name: "model_info not a mapping",
+			yaml: "model_list:\n  - model_name: a\n    litellm_params: {model: laas/a}\n    model_info: [1]\n",
+			want: "config.yaml:4: model_list[0].model_info must be a mapping, not a sequence",
 		},
 		{
 			name: "tab indentation",

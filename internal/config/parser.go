@@ -2,7 +2,9 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"slices"
+	"strconv"
 
 	"go.yaml.in/yaml/v3"
 
@@ -137,12 +139,14 @@ func (p *parser) model(item *yaml.Node, i int) (parsedModel, bool) {
 	errs := len(p.errs)
 	var m parsedModel
 	var name, params *pair
-	for _, kv := range p.pairs(n, path, "model_name", "litellm_params") {
+	for _, kv := range p.pairs(n, path, "model_name", "litellm_params", "model_info") {
 		switch kv.key.Value {
 		case "model_name":
 			name = &kv
 		case "litellm_params":
 			params = &kv
+		case "model_info":
+			p.modelInfo(kv, path+".model_info", &m.Model)
 		default:
 			p.ignore("model_list[]." + kv.key.Value)
 		}
@@ -198,4 +202,41 @@ func (p *parser) params(kv pair, path string, m *schema.Model) {
 		return
 	}
 	m.LaaSModel = p.laasModel(model.val, path+".model")
+}
+
+// modelInfo reads a model's model_info: its prices per token, for
+// virtual keys' spend. Its other keys (LiteLLM's) are ignored.
+func (p *parser) modelInfo(kv pair, path string, m *schema.Model) {
+	v := deref(kv.val)
+	if isNull(v) {
+		return
+	}
+	if v.Kind != yaml.MappingNode {
+		p.errorf(v.Line, "%s must be a mapping, not %s", path, describeKind(v))
+		return
+	}
+	for _, f := range p.pairs(v, path, "input_cost_per_token", "output_cost_per_token") {
+		switch f.key.Value {
+		case "input_cost_per_token":
+			m.InputCostPerToken = p.price(f.val, path+"."+f.key.Value)
+		case "output_cost_per_token":
+			m.OutputCostPerToken = p.price(f.val, path+"."+f.key.Value)
+		default:
+			p.ignore("model_list[].model_info." + f.key.Value)
+		}
+	}
+}
+
+// price reads a cost per token: a number >= 0.
+func (p *parser) price(v *yaml.Node, path string) float64 {
+	s, ok := p.scalar(v, path, true)
+	if !ok || s.text == "" {
+		return 0
+	}
+	f, err := strconv.ParseFloat(s.text, 64)
+	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+		p.errorf(s.node.Line, "%s %s must be a number of at least 0, such as 0.000003", path, s)
+		return 0
+	}
+	return f
 }
