@@ -125,6 +125,10 @@ func (d *producerDoor) check(env *schema.Envelope, msg jetstream.Msg) (*admissio
 		return nil, schema.Invalid("request_ref", schema.CodeInvalidValue, "request_ref is set by the bridge, not by a producer: put the request in 'request' (a larger one goes through POST /v1/queue/jobs).")
 	case env.IdempotencyKey != "":
 		return nil, schema.Invalid("idempotency_key", schema.CodeInvalidValue, "idempotency_key is set by the bridge, not by a producer: a job id is answered once, so the job id is the key.")
+	case env.Owner != "":
+		return nil, schema.Invalid("owner", schema.CodeInvalidValue, "owner is set by the bridge, not by a producer: a producer's jobs belong to the admin; callers with a virtual key submit through POST /v1/queue/jobs.")
+	case !env.NotBefore.IsZero():
+		return nil, schema.Invalid("not_before", schema.CodeInvalidValue, "not_before is set by the bridge, not by a producer: it is a virtual key's reserved rpm slot.")
 	case len(env.Request) == 0:
 		return nil, schema.Invalid("request", schema.CodeInvalidValue, "The envelope has no 'request': the OpenAI chat request to run.")
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/worker"
@@ -268,6 +269,8 @@ func TestProducerCannotChooseCoreFields(t *testing.T) {
 	}{
 		{"request_ref", "forge-ref", "request_ref", map[string]any{"request_ref": "someone-else"}, nil},
 		{"idempotency_key", "forge-key", "idempotency_key", map[string]any{"idempotency_key": "caller.0123"}, nil},
+		{"owner", "forge-owner", "owner", map[string]any{"owner": keys.Hash("sk-someone")}, nil},
+		{"not_before", "forge-slot", "not_before", map[string]any{"not_before": time.Now().Add(time.Hour)}, nil},
 		{"reply subject", "forge-reply", "", nil, nats.Header{schema.HeaderReplyTo: []string{"laas.reply.gw1.victim"}}},
 		{"plain job", "plain", "", nil, nil},
 	} {

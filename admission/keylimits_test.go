@@ -1,0 +1,89 @@
+package admission
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/laas-bridge/laas-bridge/keys"
+	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// fakeLimits records what the core asks of a key's limits.
+type fakeLimits struct {
+	mu     sync.Mutex
+	admits []string // id, "+wait" when asked to wait
+	undone []string
+	refuse error
+	ahead  time.Time // NotBefore it hands out
+}
+
+func (f *fakeLimits) Admit(_ context.Context, k *keys.Key, id string, _ time.Time, wait bool) (keys.Admission, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if wait {
+		id += "+wait"
+	}
+	f.admits = append(f.admits, k.Token+"/"+id)
+	return keys.Admission{NotBefore: f.ahead}, f.refuse
+}
+
+func (f *fakeLimits) Undo(_ context.Context, adm keys.Admission) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.undone = append(f.undone, adm.NotBefore.String())
+}
+
+// A keyed request passes its key's limits before it is queued: a refusal
+// is the caller's answer and nothing is queued; an admitted one carries
+// its owner and reserved slot; one not queued after all (a duplicate job)
+// gives back what it took. The admin's requests skip the limits.
+func TestAdmitKeyLimits(t *testing.T) {
+	limits := &fakeLimits{}
+	c, q := openCore(t, queue.Config{Memory: true}, Config{Limits: limits})
+	key := keys.Caller{Key: &keys.Key{Token: "tok"}}
+
+	limits.refuse = &schema.Error{Status: http.StatusTooManyRequests, Code: schema.CodeRateLimitExceeded, RetryAfter: 3}
+	_, err := admit(t, c, Request{ID: "r1", Door: DoorChat, Body: []byte(chat), Caller: key})
+	if e, ok := errors.AsType[*schema.Error](err); !ok || e.Status != http.StatusTooManyRequests || e.RetryAfter != 3 {
+		t.Fatalf("refused request: %v", err)
+	}
+	if n := len(queued(t, q.JS, schema.SubjectInteractive)); n != 0 {
+		t.Fatalf("%d queued after a refusal", n)
+	}
+
+	limits.refuse, limits.ahead = nil, time.Unix(1_900_000_000, 0)
+	if _, err := admit(t, c, Request{ID: "r2", Door: DoorChat, Body: []byte(chat), Caller: key, QueueWait: true}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := queued(t, q.JS, schema.SubjectInteractive)
+	if len(msgs) != 1 {
+		t.Fatalf("%d queued, want 1", len(msgs))
+	}
+	if env := envelopeOf(t, msgs[0]); env.Owner != "tok" || !env.NotBefore.Equal(limits.ahead) {
+		t.Errorf("envelope owner %q, not_before %v; want tok, %v", env.Owner, env.NotBefore, limits.ahead)
+	}
+
+	job := Request{ID: "j1", Door: DoorJobs, Body: []byte(chat), Caller: key, Job: &Job{Record: true}}
+	for range 2 {
+		if _, err := admit(t, c, job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := admit(t, c, Request{ID: "r3", Door: DoorChat, Body: []byte(chat)}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"tok/r1", "tok/r2+wait", "tok/j1", "tok/j1"}
+	if len(limits.admits) != len(want) || len(limits.undone) != 1 {
+		t.Fatalf("admits %v, undone %v; want %v and one undo (the duplicate job)", limits.admits, limits.undone, want)
+	}
+	for i := range want {
+		if limits.admits[i] != want[i] {
+			t.Errorf("admit %d = %s, want %s", i, limits.admits[i], want[i])
+		}
+	}
+}

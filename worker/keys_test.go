@@ -1,0 +1,111 @@
+package worker
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/laas-bridge/laas-bridge/keys"
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+func TestHoldForSlot(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		ahead   time.Duration // NotBefore after now; 0 for none
+		next    bool
+		settled string
+	}{
+		{"no slot reserved: runs", 0, true, "[]"},
+		{"slot passed: runs", -time.Second, true, "[]"},
+		{"slot near: held in place, then runs", 50 * time.Millisecond, true, "[]"},
+		{"slot far: handed back until then", time.Minute, false, "[nak 1m0s]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newStepFixture(t)
+			j, msg := stepJob(t, schema.SubjectInteractive, 1)
+			if tc.ahead != 0 {
+				j.env.NotBefore = time.Now().Add(tc.ahead)
+			}
+			var next nextRecorder
+			f.p.holdForSlot(next.handle)(context.Background(), j)
+			if (next.called() == 1) != tc.next {
+				t.Fatalf("next called %d times, want %v", next.called(), tc.next)
+			}
+			if tc.next && time.Now().Before(j.env.NotBefore) {
+				t.Errorf("ran before its slot %v", j.env.NotBefore)
+			}
+			// A nak's delay is the time left, a little under the minute.
+			if got := msg.settled(); got != tc.settled && !(tc.settled == "[nak 1m0s]" && len(got) > 5 && got[:5] == "[nak ") {
+				t.Errorf("settled %s, want %s", got, tc.settled)
+			}
+		})
+	}
+}
+
+// fakeLedger records Settle calls.
+type fakeLedger struct {
+	mu    sync.Mutex
+	calls []string
+	spent []keys.Spent
+}
+
+func (l *fakeLedger) Settle(_ context.Context, token string, k *keys.Key, id string, s keys.Spent) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	alias := "<nil>"
+	if k != nil {
+		alias = k.KeyAlias
+	}
+	l.calls = append(l.calls, token+"/"+alias+"/"+id)
+	l.spent = append(l.spent, s)
+	return nil
+}
+
+type fakeResolver map[string]*keys.Key
+
+func (r fakeResolver) ByToken(token string) (*keys.Key, bool) { k, ok := r[token]; return k, ok }
+
+// A keyed request is settled once when it ends, with what its call used,
+// before its answer goes out; the admin's requests are not.
+func TestSettleKey(t *testing.T) {
+	f := newStepFixture(t)
+	ledger := &fakeLedger{}
+	f.p.ledger, f.p.keys = ledger, fakeResolver{"tok": {Token: "tok", KeyAlias: "app"}}
+	f.p.send = func(string, []byte) error {
+		if len(ledger.calls) == 0 {
+			t.Errorf("the answer went out before the key was settled")
+		}
+		return nil
+	}
+	j, msg := stepJob(t, schema.SubjectInteractive, 1)
+	j.env.Owner = "tok"
+	j.model.InputCostPerToken, j.model.OutputCostPerToken = 0.5, 2
+	j.spend(&schema.Usage{PromptTokens: 4, CompletionTokens: 3})
+	f.p.finish(j, schema.Reply{ID: j.env.ID, Status: http.StatusOK}, 0)
+	f.p.settleKey(j) // again: counted once
+	if msg.settled() != "[ack]" {
+		t.Errorf("settled %s", msg.settled())
+	}
+	if len(ledger.calls) != 1 || ledger.calls[0] != "tok/app/r1" {
+		t.Fatalf("settles = %v, want one for tok/app/r1", ledger.calls)
+	}
+	if s := ledger.spent[0]; !s.Called || s.InputTokens != 4 || s.OutputTokens != 3 || s.Cost != 8 {
+		t.Errorf("spent = %+v, want a call of 4+3 tokens costing 4*0.5+3*2 = 8", s)
+	}
+	// Dropped without a call: the lease is released, nothing spent.
+	j2, _ := stepJob(t, schema.SubjectInteractive, 1)
+	j2.env.Owner, j2.replyTo = "gone", ""
+	f.p.drop(j2)
+	if len(ledger.calls) != 2 || ledger.calls[1] != "gone/<nil>/r1" || ledger.spent[1].Called {
+		t.Errorf("a dropped request of a deleted key: settles %v, spent %+v", ledger.calls, ledger.spent)
+	}
+	// The admin's request: nothing to settle.
+	j3, _ := stepJob(t, schema.SubjectInteractive, 1)
+	f.p.finish(j3, schema.Reply{ID: j3.env.ID, Status: http.StatusOK}, 0)
+	if len(ledger.calls) != 2 {
+		t.Errorf("the admin's request was settled: %v", ledger.calls)
+	}
+}
