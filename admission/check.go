@@ -43,6 +43,9 @@ func (c *Core) Check(r Request) (*Checked, error) {
 	if err := req.Validate(); err != nil {
 		return ck, err
 	}
+	if err := c.currentKey(ck); err != nil {
+		return ck, err
+	}
 	model, ok := c.catalog.Lookup(req.Model)
 	if !ok {
 		return ck, schema.ModelNotFound(req.Model)
@@ -98,7 +101,11 @@ func (c *Core) resolve(ck *Checked) error {
 		if len(ck.IdempotencyKey) > MaxIdempotencyKeyLen {
 			return schema.Invalid("", schema.CodeInvalidValue, "An idempotency key is %d bytes; at most %d are allowed.", len(ck.IdempotencyKey), MaxIdempotencyKeyLen)
 		}
-		ck.AnswerKey = AnswerKey(namespaceOf(ck.Door), ck.IdempotencyKey, ck.Body)
+		key := ck.IdempotencyKey
+		if owner := ck.Caller.Owner(); owner != "" {
+			key = owner + "/" + key // one key's answers are never another's
+		}
+		ck.AnswerKey = AnswerKey(namespaceOf(ck.Door), key, ck.Body)
 	}
 	return nil
 }

@@ -29,6 +29,9 @@ type Config struct {
 	// Limits enforces virtual keys' rpm, tpm, parallel and budget limits;
 	// nil enforces none.
 	Limits KeyLimits
+	// Keys finds a caller's key as it is now (the keys store); nil takes
+	// the key the door gave.
+	Keys KeyResolver
 }
 
 // DefaultMaxBodyBytes is Config.MaxBodyBytes's default: LaaS's 32 MB PDF

@@ -2,9 +2,11 @@ package admission
 
 import (
 	"context"
+	"net/http"
 	"time"
 
 	"github.com/laas-bridge/laas-bridge/keys"
+	"github.com/laas-bridge/laas-bridge/schema"
 )
 
 // KeyLimits enforces virtual keys' limits for the core (keys.Limits):
@@ -17,6 +19,37 @@ type KeyLimits interface {
 }
 
 var _ KeyLimits = (*keys.Limits)(nil)
+
+// KeyResolver finds a virtual key by its token, as it is now (the keys
+// store's cache): no I/O.
+type KeyResolver interface {
+	ByToken(token string) (*keys.Key, bool)
+}
+
+// currentKey replaces the caller's key with the key as it is now, so a
+// door that knows only a token (a batch line, a replay) gets the key's
+// current models and limits, and a key deleted, blocked or expired since
+// is refused at every door.
+func (c *Core) currentKey(ck *Checked) error {
+	if ck.Caller.Key == nil || c.cfg.Keys == nil {
+		return nil
+	}
+	k, ok := c.cfg.Keys.ByToken(ck.Caller.Key.Token)
+	switch {
+	case !ok:
+		return keyRefused("The virtual key that sent this request no longer exists.")
+	case k.Blocked:
+		return keyRefused("The virtual key that sent this request is blocked.")
+	case k.Expired(time.Now()):
+		return keyRefused("The virtual key that sent this request has expired.")
+	}
+	ck.Caller.Key = k
+	return nil
+}
+
+func keyRefused(msg string) *schema.Error {
+	return &schema.Error{Status: http.StatusUnauthorized, Type: schema.TypeAuthentication, Code: schema.CodeInvalidAPIKey, Message: msg}
+}
 
 // limitKey runs the caller's key limits for a request that must start
 // before deadline. The admin, and a core without limits, pass at once.

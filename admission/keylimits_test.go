@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -85,5 +86,67 @@ func TestAdmitKeyLimits(t *testing.T) {
 		if limits.admits[i] != want[i] {
 			t.Errorf("admit %d = %s, want %s", i, limits.admits[i], want[i])
 		}
+	}
+}
+
+type resolver map[string]*keys.Key
+
+func (r resolver) ByToken(token string) (*keys.Key, bool) { k, ok := r[token]; return k, ok }
+
+// The core judges a request by its key as it is now: a door that knows
+// only the token gets the key's current limits; a deleted, blocked or
+// expired key is refused (401) at every door.
+func TestCheckCurrentKey(t *testing.T) {
+	past := time.Now().Add(-time.Minute)
+	limits := &fakeLimits{}
+	c, _ := openCore(t, queue.Config{Memory: true}, Config{Limits: limits, Keys: resolver{
+		"live":    {Token: "live", KeyAlias: "now"},
+		"blocked": {Token: "blocked", Blocked: true},
+		"expired": {Token: "expired", Expires: &past},
+	}})
+	for _, tc := range []struct{ token, refusal string }{
+		{"live", ""},
+		{"gone", "no longer exists"},
+		{"blocked", "is blocked"},
+		{"expired", "has expired"},
+	} {
+		t.Run(tc.token, func(t *testing.T) {
+			ck, err := c.Check(Request{ID: "r-" + tc.token, Door: DoorBatch, Body: []byte(chat), Caller: keys.Caller{Key: &keys.Key{Token: tc.token}},
+				Line: &BatchLine{BatchID: "b", Line: 0}})
+			if tc.refusal == "" {
+				if err != nil || ck.Caller.Key.KeyAlias != "now" {
+					t.Fatalf("Check: %v, key %+v; want the key as it is now", err, ck.Caller.Key)
+				}
+				return
+			}
+			e, ok := errors.AsType[*schema.Error](err)
+			if !ok || e.Status != http.StatusUnauthorized || e.Code != schema.CodeInvalidAPIKey || !strings.Contains(e.Message, tc.refusal) {
+				t.Fatalf("Check: %v; want a 401 that says the key %s", err, tc.refusal)
+			}
+		})
+	}
+}
+
+// Two keys sending the same Idempotency-Key and body get their own
+// answers: the key is part of the answer key.
+func TestIdempotencyKeyPerCaller(t *testing.T) {
+	c, _ := openCore(t, queue.Config{Memory: true}, Config{})
+	answerKey := func(owner string) string {
+		r := Request{ID: "r1", Door: DoorChat, Body: []byte(chat), IdempotencyKey: "same"}
+		if owner != "" {
+			r.Caller = keys.Caller{Key: &keys.Key{Token: owner}}
+		}
+		ck, err := c.Check(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ck.AnswerKey
+	}
+	a, b, admin := answerKey("a"), answerKey("b"), answerKey("")
+	if a == b || a == admin || b == admin {
+		t.Errorf("answer keys a %s, b %s, admin %s: want three", a, b, admin)
+	}
+	if admin != AnswerKey("caller", "same", []byte(chat)) {
+		t.Errorf("the admin's answer key changed: %s", admin)
 	}
 }

@@ -28,6 +28,9 @@ type DeadLetterRecord struct {
 	// request too large to keep inline. That bucket's TTL bounds how long
 	// the body outlives its dead letter.
 	RequestRef string `json:"request_ref,omitempty"`
+	// Owner is the virtual key that sent it (Envelope.Owner), "" for the
+	// admin; a replay is still that key's.
+	Owner string `json:"owner,omitempty"`
 	// Reason is the last error, as the caller got it.
 	Reason DeadLetterReason `json:"reason"`
 	// Attempts is how many times the job was delivered to a worker.

@@ -98,6 +98,7 @@ func deadLetterRecord(dl DeadLetter) schema.DeadLetterRecord {
 		ID:          dl.Envelope.ID,
 		Model:       dl.Envelope.Model,
 		Request:     dl.Envelope.Request,
+		Owner:       dl.Envelope.Owner,
 		Reason:      schema.DeadLetterReason{Status: dl.Status, Error: dl.Reason},
 		Attempts:    dl.Attempts,
 		EnqueuedAt:  utc(dl.Envelope.EnqueuedAt),

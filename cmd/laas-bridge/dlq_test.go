@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
@@ -82,7 +83,7 @@ func (f *dlqFixture) keep(t *testing.T, id, model string, status, attempts int, 
 	}
 	dl := worker.DeadLetter{
 		Envelope: schema.Envelope{ID: id, Model: model, EnqueuedAt: dlqT0, Deadline: dlqT0.Add(10 * time.Minute), Request: request,
-			IdempotencyKey: "key-" + id},
+			IdempotencyKey: "key-" + id, Owner: keys.Hash("sk-" + id)},
 		Reason:      schema.ErrorDetail{Message: reason, Type: schema.TypeUpstream, Code: new(schema.CodeUpstreamError)},
 		Status:      status,
 		Attempts:    attempts,
@@ -148,7 +149,7 @@ func TestDLQList(t *testing.T) {
 // record is what the dead-letter stream should hold for dl.
 func record(dl worker.DeadLetter) schema.DeadLetterRecord {
 	return schema.DeadLetterRecord{
-		ID: dl.Envelope.ID, Model: dl.Envelope.Model, Request: dl.Envelope.Request,
+		ID: dl.Envelope.ID, Model: dl.Envelope.Model, Request: dl.Envelope.Request, Owner: dl.Envelope.Owner,
 		Reason:   schema.DeadLetterReason{Status: dl.Status, Error: dl.Reason},
 		Attempts: dl.Attempts, EnqueuedAt: dl.Envelope.EnqueuedAt, Deadline: dl.Envelope.Deadline,
 		LastAttempt: dl.LastAttempt, FailedAt: dl.FailedAt,
@@ -195,7 +196,7 @@ func checkReplayed(t *testing.T, m *jetstream.RawStreamMsg, dl worker.DeadLetter
 	if err := json.Unmarshal(m.Data, &env); err != nil {
 		t.Fatal(err)
 	}
-	if env.ID != jobID || !env.Job || env.Model != dl.Envelope.Model || env.IdempotencyKey != "" {
+	if env.ID != jobID || !env.Job || env.Model != dl.Envelope.Model || env.IdempotencyKey != "" || env.Owner != dl.Envelope.Owner {
 		t.Errorf("replayed envelope %+v", env)
 	}
 	if env.RequestRef == "" && !bytes.Equal(env.Request, dl.Envelope.Request) {

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/admission"
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -161,8 +162,13 @@ func (s *Store) Replay(ctx context.Context, core *admission.Core, e Entry, timeo
 		return Replayed{}, err
 	}
 	id := ReplayID(rec.ID, e.Seq)
-	ck, err := core.Check(admission.Request{ID: id, Body: body, Door: admission.DoorReplay, Lane: admission.Batch, Timeout: timeout,
-		Job: &admission.Job{Record: true}})
+	req := admission.Request{ID: id, Body: body, Door: admission.DoorReplay, Lane: admission.Batch, Timeout: timeout,
+		Job: &admission.Job{Record: true}}
+	if rec.Owner != "" {
+		// The replay is still its key's: the core finds the key as it is now.
+		req.Caller = keys.Caller{Key: &keys.Key{Token: rec.Owner}}
+	}
+	ck, err := core.Check(req)
 	if err != nil {
 		return Replayed{}, fmt.Errorf("replay %s: refused: %w", rec.ID, err)
 	}
