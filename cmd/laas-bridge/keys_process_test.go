@@ -96,7 +96,7 @@ type keyStack struct {
 	procs    []*proc
 }
 
-func startKeyStack(t *testing.T) *keyStack {
+func startKeyStack(t *testing.T, gateways, workers int) *keyStack {
 	t.Helper()
 	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -108,12 +108,12 @@ func startKeyStack(t *testing.T) *keyStack {
 	var mockURL string
 	s.mock, mockURL = startProc(t, "mock-laas", t.TempDir(), baseEnv(), mockReady, "mock-laas", "--listen", "127.0.0.1:0", "--access-log", "--latency", "20ms")
 	common := []string{"NATS_URL=" + srv.ClientURL(), "BRIDGE_CONFIG=" + cfg, "TEST_OWN_PRESET=own-hash", "BRIDGE_MASTER_KEY=" + testMasterKey}
-	for i := range 3 {
+	for i := range gateways {
 		gw, addr := startProc(t, fmt.Sprintf("gateway-%d", i), t.TempDir(), baseEnv(common...), gatewayReady, "gateway", "--listen", "127.0.0.1:0")
 		s.procs, s.gateways = append(s.procs, gw), append(s.gateways, "http://"+addr)
 	}
 	workerEnv := baseEnv(append(common, "LAAS_PROJECT_CODE=p", "LAAS_API_KEY=k", "LAAS_PRESET_HASH=h", "LAAS_BASE_URL="+mockURL)...)
-	for i := range 3 {
+	for i := range workers {
 		w, _ := startProc(t, fmt.Sprintf("worker-%d", i), t.TempDir(), workerEnv, workerReady, "worker", "--concurrency", "8")
 		s.procs = append(s.procs, w)
 	}
@@ -136,7 +136,7 @@ func startKeyStack(t *testing.T) *keyStack {
 // a 400 budget_exceeded, and /key/info's spend is what the mock's calls
 // cost.
 func TestKeyLimitsExactAcrossGateways(t *testing.T) {
-	s := startKeyStack(t)
+	s := startKeyStack(t, 3, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	rpmKey := generateKey(ctx, t, s.gateways[0], map[string]any{"key_alias": "rpm-app", "models": []string{"claude-3.5-sonnet"}, "rpm_limit": 60})
