@@ -190,3 +190,72 @@ func TestServeNATSPort(t *testing.T) {
 		t.Errorf("error = %v, want it to start with %q", err, want)
 	}
 }
+
+// TestRolesSignInToNATS: gateway and serve with NATS_URL sign in with
+// NATS_NKEY_SEED; without it the server's refusal says what to set, and a
+// broken identity stops the process before it connects.
+func TestRolesSignInToNATS(t *testing.T) {
+	seedFile := filepath.Join(t.TempDir(), queue.SeedFileName)
+	pub, _, err := queue.LoadOrCreateUserSeed(seedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", NKeys: []string{pub}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	setup := func(t *testing.T) {
+		clearEnv(t)
+		t.Setenv("NATS_URL", srv.ClientURL())
+		t.Setenv("LAAS_PROJECT_CODE", "p")
+		t.Setenv("LAAS_API_KEY", "k")
+		t.Setenv("LAAS_PRESET_HASH", "h")
+		t.Setenv("LAAS_BASE_URL", "http://127.0.0.1:1")
+	}
+	for _, args := range [][]string{
+		{"gateway", "--listen", "127.0.0.1:0", "--config", "testdata/config.yaml"},
+		{"serve", "--listen", "127.0.0.1:0", "--config", "testdata/config.yaml", "--data-dir", "DATA"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			setup(t)
+			args := append([]string(nil), args...)
+			if args[len(args)-1] == "DATA" {
+				args[len(args)-1] = t.TempDir()
+			}
+			t.Setenv("NATS_NKEY_SEED", seedFile)
+			in := startRun(t, args...)
+			if !strings.Contains(in.logs.String(), `msg="connected to NATS" role=`+args[0]+` server=`+srv.ClientURL()) {
+				t.Errorf("no connection logged:\n%s", in.logs)
+			}
+			in.shutdown(t)
+
+			os.Unsetenv("NATS_NKEY_SEED")
+			err, _ := runFails(t, args...)
+			want := "connect to NATS at " + srv.ClientURL() + ": nats: Authorization Violation (the server did not accept this client: give it an identity the server knows, with NATS_CREDS, NATS_NKEY_SEED, or user:password in NATS_URL, and NATS_CERT/NATS_KEY for a client certificate)"
+			if err.Error() != want {
+				t.Errorf("without the seed: %v, want %q", err, want)
+			}
+		})
+	}
+	t.Run("broken identity", func(t *testing.T) {
+		setup(t)
+		t.Setenv("NATS_NKEY_SEED", seedFile)
+		t.Setenv("NATS_CREDS", seedFile)
+		t.Setenv("NATS_CERT", seedFile)
+		err, _ := runFails(t, "gateway", "--listen", "127.0.0.1:0", "--config", "testdata/config.yaml")
+		for _, want := range []string{
+			"NATS_CREDS and NATS_NKEY_SEED are both set",
+			"NATS_CREDS " + seedFile + ": not a creds file",
+			"NATS_CERT is set without NATS_KEY",
+		} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+		seed, _ := os.ReadFile(seedFile)
+		if strings.Contains(err.Error(), strings.TrimSpace(string(seed))) {
+			t.Errorf("the error shows the seed: %v", err)
+		}
+	})
+}
