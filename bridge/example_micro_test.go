@@ -14,7 +14,13 @@ import (
 // A Go program that waits for an answer over NATS (the example in docs/api.md,
 // "Waiting over NATS: the micro endpoint").
 func Example_natsRequestReply() {
-	nc, err := nats.Connect("nats://127.0.0.1:4222") // where `laas-bridge serve` listens
+	// `BRIDGE_NATS_LISTEN=127.0.0.1:4222 laas-bridge serve` listens there and
+	// lets in only the nkey user whose seed it wrote to data/nats-user.nk.
+	seed, err := nats.NkeyOptionFromSeed("data/nats-user.nk")
+	if err != nil {
+		panic(err)
+	}
+	nc, err := nats.Connect("nats://127.0.0.1:4222", seed)
 	if err != nil {
 		panic(err)
 	}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,7 +16,9 @@ import (
 // Connect dials the NATS servers in url (a comma-separated list) and keeps
 // reconnecting for as long as the process lives. The first connection must
 // succeed: an unreachable server is an error that names the URL without
-// credentials. opts come after the defaults (see Unbuffered).
+// credentials, and a server that refuses the client's identity or whose
+// certificate the client does not trust says which variable to set. opts
+// come after the defaults: a client's Identity.Options, Unbuffered.
 func Connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
 	if strings.TrimSpace(url) == "" {
 		return nil, errors.New("NATS_URL is not set: gateway and worker need a NATS server (or run `laas-bridge serve`, which embeds one)")
@@ -27,9 +30,25 @@ func Connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Con
 		// A parse error quotes the URL, password and all: say it without it.
 		return nil, fmt.Errorf("connect to NATS at %s: malformed URL (percent-encode special characters in the user and password)", redactURL(url))
 	case err != nil:
-		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w%s", redactURL(url), err, connectHint(err))
 	}
 	return nc, nil
+}
+
+// connectHint says what to set when err is the server refusing the
+// client's identity or the client not trusting the server's certificate.
+func connectHint(err error) string {
+	var unknownCA x509.UnknownAuthorityError
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
+		return fmt.Sprintf(" (the server did not accept this client: give it an identity the server knows, with %s, %s, or user:password in NATS_URL, and %s/%s for a client certificate)",
+			EnvCreds, EnvNKeySeed, EnvCert, EnvKey)
+	case errors.As(err, &unknownCA):
+		return fmt.Sprintf(" (set %s to the CA bundle that signed the server's certificate)", EnvCA)
+	case errors.Is(err, nats.ErrSecureConnRequired):
+		return fmt.Sprintf(" (the server requires TLS: set %s to its CA bundle, or use a tls:// URL)", EnvCA)
+	}
+	return ""
 }
 
 // Unbuffered makes a connection refuse to publish while it reconnects

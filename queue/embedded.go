@@ -7,7 +7,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 )
 
 // EmbeddedConfig configures the NATS server that `serve` runs in-process.
@@ -18,6 +20,11 @@ type EmbeddedConfig struct {
 	// workers) to reach the server; port 0 picks a free one; empty listens
 	// nowhere and only in-process connections work.
 	Listen string
+	// NKeys are the public keys of the nkey users that may connect over
+	// Listen. Set, nothing else may (an anonymous client is refused), while
+	// in-process connections (ConnectEmbedded) still need no credentials.
+	// Empty, anyone who reaches Listen may connect: for tests only.
+	NKeys []string
 }
 
 // StartEmbedded starts a single NATS server with JetStream and waits until
@@ -54,6 +61,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 			p = server.RANDOM_PORT
 		}
 		opts.Host, opts.Port = host, p
+		if err := requireNKeys(opts, cfg.NKeys); err != nil {
+			return nil, err
+		}
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
@@ -65,4 +75,33 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		return nil, fmt.Errorf("embedded NATS did not start within 10s (listen %q, store %q)", cfg.Listen, cfg.StoreDir)
 	}
 	return s, nil
+}
+
+// requireNKeys lets only the nkey users keys connect over the network.
+// In-process clients connect as a user of their own, with no credentials
+// (the server's no_auth_user), whose only allowed connection type is
+// in-process: a network client without credentials is mapped to it too,
+// and refused.
+func requireNKeys(opts *server.Options, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	inProcess, err := nkeys.CreateUser()
+	if err != nil {
+		return fmt.Errorf("embedded NATS: %w", err)
+	}
+	defer inProcess.Wipe()
+	pub, err := inProcess.PublicKey()
+	if err != nil {
+		return fmt.Errorf("embedded NATS: %w", err)
+	}
+	opts.Nkeys = []*server.NkeyUser{{Nkey: pub, AllowedConnectionTypes: map[string]struct{}{jwt.ConnectionTypeInProcess: {}}}}
+	opts.NoAuthUser = pub
+	for _, k := range keys {
+		if !nkeys.IsValidPublicUserKey(k) {
+			return fmt.Errorf("embedded NATS: %q is not an nkey user's public key", k)
+		}
+		opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: k, AllowedConnectionTypes: map[string]struct{}{jwt.ConnectionTypeStandard: {}}})
+	}
+	return nil
 }

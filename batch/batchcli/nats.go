@@ -28,9 +28,10 @@ type NATSClient struct {
 
 // NewNATSClient connects to the NATS servers at url and opens the Batch
 // API's buckets, which a gateway creates; ctx bounds opening them (at most
-// 10s). maxBytes caps an uploaded file, as POST /v1/files does. Close it.
-func NewNATSClient(ctx context.Context, url string, maxBytes int64) (*NATSClient, error) {
-	nc, err := queue.Connect(url, "laas-bridge batch", slog.New(slog.DiscardHandler))
+// 10s). maxBytes caps an uploaded file, as POST /v1/files does. opts go
+// to queue.Connect: the client's queue.Identity. Close it.
+func NewNATSClient(ctx context.Context, url string, maxBytes int64, opts ...nats.Option) (*NATSClient, error) {
+	nc, err := queue.Connect(url, "laas-bridge batch", slog.New(slog.DiscardHandler), opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -328,11 +328,9 @@ func TestBatchCLIEndToEnd(t *testing.T) {
 	// itself; the gateway's runner runs it. The HTTP URL points nowhere.
 	t.Run("nats", func(t *testing.T) {
 		mock, in := serveWithMock(t, 0, "--nats-listen", "127.0.0.1:0")
-		m := embeddedURL.FindStringSubmatch(in.logs.String())
-		if m == nil {
-			t.Fatalf("no embedded NATS URL in the logs:\n%s", in.logs)
-		}
-		batchCLIEndToEnd(t, mock, "--nats", m[1], "--url", "http://127.0.0.1:1")
+		url, seed := servedNATS(t, in.logs.String())
+		t.Setenv("NATS_NKEY_SEED", seed) // the CLI signs in as serve's generated nkey user
+		batchCLIEndToEnd(t, mock, "--nats", url, "--url", "http://127.0.0.1:1")
 	})
 }
 

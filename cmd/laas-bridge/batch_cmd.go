@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/laas-bridge/laas-bridge/batch/batchcli"
+	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -31,7 +32,9 @@ output is not a terminal), then writes the results. Ctrl-C stops following and
 leaves the batch running. The bridge is --url (BRIDGE_URL, default
 http://localhost:4000), with --key (BRIDGE_API_KEY, else BRIDGE_MASTER_KEY) as
 its bearer key; or, with --nats URL ("--nats -" for NATS_URL), the Batch
-API's JetStream buckets directly, for hosts that reach NATS but no gateway.
+API's JetStream buckets directly, for hosts that reach NATS but no gateway,
+signing in as NATS_CREDS or NATS_NKEY_SEED says (with NATS_CA, NATS_CERT and
+NATS_KEY for TLS).
 `
 
 // errInterrupted is returned when Ctrl-C stopped a command that left work
@@ -183,7 +186,11 @@ func newBatchClient(ctx context.Context, f batchFlags) (batchcli.Client, func(),
 	if env, err := readEnv(); err == nil && env.MaxFile > 0 {
 		maxFile = env.MaxFile
 	}
-	nc, err := batchcli.NewNATSClient(ctx, url, maxFile)
+	opts, err := queue.IdentityFromEnv(os.Getenv).Options()
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := batchcli.NewNATSClient(ctx, url, maxFile, opts...)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -10,12 +10,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/bridge"
@@ -48,8 +46,8 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	demo := false
 	if cmd == "serve" {
 		fs.BoolVar(&demo, "demo", false, "answer from a built-in LaaS mock instead of LaaS (no account needed)")
-		fs.StringVar(&env.DataDir, "data-dir", env.DataDir, "where the embedded NATS keeps its file store (BRIDGE_DATA_DIR)")
-		fs.StringVar(&env.NATSListen, "nats-listen", env.NATSListen, "address the embedded NATS listens on for other programs; empty for none (BRIDGE_NATS_LISTEN)")
+		fs.StringVar(&env.DataDir, "data-dir", env.DataDir, "where the embedded NATS keeps its file store and, with --nats-listen, the nkey seed clients need (BRIDGE_DATA_DIR)")
+		fs.StringVar(&env.NATSListen, "nats-listen", env.NATSListen, "address where the embedded NATS takes other programs, which sign in with the nkey seed it generates; empty (the default) for none (BRIDGE_NATS_LISTEN)")
 	}
 	secretFlag(fs, &env.NATSURL, "nats-url", "NATS server URLs, comma-separated (NATS_URL)")
 	fs.StringVar(&env.Config, "config", env.Config, "LiteLLM-format model config (BRIDGE_CONFIG; default config.yaml when present)")
@@ -76,6 +74,12 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 	log = log.With("role", cmd)
+	openAPI := ""
+	if hasGateway {
+		if openAPI, err = apiAuth(cmd, env, demo); err != nil {
+			return err
+		}
+	}
 	if env.PprofListen != "" {
 		stopPprof, err := servePprof(env.PprofListen, log)
 		if err != nil {
@@ -190,8 +194,8 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 			return fmt.Errorf("listen on %s: %w", env.Listen, err)
 		}
 	}
-	if env.MasterKey == "" && hasGateway {
-		log.Warn("BRIDGE_MASTER_KEY is not set: the API accepts any caller")
+	if openAPI != "" {
+		log.Warn("BRIDGE_MASTER_KEY is not set: the API accepts any caller", "because", openAPI)
 	}
 	if env.MetricsListen != "" {
 		stopMetrics, err := serveMetrics(env.MetricsListen, reg, log)
@@ -229,47 +233,6 @@ func runRoles(ctx context.Context, gw *bridge.Gateway, ln net.Listener, pool *wo
 	}
 	stopPool()
 	return errors.Join(gwErr, <-poolDone)
-}
-
-// connectNATS connects to NATS_URL, or for `serve` without it starts the
-// embedded server. The returned func closes the connection and the server.
-func connectNATS(cmd string, env Env, log *slog.Logger) (*nats.Conn, func(), error) {
-	name := "laas-bridge " + cmd
-	if env.NATSURL != "" {
-		var opts []nats.Option
-		if cmd == "gateway" {
-			// A request answered 503 is never queued later from a buffer.
-			opts = append(opts, queue.Unbuffered())
-		}
-		nc, err := queue.Connect(env.NATSURL, name, log, opts...)
-		if err != nil {
-			return nil, nil, err
-		}
-		log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
-		return nc, func() { _ = nc.Drain() }, nil
-	}
-	store := filepath.Join(env.DataDir, "nats")
-	if err := os.MkdirAll(store, 0o750); err != nil {
-		return nil, nil, fmt.Errorf("data dir: %w", err)
-	}
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: store, Listen: env.NATSListen})
-	if err != nil {
-		return nil, nil, err
-	}
-	nc, err := queue.ConnectEmbedded(srv, name, log)
-	if err != nil {
-		srv.Shutdown()
-		return nil, nil, err
-	}
-	log.Info("embedded NATS started", "store", store, "client_url", srv.ClientURL())
-	return nc, func() {
-		_ = nc.Drain()
-		for !nc.IsClosed() {
-			time.Sleep(10 * time.Millisecond)
-		}
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	}, nil
 }
 
 // loadConfig reads the model config: path, or config.yaml when present.

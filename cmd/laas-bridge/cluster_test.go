@@ -97,9 +97,9 @@ func (c *natsCluster) connect(t *testing.T) jetstream.JetStream {
 
 // connectJS opens a client connection to the NATS servers at urls
 // (comma-separated), closed by t.Cleanup.
-func connectJS(t *testing.T, urls string) jetstream.JetStream {
+func connectJS(t *testing.T, urls string, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	nc, err := nats.Connect(urls, append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,9 @@ reads config.yaml, BRIDGE_CONFIG, for the models), queues it as a job of its
 own, <id>-replay-<n>, on the batch lane with a fresh deadline, and deletes
 the dead letter once the queue has stored the job; its result is then at
 GET /v1/queue/jobs/<job id> and on laas.results.<job id>. Both need NATS_URL
-or --nats-url (for 'serve', its embedded NATS: nats://127.0.0.1:4222).
+or --nats-url, and the identity that NATS expects (NATS_CREDS or
+NATS_NKEY_SEED, NATS_CA, NATS_CERT and NATS_KEY). For 'serve', start it with
+BRIDGE_NATS_LISTEN and use the NATS_NKEY_SEED and NATS_URL it logs.
 `
 
 // DefaultReplayTimeout is the deadline of a replayed request.
@@ -96,7 +98,11 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	nc, err := queue.Connect(env.NATSURL, "laas-bridge dlq", log)
+	opts, err := env.natsIdentity().Options()
+	if err != nil {
+		return err
+	}
+	nc, err := queue.Connect(env.NATSURL, "laas-bridge dlq", log, opts...)
 	if err != nil {
 		return err
 	}

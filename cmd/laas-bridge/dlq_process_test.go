@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,14 +30,13 @@ import (
 // worker refuses, and the request was lost.
 func TestDLQReplayLargeProcess(t *testing.T) {
 	root, _ := filepath.Abs("../..")
-	port := freePort(t)
-	natsURL := "nats://127.0.0.1:" + strconv.Itoa(port)
-	_, addr := startProc(t, "serve --demo", root, baseEnv(), gatewayReady,
-		"serve", "--demo", "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:"+strconv.Itoa(port), "--data-dir", t.TempDir())
+	serve, addr := startProc(t, "serve --demo", root, baseEnv(), gatewayReady,
+		"serve", "--demo", "--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0", "--data-dir", t.TempDir())
+	natsURL, seed := servedNATS(t, serve.logs.String())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	js := connectJS(t, natsURL)
+	js := connectJS(t, natsURL, seedOption(t, seed))
 	dead, err := worker.NewDeadLetters(ctx, js, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +60,7 @@ func TestDLQReplayLargeProcess(t *testing.T) {
 	}
 
 	replay := exec.CommandContext(ctx, binary, "dlq", "replay", "big-1", "--nats-url", natsURL)
-	replay.Dir, replay.Env = root, baseEnv()
+	replay.Dir, replay.Env = root, baseEnv("NATS_NKEY_SEED="+seed)
 	var stderr strings.Builder
 	replay.Stderr = &stderr
 	out, err := replay.Output()
@@ -84,7 +82,7 @@ func TestDLQReplayLargeProcess(t *testing.T) {
 		t.Errorf("the dead letter's body after the replay: %v, want it deleted", err)
 	}
 	list := exec.CommandContext(ctx, binary, "dlq", "list", "--nats-url", natsURL)
-	list.Dir, list.Env = root, baseEnv()
+	list.Dir, list.Env = root, baseEnv("NATS_NKEY_SEED="+seed)
 	if out, err := list.CombinedOutput(); err != nil || !strings.HasSuffix(string(out), "no dead letters in LAAS_DEAD\n") {
 		t.Errorf("dlq list after the replay: %v\n%s", err, out)
 	}

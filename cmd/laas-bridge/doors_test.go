@@ -64,9 +64,9 @@ func badRequests() []struct {
 // dlq replay. Every door calls the admission core; none keeps a copy of
 // the checks, so none can drift.
 func TestDoorsRefuseAlike(t *testing.T) {
-	port := freePort(t)
-	mock, in := serveWithMock(t, 0, "--nats-listen", "127.0.0.1:"+strconv.Itoa(port))
-	js := connectJS(t, "nats://127.0.0.1:"+strconv.Itoa(port))
+	mock, in := serveWithMock(t, 0, "--nats-listen", "127.0.0.1:0")
+	url, seed := servedNATS(t, in.logs.String())
+	js := connectJS(t, url, seedOption(t, seed))
 	nc := js.Conn()
 	doors := []struct {
 		name  string
@@ -256,9 +256,9 @@ func replayRefusal(t *testing.T, js jetstream.JetStream, i int, body string) ref
 // Laas-Reply-To: a gateway's waiting caller) gets a failed result that says
 // so, and LaaS is never called for it; a plain job beside them is answered.
 func TestProducerCannotChooseCoreFields(t *testing.T) {
-	port := freePort(t)
-	mock, _ := serveWithMock(t, 0, "--nats-listen", "127.0.0.1:"+strconv.Itoa(port))
-	js := connectJS(t, "nats://127.0.0.1:"+strconv.Itoa(port))
+	mock, in := serveWithMock(t, 0, "--nats-listen", "127.0.0.1:0")
+	url, seed := servedNATS(t, in.logs.String())
+	js := connectJS(t, url, seedOption(t, seed))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	request := json.RawMessage(`{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"hi"}]}`)

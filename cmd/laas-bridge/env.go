@@ -25,12 +25,24 @@ type Env struct {
 	DataDir     string        `envconfig:"BRIDGE_DATA_DIR" default:"./data"`
 	MasterKey   schema.Secret `envconfig:"BRIDGE_MASTER_KEY"`
 	NATSURL     string        `envconfig:"NATS_URL"`
-	NATSListen  string        `envconfig:"BRIDGE_NATS_LISTEN" default:"127.0.0.1:4222"`
+	NATSListen  string        `envconfig:"BRIDGE_NATS_LISTEN"`
 	Concurrency int           `envconfig:"BRIDGE_WORKER_CONCURRENCY" default:"64"`
 	MaxBody     int64         `envconfig:"BRIDGE_MAX_BODY_BYTES" default:"67108864"`
 	MaxFile     int64         `envconfig:"BRIDGE_MAX_FILE_BYTES" default:"209715200"`
 	LogLevel    string        `envconfig:"BRIDGE_LOG_LEVEL" default:"info"`
 	LogFormat   string        `envconfig:"BRIDGE_LOG_FORMAT" default:"text"`
+
+	// Auth is "none" to let `serve` and `gateway` start without
+	// BRIDGE_MASTER_KEY, an open API; unset, they refuse to (see apiAuth).
+	Auth string `envconfig:"BRIDGE_AUTH"`
+
+	// The NATS client identity for NATS_URL (queue.Identity): paths to a
+	// creds file or an nkey seed, a CA bundle, a client certificate and key.
+	NATSCreds    string `envconfig:"NATS_CREDS"`
+	NATSNKeySeed string `envconfig:"NATS_NKEY_SEED"`
+	NATSCA       string `envconfig:"NATS_CA"`
+	NATSCert     string `envconfig:"NATS_CERT"`
+	NATSKey      string `envconfig:"NATS_KEY"`
 
 	// Stream and consumer settings. Unset (zero or nil) keeps what the
 	// server holds when the stream exists, and takes the queue package's
@@ -84,6 +96,11 @@ func (e Env) queueConfig() queue.Config {
 	return c
 }
 
+// natsIdentity is the identity this process presents to NATS_URL.
+func (e Env) natsIdentity() queue.Identity {
+	return queue.Identity{CredsFile: e.NATSCreds, NKeySeedFile: e.NATSNKeySeed, CAFile: e.NATSCA, CertFile: e.NATSCert, KeyFile: e.NATSKey}
+}
+
 // readEnv reads Env from the process environment.
 func readEnv() (Env, error) {
 	var e Env
@@ -98,6 +115,9 @@ func readEnv() (Env, error) {
 	}
 	if e.QueueMsgs < 0 || e.QueueBytes < 0 || e.AckWait < 0 || e.ResultsTTL < 0 {
 		return e, fmt.Errorf("BRIDGE_QUEUE_MAX_MSGS, BRIDGE_QUEUE_MAX_BYTES, BRIDGE_ACK_WAIT and BRIDGE_RESULTS_TTL must not be negative")
+	}
+	if e.Auth != "" && e.Auth != "none" {
+		return e, fmt.Errorf("BRIDGE_AUTH=%q: the only value is none, which lets serve and gateway run without BRIDGE_MASTER_KEY (an API anyone can call); leave it unset to require the key", e.Auth)
 	}
 	if e.LaaSMaxConcurrency < 0 {
 		return e, fmt.Errorf("BRIDGE_LAAS_MAX_CONCURRENCY must be 0 (the default, %d) or more, got %d", queue.DefaultMaxAckPending, e.LaaSMaxConcurrency)

@@ -17,17 +17,37 @@ import (
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
-// embeddedURL finds the embedded NATS server's client URL in the logs.
-var embeddedURL = regexp.MustCompile(`msg="embedded NATS started".* client_url=(\S+)`)
+// embeddedURL finds the embedded NATS server's client URL and the file of
+// the nkey seed that signs in to it in the logs of `serve --nats-listen`.
+var embeddedURL = regexp.MustCompile(`msg="embedded NATS started".* client_url=(\S+) nkey_seed_file=(\S+)`)
 
-// connectLogged connects to the embedded NATS server named in logs.
-func connectLogged(t *testing.T, logs string) *nats.Conn {
+// servedNATS is the URL of the NATS port that serve's logs name and the
+// nkey seed file to connect with.
+func servedNATS(t *testing.T, logs string) (url, seedFile string) {
 	t.Helper()
 	m := embeddedURL.FindStringSubmatch(logs)
 	if m == nil {
 		t.Fatalf("no embedded NATS URL in the logs:\n%s", logs)
 	}
-	nc, err := nats.Connect(m[1])
+	return m[1], m[2]
+}
+
+// seedOption signs in as the nkey user whose seed is in seedFile.
+func seedOption(t *testing.T, seedFile string) nats.Option {
+	t.Helper()
+	opt, err := nats.NkeyOptionFromSeed(seedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opt
+}
+
+// connectLogged connects to the embedded NATS server named in logs, with
+// the seed named there.
+func connectLogged(t *testing.T, logs string) *nats.Conn {
+	t.Helper()
+	url, seed := servedNATS(t, logs)
+	nc, err := nats.Connect(url, seedOption(t, seed))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,8 @@ type proc struct {
 // baseEnv is the environment of a child: PATH and HOME only, so nothing from
 // the outer environment changes it.
 func baseEnv(kv ...string) []string {
-	return append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, kv...)
+	// BRIDGE_AUTH=none: gateways run open unless the test sets a key.
+	return append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "BRIDGE_AUTH=none"}, kv...)
 }
 
 // startProc runs the binary and waits until its output matches ready; it

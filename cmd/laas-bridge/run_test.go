@@ -43,11 +43,15 @@ func clearEnv(t *testing.T) {
 	for _, k := range []string{"LAAS_PROJECT_CODE", "LAAS_API_KEY", "LAAS_PRESET_HASH", "LAAS_BASE_URL", "BRIDGE_LISTEN",
 		"BRIDGE_CONFIG", "BRIDGE_DATA_DIR", "BRIDGE_MASTER_KEY", "NATS_URL", "BRIDGE_NATS_LISTEN", "BRIDGE_WORKER_CONCURRENCY",
 		"BRIDGE_LOG_LEVEL", "BRIDGE_LOG_FORMAT", "BRIDGE_METRICS_LISTEN", "BRIDGE_MICRO_SUBJECT", "MOCK_LAAS_LISTEN", "MOCK_LAAS_LATENCY", "MOCK_LAAS_RATE_429", "MOCK_LAAS_RATE_500",
-		"BRIDGE_STREAM_REPLICAS", "BRIDGE_QUEUE_MAX_MSGS", "BRIDGE_QUEUE_MAX_BYTES", "BRIDGE_ACK_WAIT", "BRIDGE_LAAS_MAX_CONCURRENCY"} {
+		"BRIDGE_STREAM_REPLICAS", "BRIDGE_QUEUE_MAX_MSGS", "BRIDGE_QUEUE_MAX_BYTES", "BRIDGE_ACK_WAIT", "BRIDGE_LAAS_MAX_CONCURRENCY",
+		"NATS_CREDS", "NATS_NKEY_SEED", "NATS_CA", "NATS_CERT", "NATS_KEY"} {
 		t.Setenv(k, "") // restored at cleanup
 		os.Unsetenv(k)
 	}
 	t.Setenv("TEST_OWN_PRESET", "own-hash")
+	// Tests run the API open unless they set a key (or unset this to test
+	// that serve and gateway refuse to).
+	t.Setenv("BRIDGE_AUTH", "none")
 }
 
 var listeningRe = regexp.MustCompile(`msg="gateway listening".* addr=(\S+)`)

@@ -1,6 +1,12 @@
 // Command nats-producer submits one job to laas-bridge over NATS, with
 // nothing but nats.go, and prints its answer (see docs/queue-contract.md,
-// "Direct queue API"). Run it against `laas-bridge serve --demo`.
+// "Direct queue API"). Run it against `laas-bridge serve --demo` started
+// with BRIDGE_NATS_LISTEN, with the NATS_NKEY_SEED and NATS_URL it logs.
+//
+// It signs in as laas-bridge's own commands do: NATS_CREDS (a creds file)
+// or NATS_NKEY_SEED (an nkey seed file), NATS_CA (the servers' CA bundle),
+// NATS_CERT and NATS_KEY (a client certificate for mutual TLS), and a
+// user:password in NATS_URL.
 package main
 
 import (
@@ -16,13 +22,17 @@ import (
 )
 
 func main() {
-	url := os.Getenv("NATS_URL") // `laas-bridge serve` listens on nats://127.0.0.1:4222
+	url := os.Getenv("NATS_URL")
 	if url == "" {
 		url = nats.DefaultURL
 	}
-	nc, err := nats.Connect(url)
+	opts, err := identity()
 	if err != nil {
 		log.Fatal(err)
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		log.Fatal(err) // nats.go's errors never hold the password or the seed
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
@@ -73,4 +83,30 @@ func main() {
 		log.Fatalf("job %s: %d %+v", res.Status, res.StatusCode, res.Error)
 	}
 	fmt.Println(res.Completion.Choices[0].Message.Content)
+}
+
+// identity is the nats.go options for the NATS_* variables that are set.
+func identity() ([]nats.Option, error) {
+	var opts []nats.Option
+	if f := os.Getenv("NATS_CREDS"); f != "" {
+		opts = append(opts, nats.UserCredentials(f))
+	}
+	if f := os.Getenv("NATS_NKEY_SEED"); f != "" {
+		o, err := nats.NkeyOptionFromSeed(f)
+		if err != nil {
+			return nil, fmt.Errorf("NATS_NKEY_SEED %s: %w", f, err)
+		}
+		opts = append(opts, o)
+	}
+	if f := os.Getenv("NATS_CA"); f != "" {
+		opts = append(opts, nats.RootCAs(f))
+	}
+	cert, key := os.Getenv("NATS_CERT"), os.Getenv("NATS_KEY")
+	if (cert == "") != (key == "") {
+		return nil, fmt.Errorf("set both NATS_CERT and NATS_KEY, or neither")
+	}
+	if cert != "" {
+		opts = append(opts, nats.ClientCert(cert, key))
+	}
+	return opts, nil
 }

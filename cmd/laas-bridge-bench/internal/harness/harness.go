@@ -145,9 +145,11 @@ func (h *harness) getenv(name string) string {
 	return h.cfg.Getenv(name)
 }
 
-// laasEnv is the environment of a started bridge or baseline.
+// laasEnv is the environment of a started bridge or baseline. The bridges
+// it starts run without a key (BRIDGE_AUTH=none), on loopback, as the
+// baseline proxy does: the figures compare the same work.
 func (h *harness) laasEnv(mockURL string, kv ...string) []string {
-	return append([]string{"PATH=" + h.getenv("PATH"), "HOME=" + h.getenv("HOME"),
+	return append([]string{"PATH=" + h.getenv("PATH"), "HOME=" + h.getenv("HOME"), "BRIDGE_AUTH=none",
 		"BRIDGE_CONFIG=" + h.configPath(), "LAAS_PROJECT_CODE=" + benchProject, "LAAS_API_KEY=" + benchKey,
 		"LAAS_PRESET_HASH=" + benchPreset, "LAAS_BASE_URL=" + mockURL}, kv...)
 }
