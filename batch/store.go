@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -39,15 +38,16 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	return &Store{files: files, batches: batches}, nil
 }
 
-// NewFileID returns a fresh file id, "file-<nuid>".
-func NewFileID() string { return "file-" + nuid.Next() }
+// NewFileID returns a fresh file id, "file-" and schema.NewID (128 random
+// bits): an id nobody can guess from another.
+func NewFileID() string { return "file-" + schema.NewID() }
 
-// NewBatchID returns a fresh batch id, "batch_<time><nuid>": ids of later
-// batches sort after earlier ones (to the millisecond), which is how
-// listing finds the newest first.
+// NewBatchID returns a fresh batch id, "batch_<time><random>", the random
+// part schema.NewID: ids of later batches sort after earlier ones (to the
+// millisecond), which is how listing finds the newest first.
 func NewBatchID(now time.Time) string {
 	ts := strconv.FormatInt(now.UnixMilli(), 36)
-	return "batch_" + strings.Repeat("0", max(0, 9-len(ts))) + ts + nuid.Next()
+	return "batch_" + strings.Repeat("0", max(0, 9-len(ts))) + ts + schema.NewID()
 }
 
 // NewBatch returns a new batch on inputFileID, validating, with OpenAI's

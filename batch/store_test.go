@@ -54,6 +54,61 @@ func TestNewBatchIDOrder(t *testing.T) {
 	}
 }
 
+// File and batch ids carry schema.NewID after their fixed part: 128
+// random bits, so that no id is guessed from another.
+func TestIDsAreRandom(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	fixed := "batch_" + NewBatchID(t0)[6:15] // one millisecond: the time part is fixed too
+	for _, tc := range []struct {
+		name, prefix string
+		next         func() string
+	}{
+		{"file", "file-", NewFileID},
+		{"batch", fixed, func() string { return NewBatchID(t0) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rest := make([]string, 1000)
+			for i := range rest {
+				id := tc.next()
+				r, ok := strings.CutPrefix(id, tc.prefix)
+				if !ok || !ValidFileID(id) && !ValidBatchID(id) {
+					t.Fatalf("id %q: not %s<random>, or not valid", id, tc.prefix)
+				}
+				rest[i] = r
+			}
+			checkRandomIDs(t, rest)
+		})
+	}
+}
+
+// checkRandomIDs asserts that ids (the random parts) are schema.IDLen of
+// [a-z2-7], that each character varies, and that no two of them share more than a 6-character prefix
+// (two of 1000 random ids do with probability about 5e-4; consecutive
+// NUIDs share 12 characters or more).
+func checkRandomIDs(t *testing.T, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		if len(id) != schema.IDLen || strings.Trim(id, "abcdefghijklmnopqrstuvwxyz234567") != "" {
+			t.Fatalf("random part %q; want %d of [a-z2-7]", id, schema.IDLen)
+		}
+	}
+	for i := range schema.IDLen { // a fixed part would be the same in all
+		if !slices.ContainsFunc(ids, func(id string) bool { return id[i] != ids[0][i] }) {
+			t.Errorf("character %d is %q in all %d ids: not random", i, ids[0][i], len(ids))
+		}
+	}
+	sorted := slices.Sorted(slices.Values(ids))
+	for i := 1; i < len(sorted); i++ {
+		n := 0
+		for n < len(sorted[i]) && sorted[i][n] == sorted[i-1][n] {
+			n++
+		}
+		if n > 6 {
+			t.Fatalf("%q and %q share a %d-character prefix: sequential, not random", sorted[i-1], sorted[i], n)
+		}
+	}
+}
+
 func TestStoreCreateAndRead(t *testing.T) {
 	f := newFixture(t)
 	ctx := testCtx(t)

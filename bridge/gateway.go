@@ -67,6 +67,9 @@ var instanceIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 func (c *Config) setDefaults() {
 	if c.InstanceID == "" {
+		// A NUID, not schema.NewID: it names this process (its reply
+		// subjects, logs), not anyone's data; NATS permissions, not its
+		// secrecy, keep others off its replies.
 		c.InstanceID = nuid.Next()
 	}
 	if c.Subject == "" {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	"github.com/nats-io/nuid"
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/keys"
@@ -62,10 +61,11 @@ func (g *Gateway) routes() *echo.Echo {
 
 // requestID gives every answer a fresh X-Request-Id. The id also names the
 // job on the queue, so it is always generated here, never taken from the
-// caller: two callers sending the same id must not share an answer.
+// caller: two callers sending the same id must not share an answer. It is
+// random (schema.NewID), so one caller's id tells nothing of another's job.
 func requestID(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		c.Response().Header().Set(HeaderRequestID, nuid.Next())
+		c.Response().Header().Set(HeaderRequestID, schema.NewID())
 		return next(c)
 	}
 }
