@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -201,7 +202,7 @@ func TestStoreCancel(t *testing.T) {
 			if err := f.store.CreateBatch(ctx, rec); err != nil {
 				t.Fatal(err)
 			}
-			got, err := f.store.Cancel(ctx, rec.Batch.ID, now)
+			got, err := f.store.Cancel(ctx, keys.Caller{}, rec.Batch.ID, now)
 			if tc.err == nil && err != nil || tc.err != nil && !tc.err(err) {
 				t.Fatalf("Cancel: %v", err)
 			}
@@ -254,7 +255,7 @@ func TestStoreBatchesPages(t *testing.T) {
 		{"after an id never stored", between, 10, ids[3:], false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, more, err := f.store.Batches(ctx, tc.after, tc.limit)
+			got, more, err := f.store.Batches(ctx, keys.Caller{}, tc.after, tc.limit)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -275,7 +276,7 @@ func TestStoreFiles(t *testing.T) {
 	var ids []string
 	for i, content := range []string{"first\n", "second\nfile\n"} {
 		id := NewFileID()
-		obj, err := f.store.PutFile(ctx, id, "in.jsonl", schema.PurposeBatch, i+1, strings.NewReader(content))
+		obj, err := f.store.PutFile(ctx, id, "", "in.jsonl", schema.PurposeBatch, i+1, strings.NewReader(content))
 		if err != nil {
 			t.Fatal(err)
 		}
