@@ -98,7 +98,7 @@ func (c *Core) resolve(ck *Checked) error {
 		if len(ck.IdempotencyKey) > MaxIdempotencyKeyLen {
 			return schema.Invalid("", schema.CodeInvalidValue, "An idempotency key is %d bytes; at most %d are allowed.", len(ck.IdempotencyKey), MaxIdempotencyKeyLen)
 		}
-		ck.AnswerKey = AnswerKey(namespaceOf(ck.Door), ck.IdempotencyKey, ck.Body)
+		ck.AnswerKey = AnswerKey(namespaceOf(ck.Door), ck.Caller.Owner(), ck.IdempotencyKey, ck.Body)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"mime/multipart"
@@ -9,6 +10,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -190,6 +192,35 @@ func TestFinishedJobKeepsOwner(t *testing.T) {
 	}
 	if resp, body := f.do(t, "GET", "/v1/queue/jobs/"+id, "", auth(secretB)...); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("B on A's finished job: %d %s", resp.StatusCode, body)
+	}
+}
+
+// A chat request carries its caller to the core: the envelope names its
+// owner, and an Idempotency-Key is the caller's own, so B sending A's key
+// and body runs its own request instead of receiving A's answer.
+func TestIdempotencyKeyIsTheCallers(t *testing.T) {
+	f := ownersFixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var owners []string
+	f.fakeWorker(t, ctx, 1, func(env schema.Envelope) schema.Reply {
+		mu.Lock()
+		owners = append(owners, env.Owner)
+		mu.Unlock()
+		return echoAnswer(env)
+	})
+	for _, secret := range []string{secretA, secretB} {
+		resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "hi"),
+			append(auth(secret), HeaderIdempotencyKey, "same-key", HeaderRequestTimeout, "10")...)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", secret, resp.StatusCode, body)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(owners, []string{tokenA, tokenB}) {
+		t.Errorf("the worker ran requests of %q; want one of A's, then one of B's", owners)
 	}
 }
 
