@@ -17,15 +17,20 @@ import (
 
 // AnswerKey is the key in schema.BucketAnswers under which the answer of a
 // request with the caller's idempotency key is kept: namespace, a dot, then
-// the SHA-256 of the namespace, the key and the body. The same key sent
-// with another body is another request, so it never gets an answer meant
-// for different input; the namespace keeps one door's (later one caller's)
-// keys from another's, and stays readable as a prefix so a namespace's
-// answers can be listed ("batch.<id>.*").
-func AnswerKey(namespace, key string, body []byte) string {
+// the SHA-256 of the namespace, the owner (keys.Caller.Owner, "" for the
+// admin), the key and the body. The same key sent with another body is
+// another request, so it never gets an answer meant for different input;
+// the namespace keeps one door's keys from another's, and stays readable
+// as a prefix so a namespace's answers can be listed ("batch.<id>.*"); the
+// owner keeps one virtual key's answers from another's.
+func AnswerKey(namespace, owner, key string, body []byte) string {
 	h := sha256.New()
 	h.Write([]byte(namespace))
 	h.Write([]byte{0})
+	if owner != "" { // the admin's keys hash as they did before owners
+		h.Write([]byte("owner " + strconv.Itoa(len(owner)) + " " + owner))
+		h.Write([]byte{0})
+	}
 	h.Write([]byte(key))
 	h.Write([]byte{0})
 	h.Write(body)

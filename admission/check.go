@@ -101,11 +101,7 @@ func (c *Core) resolve(ck *Checked) error {
 		if len(ck.IdempotencyKey) > MaxIdempotencyKeyLen {
 			return schema.Invalid("", schema.CodeInvalidValue, "An idempotency key is %d bytes; at most %d are allowed.", len(ck.IdempotencyKey), MaxIdempotencyKeyLen)
 		}
-		key := ck.IdempotencyKey
-		if owner := ck.Caller.Owner(); owner != "" {
-			key = owner + "/" + key // one key's answers are never another's
-		}
-		ck.AnswerKey = AnswerKey(namespaceOf(ck.Door), key, ck.Body)
+		ck.AnswerKey = AnswerKey(namespaceOf(ck.Door), ck.Caller.Owner(), ck.IdempotencyKey, ck.Body)
 	}
 	return nil
 }

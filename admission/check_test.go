@@ -1,12 +1,15 @@
 package admission
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -129,6 +132,25 @@ func TestCheckAnswerKey(t *testing.T) {
 		t.Errorf("no idempotency key, yet an answer key")
 	case key(DoorJobs, "k1", chat, &Job{}) != "":
 		t.Errorf("a job has an answer key; its id is its key")
+	}
+	// One virtual key's answers are its own: the same idempotency key and
+	// body from keys A and B, and from the admin, are three answers. The
+	// admin's is what it was before keys had owners.
+	as := func(token string) string {
+		t.Helper()
+		who := keys.Caller{}
+		if token != "" {
+			who.Key = &keys.Key{Token: token}
+		}
+		ck, err := c.Check(Request{ID: "r1", Door: DoorChat, Body: []byte(chat), IdempotencyKey: "k1", Caller: who})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ck.AnswerKey
+	}
+	sum := sha256.Sum256([]byte("caller\x00k1\x00" + chat))
+	if a, b, admin := as("tok-a"), as("tok-b"), as(""); a == b || a == admin || b == admin || admin != "caller."+hex.EncodeToString(sum[:]) {
+		t.Errorf("answer keys of A %q, B %q, the admin %q: want three, the admin's unchanged", a, b, admin)
 	}
 	ck, err := c.Check(Request{ID: "b1-3", Door: DoorBatch, Body: []byte(chat), Line: &BatchLine{BatchID: "b1", Line: 3}, IdempotencyKey: "ignored"})
 	if err != nil || ck.AnswerKey != "batch.b1.3" {

@@ -126,27 +126,3 @@ func TestCheckCurrentKey(t *testing.T) {
 		})
 	}
 }
-
-// Two keys sending the same Idempotency-Key and body get their own
-// answers: the key is part of the answer key.
-func TestIdempotencyKeyPerCaller(t *testing.T) {
-	c, _ := openCore(t, queue.Config{Memory: true}, Config{})
-	answerKey := func(owner string) string {
-		r := Request{ID: "r1", Door: DoorChat, Body: []byte(chat), IdempotencyKey: "same"}
-		if owner != "" {
-			r.Caller = keys.Caller{Key: &keys.Key{Token: owner}}
-		}
-		ck, err := c.Check(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ck.AnswerKey
-	}
-	a, b, admin := answerKey("a"), answerKey("b"), answerKey("")
-	if a == b || a == admin || b == admin {
-		t.Errorf("answer keys a %s, b %s, admin %s: want three", a, b, admin)
-	}
-	if admin != AnswerKey("caller", "same", []byte(chat)) {
-		t.Errorf("the admin's answer key changed: %s", admin)
-	}
-}

@@ -132,7 +132,7 @@ func (d *driver) validate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	plan := d.r.validator.Plan(ctx, d.id, data)
+	plan := d.r.validator.Plan(ctx, d.id, rec.Creator(), data)
 	planData, err := json.Marshal(plan)
 	if err != nil {
 		return err

@@ -63,16 +63,24 @@ func inputLine(customID string) string {
 	return fmt.Sprintf(`{"custom_id":%q,"method":"POST","url":"/v1/chat/completions","body":{"model":%q,"messages":[{"role":"user","content":"hi"}]}}`, customID, testModel)
 }
 
-// newBatch uploads an input file of lines and creates a batch on it.
+// newBatch uploads an input file of lines and creates a batch on it, as
+// the admin.
 func (f *fixture) newBatch(t *testing.T, lines ...string) schema.Batch {
+	t.Helper()
+	return f.newBatchBy(t, "", lines...)
+}
+
+// newBatchBy uploads an input file of lines and creates a batch on it, as
+// the key whose token is owner.
+func (f *fixture) newBatchBy(t *testing.T, owner string, lines ...string) schema.Batch {
 	t.Helper()
 	ctx := testCtx(t)
 	data := strings.Join(lines, "\n") + "\n"
-	file, err := f.store.PutFile(ctx, NewFileID(), "input.jsonl", schema.PurposeBatch, CountLines([]byte(data)), strings.NewReader(data))
+	file, err := f.store.PutFile(ctx, NewFileID(), owner, "input.jsonl", schema.PurposeBatch, CountLines([]byte(data)), strings.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &Record{Batch: NewBatch(file.ID, nil, time.Now())}
+	rec := &Record{Batch: NewBatch(file.ID, nil, time.Now()), CreatedBy: owner}
 	if err := f.store.CreateBatch(ctx, rec); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/laas-bridge/laas-bridge/admission"
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -59,8 +60,9 @@ type Validator struct {
 	Core *admission.Core
 }
 
-// Plan validates every line of an input file for batch id.
-func (v Validator) Plan(ctx context.Context, id string, data []byte) Plan {
+// Plan validates every line of an input file for batch id, as who (the
+// batch's creator) would send it.
+func (v Validator) Plan(ctx context.Context, id string, who keys.Caller, data []byte) Plan {
 	var p Plan
 	seen := map[string]bool{}
 	for i, raw := range splitLines(data) {
@@ -68,7 +70,7 @@ func (v Validator) Plan(ctx context.Context, id string, data []byte) Plan {
 			continue
 		}
 		p.Total++
-		customID, model, err := v.line(ctx, id, i, raw, seen)
+		customID, model, err := v.line(ctx, id, who, i, raw, seen)
 		if err != nil {
 			e := schema.AsError(err)
 			code := e.Code
@@ -92,7 +94,7 @@ func (v Validator) Plan(ctx context.Context, id string, data []byte) Plan {
 }
 
 // line checks one line and returns its custom_id (when it has one) and model.
-func (v Validator) line(ctx context.Context, id string, line int, raw []byte, seen map[string]bool) (customID, model string, err error) {
+func (v Validator) line(ctx context.Context, id string, who keys.Caller, line int, raw []byte, seen map[string]bool) (customID, model string, err error) {
 	var in schema.BatchInputLine
 	if err := json.Unmarshal(raw, &in); err != nil {
 		var probe struct {
@@ -111,7 +113,7 @@ func (v Validator) line(ctx context.Context, id string, line int, raw []byte, se
 	case in.URL != schema.BatchEndpoint:
 		return in.CustomID, "", schema.Invalid("url", schema.CodeInvalidBatchLine, "'url' must be %s, the batch's endpoint, got %q.", schema.BatchEndpoint, in.URL)
 	}
-	ck, err := v.Core.Check(lineRequest(id, line, in.Body))
+	ck, err := v.Core.Check(lineRequest(id, line, in.Body, who))
 	if err == nil {
 		err = v.Core.CheckMedia(ctx, ck)
 	}
@@ -121,9 +123,10 @@ func (v Validator) line(ctx context.Context, id string, line int, raw []byte, se
 	return in.CustomID, ck.Chat.Model, nil
 }
 
-// lineRequest is the admission request of line i of batch id.
-func lineRequest(id string, line int, body []byte) admission.Request {
-	return admission.Request{ID: JobID(id, line), Body: body, Door: admission.DoorBatch, Lane: admission.Batch,
+// lineRequest is the admission request of line i of batch id, sent by
+// who, the batch's creator (Record.Creator).
+func lineRequest(id string, line int, body []byte, who keys.Caller) admission.Request {
+	return admission.Request{ID: JobID(id, line), Body: body, Caller: who, Door: admission.DoorBatch, Lane: admission.Batch,
 		Line: &admission.BatchLine{BatchID: id, Line: line},
 		// A line over its key's rpm_limit waits for its slot; past
 		// keys.MaxReserveAhead the 429 hands it back to the driver, which

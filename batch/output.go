@@ -98,7 +98,8 @@ func (d *driver) writeAnswers(ctx context.Context, rf *resultFiles) ([]bool, err
 }
 
 // putResultFile stores the file of kind ("output" or "error") when it has
-// a line and returns its id; nil when it has none.
+// a line and returns its id; nil when it has none. The file belongs to
+// the batch's owner.
 func (d *driver) putResultFile(ctx context.Context, f *resultFile, kind string) (*string, error) {
 	if f.lines == 0 {
 		return nil, nil
@@ -107,7 +108,7 @@ func (d *driver) putResultFile(ctx context.Context, f *resultFile, kind string) 
 		return nil, err
 	}
 	id := "file-" + strings.TrimPrefix(d.id, "batch_") + "-" + kind
-	if _, err := d.r.store.PutFile(ctx, id, d.id+"_"+kind+".jsonl", schema.PurposeBatchOutput, f.lines, f.f); err != nil {
+	if _, err := d.r.store.PutFile(ctx, id, d.record().CreatedBy, d.id+"_"+kind+".jsonl", schema.PurposeBatchOutput, f.lines, f.f); err != nil {
 		return nil, fmt.Errorf("store %s file: %w", kind, err)
 	}
 	return &id, nil

@@ -197,7 +197,7 @@ func (d *driver) publish(ctx context.Context, l PlanLine, deadline time.Time) er
 	if left <= 0 {
 		return fmt.Errorf("line %d: the batch passed its deadline", l.Line)
 	}
-	req := lineRequest(d.id, l.Line, body)
+	req := lineRequest(d.id, l.Line, body, d.record().Creator())
 	req.Timeout, req.MediaChecked = min(left, schema.MaxRequestTimeout), true
 	ck, err := d.r.core.Check(req)
 	if err == nil {

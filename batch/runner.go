@@ -36,6 +36,8 @@ type RunnerConfig struct {
 
 func (c *RunnerConfig) setDefaults() {
 	if c.Owner == "" {
+		// A NUID, not schema.NewID: it names a process in leases and
+		// logs, not anyone's data, and needs only to be unique.
 		c.Owner = nuid.Next()
 	}
 	if c.LeaseTTL == 0 {

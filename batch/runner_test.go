@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -148,7 +149,7 @@ func TestRunnerCancel(t *testing.T) {
 		return len(revs) > 0 && revs[len(revs)-1].Batch.RequestCounts.Completed == 1
 	})
 	ctx := testCtx(t)
-	rec, err := f.store.Cancel(ctx, b.ID, time.Now())
+	rec, err := f.store.Cancel(ctx, keys.Caller{}, b.ID, time.Now())
 	if err != nil || rec.Batch.Status != schema.BatchCancelling || rec.Batch.CancellingAt == nil {
 		t.Fatalf("Cancel: %+v, %v; want cancelling", rec, err)
 	}

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -39,15 +39,16 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	return &Store{files: files, batches: batches}, nil
 }
 
-// NewFileID returns a fresh file id, "file-<nuid>".
-func NewFileID() string { return "file-" + nuid.Next() }
+// NewFileID returns a fresh file id, "file-" and schema.NewID (128 random
+// bits): an id nobody can guess from another.
+func NewFileID() string { return "file-" + schema.NewID() }
 
-// NewBatchID returns a fresh batch id, "batch_<time><nuid>": ids of later
-// batches sort after earlier ones (to the millisecond), which is how
-// listing finds the newest first.
+// NewBatchID returns a fresh batch id, "batch_<time><random>", the random
+// part schema.NewID: ids of later batches sort after earlier ones (to the
+// millisecond), which is how listing finds the newest first.
 func NewBatchID(now time.Time) string {
 	ts := strconv.FormatInt(now.UnixMilli(), 36)
-	return "batch_" + strings.Repeat("0", max(0, 9-len(ts))) + ts + nuid.Next()
+	return "batch_" + strings.Repeat("0", max(0, 9-len(ts))) + ts + schema.NewID()
 }
 
 // NewBatch returns a new batch on inputFileID, validating, with OpenAI's
@@ -74,17 +75,20 @@ func ValidBatchID(id string) bool {
 
 // Object metadata keys of a file.
 const (
-	metaPurpose  = "purpose"
-	metaFilename = "filename"
-	metaLines    = "lines"
+	metaPurpose   = "purpose"
+	metaFilename  = "filename"
+	metaLines     = "lines"
+	metaCreatedBy = "created_by"
 )
 
-// PutFile stores a file under id, reading r to its end.
-func (s *Store) PutFile(ctx context.Context, id, filename, purpose string, lines int, r io.Reader) (schema.FileObject, error) {
-	info, err := s.files.Put(ctx, jetstream.ObjectMeta{
-		Name:     id,
-		Metadata: map[string]string{metaPurpose: purpose, metaFilename: filename, metaLines: strconv.Itoa(lines)},
-	}, r)
+// PutFile stores a file under id, reading r to its end. createdBy is its
+// owner (keys.Caller.Owner of whoever made it; "" for the admin).
+func (s *Store) PutFile(ctx context.Context, id, createdBy, filename, purpose string, lines int, r io.Reader) (schema.FileObject, error) {
+	meta := map[string]string{metaPurpose: purpose, metaFilename: filename, metaLines: strconv.Itoa(lines)}
+	if createdBy != "" {
+		meta[metaCreatedBy] = createdBy
+	}
+	info, err := s.files.Put(ctx, jetstream.ObjectMeta{Name: id, Metadata: meta}, r)
 	if err != nil {
 		return schema.FileObject{}, err
 	}
@@ -162,6 +166,7 @@ func fileObject(info *jetstream.ObjectInfo) schema.FileObject {
 		ID: info.Name, Object: "file", Bytes: int64(info.Size), CreatedAt: created,
 		ExpiresAt: info.ModTime.Add(filesTTL).Unix(),
 		Filename:  info.Metadata[metaFilename], Purpose: info.Metadata[metaPurpose], Status: "processed",
+		CreatedBy: info.Metadata[metaCreatedBy],
 	}
 }
 
@@ -173,6 +178,11 @@ const filesTTL = 30 * 24 * time.Hour
 type Record struct {
 	// Batch is the OpenAI object, as callers see it.
 	Batch schema.Batch `json:"batch"`
+	// CreatedBy owns the batch: keys.Caller.Owner of whoever created it
+	// ("" for the admin, and for batches recorded before owners were).
+	// Its lines are admitted as that caller, and its output and error
+	// files are theirs. Never shown in an answer.
+	CreatedBy string `json:"created_by,omitempty"`
 	// Owner is the runner that drives the batch, until LeaseUntil.
 	Owner      string    `json:"owner,omitempty"`
 	LeaseUntil time.Time `json:"lease_until"`
@@ -185,6 +195,19 @@ type Record struct {
 	Ending string `json:"ending,omitempty"`
 	// ValidationFailed counts the lines refused up front.
 	ValidationFailed int `json:"validation_failed"`
+}
+
+// Creator is the caller the batch's lines are checked and admitted as:
+// the admin for a batch without an owner, else the virtual key whose
+// token is CreatedBy. Only the token is kept, so the Key carries nothing
+// else: whatever enforces a key's model access and limits resolves them
+// by its Token (the keys store's id), as the key stands when the line is
+// admitted.
+func (r Record) Creator() keys.Caller {
+	if r.CreatedBy == "" {
+		return keys.Caller{}
+	}
+	return keys.Caller{Key: &keys.Key{Token: r.CreatedBy}}
 }
 
 func recordKey(id string) string { return "b." + id }
@@ -279,9 +302,10 @@ func (s *Store) deactivate(ctx context.Context, id string) error {
 	return err
 }
 
-// Batches returns up to limit batches created before the batch after
-// (all when after is ""), newest first, and whether there are more.
-func (s *Store) Batches(ctx context.Context, after string, limit int) ([]schema.Batch, bool, error) {
+// Batches returns up to limit of the batches who sees (keys.Caller.Sees)
+// created before the batch after (all when after is ""), newest first, and
+// whether there are more of them.
+func (s *Store) Batches(ctx context.Context, who keys.Caller, after string, limit int) ([]schema.Batch, bool, error) {
 	lister, err := s.batches.ListKeysFiltered(ctx, "b.*")
 	if err != nil {
 		return nil, false, err
@@ -300,9 +324,6 @@ func (s *Store) Batches(ctx context.Context, after string, limit int) ([]schema.
 	}
 	var out []schema.Batch
 	for _, id := range ids {
-		if len(out) == limit {
-			return out, true, nil
-		}
 		rec, _, err := s.Batch(ctx, id)
 		if errors.Is(err, ErrNotFound) {
 			continue
@@ -310,16 +331,27 @@ func (s *Store) Batches(ctx context.Context, after string, limit int) ([]schema.
 		if err != nil {
 			return nil, false, err
 		}
+		if !who.Sees(rec.CreatedBy) {
+			continue
+		}
+		if len(out) == limit {
+			return out, true, nil
+		}
 		out = append(out, rec.Batch)
 	}
 	return out, false, nil
 }
 
-// Cancel moves a batch that is validating or running to cancelling; its
-// runner then stops it. A batch already cancelling or cancelled is
-// returned as it is; ErrNotCancellable for one in another state.
-func (s *Store) Cancel(ctx context.Context, id string, now time.Time) (*Record, error) {
-	return s.Update(ctx, id, func(r *Record) error {
+// Cancel moves a batch that is validating or running to cancelling, for
+// who; its runner then stops it. A batch already cancelling or cancelled
+// is returned as it is; ErrNotCancellable for one in another state;
+// ErrNotFound for one who does not see (keys.Caller.Sees), as for a
+// missing one.
+func (s *Store) Cancel(ctx context.Context, who keys.Caller, id string, now time.Time) (*Record, error) {
+	rec, err := s.Update(ctx, id, func(r *Record) error {
+		if !who.Sees(r.CreatedBy) {
+			return ErrNotFound
+		}
 		switch r.Batch.Status {
 		case schema.BatchValidating, schema.BatchInProgress:
 			r.Batch.Status = schema.BatchCancelling
@@ -330,6 +362,10 @@ func (s *Store) Cancel(ctx context.Context, id string, now time.Time) (*Record, 
 		}
 		return ErrNotCancellable
 	})
+	if errors.Is(err, ErrNotFound) {
+		return nil, err // nothing of another's batch leaves here
+	}
+	return rec, err
 }
 
 // ErrNotCancellable is Cancel's error for a batch that is finalizing or done.

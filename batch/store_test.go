@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -50,6 +51,61 @@ func TestNewBatchIDOrder(t *testing.T) {
 	for _, id := range append(ids, a) {
 		if !ValidBatchID(id) {
 			t.Errorf("%q is not a valid batch id", id)
+		}
+	}
+}
+
+// File and batch ids carry schema.NewID after their fixed part: 128
+// random bits, so that no id is guessed from another.
+func TestIDsAreRandom(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	fixed := "batch_" + NewBatchID(t0)[6:15] // one millisecond: the time part is fixed too
+	for _, tc := range []struct {
+		name, prefix string
+		next         func() string
+	}{
+		{"file", "file-", NewFileID},
+		{"batch", fixed, func() string { return NewBatchID(t0) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rest := make([]string, 1000)
+			for i := range rest {
+				id := tc.next()
+				r, ok := strings.CutPrefix(id, tc.prefix)
+				if !ok || !ValidFileID(id) && !ValidBatchID(id) {
+					t.Fatalf("id %q: not %s<random>, or not valid", id, tc.prefix)
+				}
+				rest[i] = r
+			}
+			checkRandomIDs(t, rest)
+		})
+	}
+}
+
+// checkRandomIDs asserts that ids (the random parts) are schema.IDLen of
+// [a-z2-7], that each character varies, and that no two of them share more than a 6-character prefix
+// (two of 1000 random ids do with probability about 5e-4; consecutive
+// NUIDs share 12 characters or more).
+func checkRandomIDs(t *testing.T, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		if len(id) != schema.IDLen || strings.Trim(id, "abcdefghijklmnopqrstuvwxyz234567") != "" {
+			t.Fatalf("random part %q; want %d of [a-z2-7]", id, schema.IDLen)
+		}
+	}
+	for i := range schema.IDLen { // a fixed part would be the same in all
+		if !slices.ContainsFunc(ids, func(id string) bool { return id[i] != ids[0][i] }) {
+			t.Errorf("character %d is %q in all %d ids: not random", i, ids[0][i], len(ids))
+		}
+	}
+	sorted := slices.Sorted(slices.Values(ids))
+	for i := 1; i < len(sorted); i++ {
+		n := 0
+		for n < len(sorted[i]) && sorted[i][n] == sorted[i-1][n] {
+			n++
+		}
+		if n > 6 {
+			t.Fatalf("%q and %q share a %d-character prefix: sequential, not random", sorted[i-1], sorted[i], n)
 		}
 	}
 }
@@ -146,7 +202,7 @@ func TestStoreCancel(t *testing.T) {
 			if err := f.store.CreateBatch(ctx, rec); err != nil {
 				t.Fatal(err)
 			}
-			got, err := f.store.Cancel(ctx, rec.Batch.ID, now)
+			got, err := f.store.Cancel(ctx, keys.Caller{}, rec.Batch.ID, now)
 			if tc.err == nil && err != nil || tc.err != nil && !tc.err(err) {
 				t.Fatalf("Cancel: %v", err)
 			}
@@ -199,7 +255,7 @@ func TestStoreBatchesPages(t *testing.T) {
 		{"after an id never stored", between, 10, ids[3:], false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, more, err := f.store.Batches(ctx, tc.after, tc.limit)
+			got, more, err := f.store.Batches(ctx, keys.Caller{}, tc.after, tc.limit)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -220,7 +276,7 @@ func TestStoreFiles(t *testing.T) {
 	var ids []string
 	for i, content := range []string{"first\n", "second\nfile\n"} {
 		id := NewFileID()
-		obj, err := f.store.PutFile(ctx, id, "in.jsonl", schema.PurposeBatch, i+1, strings.NewReader(content))
+		obj, err := f.store.PutFile(ctx, id, "", "in.jsonl", schema.PurposeBatch, i+1, strings.NewReader(content))
 		if err != nil {
 			t.Fatal(err)
 		}

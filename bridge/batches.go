@@ -60,7 +60,7 @@ func (g *Gateway) createBatch(c echo.Context) error {
 			return schema.Invalid("metadata", schema.CodeInvalidValue, "'metadata' keys hold at most %d characters and values %d.", maxMetadataKey, maxMetadataValue)
 		}
 	}
-	f, err := g.batches.File(r.Context(), in.InputFileID)
+	f, err := g.ownFile(c, in.InputFileID)
 	if err != nil {
 		if errors.Is(err, batch.ErrNotFound) {
 			return &schema.Error{Status: http.StatusNotFound, Type: schema.TypeInvalidRequest, Code: "file_not_found", Param: "input_file_id",
@@ -72,23 +72,27 @@ func (g *Gateway) createBatch(c echo.Context) error {
 		return schema.Invalid("input_file_id", schema.CodeInvalidValue, "The file %s has purpose %q; a batch needs a file uploaded with purpose \"batch\".", f.ID, f.Purpose)
 	}
 	b := batch.NewBatch(in.InputFileID, in.Metadata, time.Now())
-	if err := g.batches.CreateBatch(r.Context(), &batch.Record{Batch: b}); err != nil {
+	if err := g.batches.CreateBatch(r.Context(), &batch.Record{Batch: b, CreatedBy: callerOf(c).Owner()}); err != nil {
 		return batchStoreUnavailable(fmt.Errorf("create batch: %w", err))
 	}
 	g.log.Info("batch created", "request_id", c.Response().Header().Get(HeaderRequestID), "batch_id", b.ID, "input_file_id", b.InputFileID)
 	return c.JSON(http.StatusOK, b)
 }
 
-// getBatch answers GET /v1/batches/{id}.
+// getBatch answers GET /v1/batches/{id}; another's batch is not found.
 func (g *Gateway) getBatch(c echo.Context) error {
 	rec, _, err := g.batches.Batch(c.Request().Context(), c.Param("id"))
+	if err == nil && !callerOf(c).Sees(rec.CreatedBy) {
+		err = batch.ErrNotFound
+	}
 	if err != nil {
 		return batchError(c.Param("id"), err)
 	}
 	return c.JSON(http.StatusOK, rec.Batch)
 }
 
-// listBatches answers GET /v1/batches?limit=&after=, newest first.
+// listBatches answers GET /v1/batches?limit=&after=: the caller's
+// batches (every batch for the admin), newest first.
 func (g *Gateway) listBatches(c echo.Context) error {
 	limit := 20
 	if v := c.QueryParam("limit"); v != "" {
@@ -98,7 +102,7 @@ func (g *Gateway) listBatches(c echo.Context) error {
 		}
 		limit = n
 	}
-	data, more, err := g.batches.Batches(c.Request().Context(), c.QueryParam("after"), limit)
+	data, more, err := g.batches.Batches(c.Request().Context(), callerOf(c), c.QueryParam("after"), limit)
 	if err != nil {
 		return batchStoreUnavailable(fmt.Errorf("list batches: %w", err))
 	}
@@ -114,10 +118,10 @@ func (g *Gateway) listBatches(c echo.Context) error {
 
 // cancelBatch answers POST /v1/batches/{id}/cancel: the batch turns
 // cancelling at once, and cancelled once its runner has stopped its lines
-// and written what was answered.
+// and written what was answered. Another's batch is not found.
 func (g *Gateway) cancelBatch(c echo.Context) error {
 	id := c.Param("id")
-	rec, err := g.batches.Cancel(c.Request().Context(), id, time.Now())
+	rec, err := g.batches.Cancel(c.Request().Context(), callerOf(c), id, time.Now())
 	switch {
 	case err == nil, batch.IsUnchanged(err):
 		return c.JSON(http.StatusOK, rec.Batch)

@@ -46,7 +46,7 @@ func (g *Gateway) uploadFile(c echo.Context) error {
 	if err != nil {
 		return schema.Invalid("", schema.CodeInvalidValue, "The body is not a valid multipart form: %v.", err)
 	}
-	up := &upload{g: g, id: batch.NewFileID(), limit: limit}
+	up := &upload{g: g, id: batch.NewFileID(), owner: callerOf(c).Owner(), limit: limit}
 	purpose, err := up.read(r.Context(), mr)
 	if err != nil {
 		up.cleanup(r.Context())
@@ -70,6 +70,7 @@ func (g *Gateway) uploadFile(c echo.Context) error {
 type upload struct {
 	g       *Gateway
 	id      string
+	owner   string // the caller's keys.Caller.Owner
 	limit   int64
 	stored  *schema.FileObject // nil until the file part is stored
 	counted *batch.LineCounter
@@ -112,7 +113,7 @@ func (u *upload) store(ctx context.Context, part *multipart.Part) error {
 	if filename == "" {
 		filename = "upload.jsonl"
 	}
-	f, err := u.g.batches.PutFile(ctx, u.id, filename, schema.PurposeBatch, 0, u.counted)
+	f, err := u.g.batches.PutFile(ctx, u.id, u.owner, filename, schema.PurposeBatch, 0, u.counted)
 	if err == nil {
 		u.stored = &f
 		return nil
@@ -144,26 +145,37 @@ func fileTooLarge(limit int64) *schema.Error {
 		Message: fmt.Sprintf("The file is larger than the %d bytes this bridge accepts for a batch.", limit)}
 }
 
+// ownFile returns file id when the caller sees it (keys.Caller.Sees):
+// another's file is batch.ErrNotFound, as a missing one, so that its
+// answer tells nothing of it.
+func (g *Gateway) ownFile(c echo.Context, id string) (schema.FileObject, error) {
+	f, err := g.batches.File(c.Request().Context(), id)
+	if err == nil && !callerOf(c).Sees(f.CreatedBy) {
+		return schema.FileObject{}, batch.ErrNotFound
+	}
+	return f, err
+}
+
 // getFile answers GET /v1/files/{id}.
 func (g *Gateway) getFile(c echo.Context) error {
-	f, err := g.batches.File(c.Request().Context(), c.Param("id"))
+	f, err := g.ownFile(c, c.Param("id"))
 	if err != nil {
 		return g.fileError(c.Param("id"), err)
 	}
 	return c.JSON(http.StatusOK, f)
 }
 
-// listFiles answers GET /v1/files: every file, newest first (purpose
-// filters by purpose).
+// listFiles answers GET /v1/files: the caller's files (every file for the
+// admin), newest first (purpose filters by purpose).
 func (g *Gateway) listFiles(c echo.Context) error {
 	files, err := g.batches.Files(c.Request().Context())
 	if err != nil {
 		return batchStoreUnavailable(fmt.Errorf("list files: %w", err))
 	}
-	purpose := c.QueryParam("purpose")
+	who, purpose := callerOf(c), c.QueryParam("purpose")
 	out := schema.List[schema.FileObject]{Object: "list", Data: []schema.FileObject{}}
 	for _, f := range files {
-		if purpose == "" || f.Purpose == purpose {
+		if who.Sees(f.CreatedBy) && (purpose == "" || f.Purpose == purpose) {
 			out.Data = append(out.Data, f)
 		}
 	}
@@ -176,6 +188,9 @@ func (g *Gateway) listFiles(c echo.Context) error {
 // fileContent answers GET /v1/files/{id}/content with the file's bytes.
 func (g *Gateway) fileContent(c echo.Context) error {
 	id := c.Param("id")
+	if _, err := g.ownFile(c, id); err != nil {
+		return g.fileError(id, err)
+	}
 	obj, err := g.batches.OpenFile(c.Request().Context(), id)
 	if err != nil {
 		return g.fileError(id, err)
@@ -201,6 +216,9 @@ func (g *Gateway) fileContent(c echo.Context) error {
 // deleteFile answers DELETE /v1/files/{id}.
 func (g *Gateway) deleteFile(c echo.Context) error {
 	id := c.Param("id")
+	if _, err := g.ownFile(c, id); err != nil {
+		return g.fileError(id, err)
+	}
 	if err := g.batches.DeleteFile(c.Request().Context(), id); err != nil {
 		return g.fileError(id, err)
 	}

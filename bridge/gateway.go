@@ -18,6 +18,7 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/batch"
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -27,6 +28,12 @@ type Config struct {
 	// MasterKey, when set, is required as "Authorization: Bearer <key>" on
 	// every API route. Health routes never need it.
 	MasterKey schema.Secret
+	// Authenticate, when set, resolves a Bearer token that is not the
+	// master key to the virtual key's caller (found false: no such key,
+	// answered 401). A caller without a Key (the admin) is refused too:
+	// only the master key makes the admin. Nil: the master key is the only
+	// key. It is consulted only while MasterKey is set.
+	Authenticate func(token string) (who keys.Caller, found bool)
 	// InstanceID names this gateway's reply subjects; default a random NUID.
 	InstanceID string
 	// Subject is where chat requests are published; default the interactive lane.
@@ -70,6 +77,9 @@ var instanceIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 func (c *Config) setDefaults() {
 	if c.InstanceID == "" {
+		// A NUID, not schema.NewID: it names this process (its reply
+		// subjects, logs), not anyone's data; NATS permissions, not its
+		// secrecy, keep others off its replies.
 		c.InstanceID = nuid.Next()
 	}
 	if c.Subject == "" {

@@ -95,8 +95,8 @@ func (g *Gateway) submitJob(c echo.Context) error {
 		return err
 	}
 	id := c.Response().Header().Get(HeaderRequestID)
-	ck, err := g.core.Check(admission.Request{ID: id, Body: body, Door: admission.DoorJobs, Lane: admission.Batch, Timeout: timeout,
-		Job: &admission.Job{Record: true}, Caller: callerOf(c), QueueWait: wait})
+	ck, err := g.core.Check(admission.Request{ID: id, Body: body, Caller: callerOf(c), Door: admission.DoorJobs, Lane: admission.Batch, Timeout: timeout,
+		Job: &admission.Job{Record: true}, QueueWait: wait})
 	if err != nil {
 		return err
 	}
@@ -110,7 +110,8 @@ func (g *Gateway) submitJob(c echo.Context) error {
 }
 
 // getJob answers a job's state and result; with ?wait= it waits (at most
-// MaxJobWait) for the job to be final.
+// MaxJobWait) for the job to be final. Another's job is not found, at
+// once.
 func (g *Gateway) getJob(c echo.Context) error {
 	id := c.Param("id")
 	wait, err := parseWait(c.QueryParam("wait"))
@@ -118,9 +119,11 @@ func (g *Gateway) getJob(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	var st schema.JobState
-	var res *schema.JobResult
-	if wait > 0 {
+	st, res, err := g.ownJob(c, id)
+	if err != nil {
+		return g.jobError(ctx, id, err)
+	}
+	if wait > 0 && !st.Status.Final() {
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
 		go func() { // a gateway that shuts down answers long polls at once
@@ -130,23 +133,36 @@ func (g *Gateway) getJob(c echo.Context) error {
 			case <-wctx.Done():
 			}
 		}()
-		st, res, err = g.jobs.Wait(wctx, id)
-	} else {
-		st, res, err = g.jobs.Get(ctx, id)
-	}
-	if err != nil {
-		return g.jobError(ctx, id, err)
+		if st, res, err = g.jobs.Wait(wctx, id); err != nil {
+			return g.jobError(ctx, id, err)
+		}
 	}
 	return c.JSON(http.StatusOK, jobOf(st, res))
 }
 
+// ownJob returns job id's state and result when the caller sees it
+// (keys.Caller.Sees): another's job is jobstore.ErrNotFound, as a missing
+// one, so that its answer tells nothing of it. A job known only by its
+// result (its state gone) has no recorded owner: the admin's.
+func (g *Gateway) ownJob(c echo.Context, id string) (schema.JobState, *schema.JobResult, error) {
+	st, res, err := g.jobs.Get(c.Request().Context(), id)
+	if err == nil && !callerOf(c).Sees(st.Owner) {
+		return schema.JobState{}, nil, jobstore.ErrNotFound
+	}
+	return st, res, err
+}
+
 // deleteJob cancels a job: a queued job never calls LaaS, a running one has
 // its call aborted; a final job is left as it is. It answers the job.
+// Another's job is not found, and left alone.
 func (g *Gateway) deleteJob(c echo.Context) error {
 	id := c.Param("id")
 	ctx := c.Request().Context()
 	if !schema.ValidRequestID(id) {
 		return g.jobError(ctx, id, jobstore.ErrNotFound)
+	}
+	if _, _, err := g.ownJob(c, id); err != nil {
+		return g.jobError(ctx, id, err)
 	}
 	st, err := g.jobs.Cancel(ctx, id)
 	if err != nil {

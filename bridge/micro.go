@@ -14,7 +14,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/laas-bridge/laas-bridge/admission"
@@ -235,7 +234,7 @@ func (m *microEndpoint) handle(r micro.Request) {
 		m.record(ModelUnknown, &schema.Error{Status: http.StatusForbidden, Type: schema.TypeInvalidRequest, Message: "reply subject refused"})
 		return
 	}
-	id := nuid.Next()
+	id := schema.NewID()
 	hdr := nats.Header{HeaderRequestID: []string{id}}
 	ck, model, err := m.check(id, r)
 	if err == nil && !m.calls.add() {

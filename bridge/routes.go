@@ -9,7 +9,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	"github.com/nats-io/nuid"
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/keys"
@@ -62,17 +61,20 @@ func (g *Gateway) routes() *echo.Echo {
 
 // requestID gives every answer a fresh X-Request-Id. The id also names the
 // job on the queue, so it is always generated here, never taken from the
-// caller: two callers sending the same id must not share an answer.
+// caller: two callers sending the same id must not share an answer. It is
+// random (schema.NewID), so one caller's id tells nothing of another's job.
 func requestID(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		c.Response().Header().Set(HeaderRequestID, nuid.Next())
+		c.Response().Header().Set(HeaderRequestID, schema.NewID())
 		return next(c)
 	}
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
-// authenticate requires the master key, when one is set, as a Bearer token.
+// authenticate requires, when a master key is set, a Bearer token: the
+// master key (the caller is the admin) or a key Config.Authenticate
+// resolves (the caller is that key).
 func (g *Gateway) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 	if g.cfg.MasterKey == "" {
 		return next
@@ -81,15 +83,22 @@ func (g *Gateway) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		auth := c.Request().Header.Get(echo.HeaderAuthorization)
 		token, ok := strings.CutPrefix(auth, "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), want) != 1 {
-			msg := "Incorrect API key provided. Send the bridge's master key as 'Authorization: Bearer <key>'."
-			if auth == "" {
-				msg = "You didn't provide an API key. Send the bridge's master key as 'Authorization: Bearer <key>'."
+		token = strings.TrimSpace(token)
+		switch {
+		case ok && subtle.ConstantTimeCompare([]byte(token), want) == 1:
+			setCaller(c, keys.Caller{}) // the master key: the admin
+			return next(c)
+		case ok && token != "" && g.cfg.Authenticate != nil:
+			if who, found := g.cfg.Authenticate(token); found && !who.Admin() {
+				setCaller(c, who)
+				return next(c)
 			}
-			return &schema.Error{Status: http.StatusUnauthorized, Type: schema.TypeInvalidRequest, Code: schema.CodeInvalidAPIKey, Message: msg}
 		}
-		setCaller(c, keys.Caller{}) // the master key: the admin
-		return next(c)
+		msg := "Incorrect API key provided. Send the bridge's master key as 'Authorization: Bearer <key>'."
+		if auth == "" {
+			msg = "You didn't provide an API key. Send the bridge's master key as 'Authorization: Bearer <key>'."
+		}
+		return &schema.Error{Status: http.StatusUnauthorized, Type: schema.TypeInvalidRequest, Code: schema.CodeInvalidAPIKey, Message: msg}
 	}
 }
 

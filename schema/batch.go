@@ -45,6 +45,10 @@ type FileObject struct {
 	Purpose       string  `json:"purpose"`
 	Status        string  `json:"status"` // "processed"
 	StatusDetails *string `json:"status_details"`
+	// CreatedBy is the owner of the file (the token of the virtual key
+	// that uploaded it, or of the batch that wrote it; "" for the admin).
+	// Kept in the object's metadata; never part of an answer.
+	CreatedBy string `json:"-"`
 }
 
 // FileDeleted is OpenAI's answer to DELETE /v1/files/{id}.

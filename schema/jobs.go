@@ -65,6 +65,10 @@ type JobState struct {
 	UpdatedAt      time.Time `json:"updated_at"`
 	// Attempts is the delivery count of the worker's latest attempt.
 	Attempts int `json:"attempts,omitempty"`
+	// Owner is the job's owner, Envelope.Owner: the token of the virtual
+	// key that submitted it, "" for the admin (and for jobs recorded
+	// before owners were).
+	Owner string `json:"owner,omitempty"`
 	// Seq is the request-stream sequence of the message a worker runs (set
 	// while running): a redelivery of that message runs on, another message
 	// with the same job id (a duplicate published after the duplicate

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/batch"
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -54,11 +55,12 @@ func NewNATSClient(ctx context.Context, url string, maxBytes int64, opts ...nats
 func (n *NATSClient) Close() { n.nc.Close() }
 
 // Submit stores the file under the limits POST /v1/files applies and
-// creates a batch record on it.
+// creates a batch record on it. Files and batches made over NATS belong
+// to the admin (no owner): whoever reaches the stores is the operator.
 func (n *NATSClient) Submit(ctx context.Context, name string, r io.Reader, metadata map[string]string) (Batch, error) {
 	counted := batch.NewLineCounter(r, n.maxBytes)
 	id := batch.NewFileID()
-	f, err := n.store.PutFile(ctx, id, name, schema.PurposeBatch, 0, counted)
+	f, err := n.store.PutFile(ctx, id, "", name, schema.PurposeBatch, 0, counted)
 	if err == nil && counted.Lines() == 0 {
 		err = errors.New("the file is empty; a batch input file holds one JSON request per line")
 	}
@@ -92,7 +94,7 @@ func (n *NATSClient) Get(ctx context.Context, id string) (Batch, error) {
 
 // Cancel marks batch id cancelling; the runner that holds it stops it.
 func (n *NATSClient) Cancel(ctx context.Context, id string) (Batch, error) {
-	rec, err := n.store.Cancel(ctx, id, time.Now())
+	rec, err := n.store.Cancel(ctx, keys.Caller{}, id, time.Now())
 	switch {
 	case err == nil, batch.IsUnchanged(err):
 		return fromSchema(rec.Batch), nil

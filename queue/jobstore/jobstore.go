@@ -93,7 +93,7 @@ func (j *Store) Record(ctx context.Context, env *schema.Envelope) (st schema.Job
 		return st, false, err
 	}
 	st = schema.JobState{ID: env.ID, Status: schema.JobQueued, Model: env.Model, ResultsSubject: env.ResultsTo(),
-		CreatedAt: env.EnqueuedAt.UTC(), UpdatedAt: time.Now().UTC()}
+		CreatedAt: env.EnqueuedAt.UTC(), UpdatedAt: time.Now().UTC(), Owner: env.Owner}
 	data, _ := json.Marshal(st)
 	// Retried across a leader election of the bucket's stream, as a
 	// publish is.
@@ -288,7 +288,7 @@ func (j *Store) Start(ctx context.Context, env *schema.Envelope, seq uint64, att
 		st, rev, err = j.state(ctx, env.ID)
 		switch {
 		case errors.Is(err, ErrNotFound): // a producer that published directly
-			st = schema.JobState{ID: env.ID, Model: env.Model, CreatedAt: env.EnqueuedAt.UTC()}
+			st = schema.JobState{ID: env.ID, Model: env.Model, CreatedAt: env.EnqueuedAt.UTC(), Owner: env.Owner}
 		case err != nil:
 			return st, false, err
 		case st.Status == schema.JobCancelled:
@@ -353,7 +353,7 @@ func (j *Store) Finish(ctx context.Context, env *schema.Envelope, res *schema.Jo
 // env's results subject.
 func (j *Store) Finished(ctx context.Context, env *schema.Envelope, res *schema.JobResult) error {
 	st := schema.JobState{ID: env.ID, Status: res.Status, Model: env.Model, ResultsSubject: env.ResultsTo(),
-		CreatedAt: env.EnqueuedAt.UTC(), UpdatedAt: res.FinishedAt, Attempts: res.Attempts}
+		CreatedAt: env.EnqueuedAt.UTC(), UpdatedAt: res.FinishedAt, Attempts: res.Attempts, Owner: env.Owner}
 	if old, _, err := j.state(ctx, env.ID); err == nil {
 		st.CreatedAt = old.CreatedAt
 	}
