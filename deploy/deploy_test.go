@@ -21,6 +21,7 @@ import (
 	"github.com/joho/godotenv"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
@@ -66,11 +67,12 @@ type manifests struct {
 	configMaps  map[string]*corev1.ConfigMap
 	secrets     map[string]*corev1.Secret
 	scaled      map[string]*scaledObject
+	policies    map[string]*networkingv1.NetworkPolicy
 }
 
 func loadManifests(t *testing.T) manifests {
 	t.Helper()
-	m := manifests{map[string]*appsv1.Deployment{}, map[string]*corev1.Service{}, map[string]*corev1.ConfigMap{}, map[string]*corev1.Secret{}, map[string]*scaledObject{}}
+	m := manifests{map[string]*appsv1.Deployment{}, map[string]*corev1.Service{}, map[string]*corev1.ConfigMap{}, map[string]*corev1.Secret{}, map[string]*scaledObject{}, map[string]*networkingv1.NetworkPolicy{}}
 	files, err := filepath.Glob("k8s/*.yaml")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests in k8s/: %v", err)
@@ -107,6 +109,10 @@ func loadManifests(t *testing.T) manifests {
 				var s corev1.Secret
 				strict(t, where, doc, &s)
 				name, m.secrets[s.Name] = s.Name, &s
+			case "networking.k8s.io/v1 NetworkPolicy":
+				var n networkingv1.NetworkPolicy
+				strict(t, where, doc, &n)
+				name, m.policies[n.Name] = n.Name, &n
 			case "keda.sh/v1alpha1 ScaledObject":
 				var s scaledObject
 				strict(t, where, doc, &s)
@@ -232,6 +238,9 @@ func TestKubernetesManifests(t *testing.T) {
 							t.Errorf("Secret %s sets %s, which laas-bridge does not read", s.Name, k)
 						}
 					}
+					if s.Name != d.Name {
+						t.Errorf("envFrom names Secret %s: each role has its own Secret, %s", s.Name, d.Name)
+					}
 					refs = append(refs, "secret")
 				}
 			}
@@ -306,8 +315,11 @@ func TestKubernetesManifests(t *testing.T) {
 
 	t.Run("env", func(t *testing.T) {
 		env := m.configMaps["laas-bridge-env"].Data
-		if env["BRIDGE_CONFIG"] != "/etc/laas-bridge/config.yaml" || env["BRIDGE_STREAM_REPLICAS"] != "3" || env["NATS_URL"] == "" {
+		if env["BRIDGE_CONFIG"] != "/etc/laas-bridge/config.yaml" || env["BRIDGE_STREAM_REPLICAS"] != "3" {
 			t.Errorf("laas-bridge-env: %v", env)
+		}
+		if _, ok := env["NATS_URL"]; ok {
+			t.Error("laas-bridge-env sets NATS_URL: it carries a role's password, so it belongs in that role's Secret")
 		}
 		// The models ConfigMap lists the same models as the repository's config.yaml.
 		var inK8s, inRepo struct {
