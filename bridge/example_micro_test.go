@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,7 +15,9 @@ import (
 // A Go program that waits for an answer over NATS (the example in docs/api.md,
 // "Waiting over NATS: the micro endpoint").
 func Example_natsRequestReply() {
-	nc, err := nats.Connect("nats://127.0.0.1:4222") // where `laas-bridge serve` listens
+	// As the app's own NATS user (deploy/nats/nats.conf), with its own
+	// inbox prefix; against `laas-bridge serve`, nats://127.0.0.1:4222.
+	nc, err := nats.Connect("nats://producer:"+os.Getenv("NATS_PRODUCER_PASSWORD")+"@nats:4222", nats.CustomInboxPrefix("_INBOX.producer"))
 	if err != nil {
 		panic(err)
 	}
