@@ -115,7 +115,10 @@ type cstack struct {
 	urls                     []string // where callers send: the gateways, or the lb
 	workers                  []*testcontainers.DockerContainer
 	lb                       *testcontainers.DockerContainer
-	env                      map[string]string
+	env                      map[string]string // every bridge container's
+	gatewayEnv, workerEnv    map[string]string // one role's only
+	natsPW                   map[string]string // NATS_<USER>_PASSWORD -> password
+	masterKey                string
 	replicas                 int
 }
 
@@ -131,26 +134,29 @@ func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 	if err != nil {
 		t.Fatalf("create network: %v", err)
 	}
-	s := &cstack{t: t, cli: cli, net: nw, bridgeImg: bridgeImg, natImg: natsImg, lbImg: lbImg, replicas: nodes}
-	var urls, routes []string
+	s := &cstack{t: t, cli: cli, net: nw, bridgeImg: bridgeImg, natImg: natsImg, lbImg: lbImg, replicas: nodes,
+		natsPW: natsPasswords(t), masterKey: "sk-test-master"}
+	var gwURLs, wkURLs, routes []string
 	for i := range nodes {
 		name := fmt.Sprintf("nats-%d", i+1)
 		s.natsNames = append(s.natsNames, name)
-		urls = append(urls, "nats://"+name+":4222")
+		// Each role as its own user (deploy/nats/nats.conf).
+		gwURLs = append(gwURLs, natsURL(name+":4222", "gateway", s.natsPW["NATS_GATEWAY_PASSWORD"]))
+		wkURLs = append(wkURLs, natsURL(name+":4222", "worker", s.natsPW["NATS_WORKER_PASSWORD"]))
 		routes = append(routes, "nats://"+name+":6222")
 	}
 	s.nats = make([]*testcontainers.DockerContainer, nodes)
 	var wg sync.WaitGroup
 	errs := make([]error, nodes)
 	for i, name := range s.natsNames {
-		args := []string{"--name", name, "--jetstream", "--store_dir", "/data", "--http_port", "8222"}
+		args := []string{"-c", "/etc/nats/nats.conf", "--name", name, "--jetstream", "--store_dir", "/data", "--http_port", "8222"}
 		if nodes > 1 {
 			args = append(args, "--cluster_name", "laas", "--cluster", "nats://0.0.0.0:6222", "--routes", strings.Join(routes, ","))
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.nats[i], errs[i] = s.start([]string{name}, natsImg, args, nil, []string{"8222/tcp"}, wait.ForLog("Server is ready"))
+			s.nats[i], errs[i] = s.start([]string{name}, natsImg, args, s.natsPW, []string{"4222/tcp", "8222/tcp"}, wait.ForLog("Server is ready"))
 		}()
 	}
 	wg.Wait()
@@ -166,13 +172,17 @@ func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 		t.Fatal(err)
 	}
 	s.env = map[string]string{
-		"NATS_URL":               strings.Join(urls, ","),
 		"BRIDGE_STREAM_REPLICAS": strconv.Itoa(nodes),
 		"BRIDGE_ACK_WAIT":        "2s",
-		"LAAS_BASE_URL":          "http://mock-laas:9901",
-		"LAAS_PROJECT_CODE":      "p",
-		"LAAS_API_KEY":           "k",
-		"LAAS_PRESET_HASH":       "h",
+	}
+	// As compose and Kubernetes: the gateway never holds the LaaS key.
+	s.gatewayEnv = map[string]string{"NATS_URL": strings.Join(gwURLs, ","), "BRIDGE_MASTER_KEY": s.masterKey}
+	s.workerEnv = map[string]string{
+		"NATS_URL":          strings.Join(wkURLs, ","),
+		"LAAS_BASE_URL":     "http://mock-laas:9901",
+		"LAAS_PROJECT_CODE": "p",
+		"LAAS_API_KEY":      "k",
+		"LAAS_PRESET_HASH":  "h",
 	}
 	return s
 }
@@ -210,7 +220,7 @@ func (s *cstack) start(aliases []string, image string, cmd []string, env map[str
 func (s *cstack) addGateway() {
 	s.t.Helper()
 	alias := fmt.Sprintf("gateway-%d", len(s.gateways)+1)
-	c, err := s.start([]string{alias, "gateway"}, s.bridgeImg, []string{"gateway"}, s.env, []string{"4000/tcp"},
+	c, err := s.start([]string{alias, "gateway"}, s.bridgeImg, []string{"gateway"}, merge(s.env, s.gatewayEnv), []string{"4000/tcp"},
 		wait.ForHTTP("/health/readiness").WithPort("4000/tcp"))
 	if err != nil {
 		s.t.Fatal(err)
@@ -269,16 +279,24 @@ func (s *cstack) served(i int) int {
 // answers.
 func (s *cstack) addWorker(concurrency int) {
 	s.t.Helper()
-	env := map[string]string{"BRIDGE_WORKER_CONCURRENCY": strconv.Itoa(concurrency), "BRIDGE_METRICS_LISTEN": ":9090"}
-	for k, v := range s.env {
-		env[k] = v
-	}
+	env := merge(s.env, s.workerEnv, map[string]string{"BRIDGE_WORKER_CONCURRENCY": strconv.Itoa(concurrency), "BRIDGE_METRICS_LISTEN": ":9090"})
 	c, err := s.start([]string{fmt.Sprintf("worker-%d", len(s.workers)+1)}, s.bridgeImg, []string{"worker"}, env, []string{"9090/tcp"},
 		wait.ForAll(wait.ForLog("worker pool started"), wait.ForHTTP("/metrics").WithPort("9090/tcp")))
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	s.workers = append(s.workers, c)
+}
+
+// merge returns the union of envs, the later winning.
+func merge(envs ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, env := range envs {
+		for k, v := range env {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func (s *cstack) logs(c *testcontainers.DockerContainer) string {
@@ -400,7 +418,13 @@ type outcome struct {
 
 func (s *cstack) ask(url, text string) outcome {
 	body := fmt.Sprintf(`{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":%q}]}`, text)
-	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Post(url+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(body))
+	if err != nil {
+		return outcome{err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+s.masterKey)
+	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
 	if err != nil {
 		return outcome{err: err}
 	}
