@@ -143,7 +143,8 @@ func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 		// Each role as its own user (deploy/nats/nats.conf).
 		gwURLs = append(gwURLs, natsURL(name+":4222", "gateway", s.natsPW["NATS_GATEWAY_PASSWORD"]))
 		wkURLs = append(wkURLs, natsURL(name+":4222", "worker", s.natsPW["NATS_WORKER_PASSWORD"]))
-		routes = append(routes, "nats://"+name+":6222")
+		// Routes log in too (as compose's do).
+		routes = append(routes, natsURL(name+":6222", "route", s.natsPW["NATS_ROUTE_PASSWORD"]))
 	}
 	s.nats = make([]*testcontainers.DockerContainer, nodes)
 	var wg sync.WaitGroup
@@ -151,7 +152,7 @@ func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 	for i, name := range s.natsNames {
 		args := []string{"-c", "/etc/nats/nats.conf", "--name", name, "--jetstream", "--store_dir", "/data", "--http_port", "8222"}
 		if nodes > 1 {
-			args = append(args, "--cluster_name", "laas", "--cluster", "nats://0.0.0.0:6222", "--routes", strings.Join(routes, ","))
+			args = append(args, "--cluster_name", "laas", "--cluster", natsURL("0.0.0.0:6222", "route", s.natsPW["NATS_ROUTE_PASSWORD"]), "--routes", strings.Join(routes, ","))
 		}
 		wg.Add(1)
 		go func() {

@@ -415,6 +415,7 @@ var composeSecrets = map[string]string{
 	"NATS_WORKER_PASSWORD":   "wk0123456789abcdef",
 	"NATS_PRODUCER_PASSWORD": "pr0123456789abcdef",
 	"NATS_ADMIN_PASSWORD":    "ad0123456789abcdef",
+	"NATS_ROUTE_PASSWORD":    "rt0123456789abcdef",
 }
 
 // loadCompose loads compose.yaml as Compose does, with .env.example and
@@ -468,11 +469,12 @@ func TestComposeFile(t *testing.T) {
 	if got, want := p.ServiceNames(), []string{"gateway", "lb", "mock-laas", "nats-1", "nats-2", "nats-3", "worker"}; !slices.Equal(sorted(got), want) {
 		t.Fatalf("services %v, want %v (the demo profile on)", sorted(got), want)
 	}
-	routes := "nats://nats-1:6222,nats://nats-2:6222,nats://nats-3:6222"
+	rt := "route:" + composeSecrets["NATS_ROUTE_PASSWORD"] + "@"
+	routes := "nats://" + rt + "nats-1:6222,nats://" + rt + "nats-2:6222,nats://" + rt + "nats-3:6222"
 	for _, name := range []string{"nats-1", "nats-2", "nats-3"} {
 		s := p.Services[name]
 		cmd := strings.Join(s.Command, " ")
-		for _, want := range []string{"-c /etc/nats/nats.conf", "--name " + name, "--jetstream", "--store_dir /data", "--cluster_name laas", "--cluster nats://0.0.0.0:6222", "--routes " + routes, "--http_port 8222"} {
+		for _, want := range []string{"-c /etc/nats/nats.conf", "--name " + name, "--jetstream", "--store_dir /data", "--cluster_name laas", "--cluster nats://" + rt + "0.0.0.0:6222", "--routes " + routes, "--http_port 8222"} {
 			if !strings.Contains(cmd, want) {
 				t.Errorf("%s command %q lacks %q", name, cmd, want)
 			}

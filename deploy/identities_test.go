@@ -26,6 +26,7 @@ func TestComposeSecretsPerRole(t *testing.T) {
 		"NATS_WORKER_PASSWORD":   append([]string{"worker"}, nats...),
 		"NATS_PRODUCER_PASSWORD": nats,
 		"NATS_ADMIN_PASSWORD":    nats,
+		"NATS_ROUTE_PASSWORD":    nats,
 		// the demo's LaaS credentials: the workers', and the mock's
 		"LAAS_API_KEY":      {"mock-laas", "worker"},
 		"LAAS_PROJECT_CODE": {"mock-laas", "worker"},

@@ -34,7 +34,8 @@ var natsUsers = map[string]string{
 func natsPasswords(t *testing.T) map[string]string {
 	t.Helper()
 	env := map[string]string{}
-	for _, v := range natsUsers {
+	// and one for the cluster's routes (not a user of nats.conf)
+	for _, v := range append(values(natsUsers), "NATS_ROUTE_PASSWORD") {
 		b := make([]byte, 32)
 		_, _ = rand.Read(b)
 		env[v] = hex.EncodeToString(b)
