@@ -336,3 +336,50 @@ func TestNATSConfigIdentities(t *testing.T) {
 	}
 	checkProducerDenied(t, prod, errs)
 }
+
+// TestNATSRoutesLogIn: a node started as compose starts it (nats.conf, the
+// cluster URL with the route user and NATS_ROUTE_PASSWORD) takes a route
+// only with that password: a node with another one never joins, one with
+// it does.
+func TestNATSRoutesLogIn(t *testing.T) {
+	pw := natsPasswords(t)
+	for k, v := range pw {
+		t.Setenv(k, v)
+	}
+	node := func(name, routePW string, routes ...string) *server.Server {
+		opts, err := server.ProcessConfigFile("nats/nats.conf")
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.ServerName, opts.Host, opts.Port, opts.NoLog, opts.NoSigs = name, "127.0.0.1", -1, true, true
+		opts.Cluster.Name, opts.Cluster.Host, opts.Cluster.Port = "laas", "127.0.0.1", -1
+		opts.Cluster.Username, opts.Cluster.Password = "route", pw["NATS_ROUTE_PASSWORD"]
+		for _, r := range routes {
+			u, _ := url.Parse(natsURL(r, "route", routePW))
+			opts.Routes = append(opts.Routes, u)
+		}
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatalf("%s not ready in 10 s", name)
+		}
+		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+		return s
+	}
+	a := node("a", "")
+	seed := a.ClusterAddr().String()
+	stranger := node("stranger", "not-the-password", seed)
+	member := node("member", pw["NATS_ROUTE_PASSWORD"], seed)
+	for start := time.Now(); member.NumRoutes() == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("a node with the route password did not join within 10 s")
+		}
+	}
+	// The stranger, started first, has tried by now, and keeps failing.
+	if n := stranger.NumRoutes(); n != 0 {
+		t.Errorf("a node with a wrong route password has %d routes", n)
+	}
+}
