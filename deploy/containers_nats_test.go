@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -79,4 +80,77 @@ func TestContainersNATSIdentities(t *testing.T) {
 			t.Errorf("NATS log: %s", line)
 		}
 	}
+}
+
+// jsz is the part of a NATS server's /jsz this test reads.
+type jsz struct {
+	MetaCluster *struct {
+		Leader string `json:"leader"`
+	} `json:"meta_cluster"`
+	AccountDetails []struct {
+		Streams []struct {
+			Name   string `json:"name"`
+			Config struct {
+				Replicas int `json:"num_replicas"`
+			} `json:"config"`
+			Cluster struct {
+				Leader string `json:"leader"`
+			} `json:"cluster"`
+		} `json:"stream_detail"`
+	} `json:"account_details"`
+}
+
+func (s *cstack) jsz(node int) (jsz, error) {
+	var j jsz
+	ep, err := s.nats[node].PortEndpoint(context.Background(), "8222/tcp", "http")
+	if err != nil {
+		return j, err
+	}
+	resp, err := http.Get(ep + "/jsz?streams=true&config=true")
+	if err != nil {
+		return j, err
+	}
+	defer resp.Body.Close()
+	return j, json.NewDecoder(resp.Body).Decode(&j)
+}
+
+// waitJetStream waits for a JetStream meta leader: before there is one,
+// the stream cannot be created and gateways and workers would exit.
+func (s *cstack) waitJetStream() {
+	s.t.Helper()
+	if len(s.nats) == 1 {
+		return
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		j, err := s.jsz(0)
+		if err == nil && j.MetaCluster != nil && j.MetaCluster.Leader != "" {
+			s.t.Logf("NATS cluster of %d: JetStream meta leader %s", len(s.nats), j.MetaCluster.Leader)
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("no JetStream meta leader within a minute: %+v %v", j, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// streamLeader reports the request stream's leader and its replica count.
+func (s *cstack) streamLeader() (string, int) {
+	s.t.Helper()
+	for node := range s.nats {
+		j, err := s.jsz(node)
+		if err != nil {
+			continue
+		}
+		for _, a := range j.AccountDetails {
+			for _, st := range a.Streams {
+				if st.Name == schema.StreamRequests {
+					return st.Cluster.Leader, st.Config.Replicas
+				}
+			}
+		}
+	}
+	s.t.Fatalf("no NATS node reports the %s stream", schema.StreamRequests)
+	return "", 0
 }
