@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,13 +15,11 @@ import (
 // A Go program that waits for an answer over NATS (the example in docs/api.md,
 // "Waiting over NATS: the micro endpoint").
 func Example_natsRequestReply() {
-	// `BRIDGE_NATS_LISTEN=127.0.0.1:4222 laas-bridge serve` listens there and
-	// lets in only the nkey user whose seed it wrote to data/nats-user.nk.
-	seed, err := nats.NkeyOptionFromSeed("data/nats-user.nk")
-	if err != nil {
-		panic(err)
-	}
-	nc, err := nats.Connect("nats://127.0.0.1:4222", seed)
+	// As the app's own NATS user (deploy/nats/nats.conf), with its own
+	// inbox prefix. Against `laas-bridge serve` started with
+	// BRIDGE_NATS_LISTEN, sign in with the nkey seed it writes instead:
+	// nats.NkeyOptionFromSeed("data/nats-user.nk").
+	nc, err := nats.Connect("nats://producer:"+os.Getenv("NATS_PRODUCER_PASSWORD")+"@nats:4222", nats.CustomInboxPrefix("_INBOX.producer"))
 	if err != nil {
 		panic(err)
 	}

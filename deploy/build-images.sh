@@ -40,7 +40,7 @@ echo "== go build laas-bridge ($version), nats-server and laas-bridge-lb, CGO_EN
 cp "$ca_bundle" "$ctx/bridge/ca-certificates.crt"
 cp "$root/config.yaml" "$ctx/bridge/config.yaml"
 cp "$root/deploy/Dockerfile" "$ctx/bridge/Dockerfile"
-cp "$root/deploy/nats/Dockerfile" "$ctx/nats/Dockerfile"
+cp "$root/deploy/nats/Dockerfile" "$root/deploy/nats/nats.conf" "$ctx/nats/"
 cp "$root/deploy/lb/Dockerfile" "$ctx/lb/Dockerfile"
 
 echo "== docker build $bridge_image"

@@ -115,7 +115,10 @@ type cstack struct {
 	urls                     []string // where callers send: the gateways, or the lb
 	workers                  []*testcontainers.DockerContainer
 	lb                       *testcontainers.DockerContainer
-	env                      map[string]string
+	env                      map[string]string // every bridge container's
+	gatewayEnv, workerEnv    map[string]string // one role's only
+	natsPW                   map[string]string // NATS_<USER>_PASSWORD -> password
+	masterKey                string
 	replicas                 int
 }
 
@@ -131,26 +134,30 @@ func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 	if err != nil {
 		t.Fatalf("create network: %v", err)
 	}
-	s := &cstack{t: t, cli: cli, net: nw, bridgeImg: bridgeImg, natImg: natsImg, lbImg: lbImg, replicas: nodes}
-	var urls, routes []string
+	s := &cstack{t: t, cli: cli, net: nw, bridgeImg: bridgeImg, natImg: natsImg, lbImg: lbImg, replicas: nodes,
+		natsPW: natsPasswords(t), masterKey: "sk-test-master"}
+	var gwURLs, wkURLs, routes []string
 	for i := range nodes {
 		name := fmt.Sprintf("nats-%d", i+1)
 		s.natsNames = append(s.natsNames, name)
-		urls = append(urls, "nats://"+name+":4222")
-		routes = append(routes, "nats://"+name+":6222")
+		// Each role as its own user (deploy/nats/nats.conf).
+		gwURLs = append(gwURLs, natsURL(name+":4222", "gateway", s.natsPW["NATS_GATEWAY_PASSWORD"]))
+		wkURLs = append(wkURLs, natsURL(name+":4222", "worker", s.natsPW["NATS_WORKER_PASSWORD"]))
+		// Routes log in too (as compose's do).
+		routes = append(routes, natsURL(name+":6222", "route", s.natsPW["NATS_ROUTE_PASSWORD"]))
 	}
 	s.nats = make([]*testcontainers.DockerContainer, nodes)
 	var wg sync.WaitGroup
 	errs := make([]error, nodes)
 	for i, name := range s.natsNames {
-		args := []string{"--name", name, "--jetstream", "--store_dir", "/data", "--http_port", "8222"}
+		args := []string{"-c", "/etc/nats/nats.conf", "--name", name, "--jetstream", "--store_dir", "/data", "--http_port", "8222"}
 		if nodes > 1 {
-			args = append(args, "--cluster_name", "laas", "--cluster", "nats://0.0.0.0:6222", "--routes", strings.Join(routes, ","))
+			args = append(args, "--cluster_name", "laas", "--cluster", natsURL("0.0.0.0:6222", "route", s.natsPW["NATS_ROUTE_PASSWORD"]), "--routes", strings.Join(routes, ","))
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.nats[i], errs[i] = s.start([]string{name}, natsImg, args, nil, []string{"8222/tcp"}, wait.ForLog("Server is ready"))
+			s.nats[i], errs[i] = s.start([]string{name}, natsImg, args, s.natsPW, []string{"4222/tcp", "8222/tcp"}, wait.ForLog("Server is ready"))
 		}()
 	}
 	wg.Wait()
@@ -166,13 +173,17 @@ func newStack(t *testing.T, nodes int, mockLatency string) *cstack {
 		t.Fatal(err)
 	}
 	s.env = map[string]string{
-		"NATS_URL":               strings.Join(urls, ","),
 		"BRIDGE_STREAM_REPLICAS": strconv.Itoa(nodes),
 		"BRIDGE_ACK_WAIT":        "2s",
-		"LAAS_BASE_URL":          "http://mock-laas:9901",
-		"LAAS_PROJECT_CODE":      "p",
-		"LAAS_API_KEY":           "k",
-		"LAAS_PRESET_HASH":       "h",
+	}
+	// As compose and Kubernetes: the gateway never holds the LaaS key.
+	s.gatewayEnv = map[string]string{"NATS_URL": strings.Join(gwURLs, ","), "BRIDGE_MASTER_KEY": s.masterKey}
+	s.workerEnv = map[string]string{
+		"NATS_URL":          strings.Join(wkURLs, ","),
+		"LAAS_BASE_URL":     "http://mock-laas:9901",
+		"LAAS_PROJECT_CODE": "p",
+		"LAAS_API_KEY":      "k",
+		"LAAS_PRESET_HASH":  "h",
 	}
 	return s
 }
@@ -210,7 +221,7 @@ func (s *cstack) start(aliases []string, image string, cmd []string, env map[str
 func (s *cstack) addGateway() {
 	s.t.Helper()
 	alias := fmt.Sprintf("gateway-%d", len(s.gateways)+1)
-	c, err := s.start([]string{alias, "gateway"}, s.bridgeImg, []string{"gateway"}, s.env, []string{"4000/tcp"},
+	c, err := s.start([]string{alias, "gateway"}, s.bridgeImg, []string{"gateway"}, merge(s.env, s.gatewayEnv), []string{"4000/tcp"},
 		wait.ForHTTP("/health/readiness").WithPort("4000/tcp"))
 	if err != nil {
 		s.t.Fatal(err)
@@ -269,16 +280,24 @@ func (s *cstack) served(i int) int {
 // answers.
 func (s *cstack) addWorker(concurrency int) {
 	s.t.Helper()
-	env := map[string]string{"BRIDGE_WORKER_CONCURRENCY": strconv.Itoa(concurrency), "BRIDGE_METRICS_LISTEN": ":9090"}
-	for k, v := range s.env {
-		env[k] = v
-	}
+	env := merge(s.env, s.workerEnv, map[string]string{"BRIDGE_WORKER_CONCURRENCY": strconv.Itoa(concurrency), "BRIDGE_METRICS_LISTEN": ":9090"})
 	c, err := s.start([]string{fmt.Sprintf("worker-%d", len(s.workers)+1)}, s.bridgeImg, []string{"worker"}, env, []string{"9090/tcp"},
 		wait.ForAll(wait.ForLog("worker pool started"), wait.ForHTTP("/metrics").WithPort("9090/tcp")))
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	s.workers = append(s.workers, c)
+}
+
+// merge returns the union of envs, the later winning.
+func merge(envs ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, env := range envs {
+		for k, v := range env {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func (s *cstack) logs(c *testcontainers.DockerContainer) string {
@@ -317,79 +336,6 @@ func (s *cstack) settledMockCalls(min int) (calls, cut int) {
 	return strings.Count(logs, `"status"`), strings.Count(logs, `"status":499`)
 }
 
-// jsz is the part of a NATS server's /jsz this test reads.
-type jsz struct {
-	MetaCluster *struct {
-		Leader string `json:"leader"`
-	} `json:"meta_cluster"`
-	AccountDetails []struct {
-		Streams []struct {
-			Name   string `json:"name"`
-			Config struct {
-				Replicas int `json:"num_replicas"`
-			} `json:"config"`
-			Cluster struct {
-				Leader string `json:"leader"`
-			} `json:"cluster"`
-		} `json:"stream_detail"`
-	} `json:"account_details"`
-}
-
-func (s *cstack) jsz(node int) (jsz, error) {
-	var j jsz
-	ep, err := s.nats[node].PortEndpoint(context.Background(), "8222/tcp", "http")
-	if err != nil {
-		return j, err
-	}
-	resp, err := http.Get(ep + "/jsz?streams=true&config=true")
-	if err != nil {
-		return j, err
-	}
-	defer resp.Body.Close()
-	return j, json.NewDecoder(resp.Body).Decode(&j)
-}
-
-// waitJetStream waits for a JetStream meta leader: before there is one,
-// the stream cannot be created and gateways and workers would exit.
-func (s *cstack) waitJetStream() {
-	s.t.Helper()
-	if len(s.nats) == 1 {
-		return
-	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		j, err := s.jsz(0)
-		if err == nil && j.MetaCluster != nil && j.MetaCluster.Leader != "" {
-			s.t.Logf("NATS cluster of %d: JetStream meta leader %s", len(s.nats), j.MetaCluster.Leader)
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("no JetStream meta leader within a minute: %+v %v", j, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
-// streamLeader reports the request stream's leader and its replica count.
-func (s *cstack) streamLeader() (string, int) {
-	s.t.Helper()
-	for node := range s.nats {
-		j, err := s.jsz(node)
-		if err != nil {
-			continue
-		}
-		for _, a := range j.AccountDetails {
-			for _, st := range a.Streams {
-				if st.Name == schema.StreamRequests {
-					return st.Cluster.Leader, st.Config.Replicas
-				}
-			}
-		}
-	}
-	s.t.Fatalf("no NATS node reports the %s stream", schema.StreamRequests)
-	return "", 0
-}
-
 // outcome is one caller's result.
 type outcome struct {
 	status  int
@@ -400,7 +346,13 @@ type outcome struct {
 
 func (s *cstack) ask(url, text string) outcome {
 	body := fmt.Sprintf(`{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":%q}]}`, text)
-	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Post(url+"/v1/chat/completions", "application/json", strings.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(body))
+	if err != nil {
+		return outcome{err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+s.masterKey)
+	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
 	if err != nil {
 		return outcome{err: err}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/joho/godotenv"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
@@ -66,11 +67,12 @@ type manifests struct {
 	configMaps  map[string]*corev1.ConfigMap
 	secrets     map[string]*corev1.Secret
 	scaled      map[string]*scaledObject
+	policies    map[string]*networkingv1.NetworkPolicy
 }
 
 func loadManifests(t *testing.T) manifests {
 	t.Helper()
-	m := manifests{map[string]*appsv1.Deployment{}, map[string]*corev1.Service{}, map[string]*corev1.ConfigMap{}, map[string]*corev1.Secret{}, map[string]*scaledObject{}}
+	m := manifests{map[string]*appsv1.Deployment{}, map[string]*corev1.Service{}, map[string]*corev1.ConfigMap{}, map[string]*corev1.Secret{}, map[string]*scaledObject{}, map[string]*networkingv1.NetworkPolicy{}}
 	files, err := filepath.Glob("k8s/*.yaml")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests in k8s/: %v", err)
@@ -107,6 +109,10 @@ func loadManifests(t *testing.T) manifests {
 				var s corev1.Secret
 				strict(t, where, doc, &s)
 				name, m.secrets[s.Name] = s.Name, &s
+			case "networking.k8s.io/v1 NetworkPolicy":
+				var n networkingv1.NetworkPolicy
+				strict(t, where, doc, &n)
+				name, m.policies[n.Name] = n.Name, &n
 			case "keda.sh/v1alpha1 ScaledObject":
 				var s scaledObject
 				strict(t, where, doc, &s)
@@ -232,6 +238,9 @@ func TestKubernetesManifests(t *testing.T) {
 							t.Errorf("Secret %s sets %s, which laas-bridge does not read", s.Name, k)
 						}
 					}
+					if s.Name != d.Name {
+						t.Errorf("envFrom names Secret %s: each role has its own Secret, %s", s.Name, d.Name)
+					}
 					refs = append(refs, "secret")
 				}
 			}
@@ -306,8 +315,11 @@ func TestKubernetesManifests(t *testing.T) {
 
 	t.Run("env", func(t *testing.T) {
 		env := m.configMaps["laas-bridge-env"].Data
-		if env["BRIDGE_CONFIG"] != "/etc/laas-bridge/config.yaml" || env["BRIDGE_STREAM_REPLICAS"] != "3" || env["NATS_URL"] == "" {
+		if env["BRIDGE_CONFIG"] != "/etc/laas-bridge/config.yaml" || env["BRIDGE_STREAM_REPLICAS"] != "3" {
 			t.Errorf("laas-bridge-env: %v", env)
+		}
+		if _, ok := env["NATS_URL"]; ok {
+			t.Error("laas-bridge-env sets NATS_URL: it carries a role's password, so it belongs in that role's Secret")
 		}
 		// The models ConfigMap lists the same models as the repository's config.yaml.
 		var inK8s, inRepo struct {
@@ -395,9 +407,29 @@ func keys[V any](m map[string]V) []string {
 	return k
 }
 
-// loadCompose loads compose.yaml as Compose does, with .env.example as the
-// project's .env, and env as the shell's environment.
+// composeSecrets are the secrets .env.example leaves empty, as a user
+// fills them in.
+var composeSecrets = map[string]string{
+	"BRIDGE_MASTER_KEY":      "mk0123456789abcdef",
+	"NATS_GATEWAY_PASSWORD":  "gw0123456789abcdef",
+	"NATS_WORKER_PASSWORD":   "wk0123456789abcdef",
+	"NATS_PRODUCER_PASSWORD": "pr0123456789abcdef",
+	"NATS_ADMIN_PASSWORD":    "ad0123456789abcdef",
+	"NATS_ROUTE_PASSWORD":    "rt0123456789abcdef",
+}
+
+// loadCompose loads compose.yaml as Compose does, with .env.example and
+// composeSecrets as the project's .env, and env as the shell's environment.
 func loadCompose(t *testing.T, env map[string]string) *types.Project {
+	t.Helper()
+	p, err := loadComposeErr(t, env)
+	if err != nil {
+		t.Fatalf("load compose.yaml: %v", err)
+	}
+	return p
+}
+
+func loadComposeErr(t *testing.T, env map[string]string) (*types.Project, error) {
 	t.Helper()
 	dir := t.TempDir()
 	for src, dst := range map[string]string{"compose.yaml": "compose.yaml", ".env.example": ".env"} {
@@ -413,20 +445,22 @@ func loadCompose(t *testing.T, env map[string]string) *types.Project {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for k, v := range composeSecrets {
+		if dotEnv[k] != "" {
+			t.Errorf(".env.example sets %s: a secret has no default", k)
+		}
+		dotEnv[k] = v
+	}
 	for k, v := range env {
 		dotEnv[k] = v // the shell wins over .env
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p, err := loader.LoadWithContext(ctx, types.ConfigDetails{
+	return loader.LoadWithContext(ctx, types.ConfigDetails{
 		WorkingDir:  dir,
 		ConfigFiles: []types.ConfigFile{{Filename: filepath.Join(dir, "compose.yaml")}},
 		Environment: dotEnv,
 	}, func(o *loader.Options) { o.SetProjectName("laas-bridge", true) }, loader.WithProfiles(strings.Split(dotEnv["COMPOSE_PROFILES"], ",")))
-	if err != nil {
-		t.Fatalf("load compose.yaml: %v", err)
-	}
-	return p
 }
 
 func TestComposeFile(t *testing.T) {
@@ -435,11 +469,12 @@ func TestComposeFile(t *testing.T) {
 	if got, want := p.ServiceNames(), []string{"gateway", "lb", "mock-laas", "nats-1", "nats-2", "nats-3", "worker"}; !slices.Equal(sorted(got), want) {
 		t.Fatalf("services %v, want %v (the demo profile on)", sorted(got), want)
 	}
-	routes := "nats://nats-1:6222,nats://nats-2:6222,nats://nats-3:6222"
+	rt := "route:" + composeSecrets["NATS_ROUTE_PASSWORD"] + "@"
+	routes := "nats://" + rt + "nats-1:6222,nats://" + rt + "nats-2:6222,nats://" + rt + "nats-3:6222"
 	for _, name := range []string{"nats-1", "nats-2", "nats-3"} {
 		s := p.Services[name]
 		cmd := strings.Join(s.Command, " ")
-		for _, want := range []string{"--name " + name, "--jetstream", "--store_dir /data", "--cluster_name laas", "--cluster nats://0.0.0.0:6222", "--routes " + routes, "--http_port 8222"} {
+		for _, want := range []string{"-c /etc/nats/nats.conf", "--name " + name, "--jetstream", "--store_dir /data", "--cluster_name laas", "--cluster nats://" + rt + "0.0.0.0:6222", "--routes " + routes, "--http_port 8222"} {
 			if !strings.Contains(cmd, want) {
 				t.Errorf("%s command %q lacks %q", name, cmd, want)
 			}
@@ -447,8 +482,16 @@ func TestComposeFile(t *testing.T) {
 		if s.Image != "laas-bridge-nats:dev" {
 			t.Errorf("%s image %q", name, s.Image)
 		}
-		if len(s.Volumes) != 1 || s.Volumes[0].Type != "volume" || s.Volumes[0].Source != name || s.Volumes[0].Target != "/data" {
-			t.Errorf("%s volumes %+v: want its own named volume on /data", name, s.Volumes)
+		if len(s.Volumes) != 2 || s.Volumes[0].Type != "volume" || s.Volumes[0].Source != name || s.Volumes[0].Target != "/data" {
+			t.Errorf("%s volumes %+v: want its own named volume on /data, and nats.conf", name, s.Volumes)
+		}
+		if v := s.Volumes[len(s.Volumes)-1]; v.Type != "bind" || !strings.HasSuffix(v.Source, "/nats/nats.conf") || v.Target != "/etc/nats/nats.conf" || !v.ReadOnly {
+			t.Errorf("%s: nats.conf mounted as %+v, want deploy/nats/nats.conf read-only on /etc/nats/nats.conf", name, v)
+		}
+		for user, v := range natsUsers {
+			if got := s.Environment[v]; got == nil || *got != composeSecrets[v] {
+				t.Errorf("%s: %s (the %s user's password, which nats.conf reads) is %v", name, v, user, got)
+			}
 		}
 	}
 	for _, name := range []string{"gateway", "worker"} {
@@ -457,18 +500,19 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("%s: image %q command %v", name, s.Image, s.Command)
 		}
 		env := s.Environment
-		if v := env["NATS_URL"]; v == nil || *v != "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222" {
-			t.Errorf("%s NATS_URL %v", name, v)
+		pw := composeSecrets["NATS_"+strings.ToUpper(name)+"_PASSWORD"]
+		wantURL := fmt.Sprintf("nats://%[1]s:%[2]s@nats-1:4222,nats://%[1]s:%[2]s@nats-2:4222,nats://%[1]s:%[2]s@nats-3:4222", name, pw)
+		if v := env["NATS_URL"]; v == nil || *v != wantURL {
+			t.Errorf("%s NATS_URL %v, want its own user on each node", name, v)
 		}
 		if v := env["BRIDGE_STREAM_REPLICAS"]; v == nil || *v != "3" {
 			t.Errorf("%s BRIDGE_STREAM_REPLICAS %v", name, v)
 		}
-		// .env.example's demo settings reach the containers (env_file).
-		if v := env["LAAS_BASE_URL"]; v == nil || *v != "http://mock-laas:9901" {
-			t.Errorf("%s LAAS_BASE_URL %v", name, v)
+		if len(s.EnvFiles) != 0 {
+			t.Errorf("%s env_file %v: .env holds every role's secrets; a container gets only its own", name, s.EnvFiles)
 		}
 		for k := range env {
-			if !known[k] && k != "COMPOSE_PROFILES" {
+			if !known[k] {
 				t.Errorf("%s: %s is set, but laas-bridge does not read it", name, k)
 			}
 		}
@@ -497,8 +541,8 @@ func TestComposeFile(t *testing.T) {
 	if _, ok := lb.DependsOn["gateway"]; !ok || lb.Restart != "unless-stopped" {
 		t.Errorf("lb depends_on %v restart %q: want the gateways first, and restart unless-stopped", lb.DependsOn, lb.Restart)
 	}
-	if len(lb.Ports) != 1 || lb.Ports[0].Target != 4000 || lb.Ports[0].Published != "4000" {
-		t.Errorf("lb ports %+v, want 4000:4000", lb.Ports)
+	if len(lb.Ports) != 1 || lb.Ports[0].Target != 4000 || lb.Ports[0].Published != "4000" || lb.Ports[0].HostIP != "127.0.0.1" {
+		t.Errorf("lb ports %+v, want 127.0.0.1:4000:4000", lb.Ports)
 	}
 	if lb.EnvFiles != nil {
 		t.Errorf("lb env_file %v: the LaaS credentials in .env are not the lb's", lb.EnvFiles)
@@ -525,8 +569,14 @@ func TestComposeFile(t *testing.T) {
 	})
 	t.Run("GATEWAY_PORT", func(t *testing.T) {
 		p := loadCompose(t, map[string]string{"GATEWAY_PORT": "8080"})
-		if ports := p.Services["lb"].Ports; len(ports) != 1 || ports[0].Published != "8080" || ports[0].Target != 4000 {
-			t.Errorf("lb ports %+v, want 8080:4000", ports)
+		if ports := p.Services["lb"].Ports; len(ports) != 1 || ports[0].Published != "8080" || ports[0].Target != 4000 || ports[0].HostIP != "127.0.0.1" {
+			t.Errorf("lb ports %+v, want 127.0.0.1:8080:4000", ports)
+		}
+	})
+	t.Run("GATEWAY_BIND", func(t *testing.T) {
+		p := loadCompose(t, map[string]string{"GATEWAY_BIND": "0.0.0.0"})
+		if ports := p.Services["lb"].Ports; len(ports) != 1 || ports[0].Published != "4000" || ports[0].HostIP != "0.0.0.0" {
+			t.Errorf("lb ports %+v, want 0.0.0.0:4000:4000", ports)
 		}
 	})
 	t.Run("without the demo profile", func(t *testing.T) {
