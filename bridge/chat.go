@@ -63,7 +63,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	req.Streamable = true
+	req.Streamable, req.Caller = true, callerOf(c)
 	ck, err := g.core.Check(req)
 	obs := observationOf(c)
 	if ck.Chat != nil {

@@ -55,6 +55,14 @@ type Config struct {
 	// API's own limit; MaxBodyBytes does not apply there). Default
 	// DefaultMaxFileBytes, OpenAI's 200 MB.
 	MaxFileBytes int64
+	// Keys finds the virtual keys callers send as Bearer tokens beside
+	// the master key; nil: only the master key works. A Keys that can
+	// also manage keys (keys.Store) serves /key/generate, /key/info,
+	// /key/update, /key/delete, /key/list, /key/block and /key/unblock.
+	Keys KeyLookup
+	// Usage, when set, gives /key/info each key's spend, tokens and
+	// requests in its budget window; nil shows zero.
+	Usage KeyUsage
 	// Micro configures the NATS request/reply endpoint (see micro.go),
 	// which Serve runs beside HTTP.
 	Micro MicroConfig
@@ -130,6 +138,7 @@ type Gateway struct {
 	batches  *batch.Store    // Batch API files and batches
 	jobs     *jobstore.Store // async jobs (jobs.go)
 	created  int64           // the models' "created" time
+	master   []byte          // the master key; nil: none
 	draining atomic.Bool
 	stopping chan struct{} // closed when draining begins: long polls answer at once
 	closing  chan struct{} // closed when the shutdown grace is over
@@ -175,6 +184,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		stopping: make(chan struct{}),
 		created:  time.Now().Unix(),
 		closing:  make(chan struct{}),
+	}
+	if cfg.MasterKey != "" {
+		g.master = []byte(cfg.MasterKey.Reveal())
 	}
 	if g.metrics, err = newMetrics(cfg.Metrics, js, g.log); err != nil {
 		_ = corr.close()

@@ -91,7 +91,7 @@ func (g *Gateway) submitJob(c echo.Context) error {
 		return err
 	}
 	id := c.Response().Header().Get(HeaderRequestID)
-	ck, err := g.core.Check(admission.Request{ID: id, Body: body, Door: admission.DoorJobs, Lane: admission.Batch, Timeout: timeout,
+	ck, err := g.core.Check(admission.Request{ID: id, Body: body, Caller: callerOf(c), Door: admission.DoorJobs, Lane: admission.Batch, Timeout: timeout,
 		Job: &admission.Job{Record: true}})
 	if err != nil {
 		return err

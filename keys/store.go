@@ -170,7 +170,7 @@ func (s *Store) Generate(ctx context.Context, chosen string, p Params) (secret s
 		return "", nil, fmt.Errorf("store key: %w", err)
 	}
 	s.store(k.Token, entry{key: k, rev: rev})
-	s.log.Info("virtual key generated", "key", k.KeyName, "key_alias", k.KeyAlias)
+	s.log.Info("virtual key generated", "key", Caller{Key: k}.Alias())
 	return secret, k, nil
 }
 
@@ -204,7 +204,7 @@ func (s *Store) Update(ctx context.Context, token string, p Params) (*Key, error
 			return nil, fmt.Errorf("update key: %w", err)
 		}
 		s.store(token, entry{key: &k, rev: next})
-		s.log.Info("virtual key updated", "key", k.KeyName, "key_alias", k.KeyAlias)
+		s.log.Info("virtual key updated", "key", Caller{Key: &k}.Alias())
 		return &k, nil
 	}
 }
@@ -236,7 +236,7 @@ func (s *Store) Delete(ctx context.Context, tokens []string) (missing []string, 
 		}
 		// The delete marker's revision is above e.rev; the watch brings it.
 		s.store(t, entry{rev: e.rev})
-		s.log.Info("virtual key deleted", "key", e.key.KeyName, "key_alias", e.key.KeyAlias)
+		s.log.Info("virtual key deleted", "key", Caller{Key: e.key}.Alias())
 	}
 	return nil, nil
 }
