@@ -20,6 +20,7 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/bridge"
 	"github.com/laas-bridge/laas-bridge/internal/config"
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/laas"
 	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 	"github.com/laas-bridge/laas-bridge/queue"
@@ -168,7 +169,15 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	var gw *bridge.Gateway
 	var ln net.Listener
 	if hasGateway {
-		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
+		// Virtual keys (LAAS_KEYS), watched by every gateway.
+		keysCtx, cancelKeys := context.WithTimeout(ctx, 30*time.Second)
+		store, err := keys.Open(keysCtx, js, log)
+		cancelKeys()
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, Keys: store, MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
 			Micro: microConfig(env.MicroSubject, env.MicroReplyPrefixes, version)}, nc, js, catalog, log); err != nil {
 			return err
 		}
