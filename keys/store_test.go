@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/keys"
@@ -244,4 +245,13 @@ func TestStoreLogsNoSecret(t *testing.T) {
 	if strings.Contains(logs.String(), secret[3:]) {
 		t.Errorf("a log line holds the secret: %s", logs.String())
 	}
+}
+
+// openOn opens a Store on connection nc.
+func openOn(ctx context.Context, nc *nats.Conn) (*keys.Store, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	return keys.Open(ctx, js, discard())
 }
