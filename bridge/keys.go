@@ -79,6 +79,9 @@ func (g *Gateway) generateKey(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if g.master != nil && r.Key == string(g.master) {
+		return schema.Invalid("key", schema.CodeInvalidValue, "A virtual key cannot be the master key; choose another or leave 'key' out.")
+	}
 	secret, k, err := g.keyStore().Generate(c.Request().Context(), r.Key, r.Params)
 	if err != nil {
 		return err

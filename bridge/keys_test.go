@@ -19,7 +19,7 @@ import (
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
-const master = "sk-master"
+const master = "sk-master-of-the-keys-tests"
 
 // keysFixture is a gateway with the master key and a keys.Store, logging
 // into logs.
@@ -174,6 +174,7 @@ func TestKeyEndpointErrors(t *testing.T) {
 		{"unknown field", "POST", "/key/generate", `{"guardrails": ["x"]}`, 400, schema.CodeUnsupported, "guardrails"},
 		{"not JSON", "POST", "/key/generate", `{`, 400, schema.CodeInvalidJSON, ""},
 		{"chosen key malformed", "POST", "/key/generate", `{"key": "sk-short"}`, 400, schema.CodeInvalidValue, "key"},
+		{"chosen key the master key", "POST", "/key/generate", `{"key": "` + master + `"}`, 400, schema.CodeInvalidValue, "key"},
 		{"update without key", "POST", "/key/update", `{"rpm_limit": 1}`, 400, schema.CodeInvalidValue, "key"},
 		{"update naming neither key nor token", "POST", "/key/update", `{"key": "app-a"}`, 400, schema.CodeInvalidValue, "key"},
 		{"update of an unknown key", "POST", "/key/update", `{"key": "` + unknown + `", "rpm_limit": 1}`, 404, keys.CodeKeyNotFound, "key"},
@@ -375,5 +376,32 @@ func TestKeysNeverLogged(t *testing.T) {
 		if strings.Contains(logs, s) {
 			t.Errorf("the logs hold the %s:\n%s", name, logs)
 		}
+	}
+}
+
+// TestVirtualKeyWithoutMasterKey: on a bridge without a master key (auth
+// off) any caller is the admin, but a virtual key presented still counts
+// as that key: its model access applies and a blocked key is refused.
+func TestVirtualKeyWithoutMasterKey(t *testing.T) {
+	f := newKeysFixture(t, nil)
+	secret, token := f.generate(t, `{"models": ["team/fast"]}`)
+	gw, err := New(Config{Keys: f.store}, f.q.Conn, f.q.JS, testCatalog(t), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gw.Close() })
+	open := &keysFixture{fixture: &fixture{q: f.q, gw: gw, srv: httptest.NewServer(gw.Handler())}, store: f.store}
+	t.Cleanup(open.srv.Close)
+	if status, out := open.call(t, "sk-anything", "GET", "/v1/models", ""); status != 200 || len(out["data"].([]any)) != 2 {
+		t.Errorf("any caller: %d %v; want the admin's 2 models", status, out)
+	}
+	if status, out := open.call(t, secret, "GET", "/v1/models", ""); status != 200 || len(out["data"].([]any)) != 1 {
+		t.Errorf("a virtual key: %d %v; want its 1 model", status, out)
+	}
+	if _, err := f.store.Update(context.Background(), token, keys.Params{Blocked: keys.Of(true)}); err != nil {
+		t.Fatal(err)
+	}
+	if status, out := open.call(t, secret, "GET", "/v1/models", ""); status != 401 {
+		t.Errorf("a blocked key: %d %v; want 401", status, out)
 	}
 }
