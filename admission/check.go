@@ -3,6 +3,7 @@ package admission
 import (
 	"net/http"
 
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -21,8 +22,9 @@ type Checked struct {
 }
 
 // Check runs the cheap checks on r, in this order: size, id, decode,
-// validate, catalogue, preset policy, stream policy, timeout, lane, reply
-// subject and results subject, idempotency key. It does no I/O; Admit runs
+// validate, catalogue, the caller's key's model access, preset policy,
+// stream policy, timeout, lane, reply subject and results subject,
+// idempotency key. It does no I/O; Admit runs
 // the costly multimodal check. A refusal is a *schema.Error (or an
 // *http.MaxBytesError for an oversized body). The Checked it returns on a
 // refusal holds whatever was decoded (Chat may be nil), for the door's
@@ -45,6 +47,11 @@ func (c *Core) Check(r Request) (*Checked, error) {
 	}
 	if err := c.currentKey(ck); err != nil {
 		return ck, err
+	}
+	// A key's model list comes first, as in LiteLLM: a key learns nothing
+	// of models outside it, not even whether they exist.
+	if k := ck.Caller.Key; k != nil && !k.Allows(req.Model) {
+		return ck, keys.ModelAccessDenied(k, req.Model)
 	}
 	model, ok := c.catalog.Lookup(req.Model)
 	if !ok {

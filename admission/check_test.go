@@ -157,3 +157,37 @@ func TestCheckAnswerKey(t *testing.T) {
 		t.Errorf("batch line answer key %q, %v; want batch.b1.3", ck.AnswerKey, err)
 	}
 }
+
+// TestCheckModelAccess: a virtual key may call only its models (401
+// key_model_access_denied naming "model", at every door, since every door
+// calls Check); a key with no models, and the admin, may call any.
+func TestCheckModelAccess(t *testing.T) {
+	c := testCore(t, Config{})
+	for _, tc := range []struct {
+		name   string
+		caller keys.Caller
+		denied bool
+	}{
+		{"the admin", keys.Caller{}, false},
+		{"a key with the model", keys.Caller{Key: &keys.Key{Token: "t1", Models: []string{"other", "m"}}}, false},
+		{"a key with every model", keys.Caller{Key: &keys.Key{Token: "t2", Models: []string{}}}, false},
+		{"a key without the model", keys.Caller{Key: &keys.Key{Token: "t3", Models: []string{"other"}}}, true},
+	} {
+		for _, door := range []Door{DoorChat, DoorJobs, DoorMicro, DoorBatch} {
+			t.Run(tc.name+"/"+string(door), func(t *testing.T) {
+				_, err := c.Check(Request{ID: "r1", Door: door, Body: []byte(chat), Caller: tc.caller})
+				if !tc.denied {
+					if err != nil {
+						t.Fatalf("Check = %v", err)
+					}
+					return
+				}
+				var e *schema.Error
+				if !errors.As(err, &e) || e.Status != 401 || e.Code != keys.CodeModelAccessDenied || e.Param != "model" ||
+					!strings.Contains(e.Message, "'m'") || !strings.Contains(e.Message, "models=[other]") {
+					t.Errorf("Check = %v; want 401 key_model_access_denied on model, naming m and the key's models", err)
+				}
+			})
+		}
+	}
+}

@@ -35,20 +35,15 @@ func (c *Core) currentKey(ck *Checked) error {
 		return nil
 	}
 	k, ok := c.cfg.Keys.ByToken(ck.Caller.Key.Token)
-	switch {
-	case !ok:
-		return keyRefused("The virtual key that sent this request no longer exists.")
-	case k.Blocked:
-		return keyRefused("The virtual key that sent this request is blocked.")
-	case k.Expired(time.Now()):
-		return keyRefused("The virtual key that sent this request has expired.")
+	if !ok {
+		return &schema.Error{Status: http.StatusUnauthorized, Type: schema.TypeInvalidRequest, Code: schema.CodeInvalidAPIKey,
+			Message: "The virtual key that sent this request no longer exists."}
+	}
+	if err := k.Usable(time.Now()); err != nil {
+		return err
 	}
 	ck.Caller.Key = k
 	return nil
-}
-
-func keyRefused(msg string) *schema.Error {
-	return &schema.Error{Status: http.StatusUnauthorized, Type: schema.TypeAuthentication, Code: schema.CodeInvalidAPIKey, Message: msg}
 }
 
 // limitKey runs the caller's key limits for a request that must start

@@ -18,7 +18,6 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/batch"
-	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -28,12 +27,6 @@ type Config struct {
 	// MasterKey, when set, is required as "Authorization: Bearer <key>" on
 	// every API route. Health routes never need it.
 	MasterKey schema.Secret
-	// Authenticate, when set, resolves a Bearer token that is not the
-	// master key to the virtual key's caller (found false: no such key,
-	// answered 401). A caller without a Key (the admin) is refused too:
-	// only the master key makes the admin. Nil: the master key is the only
-	// key. It is consulted only while MasterKey is set.
-	Authenticate func(token string) (who keys.Caller, found bool)
 	// InstanceID names this gateway's reply subjects; default a random NUID.
 	InstanceID string
 	// Subject is where chat requests are published; default the interactive lane.
@@ -65,6 +58,14 @@ type Config struct {
 	// API's own limit; MaxBodyBytes does not apply there). Default
 	// DefaultMaxFileBytes, OpenAI's 200 MB.
 	MaxFileBytes int64
+	// Keys finds the virtual keys callers send as Bearer tokens beside
+	// the master key; nil: only the master key works. A Keys that can
+	// also manage keys (keys.Store) serves /key/generate, /key/info,
+	// /key/update, /key/delete, /key/list, /key/block and /key/unblock.
+	Keys KeyLookup
+	// Usage, when set, gives /key/info each key's spend, tokens and
+	// requests in its budget window; nil shows zero.
+	Usage KeyUsage
 	// Micro configures the NATS request/reply endpoint (see micro.go),
 	// which Serve runs beside HTTP.
 	Micro MicroConfig
@@ -143,6 +144,7 @@ type Gateway struct {
 	batches  *batch.Store    // Batch API files and batches
 	jobs     *jobstore.Store // async jobs (jobs.go)
 	created  int64           // the models' "created" time
+	master   []byte          // the master key; nil: none
 	draining atomic.Bool
 	stopping chan struct{} // closed when draining begins: long polls answer at once
 	closing  chan struct{} // closed when the shutdown grace is over
@@ -162,8 +164,11 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
 	}
-	core, err := admission.Open(ctx, admission.Config{AllowPresetOverride: cfg.AllowPresetOverride, MaxBodyBytes: cfg.MaxBodyBytes,
-		PublishTimeout: cfg.PublishTimeout, Limits: cfg.Limits}, js, catalog, log.With("gateway", cfg.InstanceID))
+	acfg := admission.Config{AllowPresetOverride: cfg.AllowPresetOverride, MaxBodyBytes: cfg.MaxBodyBytes, PublishTimeout: cfg.PublishTimeout, Limits: cfg.Limits}
+	if r, ok := cfg.Keys.(admission.KeyResolver); ok {
+		acfg.Keys = r // the core judges every door's request by its key as it is now
+	}
+	core, err := admission.Open(ctx, acfg, js, catalog, log.With("gateway", cfg.InstanceID))
 	if err != nil {
 		return nil, err
 	}
@@ -188,6 +193,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		stopping: make(chan struct{}),
 		created:  time.Now().Unix(),
 		closing:  make(chan struct{}),
+	}
+	if cfg.MasterKey != "" {
+		g.master = []byte(cfg.MasterKey.Reveal())
 	}
 	if g.metrics, err = newMetrics(cfg.Metrics, js, g.log); err != nil {
 		_ = corr.close()

@@ -43,9 +43,11 @@ import (
 // HeaderCompletionRef header names the object, which the caller reads and
 // deletes (it expires with the bucket's TTL otherwise).
 //
-// The master key does not apply here: the endpoint trusts NATS's own
-// authorization. Whoever may publish on the subject may ask; restrict it
-// with NATS permissions.
+// The endpoint trusts NATS's own authorization: whoever may publish on the
+// subject may ask (restrict it with NATS permissions), as the admin. A
+// request may carry "Authorization: Bearer <key>" as a NATS header: a
+// virtual key's request then gets that key's model access and limits, and
+// an unknown, blocked or expired key is refused with 401 as over HTTP.
 //
 // micro runs an endpoint's handler for one message at a time. A chat
 // request waits seconds for LaaS, so the handler checks the request in line
@@ -193,7 +195,7 @@ func (g *Gateway) startMicro() (*microEndpoint, error) {
 		micro.WithEndpointMetadata(map[string]string{
 			"request":  "OpenAI chat request (stream: false)",
 			"response": "chat.completion, or an OpenAI error body with Nats-Service-Error-Code = HTTP status",
-			"headers":  HeaderRequestTimeout + ", " + HeaderLiteLLMTimeout + ", " + HeaderLane + ", " + HeaderIdempotencyKey,
+			"headers":  "Authorization, " + HeaderRequestTimeout + ", " + HeaderLiteLLMTimeout + ", " + HeaderLane + ", " + HeaderIdempotencyKey,
 		}))
 	if err != nil {
 		_ = svc.Stop()
@@ -263,9 +265,17 @@ func (m *microEndpoint) check(id string, r micro.Request) (ck *admission.Checked
 	if r.Reply() == "" {
 		return nil, model, schema.Invalid("", schema.CodeInvalidValue, "Send chat requests on %s as NATS requests (with a reply subject); nobody would receive this answer.", g.cfg.Micro.Subject)
 	}
-	req, err := g.request(id, admission.DoorMicro, httpHeader(r.Headers()), r.Data())
+	h := httpHeader(r.Headers())
+	req, err := g.request(id, admission.DoorMicro, h, r.Data())
 	if err != nil {
 		return nil, model, err
+	}
+	// NATS's own authorization lets the caller in; a key in the
+	// Authorization header, when there is one, says who it is.
+	if auth := h.Get("Authorization"); auth != "" {
+		if req.Caller, err = g.callerFor(auth); err != nil {
+			return nil, model, err
+		}
 	}
 	ck, err = g.core.Check(req)
 	if ck.Chat != nil {

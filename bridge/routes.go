@@ -1,17 +1,14 @@
 package bridge
 
 import (
-	"crypto/subtle"
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/laas-bridge/laas-bridge/admission"
-	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -56,6 +53,7 @@ func (g *Gateway) routes() *echo.Echo {
 		e.POST(prefix+"/batches/:id/cancel", g.cancelBatch, g.authenticate)
 	}
 	g.jobRoutes(e) // async jobs, under /v1 only
+	g.keyRoutes(e) // virtual keys (keys.go), at the root as LiteLLM serves them
 	return e
 }
 
@@ -71,36 +69,6 @@ func requestID(next echo.HandlerFunc) echo.HandlerFunc {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
-
-// authenticate requires, when a master key is set, a Bearer token: the
-// master key (the caller is the admin) or a key Config.Authenticate
-// resolves (the caller is that key).
-func (g *Gateway) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
-	if g.cfg.MasterKey == "" {
-		return next
-	}
-	want := []byte(g.cfg.MasterKey.Reveal())
-	return func(c echo.Context) error {
-		auth := c.Request().Header.Get(echo.HeaderAuthorization)
-		token, ok := strings.CutPrefix(auth, "Bearer ")
-		token = strings.TrimSpace(token)
-		switch {
-		case ok && subtle.ConstantTimeCompare([]byte(token), want) == 1:
-			setCaller(c, keys.Caller{}) // the master key: the admin
-			return next(c)
-		case ok && token != "" && g.cfg.Authenticate != nil:
-			if who, found := g.cfg.Authenticate(token); found && !who.Admin() {
-				setCaller(c, who)
-				return next(c)
-			}
-		}
-		msg := "Incorrect API key provided. Send the bridge's master key as 'Authorization: Bearer <key>'."
-		if auth == "" {
-			msg = "You didn't provide an API key. Send the bridge's master key as 'Authorization: Bearer <key>'."
-		}
-		return &schema.Error{Status: http.StatusUnauthorized, Type: schema.TypeInvalidRequest, Code: schema.CodeInvalidAPIKey, Message: msg}
-	}
-}
 
 // handleError is the one place errors become HTTP answers, in OpenAI's format.
 func (g *Gateway) handleError(err error, c echo.Context) {

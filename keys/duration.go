@@ -2,41 +2,60 @@ package keys
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
-	"strings"
 	"time"
 )
 
-// ParseDuration reads LiteLLM's durations (budget_duration, duration):
-// a whole number and a unit, "30s", "30m", "30h", "30d", "1mo" (30 days).
-func ParseDuration(s string) (time.Duration, error) {
-	units := []struct {
-		suffix string
-		unit   time.Duration
-	}{{"mo", 30 * 24 * time.Hour}, {"s", time.Second}, {"m", time.Minute}, {"h", time.Hour}, {"d", 24 * time.Hour}, {"w", 7 * 24 * time.Hour}}
-	for _, u := range units {
-		num, ok := strings.CutSuffix(s, u.suffix)
-		if !ok {
-			continue
-		}
-		n, err := strconv.ParseInt(num, 10, 64)
-		if err != nil || n <= 0 || n > int64(1<<62/u.unit) {
-			break
-		}
-		return time.Duration(n) * u.unit, nil
-	}
-	return 0, fmt.Errorf("%q is not a duration such as 30s, 30m, 30h, 30d or 1mo", s)
+// Duration is one of LiteLLM's duration strings, as "duration" (a key's
+// lifetime) and "budget_duration" (its budget window) take them: a positive
+// whole number and a unit, s (seconds), m (minutes), h (hours), d (days),
+// w (weeks) or mo (calendar months): "30s", "1h", "30d", "1mo".
+type Duration struct {
+	N    int
+	Unit string // "s", "m", "h", "d", "w" or "mo"
 }
 
-// budgetEvery is how often the key's budget resets; 0 for never (or an
-// unreadable budget_duration, which validation refuses).
-func (k *Key) budgetEvery() time.Duration {
-	if k.BudgetDuration == "" {
-		return 0
+var durationPattern = regexp.MustCompile(`^([0-9]{1,9})(s|m|h|d|w|mo)$`)
+
+// ParseDuration reads a LiteLLM duration string. Unlike LiteLLM, which
+// reads "30min" as 30 minutes and "30" as 30 seconds, it takes the
+// documented forms only, so a typo is refused rather than read as
+// something else.
+func ParseDuration(s string) (Duration, error) {
+	m := durationPattern.FindStringSubmatch(s)
+	if m == nil {
+		return Duration{}, fmt.Errorf("%q is not a duration: use a whole number and s, m, h, d, w or mo, as in \"30d\" or \"1h\"", s)
 	}
-	d, err := ParseDuration(k.BudgetDuration)
-	if err != nil {
-		return 0
+	n, _ := strconv.Atoi(m[1])
+	if n < 1 {
+		return Duration{}, fmt.Errorf("%q is not a duration: it must be at least 1%s", s, m[2])
 	}
-	return d
+	return Duration{N: n, Unit: m[2]}, nil
 }
+
+// After returns t plus d: calendar months for "mo" (1 month after 31
+// January is 28 or 29 February's end, as LiteLLM counts), a fixed length
+// otherwise.
+func (d Duration) After(t time.Time) time.Time {
+	if d.Unit == "mo" {
+		next := t.AddDate(0, d.N, 0)
+		// AddDate normalises 31 January + 1 month to 3 March: stop at the
+		// end of the target month instead.
+		if want := (int(t.Month())-1+d.N)%12 + 1; int(next.Month()) != want {
+			next = next.AddDate(0, 0, -next.Day())
+		}
+		return next
+	}
+	return t.Add(d.Fixed())
+}
+
+// Fixed is d's length, with a month counted as 30 days (for "mo" use After
+// where calendar months matter).
+func (d Duration) Fixed() time.Duration {
+	unit := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour, "d": 24 * time.Hour, "w": 7 * 24 * time.Hour, "mo": 30 * 24 * time.Hour}[d.Unit]
+	return time.Duration(d.N) * unit
+}
+
+// String is d as LiteLLM writes it.
+func (d Duration) String() string { return strconv.Itoa(d.N) + d.Unit }

@@ -230,10 +230,9 @@ func (l *Limits) Usage(ctx context.Context, k *Key) (Usage, error) {
 	if st.Period > 0 {
 		u.WindowStart = time.UnixMilli(st.Period).UTC()
 	}
-	if every := k.budgetEvery(); every > 0 {
-		start := periodStart(k.CreatedAt, every, now)
-		reset := time.UnixMilli(start).Add(every).UTC()
-		u.WindowStart, u.BudgetResetAt = time.UnixMilli(start).UTC(), &reset
+	if start, end, ok := period(k.CreatedAt, k.budgetEvery(), now); ok {
+		start, end = start.UTC(), end.UTC()
+		u.WindowStart, u.BudgetResetAt = start, &end
 	}
 	return u, nil
 }
@@ -295,4 +294,43 @@ func (l *Limits) update(ctx context.Context, token string, change func(*state) e
 		}
 	}
 	return fmt.Errorf("write key state: %d conflicting writes in a row", maxCAS)
+}
+
+// budgetEvery is how often the key's budget resets; zero for never (or
+// an unreadable budget_duration, which DecodeRequest refuses).
+func (k *Key) budgetEvery() Duration {
+	if k.BudgetDuration == "" {
+		return Duration{}
+	}
+	d, err := ParseDuration(k.BudgetDuration)
+	if err != nil {
+		return Duration{}
+	}
+	return d
+}
+
+// Resolver finds a key by its token, as it is now (Store.ByToken).
+type Resolver interface {
+	ByToken(token string) (*Key, bool)
+}
+
+// UsageReader reads a key's usage by its token, for /key/info: the key as
+// r knows it, its usage from l.
+func UsageReader(l *Limits, r Resolver) interface {
+	Usage(ctx context.Context, token string) (Usage, error)
+} {
+	return usageReader{l, r}
+}
+
+type usageReader struct {
+	l *Limits
+	r Resolver
+}
+
+func (u usageReader) Usage(ctx context.Context, token string) (Usage, error) {
+	k, ok := u.r.ByToken(token)
+	if !ok {
+		return Usage{}, ErrNotFound
+	}
+	return u.l.Usage(ctx, k)
 }

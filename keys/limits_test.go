@@ -206,17 +206,4 @@ func TestLimitsBudgetAndTPM(t *testing.T) {
 	}
 }
 
-func TestParseDuration(t *testing.T) {
-	for in, want := range map[string]time.Duration{"30s": 30 * time.Second, "5m": 5 * time.Minute, "2h": 2 * time.Hour, "30d": 720 * time.Hour, "1mo": 720 * time.Hour, "1w": 168 * time.Hour} {
-		if got, err := ParseDuration(in); err != nil || got != want {
-			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "30", "d", "-1d", "0s", "1.5h", "1y", "99999999999999999999d"} {
-		if _, err := ParseDuration(in); err == nil {
-			t.Errorf("ParseDuration(%q) accepted", in)
-		}
-	}
-}
-
 func itoa(i int) string { return string(rune('0'+i/10)) + string(rune('0'+i%10)) }

@@ -150,13 +150,33 @@ func (s *state) roll(period int64) {
 	}
 }
 
+// period is the budget period now falls in, for a key created at
+// created whose budget resets every every (zero: never): its start and
+// end. Periods are counted from the key's creation, calendar months for
+// "mo". ok is false for a budget that never resets.
+func period(created time.Time, every Duration, now time.Time) (start, end time.Time, ok bool) {
+	if every.N == 0 || created.IsZero() || now.Before(created) {
+		return time.Time{}, time.Time{}, false
+	}
+	nth := func(k int) time.Time { return Duration{N: k * every.N, Unit: every.Unit}.After(created) }
+	var k int
+	if every.Unit == "mo" {
+		k = ((now.Year()-created.Year())*12 + int(now.Month()-created.Month())) / every.N
+		for k > 0 && nth(k).After(now) {
+			k--
+		}
+	} else {
+		k = int(now.Sub(created) / every.Fixed())
+	}
+	return nth(k), nth(k + 1), true
+}
+
 // periodStart is the start, unix milliseconds, of the budget period now
-// falls in, for a key created at created whose budget resets every every
-// (0: never, and the period is 0).
-func periodStart(created time.Time, every time.Duration, now time.Time) int64 {
-	if every <= 0 || created.IsZero() || now.Before(created) {
+// falls in (0 for a budget that never resets).
+func periodStart(created time.Time, every Duration, now time.Time) int64 {
+	start, _, ok := period(created, every, now)
+	if !ok {
 		return 0
 	}
-	n := now.Sub(created) / every
-	return created.Add(n * every).UnixMilli()
+	return start.UnixMilli()
 }

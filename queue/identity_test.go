@@ -213,9 +213,13 @@ func TestConnectMutualTLS(t *testing.T) {
 	}
 
 	t.Run("no client certificate", func(t *testing.T) {
+		// The server refuses in the handshake; whether the client reads
+		// its alert or finds the connection closed first depends on timing.
 		err, _ := connectAs(t, url, queue.Identity{CAFile: p.caFile})
-		if want := "connect to NATS at " + url + ": remote error: tls: certificate required"; err == nil || err.Error() != want {
-			t.Fatalf("Connect error = %v, want %q", err, want)
+		prefix := "connect to NATS at " + url + ": "
+		if err == nil || !strings.HasPrefix(err.Error(), prefix) ||
+			!strings.Contains(err.Error(), "tls: certificate required") && !strings.Contains(err.Error(), "tls error: connection closed by remote") {
+			t.Fatalf("Connect error = %v, want %q and the server's certificate refusal or the closed TLS connection", err, prefix)
 		}
 	})
 	t.Run("no CA", func(t *testing.T) {

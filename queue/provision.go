@@ -335,7 +335,7 @@ func (c Config) LimitsConfig() jetstream.KeyValueConfig {
 // --- end rate limiter ---
 
 // Ensure creates the request, reply and dead-letter streams, the
-// large-body object store, the answers and rate-limit buckets and the two
+// large-body object store, the answers, rate-limit and virtual-key buckets and the two
 // lane consumers when they are missing, and returns the interactive lane's
 // consumer. On what exists it changes only the settings the bridge owns
 // (subjects, retention, filters, ...) and those set in cfg: a zero field
@@ -379,7 +379,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 
 	bodiesCfg, answersCfg, limitsCfg := cfg.BodiesConfig(), cfg.AnswersConfig(), cfg.LimitsConfig()
 	jobsCfg, filesCfg, batchesCfg := cfg.JobsConfig(), cfg.FilesConfig(), cfg.BatchesConfig()
-	keyStateCfg := cfg.KeyStateConfig()
+	keyStateCfg, keysCfg := cfg.KeyStateConfig(), cfg.KeysConfig()
 	for _, spec := range []streamSpec{
 		{want: cfg.StreamConfig(), set: requests},
 		{want: cfg.RepliesConfig(), set: with(append(owned, setMaxAge, setMaxBytes)...)},
@@ -414,6 +414,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 		{
 			kind: "key-value bucket", name: batchesCfg.Bucket, want: kvStream(batchesCfg), set: with(setDescription, setMaxAge),
 			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, batchesCfg); return err },
+		},
+		{ // virtual keys (keys.go)
+			kind: "key-value bucket", name: keysCfg.Bucket, want: kvStream(keysCfg), set: with(setDescription),
+			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, keysCfg); return err },
 		},
 	} {
 		if err := ensureStream(ctx, js, o.log, spec); err != nil {

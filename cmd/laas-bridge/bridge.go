@@ -136,7 +136,15 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 
-	// Virtual keys' limits, shared by every gateway and worker.
+	// Virtual keys (LAAS_KEYS, watched by every gateway and worker) and
+	// their limits' state, shared by all of them.
+	keysCtx, cancelKeys := context.WithTimeout(ctx, 30*time.Second)
+	store, err := keys.Open(keysCtx, js, log)
+	cancelKeys()
+	if err != nil {
+		return err
+	}
+	defer store.Close()
 	keyLimits, err := keys.OpenLimits(ctx, js, log)
 	if err != nil {
 		return err
@@ -171,14 +179,15 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		defer limiter.Close()
 		// --- end rate limits ---
 		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log,
-			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, nil)); err != nil {
+			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, store)); err != nil {
 			return err
 		}
 	}
 	var gw *bridge.Gateway
 	var ln net.Listener
 	if hasGateway {
-		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg, Limits: keyLimits,
+		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, Keys: store, Usage: keys.UsageReader(keyLimits, store), Limits: keyLimits,
+			MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
 			Micro: microConfig(env.MicroSubject, env.MicroReplyPrefixes, version)}, nc, js, catalog, log); err != nil {
 			return err
 		}
