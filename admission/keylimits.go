@@ -2,6 +2,7 @@ package admission
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -54,10 +55,16 @@ func (c *Core) limitKey(ctx context.Context, ck *Checked, deadline time.Time) (k
 		return keys.Admission{}, nil
 	}
 	adm, err := c.cfg.Limits.Admit(ctx, k, ck.ID, deadline, ck.QueueWait)
-	if err != nil && ctx.Err() != nil {
+	if _, refused := errors.AsType[*schema.Error](err); err == nil || refused {
+		return adm, err
+	}
+	if ctx.Err() != nil {
 		return adm, CallerGone(err)
 	}
-	return adm, err
+	// The limits' state could not be read or written (NATS unavailable):
+	// the request cannot be admitted safely now.
+	return adm, &schema.Error{Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
+		Message: "The key's limits cannot be checked right now; try again shortly.", RetryAfter: 1, Cause: err}
 }
 
 // undoKey gives back what limitKey took, for a request not queued.

@@ -126,3 +126,18 @@ func TestCheckCurrentKey(t *testing.T) {
 		})
 	}
 }
+
+// When the limits' state cannot be read or written, the request is
+// refused 503 queue_unavailable (never a 500, never admitted unchecked).
+func TestAdmitKeyLimitsUnavailable(t *testing.T) {
+	limits := &fakeLimits{refuse: errors.New("nats: timeout")}
+	c, q := openCore(t, queue.Config{Memory: true}, Config{Limits: limits})
+	_, err := admit(t, c, Request{ID: "r1", Door: DoorChat, Body: []byte(chat), Caller: keys.Caller{Key: &keys.Key{Token: "tok"}}})
+	e, ok := errors.AsType[*schema.Error](err)
+	if !ok || e.Status != http.StatusServiceUnavailable || e.Code != schema.CodeQueueUnavailable || e.RetryAfter != 1 {
+		t.Fatalf("err = %v; want 503 queue_unavailable with Retry-After 1", err)
+	}
+	if n := len(queued(t, q.JS, schema.SubjectInteractive)); n != 0 {
+		t.Errorf("%d queued", n)
+	}
+}

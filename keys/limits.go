@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,6 +41,11 @@ type Limits struct {
 	kv  jetstream.KeyValue
 	log *slog.Logger
 	now func() time.Time
+
+	// turns holds one mutex per key token: within a process one change
+	// of a key's state at a time, so compare-and-set conflicts come only
+	// from other processes.
+	turns sync.Map // token -> *sync.Mutex
 }
 
 // LeaseGrace is how long after its deadline a parallel lease lapses when
@@ -269,7 +276,18 @@ func (l *Limits) get(ctx context.Context, token string) (state, uint64, error) {
 // it again after another process's write. A change that returns an error
 // writes nothing and returns it.
 func (l *Limits) update(ctx context.Context, token string, change func(*state) error) error {
-	for range maxCAS {
+	turn, _ := l.turns.LoadOrStore(token, &sync.Mutex{})
+	turn.(*sync.Mutex).Lock()
+	defer turn.(*sync.Mutex).Unlock()
+	for attempt := range maxCAS {
+		if attempt > 0 {
+			// Another process wrote in between: let it finish its turn.
+			select {
+			case <-time.After(time.Duration(rand.Int64N(int64(attempt)*int64(time.Millisecond)) + 1)):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		st, rev, err := l.get(ctx, token)
 		if err != nil {
 			return err
