@@ -28,6 +28,8 @@ func TestKeysLifecycle(t *testing.T) {
 	defer cancel()
 	a := generateKey(ctx, t, gw0, map[string]any{"key_alias": "app-a", "models": []string{"claude-3.5-sonnet"}, "rpm_limit": 60})
 	b := generateKey(ctx, t, gw1, map[string]any{"key_alias": "app-b"})
+	keyEverywhere(ctx, t, s.gateways, a)
+	keyEverywhere(ctx, t, s.gateways, b)
 
 	for _, model := range []string{"claude-3.7-sonnet", "own-preset"} {
 		status, body, _ := chatAs(ctx, t, gw1, a, model, "not mine")

@@ -63,6 +63,23 @@ func generateKey(ctx context.Context, t *testing.T, url string, spec map[string]
 	return key
 }
 
+// keyEverywhere waits until every gateway knows key: a new key reaches
+// the others through their watch of LAAS_KEYS (milliseconds), not at once.
+func keyEverywhere(ctx context.Context, t *testing.T, gateways []string, key string) {
+	t.Helper()
+	for _, gw := range gateways {
+		for begin := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+			status, _, _ := keyCall(ctx, t, gw, key, http.MethodGet, "/v1/models", nil)
+			if status == http.StatusOK {
+				break
+			}
+			if time.Since(begin) > 10*time.Second {
+				t.Fatalf("%s does not know a key 10 s after it was made (status %d)", gw, status)
+			}
+		}
+	}
+}
+
 // chatAs sends a chat request for model as key, with extra headers.
 func chatAs(ctx context.Context, t *testing.T, url, key, model, text string, header ...string) (int, map[string]any, http.Header) {
 	t.Helper()
@@ -140,6 +157,7 @@ func TestKeyLimitsExactAcrossGateways(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	rpmKey := generateKey(ctx, t, s.gateways[0], map[string]any{"key_alias": "rpm-app", "models": []string{"claude-3.5-sonnet"}, "rpm_limit": 60})
+	keyEverywhere(ctx, t, s.gateways, rpmKey)
 
 	var wg sync.WaitGroup
 	var budget budgetRun
@@ -234,11 +252,12 @@ func spendBudget(ctx context.Context, t *testing.T, s *keyStack) budgetRun {
 	r := budgetRun{callCost: prompt*0.001 + completion*0.002, callers: 4}
 	r.maxBudget = 10.5 * r.callCost
 	key := generateKey(ctx, t, s.gateways[1], map[string]any{"key_alias": "budget-app", "max_budget": r.maxBudget})
+	keyEverywhere(ctx, t, s.gateways, key)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for c := range r.callers {
 		wg.Go(func() {
-			for i := 0; ; i++ {
+			for i := 0; i < 100; i++ { // far past the budget: the check below fails
 				status, body, _ := chatAs(ctx, t, s.gateways[(c+i)%3], key, "own-preset", text)
 				mu.Lock()
 				switch status {
