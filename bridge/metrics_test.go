@@ -19,10 +19,16 @@ import (
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
-// scrape fetches url's /metrics without a key and parses it.
+// scrape fetches url's /metrics as the admin of a gateway whose master
+// key, if any, is sk-test, and parses it.
 func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get(url + "/metrics")
+	req, err := http.NewRequest(http.MethodGet, url+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer sk-test")
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,5 +247,27 @@ func TestNoMetricsRoute(t *testing.T) {
 	f := newFixture(t, Config{})
 	if resp, _ := f.do(t, "GET", "/metrics", ""); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("GET /metrics without metrics: %d, want 404", resp.StatusCode)
+	}
+}
+
+// TestMetricsNeedTheMasterKey: with a master key, the gateway's /metrics
+// (every key's alias and usage) is the admin's: no key and a virtual key
+// are refused, the master key reads it.
+func TestMetricsNeedTheMasterKey(t *testing.T) {
+	f := newFixture(t, Config{MasterKey: "sk-master", Keys: fakeKeys{secretA: {Token: tokenA}}, Metrics: prometheus.NewRegistry()})
+	for _, tc := range []struct {
+		name   string
+		header []string
+		status int
+	}{
+		{"no key", nil, http.StatusUnauthorized},
+		{"a virtual key", auth(secretA), http.StatusUnauthorized},
+		{"the master key", auth("sk-master"), http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if resp, body := f.do(t, "GET", "/metrics", "", tc.header...); resp.StatusCode != tc.status {
+				t.Errorf("GET /metrics: %d %s, want %d", resp.StatusCode, body, tc.status)
+			}
+		})
 	}
 }

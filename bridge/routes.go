@@ -29,9 +29,11 @@ func (g *Gateway) routes() *echo.Echo {
 	e.GET("/healthz", g.liveness)
 	e.GET("/health/readiness", g.readiness)
 	e.GET("/readyz", g.readiness)
-	// Metrics: never behind the master key either.
+	// Metrics name every virtual key's alias and usage: on the API port
+	// only the master key may read them (BRIDGE_METRICS_LISTEN serves them
+	// without a key, on an address the operator keeps private).
 	if g.cfg.Metrics != nil {
-		e.GET("/metrics", metricsHandler(g.cfg.Metrics, g.log))
+		e.GET("/metrics", metricsHandler(g.cfg.Metrics, g.log), g.authenticate, adminOnly)
 	}
 
 	// API routes, under /v1 and at the root as LiteLLM serves them. The key

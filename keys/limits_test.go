@@ -19,7 +19,7 @@ import (
 // limitsOn starts an embedded NATS with the queue's buckets and returns n
 // Limits, each on its own connection (as separate gateways would be),
 // sharing the clock *now.
-func limitsOn(t *testing.T, n int, now *time.Time) []*Limits {
+func limitsOn(t testing.TB, n int, now *time.Time) []*Limits {
 	t.Helper()
 	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {

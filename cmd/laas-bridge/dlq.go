@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/admission"
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/worker/dlq"
@@ -128,7 +129,19 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	core, err := admission.Open(ctx, admission.Config{AllowPresetOverride: cfgFile.AllowPresetOverride, MaxBodyBytes: env.MaxBody}, js, cfgFile.Catalog, log)
+	// A replay is still its key's: judged by the key as it is now, under
+	// its limits, as at every other door.
+	keyStore, err := keys.Open(ctx, js, log)
+	if err != nil {
+		return err
+	}
+	defer keyStore.Close()
+	keyLimits, err := keys.OpenLimits(ctx, js, log)
+	if err != nil {
+		return err
+	}
+	core, err := admission.Open(ctx, admission.Config{AllowPresetOverride: cfgFile.AllowPresetOverride, MaxBodyBytes: env.MaxBody,
+		Keys: keyStore, Limits: keyLimits}, js, cfgFile.Catalog, log)
 	if err != nil {
 		return err
 	}

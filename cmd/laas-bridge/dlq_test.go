@@ -83,7 +83,7 @@ func (f *dlqFixture) keep(t *testing.T, id, model string, status, attempts int, 
 	}
 	dl := worker.DeadLetter{
 		Envelope: schema.Envelope{ID: id, Model: model, EnqueuedAt: dlqT0, Deadline: dlqT0.Add(10 * time.Minute), Request: request,
-			IdempotencyKey: "key-" + id, Owner: keys.Hash("sk-" + id)},
+			IdempotencyKey: "key-" + id},
 		Reason:      schema.ErrorDetail{Message: reason, Type: schema.TypeUpstream, Code: new(schema.CodeUpstreamError)},
 		Status:      status,
 		Attempts:    attempts,
@@ -506,4 +506,54 @@ func TestDeadLetterEndToEnd(t *testing.T) {
 	if n := calls.Load(); n != 3 {
 		t.Errorf("LaaS called %d times, want 3", n)
 	}
+}
+
+// A dead letter of a virtual key's request is replayed as that key's (its
+// owner kept, judged by the key as it is now); one of a key deleted since
+// is refused, and its dead letter kept.
+func TestDLQReplayKeepsItsKey(t *testing.T) {
+	f := startDLQ(t, queue.Config{Memory: true})
+	ctx := context.Background()
+	store, err := keys.Open(ctx, f.q.JS, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	_, live, err := store.Generate(ctx, "", keys.Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Kept as the worker keeps them, with the owner of the request.
+	for _, dl := range []worker.DeadLetter{
+		withOwner(f.keep(t, "req-live", "m", 503, 3, dlqT0, "busy", nil), live.Token),
+		withOwner(f.keep(t, "req-gone", "m", 503, 3, dlqT0, "busy", nil), keys.Hash("sk-deleted")),
+	} {
+		dl.Envelope.ID += "-k"
+		if err := f.dead.DeadLetter(ctx, dl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, stderr, err := f.dlq(t, "replay", "req-live-k"); err != nil {
+		t.Fatalf("replay of a live key's dead letter: %v\n%s", err, stderr)
+	}
+	jobs := batchJobs(t, f.q.JS)
+	if len(jobs) != 1 {
+		t.Fatalf("%d jobs queued, want 1", len(jobs))
+	}
+	var env schema.Envelope
+	if err := json.Unmarshal(jobs[0].Data, &env); err != nil || env.Owner != live.Token {
+		t.Errorf("replayed envelope owner %q (%v), want the key's token", env.Owner, err)
+	}
+	_, _, err = f.dlq(t, "replay", "req-gone-k")
+	if err == nil || !strings.Contains(err.Error(), "no longer exists") {
+		t.Errorf("replay of a deleted key's dead letter: %v; want it refused", err)
+	}
+	if out, _, _ := f.dlq(t, "list"); !strings.Contains(out, "req-gone-k") {
+		t.Errorf("the refused dead letter is gone:\n%s", out)
+	}
+}
+
+func withOwner(dl worker.DeadLetter, owner string) worker.DeadLetter {
+	dl.Envelope.Owner = owner
+	return dl
 }
