@@ -227,6 +227,16 @@ func (g *Gateway) deleteKeys(c echo.Context) error {
 	if len(missing) > 0 {
 		return keys.NotFound("keys", len(missing))
 	}
+	// A key made again later with the same secret starts afresh.
+	if f, ok := g.cfg.Limits.(interface {
+		Forget(ctx context.Context, token string) error
+	}); ok {
+		for _, t := range tokens {
+			if err := f.Forget(c.Request().Context(), t); err != nil {
+				g.log.Warn("could not drop a deleted key's limit state", "key", t[:min(12, len(t))], "error", err)
+			}
+		}
+	}
 	return c.JSON(http.StatusOK, map[string][]string{"deleted_keys": tokens})
 }
 

@@ -313,6 +313,16 @@ func TestNATSConfigIdentities(t *testing.T) {
 			}
 			return st.Purge(ctx)
 		})
+		if role == "worker" { // workers read keys; only gateways write them
+			denied(t, nc, errs, "worker: write a virtual key", `Publish to "$KV.LAAS_KEYS.forged"`, func(ctx context.Context) error {
+				kv, err := js.KeyValue(ctx, schema.BucketKeys)
+				if err != nil {
+					return err
+				}
+				_, err = kv.Put(ctx, "forged", []byte(`{}`))
+				return err
+			})
+		}
 	}
 
 	prod, errs := connectAs(t, hostport, "producer", pw["NATS_PRODUCER_PASSWORD"])

@@ -18,6 +18,10 @@ type Duration struct {
 
 var durationPattern = regexp.MustCompile(`^([0-9]{1,9})(s|m|h|d|w|mo)$`)
 
+// MaxDuration is the longest duration ParseDuration takes: 100 years, far
+// from where a time.Duration overflows.
+const MaxDuration = 100 * 365 * 24 * time.Hour
+
 // ParseDuration reads a LiteLLM duration string. Unlike LiteLLM, which
 // reads "30min" as 30 minutes and "30" as 30 seconds, it takes the
 // documented forms only, so a typo is refused rather than read as
@@ -31,7 +35,11 @@ func ParseDuration(s string) (Duration, error) {
 	if n < 1 {
 		return Duration{}, fmt.Errorf("%q is not a duration: it must be at least 1%s", s, m[2])
 	}
-	return Duration{N: n, Unit: m[2]}, nil
+	d := Duration{N: n, Unit: m[2]}
+	if unit := (Duration{N: 1, Unit: d.Unit}).Fixed(); time.Duration(n) > MaxDuration/unit { // before Fixed can overflow
+		return Duration{}, fmt.Errorf("%q is not a duration: it must be at most 100 years", s)
+	}
+	return d, nil
 }
 
 // After returns t plus d: calendar months for "mo" (1 month after 31

@@ -57,6 +57,9 @@ const LeaseGrace = time.Minute
 // line is then offered again later), which keeps a key's state small.
 const MaxReserveAhead = 10 * time.Minute
 
+// stateTimeout bounds one change of a key's state, its turn included.
+const stateTimeout = 10 * time.Second
+
 // maxCAS bounds the compare-and-set attempts of one change; each lost
 // attempt means another process changed the key's state in between.
 const maxCAS = 50
@@ -112,7 +115,7 @@ func (l *Limits) Admit(ctx context.Context, k *Key, id string, deadline time.Tim
 			if st.Leases == nil {
 				st.Leases = map[string]int64{}
 			}
-			st.Leases[id] = deadline.Add(LeaseGrace).UnixMilli()
+			st.Leases[id] = max(st.Leases[id], deadline.Add(LeaseGrace).UnixMilli())
 			adm.leased = !held
 		}
 		if k.RPMLimit != nil {
@@ -122,9 +125,9 @@ func (l *Limits) Admit(ctx context.Context, k *Key, id string, deadline time.Tim
 				until = min(deadline.Unix()-1, sec+int64(MaxReserveAhead/time.Second))
 			}
 			at, ok := st.firstSlot(sec, until, rpm)
-			if !ok {
+			if !ok { // a wait found no slot up to until: none frees before then
 				return tooMany(fmt.Sprintf("This key's rpm_limit (%d requests per minute) is reached; retry after Retry-After seconds, or send X-Laas-Bridge-Queue: wait to wait in the queue.", rpm),
-					int(st.nextFree(sec, rpm)-sec))
+					int(st.nextFree(max(sec, until), rpm)-sec))
 			}
 			if st.Slots == nil {
 				st.Slots = map[int64]int64{}
@@ -176,7 +179,9 @@ func (l *Limits) Undo(ctx context.Context, adm Admission) {
 		if adm.slot != 0 && st.Slots[adm.slot] > 0 {
 			st.Slots[adm.slot]--
 		}
-		delete(st.Leases, adm.id)
+		if adm.leased { // a lease held before (the same job id again) stays its own
+			delete(st.Leases, adm.id)
+		}
 		return nil
 	})
 	if err != nil {
@@ -276,6 +281,10 @@ func (l *Limits) get(ctx context.Context, token string) (state, uint64, error) {
 // it again after another process's write. A change that returns an error
 // writes nothing and returns it.
 func (l *Limits) update(ctx context.Context, token string, change func(*state) error) error {
+	// A write whose caller went away may still land: run it to its outcome,
+	// so what Admit took is known and can be given back.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stateTimeout)
+	defer cancel()
 	turn, _ := l.turns.LoadOrStore(token, &sync.Mutex{})
 	turn.(*sync.Mutex).Lock()
 	defer turn.(*sync.Mutex).Unlock()

@@ -207,3 +207,68 @@ func TestLimitsBudgetAndTPM(t *testing.T) {
 }
 
 func itoa(i int) string { return string(rune('0'+i/10)) + string(rune('0'+i%10)) }
+
+// Undo gives back only what its Admit took: a duplicate of a request
+// still in flight (the same job id again) leaves that request's lease.
+func TestLimitsUndoKeepsAHeldLease(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	l := limitsOn(t, 1, &now)[0]
+	ctx := t.Context()
+	k := &Key{Token: Hash("u"), MaxParallelRequests: ptr[int64](1), RPMLimit: ptr[int64](100)}
+	if _, err := l.Admit(ctx, k, "job", now.Add(time.Hour), false); err != nil {
+		t.Fatal(err)
+	}
+	dup, err := l.Admit(ctx, k, "job", now.Add(time.Hour), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Undo(ctx, dup) // the duplicate was not queued
+	refusal(t, func() error { _, err := l.Admit(ctx, k, "other", now.Add(time.Hour), false); return err }(), http.StatusTooManyRequests, schema.CodeRateLimitExceeded)
+}
+
+// Calendar-month budget periods count months where the key was made,
+// whatever the zone of the clock reading them.
+func TestPeriodMonthsAcrossZones(t *testing.T) {
+	created := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	month, _ := ParseDuration("1mo")
+	for _, zone := range []*time.Location{time.UTC, time.FixedZone("UTC-5", -5*3600), time.FixedZone("UTC+9", 9*3600)} {
+		now := time.Date(2025, 2, 1, 2, 0, 0, 0, time.UTC).In(zone)
+		start, end, ok := period(created, month, now)
+		if !ok || !start.Equal(time.Date(2025, 2, 1, 0, 0, 0, 0, time.UTC)) || !end.Equal(time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)) {
+			t.Errorf("%s: period %v to %v, want February", zone, start, end)
+		}
+	}
+}
+
+func TestParseDurationBounds(t *testing.T) {
+	for _, in := range []string{"110000d", "999999999mo", "5300w"} {
+		if d, err := ParseDuration(in); err == nil {
+			t.Errorf("ParseDuration(%q) = %v, want refused (over 100 years)", in, d)
+		}
+	}
+	if _, err := ParseDuration("1200mo"); err != nil {
+		t.Errorf("100 years refused: %v", err)
+	}
+}
+
+// Forget drops a deleted key's state: a key made again with the same
+// secret starts with nothing spent.
+func TestLimitsForget(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	l := limitsOn(t, 1, &now)[0]
+	ctx := t.Context()
+	k := &Key{Token: Hash("f"), MaxBudget: ptr(1.0)}
+	if err := l.Settle(ctx, k.Token, k, "a", Spent{Called: true, Cost: 1}); err != nil {
+		t.Fatal(err)
+	}
+	refusal(t, func() error { _, err := l.Admit(ctx, k, "b", now.Add(time.Minute), false); return err }(), http.StatusBadRequest, CodeBudgetExceeded)
+	if err := l.Forget(ctx, k.Token); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Admit(ctx, k, "c", now.Add(time.Minute), false); err != nil {
+		t.Errorf("after Forget: %v", err)
+	}
+	if err := l.Forget(ctx, Hash("never-used")); err != nil {
+		t.Errorf("Forget of a key with no state: %v", err)
+	}
+}

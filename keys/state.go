@@ -20,6 +20,10 @@ const window = time.Minute
 // for every window, wherever it starts, at the cost of one second of slack.
 const spanSecs = int64(window/time.Second) + 1
 
+// skewMargin is how many seconds of clock disagreement between processes
+// prune tolerates (NTP-synced hosts agree to milliseconds).
+const skewMargin = 5
+
 // state is one key's shared limit state.
 type state struct {
 	// Period is when the budget period the counters below belong to
@@ -45,7 +49,9 @@ type state struct {
 // prune forgets what no window at now (unix seconds) can see any more:
 // seconds older than the span, and lapsed leases.
 func (s *state) prune(now time.Time) {
-	sec := now.Unix()
+	// Another process's clock may run behind this one's: keep a few
+	// seconds more than the span, so it still counts what it should.
+	sec := now.Unix() - skewMargin
 	maps.DeleteFunc(s.Slots, func(at, _ int64) bool { return at <= sec-spanSecs })
 	maps.DeleteFunc(s.Tokens, func(at, _ int64) bool { return at <= sec-spanSecs })
 	ms := now.UnixMilli()
@@ -161,9 +167,13 @@ func period(created time.Time, every Duration, now time.Time) (start, end time.T
 	nth := func(k int) time.Time { return Duration{N: k * every.N, Unit: every.Unit}.After(created) }
 	var k int
 	if every.Unit == "mo" {
+		now := now.In(created.Location()) // months as the key's creation counts them
 		k = ((now.Year()-created.Year())*12 + int(now.Month()-created.Month())) / every.N
 		for k > 0 && nth(k).After(now) {
 			k--
+		}
+		for !nth(k + 1).After(now) {
+			k++
 		}
 	} else {
 		k = int(now.Sub(created) / every.Fixed())

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -47,6 +48,7 @@ type DeadLetters struct {
 	log       *slog.Logger
 	reg       prometheus.Registerer
 	rescued   prometheus.Counter // nil: not counted
+	ledger    KeyLedger          // nil: keys' leases are left to lapse
 }
 
 var _ DeadLetterer = (*DeadLetters)(nil)
@@ -59,6 +61,13 @@ type DeadLettersOption func(*DeadLetters)
 // reg: the counter a pool built WithMetrics(reg) shares. Nil reg: none.
 func DeadLettersWithMetrics(reg prometheus.Registerer) DeadLettersOption {
 	return func(d *DeadLetters) { d.reg = reg }
+}
+
+// DeadLettersWithKeyLedger releases the parallel lease of a virtual key's
+// job that WatchMaxDeliveries rescues: no worker finished it, so none
+// settled it.
+func DeadLettersWithKeyLedger(l KeyLedger) DeadLettersOption {
+	return func(d *DeadLetters) { d.ledger = l }
 }
 
 // NewDeadLetters keeps dead letters through js. The dead-letter stream and
@@ -297,6 +306,11 @@ func (d *DeadLetters) rescue(ctx context.Context, adv maxDeliveriesAdvisory) (id
 	}
 	if d.rescued != nil {
 		d.rescued.Inc()
+	}
+	if d.ledger != nil && env.Owner != "" {
+		if err := d.ledger.Settle(ctx, env.Owner, nil, env.ID, keys.Spent{}); err != nil {
+			log.Warn("could not release the key's lease of a rescued job; it lapses after the deadline", "error", err)
+		}
 	}
 	if err := stream.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return env.ID, fmt.Errorf("the job is kept as a dead letter but could not be deleted from %s: %w", schema.StreamRequests, err)

@@ -38,7 +38,8 @@ func WithKeyLedger(l KeyLedger, r KeyResolver) Option {
 
 // slotHoldMax is the longest a worker holds a job in place for its key's
 // rpm slot; a slot further ahead hands the job back to the queue until
-// then (one delivery, counted as an attempt).
+// then (one delivery, counted as an attempt), except on its last two
+// deliveries, which wait in place.
 const slotHoldMax = 2 * time.Second
 
 // holdForSlot starts a job no earlier than the rpm slot its key's limit
@@ -46,7 +47,10 @@ const slotHoldMax = 2 * time.Second
 func (p *Pool) holdForSlot(next handlerFunc) handlerFunc {
 	return func(ctx context.Context, j *job) {
 		wait := time.Until(j.env.NotBefore)
-		if wait > slotHoldMax {
+		// Handing back costs a delivery; the last ones wait in place
+		// (keepInProgress keeps them), so none is lost to MaxDeliver.
+		lastOnes := p.maxDeliver > 0 && j.attempt >= p.maxDeliver-1
+		if wait > slotHoldMax && !lastOnes {
 			j.log.Debug("job waits in the queue for its key's rpm slot", "not_before", j.env.NotBefore)
 			_ = j.msg.NakWithDelay(wait)
 			return

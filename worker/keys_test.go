@@ -109,3 +109,52 @@ func TestSettleKey(t *testing.T) {
 		t.Errorf("the admin's request was settled: %v", ledger.calls)
 	}
 }
+
+// Every way a keyed delivery ends without finish still releases its
+// key's lease: a panic (terminated), a kept idempotent answer (before the
+// answer goes out).
+func TestSettleKeyOnEveryEnd(t *testing.T) {
+	t.Run("panic", func(t *testing.T) {
+		f := newStepFixture(t)
+		ledger := &fakeLedger{}
+		f.p.ledger = ledger
+		j, msg := stepJob(t, schema.SubjectInteractive, 1)
+		j.env.Owner = "tok"
+		f.p.recoverPoison(func(context.Context, *job) { panic("boom") })(context.Background(), j)
+		if msg.settled() != "[term]" || len(ledger.calls) != 1 {
+			t.Errorf("settled %s, key settles %v; want a term and one settle", msg.settled(), ledger.calls)
+		}
+	})
+	t.Run("kept answer", func(t *testing.T) {
+		f := newStepFixture(t)
+		ledger := &fakeLedger{}
+		f.p.ledger = ledger
+		f.answers.values["k1"] = []byte(`{"id":"first","status":200}`)
+		f.p.send = func(string, []byte) error {
+			if len(ledger.calls) != 1 {
+				t.Errorf("the kept answer went out before the key was settled")
+			}
+			return nil
+		}
+		j, _ := stepJob(t, schema.SubjectInteractive, 1)
+		j.env.Owner, j.env.IdempotencyKey = "tok", "k1"
+		var next nextRecorder
+		f.p.answerFromStore(next.handle)(context.Background(), j)
+		if len(ledger.calls) != 1 || ledger.spent[0].Called {
+			t.Errorf("key settles %v, spent %+v; want one, with no call", ledger.calls, ledger.spent)
+		}
+	})
+}
+
+// On its last two deliveries a job waits for a far slot in place instead
+// of being handed back: a hand-back there would end in MaxDeliver.
+func TestHoldForSlotLastDeliveries(t *testing.T) {
+	f := newStepFixture(t) // MaxDeliver 3
+	j, msg := stepJob(t, schema.SubjectInteractive, 2)
+	j.env.NotBefore = time.Now().Add(slotHoldMax + 300*time.Millisecond)
+	var next nextRecorder
+	f.p.holdForSlot(next.handle)(context.Background(), j)
+	if next.called() != 1 || msg.settled() != "[]" || time.Now().Before(j.env.NotBefore) {
+		t.Errorf("next %d, settled %s; want it run in place at its slot", next.called(), msg.settled())
+	}
+}

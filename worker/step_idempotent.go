@@ -23,6 +23,7 @@ func (p *Pool) answerFromStore(next handlerFunc) handlerFunc {
 			return
 		}
 		j.log.Info("answered from the idempotency store; LaaS not called")
+		p.settleKey(j) // before the answer: the caller's next request sees its lease free
 		if j.replyTo != "" {
 			if err := p.send(j.replyTo, e.Value()); err != nil {
 				j.log.Warn("could not send the kept answer", "error", err)

@@ -12,6 +12,7 @@ func (p *Pool) recoverPoison(next handlerFunc) handlerFunc {
 		defer func() {
 			if r := recover(); r != nil {
 				p.log.Error("panic while handling a job; the job is terminated", "request_id", j.env.ID, "subject", j.msg.Subject(), "panic", r)
+				p.settleKey(j) // its key's lease is free again
 				_ = j.msg.Term()
 			}
 		}()

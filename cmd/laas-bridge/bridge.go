@@ -158,7 +158,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		// MaxDeliver without a worker finishing them (watched before the
 		// pool pulls, so no advisory is missed).
 		deadCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		dead, err := worker.NewDeadLetters(deadCtx, js, log, worker.DeadLettersWithMetrics(reg))
+		dead, err := worker.NewDeadLetters(deadCtx, js, log, worker.DeadLettersWithMetrics(reg), worker.DeadLettersWithKeyLedger(keyLimits))
 		if err == nil {
 			var stopWatch func()
 			if stopWatch, err = dead.WatchMaxDeliveries(deadCtx); err == nil {

@@ -81,8 +81,9 @@ func TestKeysLifecycle(t *testing.T) {
 		}
 	}
 
-	// A's rpm: the job and the batch's line took two slots; 58 more pass,
-	// the 61st is refused, and with wait it is answered when its slot comes.
+	// A's rpm: the job and the batch's line took two slots; 58 more pass
+	// and the next is refused. (On a machine so slow that the job's slot
+	// left the window meanwhile, one more passes: still 60 in the window.)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	statuses := map[int]int{}
@@ -98,7 +99,16 @@ func TestKeysLifecycle(t *testing.T) {
 	if statuses[http.StatusOK] != 58 {
 		t.Fatalf("A's first calls in the minute: %v; want 58 answered", statuses)
 	}
-	status, body, h := chatAs(ctx, t, gw1, a, "claude-3.5-sonnet", "the 61st")
+	var body map[string]any
+	var h http.Header
+	for extra := 0; ; extra++ {
+		if status, body, h = chatAs(ctx, t, gw1, a, "claude-3.5-sonnet", "the 61st"); status != http.StatusOK || extra == 2 {
+			if extra > 1 {
+				t.Fatalf("%d calls past the 60th answered: the limit did not hold", extra+1)
+			}
+			break
+		}
+	}
 	ra, _ := strconv.Atoi(h.Get("Retry-After"))
 	if status != http.StatusTooManyRequests || ra < 1 || ra > 62 {
 		t.Fatalf("A's 61st call: %d, Retry-After %q, %v; want 429 with Retry-After within the minute", status, h.Get("Retry-After"), body)

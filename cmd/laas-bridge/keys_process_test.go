@@ -166,7 +166,11 @@ func TestKeyLimitsExactAcrossGateways(t *testing.T) {
 	const load = 125 * time.Second
 	stopAt := time.Now().Add(load)
 	var ok, refused atomic.Int64
-	for c := range 6 {
+	// Three synchronous callers, one call each in flight: at most three
+	// calls admitted in one second can reach the mock in the next, so the
+	// mock's bound is the limit plus three, 63, on any machine.
+	const rpmCallers = 3
+	for c := range rpmCallers {
 		wg.Go(func() {
 			for i := 0; time.Now().Before(stopAt); i++ {
 				status, body, h := chatAs(ctx, t, s.gateways[(c+i)%3], rpmKey, "claude-3.5-sonnet", fmt.Sprintf("rpm caller %d request %d", c, i))
@@ -216,8 +220,8 @@ func TestKeyLimitsExactAcrossGateways(t *testing.T) {
 		worst = max(worst, n)
 	}
 	t.Logf("rpm key: %d answered, %d refused (429), %d LaaS calls; the fullest 60 s window held %d", ok.Load(), refused.Load(), len(rpmCalls), worst)
-	if worst > 63 {
-		t.Errorf("a 60 s window held %d calls of a key limited to 60 rpm", worst)
+	if worst > 60+rpmCallers {
+		t.Errorf("a 60 s window held %d calls of a key limited to 60 rpm (at most %d may be late for their slot's window)", worst, rpmCallers)
 	}
 	if int64(len(rpmCalls)) != ok.Load() {
 		t.Errorf("the mock saw %d calls for %d answered requests", len(rpmCalls), ok.Load())

@@ -264,7 +264,7 @@ func (j *Store) Cancel(ctx context.Context, id string) (schema.JobState, error) 
 		st.Status, st.UpdatedAt = schema.JobCancelled, time.Now().UTC()
 		data, _ := json.Marshal(st)
 		if _, err := j.kv.Update(ctx, id, data, rev); err != nil {
-			if errors.Is(err, jetstream.ErrKeyExists) { // changed meanwhile: read again
+			if casConflict(err) { // changed meanwhile: read again
 				continue
 			}
 			return st, fmt.Errorf("cancel job %s: %w", id, err)
@@ -303,7 +303,7 @@ func (j *Store) Start(ctx context.Context, env *schema.Envelope, seq uint64, att
 		} else {
 			_, err = j.kv.Update(ctx, env.ID, data, rev)
 		}
-		if errors.Is(err, jetstream.ErrKeyExists) {
+		if casConflict(err) {
 			continue
 		}
 		if err != nil {
@@ -392,4 +392,11 @@ func (j *Store) publish(ctx context.Context, subject string, res *schema.JobResu
 		return fmt.Errorf("publish result of %s: %w", res.ID, err)
 	}
 	return nil
+}
+
+// casConflict reports a compare-and-set lost to another writer: nats.go
+// answers ErrKeyExists, or ErrKeyRevisionMismatch from a replicated
+// stream.
+func casConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }
