@@ -254,11 +254,19 @@ func (s *cstack) addLB() {
 // (laas_bridge_gateway_requests_total, summed over models and streams).
 func (s *cstack) served(i int) int {
 	s.t.Helper()
-	resp, err := http.Get(s.gatewayURLs[i] + "/metrics")
+	req, err := http.NewRequest(http.MethodGet, s.gatewayURLs[i]+"/metrics", nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+s.masterKey) // a gateway's metrics are the admin's
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		s.t.Fatalf("gateway-%d /metrics: %v", i+1, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		s.t.Fatalf("gateway-%d /metrics: status %d", i+1, resp.StatusCode)
+	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {

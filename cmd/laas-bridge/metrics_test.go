@@ -24,7 +24,14 @@ var metricsListeningRe = regexp.MustCompile(`msg="metrics listening".* addr=(\S+
 // getMetrics fetches url without any key and returns the text.
 func getMetrics(t *testing.T, url string) string {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The key of the bridges these tests start with one; ignored by a
+	// bridge without a master key and by the keyless metrics listener.
+	req.Header.Set("Authorization", "Bearer "+testMetricsKey)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,12 +67,16 @@ func waitForSeries(t *testing.T, url string, want ...string) string {
 	}
 }
 
-// TestServeMetricsWithoutMasterKey: `serve --demo` with a master key shows
-// both sides' metrics, from one registry, on the gateway's /metrics, which
-// needs no key.
-func TestServeMetricsWithoutMasterKey(t *testing.T) {
+// testMetricsKey is the master key of the bridges whose metrics these
+// tests read.
+const testMetricsKey = "sk-master-secret"
+
+// TestServeMetricsNeedTheMasterKey: `serve --demo` with a master key shows
+// both sides' metrics, from one registry, on the gateway's /metrics, to
+// the master key only (they name every virtual key's alias).
+func TestServeMetricsNeedTheMasterKey(t *testing.T) {
 	clearEnv(t)
-	t.Setenv("BRIDGE_MASTER_KEY", "sk-master-secret")
+	t.Setenv("BRIDGE_MASTER_KEY", testMetricsKey)
 	in := startDemo(t)
 	req, _ := http.NewRequest("POST", in.url+"/v1/chat/completions", strings.NewReader(`{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"hi"}]}`))
 	req.Header.Set("Authorization", "Bearer sk-master-secret")
@@ -86,6 +97,11 @@ func TestServeMetricsWithoutMasterKey(t *testing.T) {
 		`laas_bridge_worker_upstream_duration_seconds_count{model="claude-3.5-sonnet",status="200"} 1`,
 		`laas_bridge_gateway_queue_depth{consumer="`+schema.ConsumerWorkers+`"} 0`,
 	)
+	if resp, err := http.Get(in.url + "/metrics"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET /metrics without the key: %v %v, want 401", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	for _, family := range []string{"laas_bridge_worker_tokens_total", "go_goroutines", "process_cpu_seconds_total"} {
 		if !strings.Contains(text, "\n# TYPE "+family+" ") {
 			t.Errorf("no %s in /metrics", family)
