@@ -13,9 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -39,8 +39,7 @@ type Store struct {
 	mu   sync.RWMutex
 	keys map[string]entry // by token; a deleted key stays as a tombstone
 
-	stopWatch func()
-	watchDone chan struct{}
+	stopWatch func() // ends the bucket's watch (queue.FollowBucket)
 }
 
 // entry is a key as last known and the bucket revision it was read at;
@@ -64,34 +63,18 @@ func Open(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*Store
 	if err != nil {
 		return nil, fmt.Errorf("keys bucket %s: %w", schema.BucketKeys, err)
 	}
-	s := &Store{kv: kv, log: log, now: time.Now, keys: map[string]entry{}, watchDone: make(chan struct{})}
-	watchCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	w, err := kv.WatchAll(watchCtx)
+	s := &Store{kv: kv, log: log, now: time.Now, keys: map[string]entry{}}
+	s.stopWatch, err = queue.FollowBucket(ctx, kv, js.Conn(), func(e jetstream.KeyValueEntry, _ bool) { s.apply(e) }, func(err error) {
+		s.log.Warn("keys: cannot watch the keys bucket; retrying", "error", err)
+	})
 	if err != nil {
-		stop()
-		return nil, fmt.Errorf("watch keys bucket %s: %w", schema.BucketKeys, err)
-	}
-	// A watch does not survive a NATS server restart quickly: start a
-	// new one on every reconnect (as worker.KVLimiter does).
-	nc := js.Conn()
-	reconnected := nc.StatusChanged(nats.CONNECTED)
-	s.stopWatch = func() { stop(); nc.RemoveStatusListener(reconnected) }
-	ready := make(chan struct{})
-	go s.watch(watchCtx, w, ready, reconnected)
-	select {
-	case <-ready:
-	case <-ctx.Done():
-		s.Close()
-		return nil, fmt.Errorf("load keys bucket %s: %w", schema.BucketKeys, ctx.Err())
+		return nil, fmt.Errorf("keys bucket %s: %w", schema.BucketKeys, err)
 	}
 	return s, nil
 }
 
 // Close stops the watch; Lookup keeps answering from the last copy.
-func (s *Store) Close() {
-	s.stopWatch()
-	<-s.watchDone
-}
+func (s *Store) Close() { s.stopWatch() }
 
 // Lookup finds the key whose secret this is: a hash and a map read. It
 // returns blocked and expired keys too (see Key.Usable).

@@ -16,9 +16,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -140,8 +140,7 @@ type KVLimiter struct {
 	skewWarned atomic.Int64 // unix nanoseconds of the last clock warning
 	kvWarned   atomic.Int64 // unix nanoseconds of the last bucket warning
 
-	stopWatch func()
-	watchDone chan struct{}
+	stopWatch func() // ends the bucket's watch (queue.FollowBucket)
 }
 
 var _ Limiter = (*KVLimiter)(nil)
@@ -232,38 +231,22 @@ func newKVLimiter(ctx context.Context, js jetstream.JetStream, cfg LimiterConfig
 		return nil, fmt.Errorf("rate-limit bucket %s: %w", cfg.Bucket, err)
 	}
 	l := &KVLimiter{kv: kv, cfg: cfg, log: log, now: now, keys: map[string]kvState{}, changed: make(chan struct{}),
-		claiming: make(chan struct{}, 1), watchDone: make(chan struct{})}
+		claiming: make(chan struct{}, 1)}
 	if cfg.RPM > 0 {
 		l.project = newRateGate(cfg.Horizon, rateScope{key: limitKeyProject, interval: time.Minute / time.Duration(cfg.RPM)})
 	}
-	watchCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	w, err := kv.WatchAll(watchCtx)
+	// Every process watches the bucket: Wait reads the copy, not the bucket.
+	l.stopWatch, err = queue.FollowBucket(ctx, kv, js.Conn(), l.apply, func(err error) {
+		l.warnEvery(&l.kvWarned, "rate limiter: cannot watch the shared bucket; retrying", "error", err)
+	})
 	if err != nil {
-		stop()
-		return nil, fmt.Errorf("watch rate-limit bucket %s: %w", cfg.Bucket, err)
-	}
-	// A watch does not survive a NATS server restart quickly (its ordered
-	// consumer notices only after missed heartbeats): start a new one on
-	// every reconnect.
-	nc := js.Conn()
-	reconnected := nc.StatusChanged(nats.CONNECTED)
-	l.stopWatch = func() { stop(); nc.RemoveStatusListener(reconnected) }
-	ready := make(chan struct{})
-	go l.watch(watchCtx, w, ready, reconnected)
-	select {
-	case <-ready:
-	case <-ctx.Done():
-		l.Close()
-		return nil, fmt.Errorf("load rate-limit bucket %s: %w", cfg.Bucket, ctx.Err())
+		return nil, fmt.Errorf("rate-limit bucket %s: %w", cfg.Bucket, err)
 	}
 	return l, nil
 }
 
 // Close stops the limiter's watch. Wait must not be called after Close.
-func (l *KVLimiter) Close() {
-	l.stopWatch()
-	<-l.watchDone
-}
+func (l *KVLimiter) Close() { l.stopWatch() }
 
 // Wait blocks until a call for model may start: no cooldown is on, and the
 // call has its slot in the project's schedule and in the model's. It returns

@@ -1,16 +1,14 @@
 package worker
 
 // This file holds how a KVLimiter keeps its in-memory copy of the shared
-// bucket current: one KV watch, started again on every reconnect, that
-// records each key's state and raises the local cooldown.
+// bucket current: queue.FollowBucket hands it every entry, which records
+// each key's state and raises the local cooldown.
 
 import (
-	"context"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -21,67 +19,10 @@ type kvState struct {
 	rev     uint64
 }
 
-// watch keeps l.keys and l.cooldown up to date from w, and from a new watch
-// after every reconnect or when w ends, until ctx ends. It closes ready once
-// the bucket's current values are in.
-func (l *KVLimiter) watch(ctx context.Context, w jetstream.KeyWatcher, ready chan struct{}, reconnected <-chan nats.Status) {
-	defer close(l.watchDone)
-	for {
-		again := l.follow(ctx, w, &ready, reconnected)
-		_ = w.Stop()
-		if !again {
-			return
-		}
-		for {
-			var err error
-			if w, err = l.kv.WatchAll(ctx); err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			l.warnEvery(&l.kvWarned, "rate limiter: cannot watch the shared bucket; retrying", "error", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			case <-reconnected:
-			}
-		}
-	}
-}
-
-// follow applies w's updates until ctx ends (false) or the watch should be
-// started again (true).
-func (l *KVLimiter) follow(ctx context.Context, w jetstream.KeyWatcher, ready *chan struct{}, reconnected <-chan nats.Status) bool {
-	// The current values a new watch starts with are the bucket's state
-	// now, even if their revisions are lower than the ones known (a memory
-	// store that lost its data). Updates after them only ever move forward.
-	initial := true
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-reconnected:
-			return true
-		case e, ok := <-w.Updates():
-			switch {
-			case !ok:
-				return ctx.Err() == nil
-			case e == nil: // the current values are in
-				initial = false
-				if *ready != nil {
-					close(*ready)
-					*ready = nil
-				}
-			default:
-				l.apply(e, initial)
-			}
-		}
-	}
-}
-
-// apply records one watched entry; force as in store.
+// apply records one watched entry (queue.FollowBucket's callback); force
+// as in store: a new watch's current values are the bucket's state now,
+// even if their revisions are lower than the ones known (a memory store
+// that lost its data). Updates after them only ever move forward.
 func (l *KVLimiter) apply(e jetstream.KeyValueEntry, force bool) {
 	st := kvState{rev: e.Revision()}
 	if e.Operation() == jetstream.KeyValuePut {
