@@ -136,19 +136,11 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 
-	// Virtual keys (LAAS_KEYS, watched by every gateway and worker) and
-	// their limits' state, shared by all of them.
-	keysCtx, cancelKeys := context.WithTimeout(ctx, 30*time.Second)
-	store, err := keys.Open(keysCtx, js, log)
-	cancelKeys()
+	store, keyLimits, err := openKeys(ctx, js, log)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	keyLimits, err := keys.OpenLimits(ctx, js, log)
-	if err != nil {
-		return err
-	}
 	// One registry per process: `serve` shows both sides' metrics on the
 	// gateway's /metrics.
 	reg := newRegistry()
@@ -386,4 +378,21 @@ func retryEnsure(ctx context.Context, p ensurePatience, log *slog.Logger, ensure
 			return nil, fmt.Errorf("JetStream was not ready within %s (are the NATS servers up, and has the cluster elected a meta leader?): %w", p.wait, err)
 		}
 	}
+}
+
+// openKeys opens the virtual keys (LAAS_KEYS, watched by every gateway,
+// worker and replay) and their limits' state, shared by all of them.
+func openKeys(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*keys.Store, *keys.Limits, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	store, err := keys.Open(ctx, js, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	limits, err := keys.OpenLimits(ctx, js, log)
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	return store, limits, nil
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/admission"
-	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/schema"
 	"github.com/laas-bridge/laas-bridge/worker/dlq"
@@ -131,15 +130,11 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	// A replay is still its key's: judged by the key as it is now, under
 	// its limits, as at every other door.
-	keyStore, err := keys.Open(ctx, js, log)
+	keyStore, keyLimits, err := openKeys(ctx, js, log)
 	if err != nil {
 		return err
 	}
 	defer keyStore.Close()
-	keyLimits, err := keys.OpenLimits(ctx, js, log)
-	if err != nil {
-		return err
-	}
 	core, err := admission.Open(ctx, admission.Config{AllowPresetOverride: cfgFile.AllowPresetOverride, MaxBodyBytes: env.MaxBody,
 		Keys: keyStore, Limits: keyLimits}, js, cfgFile.Catalog, log)
 	if err != nil {
