@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -156,5 +158,36 @@ func TestHoldForSlotLastDeliveries(t *testing.T) {
 	f.p.holdForSlot(next.handle)(context.Background(), j)
 	if next.called() != 1 || msg.settled() != "[]" || time.Now().Before(j.env.NotBefore) {
 		t.Errorf("next %d, settled %s; want it run in place at its slot", next.called(), msg.settled())
+	}
+}
+
+// A keyed call is counted in Prometheus by its key's alias and model,
+// never by the key: requests and input/output tokens.
+func TestKeyMetrics(t *testing.T) {
+	f := newStepFixture(t)
+	reg := prometheus.NewRegistry()
+	km, err := newKeyMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.p.ledger, f.p.keyMetrics = &fakeLedger{}, km
+	f.p.keys = fakeResolver{"tok": {Token: "tok", KeyAlias: "app"}}
+	j, _ := stepJob(t, schema.SubjectInteractive, 1)
+	j.env.Owner = "tok"
+	j.spend(&schema.Usage{PromptTokens: 4, CompletionTokens: 3})
+	f.p.finish(j, schema.Reply{ID: j.env.ID, Status: http.StatusOK}, 0)
+	mfs := gather(t, reg)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"laas_bridge_worker_key_requests_total", []string{"key_alias", "app", "model", "m"}, 1},
+		{"laas_bridge_worker_key_tokens_total", []string{"key_alias", "app", "model", "m", "direction", "input"}, 4},
+		{"laas_bridge_worker_key_tokens_total", []string{"key_alias", "app", "model", "m", "direction", "output"}, 3},
+	} {
+		if got := metricValue(mfs, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
 	}
 }
