@@ -20,9 +20,10 @@ import (
 
 const testMasterKey = "sk-master-for-tests"
 
-// keyCall sends one request to a gateway as bearer and returns the
-// status, the decoded JSON body and the headers.
-func keyCall(ctx context.Context, t *testing.T, url, bearer, method, path string, body any) (int, map[string]any, http.Header) {
+// keyCall sends one request to a gateway as bearer, with extra headers
+// (name, value pairs), and returns the status, the decoded JSON body and
+// the headers.
+func keyCall(ctx context.Context, t *testing.T, url, bearer, method, path string, body any, header ...string) (int, map[string]any, http.Header) {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -39,6 +40,9 @@ func keyCall(ctx context.Context, t *testing.T, url, bearer, method, path string
 	req.Header.Set("Content-Type", "application/json")
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -84,25 +88,7 @@ func keyEverywhere(ctx context.Context, t *testing.T, gateways []string, key str
 func chatAs(ctx context.Context, t *testing.T, url, key, model, text string, header ...string) (int, map[string]any, http.Header) {
 	t.Helper()
 	body := map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": text}}}
-	data, _ := json.Marshal(body)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/chat/completions", bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+key)
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, nil, nil
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	raw, _ := io.ReadAll(resp.Body)
-	_ = json.Unmarshal(raw, &out)
-	return resp.StatusCode, out, resp.Header
+	return keyCall(ctx, t, url, key, http.MethodPost, "/v1/chat/completions", body, header...)
 }
 
 // keyStack is a mock LaaS, three gateways and three workers, each a
