@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -203,13 +204,16 @@ func TestDeadLetterAfterMaxDeliveries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ledger := &fakeLedger{}
+	DeadLettersWithKeyLedger(ledger)(d)
 	stop, err := d.WatchMaxDeliveries(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(stop)
 
-	// Two jobs: one inline, one whose body came through the object store.
+	// Two jobs: one inline (a virtual key's), one whose body came through
+	// the object store.
 	bodies, _ := q.JS.ObjectStore(ctx, schema.BucketBodies)
 	enq := time.Now().UTC().Truncate(time.Millisecond)
 	bigBody := []byte(`{"model":"m","messages":[{"role":"user","content":"large"}]}`)
@@ -217,7 +221,7 @@ func TestDeadLetterAfterMaxDeliveries(t *testing.T) {
 		t.Fatal(err)
 	}
 	envs := []schema.Envelope{
-		{ID: "stuck-1", Model: "m", EnqueuedAt: enq, Deadline: enq.Add(time.Hour), Request: json.RawMessage(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`)},
+		{ID: "stuck-1", Model: "m", Owner: "tok", EnqueuedAt: enq, Deadline: enq.Add(time.Hour), Request: json.RawMessage(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`)},
 		{ID: "stuck-2", Model: "m", EnqueuedAt: enq, Deadline: enq.Add(time.Hour), RequestRef: "stuck-2"},
 	}
 	for _, env := range envs {
@@ -248,6 +252,16 @@ func TestDeadLetterAfterMaxDeliveries(t *testing.T) {
 			t.Fatalf("%d dead letters after 30s, want 2", len(msgs))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// No worker finished the key's job, so none settled it: the rescue
+	// releases its parallel lease (after keeping the dead letter).
+	for settled := ""; settled != "[tok/<nil>/stuck-1]"; time.Sleep(20 * time.Millisecond) {
+		ledger.mu.Lock()
+		settled = fmt.Sprint(ledger.calls)
+		ledger.mu.Unlock()
+		if ctx.Err() != nil {
+			t.Fatalf("key settles after the rescue: %s, want the key's job released once", settled)
+		}
 	}
 	got := map[string]schema.DeadLetterRecord{}
 	for _, m := range msgs {
