@@ -188,8 +188,9 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	p.limiter = p.metrics.timed(p.limiter)
 	p.send = p.sendReply
 	p.handler = p.newHandler()
-	// Remember a cancelled id as long as a request may wait in the queue.
-	if p.cancels, err = newCancels(nc, schema.MaxRequestTimeout); err != nil {
+	// A cancel that names no deadline: remember the id as long as a
+	// request may wait in the queue.
+	if p.cancels, err = newCancels(nc, schema.MaxRequestTimeout, maxCancelled, p.metrics.cancelDropped); err != nil {
 		return nil, err
 	}
 	return p, nil
