@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -51,5 +52,48 @@ func TestProgressPeriod(t *testing.T) {
 		if got := progressPeriod(tc.ackWait); got != tc.want {
 			t.Errorf("progressPeriod(%s) = %s, want %s", tc.ackWait, got, tc.want)
 		}
+	}
+}
+
+// slowLimiter holds every call for delay: a long wait for the shared rate
+// limit.
+type slowLimiter struct{ delay time.Duration }
+
+func (l slowLimiter) Wait(ctx context.Context, _ schema.Model, _ Lane) error {
+	select {
+	case <-time.After(l.delay):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (slowLimiter) Throttled(context.Context, time.Duration) {}
+
+// TestPoolHoldsJobThroughLongSteps: a job held past AckWait before its
+// LaaS call (here waiting 1.5 AckWait for the rate limit; a large body's
+// fetch and a key's rpm slot are in the same span) and in a call as long
+// is signalled in progress the whole time: it is delivered once and LaaS
+// called once. Only counts are asserted; a stall of four fifths of AckWait
+// (1.6 s) could fail it on a busy machine.
+func TestPoolHoldsJobThroughLongSteps(t *testing.T) {
+	const hold = 3 * time.Second // startPool's AckWait is 2s
+	up := &recorder{delay: hold}
+	f := startPool(t, up, Config{Concurrency: 2}, WithLimiter(slowLimiter{hold})) // a free slot would take a redelivery
+	f.publish(t, "r1", "m", time.Minute, `{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	m, err := f.replies.NextMsg(time.Minute)
+	if err != nil {
+		t.Fatalf("no reply within a minute: %v", err)
+	}
+	var rep schema.Reply
+	if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Status != 200 || rep.Attempts != 1 {
+		t.Errorf("reply %s: want 200 after 1 delivery (%v)", m.Data, err)
+	}
+	f.drained(t)
+	if n := up.count(); n != 1 {
+		t.Errorf("LaaS called %d times, want once", n)
+	}
+	if extra, err := f.replies.NextMsg(100 * time.Millisecond); err == nil {
+		t.Errorf("a second reply: %s", extra.Data)
 	}
 }
