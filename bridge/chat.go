@@ -92,7 +92,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	// Nobody will read the answer: stop the job. A caller with an
 	// Idempotency-Key will come back for it, so its job keeps running.
 	if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && ck.AnswerKey == "" {
-		g.cancelJob(p.id)
+		g.cancelJob(p.id, p.deadline)
 	}
 	return err
 }
@@ -246,9 +246,10 @@ func headerTimeout(h http.Header) (time.Duration, error) {
 }
 
 // cancelJob tells every worker that nobody waits for id any more: a job
-// not yet started is skipped, a LaaS call under way is aborted.
-func (g *Gateway) cancelJob(id string) {
-	if err := g.nc.Publish(schema.SubjectCancel+"."+id, nil); err != nil {
+// not yet started is skipped, a LaaS call under way is aborted. The job's
+// deadline goes with it, so workers forget id once it has passed.
+func (g *Gateway) cancelJob(id string, deadline time.Time) {
+	if err := g.nc.Publish(schema.SubjectCancel+"."+id, schema.CancelPayload(deadline)); err != nil {
 		g.log.Warn("could not publish a cancellation", "request_id", id, "error", err)
 	}
 }

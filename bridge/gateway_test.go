@@ -598,7 +598,7 @@ func TestQueueFull(t *testing.T) {
 }
 
 // TestCallerGoneCancelsJob: a caller that disconnects makes the gateway
-// publish a cancellation for its job.
+// publish a cancellation for its job, with the job's deadline.
 func TestCallerGoneCancelsJob(t *testing.T) {
 	f := newFixture(t, Config{})
 	sub, err := f.q.Conn.SubscribeSync(schema.SubjectCancel + ".*")
@@ -637,6 +637,10 @@ func TestCallerGoneCancelsJob(t *testing.T) {
 			_ = json.Unmarshal(qm.Data(), &env)
 			if m.Subject != schema.SubjectCancel+"."+env.ID {
 				t.Errorf("stream=%v: cancelled %s, queued %s", stream, m.Subject, env.ID)
+			}
+			// With the job's deadline, so workers forget the id after it.
+			if d, ok := schema.CancelDeadline(m.Data); !ok || !d.Equal(env.Deadline) {
+				t.Errorf("stream=%v: the cancellation's payload %q, want the job's deadline %s", stream, m.Data, env.Deadline)
 			}
 			_ = qm.Ack()
 		}

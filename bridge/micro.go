@@ -328,7 +328,7 @@ func (m *microEndpoint) complete(ck *admission.Checked, hdr nats.Header) ([]byte
 		return nil, p.expired()
 	case <-g.closing:
 		if ck.AnswerKey == "" { // nobody will read the answer: stop the job
-			g.cancelJob(p.id)
+			g.cancelJob(p.id, p.deadline)
 		}
 		return nil, shuttingDown()
 	}

@@ -22,7 +22,13 @@ type Config struct {
 	MaxMsgs  int64
 	MaxBytes int64
 	// AckWait is how long a worker may hold a job without an ack or an
-	// in-progress signal before it is redelivered.
+	// in-progress signal before it is redelivered: how long the jobs of a
+	// worker that died wait before another worker runs them. Workers send
+	// in-progress signals while they hold a job (worker.Pool), so a long
+	// LaaS call is not redelivered however long it takes. The default is
+	// short (seconds) for a quick recovery; the cost is a signal per job
+	// held about every second, and a second LaaS call for a job whose worker
+	// stalls (no CPU, no connection to NATS) for most of AckWait.
 	AckWait time.Duration
 	// MaxDeliver bounds the attempts at one job.
 	MaxDeliver int
@@ -63,7 +69,8 @@ type Config struct {
 const (
 	DefaultMaxMsgs         = 100_000
 	DefaultMaxBytes        = 1 << 30
-	DefaultAckWait         = 30 * time.Second
+	DefaultAckWait         = 5 * time.Second  // short: see Config.AckWait
+	oldDefaultAckWait      = 30 * time.Second // the default before issue 13; Ensure moves it to DefaultAckWait
 	DefaultMaxDeliver      = 5
 	DefaultMaxAckPending   = 1_000
 	DefaultDuplicateWindow = 10 * time.Minute // as long as a default request may take
@@ -237,6 +244,10 @@ func (c Config) BatchConsumerConfig() jetstream.ConsumerConfig {
 	return c.laneConsumer(schema.ConsumerBatch, schema.SubjectBatch, "laas-bridge workers, batch lane")
 }
 
+// AdmissionAckWait is the admission door's AckWait at least (see
+// AdmissionConsumerConfig).
+const AdmissionAckWait = 30 * time.Second
+
 // AdmissionConsumerConfig returns the admission door's consumer of the
 // submit subjects (laas.requests.*, one token: no lane matches it). A
 // message stays until it is queued on a lane or answered with a refusal,
@@ -248,7 +259,9 @@ func (c Config) AdmissionConsumerConfig() jetstream.ConsumerConfig {
 		Description:   "laas-bridge admission door: jobs published by programs",
 		FilterSubject: schema.SubjectRequests + ".*",
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       c.AckWait,
+		// Longer than the lanes': the door sends no in-progress signals,
+		// and a message admitted twice is queued once (Nats-Msg-Id).
+		AckWait:       max(c.AckWait, AdmissionAckWait),
 		MaxDeliver:    -1,
 		MaxAckPending: c.MaxAckPending,
 		Replicas:      c.Replicas,
@@ -431,13 +444,19 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 	// MaxAckPending (the global cap on jobs in flight) set by one process
 	// is kept by the next one started without it.
 	consumer = setIf(consumer, explicit.MaxAckPending != 0, setMaxAckPending)
+	// A lane consumer that still has the old default AckWait (30s) moves to
+	// the new one; an AckWait an operator chose is kept.
+	var migrate []migration
+	if explicit.AckWait == 0 {
+		migrate = append(migrate, migration{setAckWait, oldDefaultAckWait})
+	}
 	// The interactive consumer first: an older one without a filter would
 	// overlap the batch lane's, which a work queue refuses.
-	cons, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.ConsumerConfig(), consumer)
+	cons, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.ConsumerConfig(), consumer, migrate...)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.BatchConsumerConfig(), consumer); err != nil {
+	if _, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.BatchConsumerConfig(), consumer, migrate...); err != nil {
 		return nil, err
 	}
 	// After the lanes: a lane consumer from before the admission door

@@ -138,7 +138,7 @@ func TestConsumerConfig(t *testing.T) {
 		Description:   "laas-bridge workers, interactive lane",
 		FilterSubject: "laas.requests.lane.interactive",
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       5 * time.Second,
 		MaxDeliver:    5,
 		MaxAckPending: 1000,
 		Replicas:      1,
@@ -310,7 +310,7 @@ func TestEnsureIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	cc := ci.Config
-	if cc.Durable != "laas-workers" || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.AckWait != 30*time.Second ||
+	if cc.Durable != "laas-workers" || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.AckWait != 5*time.Second ||
 		cc.MaxDeliver != 5 || cc.MaxAckPending != 1000 {
 		t.Errorf("consumer config on the server = %+v", cc)
 	}
@@ -523,6 +523,44 @@ func TestEnsureKeepsUnsetAndUpdatesSetSettings(t *testing.T) {
 	if l := logs.lines("updated consumer", "max_ack_pending 7 -> 9", "ack_wait 45s -> 50s"); len(l) != 2 {
 		t.Errorf("the two consumer updates were not logged: %q", logs.lines())
 	}
+}
+
+// A lane consumer made with the old default AckWait (30s) is moved to the
+// new one (5s) by a process started without BRIDGE_ACK_WAIT, so a dead
+// worker's jobs run again within seconds after an upgrade; an AckWait an
+// operator chose (45s) is kept, and one set explicitly wins.
+func TestEnsureMovesOldDefaultAckWait(t *testing.T) {
+	_, js := startServer(t)
+	ctx := testContext(t)
+	ackWaits := func() [2]time.Duration {
+		return [2]time.Duration{consumerConfig(t, ctx, js, schema.ConsumerWorkers).AckWait, consumerConfig(t, ctx, js, schema.ConsumerBatch).AckWait}
+	}
+	ensure := func(ackWait time.Duration, want time.Duration) {
+		t.Helper()
+		if _, err := queue.Ensure(ctx, js, queue.Config{AckWait: ackWait}); err != nil {
+			t.Fatalf("Ensure(AckWait %s): %v", ackWait, err)
+		}
+		if got := ackWaits(); got != [2]time.Duration{want, want} {
+			t.Fatalf("after Ensure(AckWait %s): lane consumers' AckWait %v, want %s", ackWait, got, want)
+		}
+	}
+	ensure(30*time.Second, 30*time.Second) // as an older release made them
+	logs, withLog := captureLog()
+	if _, err := queue.Ensure(ctx, js, queue.Config{}, withLog); err != nil {
+		t.Fatalf("Ensure with nothing set: %v", err)
+	}
+	if got, want := ackWaits(), [2]time.Duration{queue.DefaultAckWait, queue.DefaultAckWait}; got != want {
+		t.Errorf("the old default AckWait was not moved: %v, want %v", got, want)
+	}
+	if l := logs.lines("updated consumer", "ack_wait 30s -> 5s"); len(l) != 2 {
+		t.Errorf("the two AckWait moves were not logged: %q", logs.lines())
+	}
+	if cc := consumerConfig(t, ctx, js, schema.ConsumerAdmission); cc.AckWait != queue.AdmissionAckWait {
+		t.Errorf("admission consumer AckWait %s, want %s kept", cc.AckWait, queue.AdmissionAckWait)
+	}
+	ensure(45*time.Second, 45*time.Second)
+	ensure(0, 45*time.Second) // an operator's choice is kept
+	ensure(30*time.Second, 30*time.Second)
 }
 
 // Processes that start together all call Ensure at once: every call

@@ -68,8 +68,9 @@ const (
 	// the reply into StreamReplies on the SubjectReplies subject.
 	SubjectDirectReplies = "laas.direct"
 	// SubjectCancel prefixes cancellations: a gateway whose caller went away
-	// publishes an empty message on laas.cancel.<request id> (core NATS);
-	// every worker hears it, skips the job or aborts its LaaS call.
+	// publishes a message on laas.cancel.<request id> (core NATS), whose
+	// payload is the job's deadline (CancelPayload) or empty; every worker
+	// hears it, skips the job or aborts its LaaS call.
 	SubjectCancel = "laas.cancel"
 	// BucketAnswers is the KV bucket of finished replies to requests that
 	// carried an Idempotency-Key, keyed by Envelope.IdempotencyKey.

@@ -5,6 +5,7 @@ package worker
 // remembers so a job not yet started is skipped.
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -20,28 +21,60 @@ import (
 // errCallerGone is the cause of a call cancelled because its caller left.
 var errCallerGone = errors.New("the caller went away")
 
+// maxCancelled is how many cancelled ids a pool remembers at most (about
+// 200 bytes each). Past it the id forgotten soonest anyway goes first: its
+// job, if it is still queued, then runs and its answer is discarded.
+const maxCancelled = 50_000
+
+// cancelSlack is how long past a job's deadline its cancelled id is still
+// remembered: the deadline is the gateway's clock, refuseLate reads the
+// worker's, and clocks differ a little.
+const cancelSlack = time.Minute
+
 // cancels tracks the jobs this pool is running and the request ids whose
 // callers went away. Gateways broadcast a cancel on core NATS
-// (schema.SubjectCancel.<id>); every pool hears it. A running call is
-// aborted; a job not yet started is skipped when it is pulled. Ids are
-// remembered for rememberFor, which bounds the memory used. Safe for
+// (schema.SubjectCancel.<id>, its payload the job's deadline); every pool
+// hears it. A running call is aborted; a job not yet started is skipped
+// when it is pulled. An id is remembered until its job's deadline (plus
+// cancelSlack: past it refuseLate refuses the job anyway), or for
+// rememberFor when the cancel names no deadline, and at most max ids at
+// once: the one forgotten soonest goes first, counted by dropped. Safe for
 // concurrent use.
 type cancels struct {
 	sub         *nats.Subscription
 	rememberFor time.Duration
+	max         int
+	dropped     func() // an id forgotten early because the set was full
 
 	mu        sync.Mutex
 	running   map[string]context.CancelCauseFunc
-	cancelled map[string]time.Time // id -> when to forget it
-	lastPrune time.Time
+	cancelled map[string]*cancelledID
+	expiry    expiryHeap // the cancelled ids, soonest forgotten first
 }
 
-func newCancels(nc *nats.Conn, rememberFor time.Duration) (*cancels, error) {
-	c := &cancels{rememberFor: rememberFor, running: map[string]context.CancelCauseFunc{}, cancelled: map[string]time.Time{}}
+// cancelledID is a cancelled id and when to forget it.
+type cancelledID struct {
+	id    string
+	until time.Time
+	index int // in expiryHeap
+}
+
+func newCancelSet(rememberFor time.Duration, max int, dropped func()) *cancels {
+	if dropped == nil {
+		dropped = func() {}
+	}
+	return &cancels{rememberFor: rememberFor, max: max, dropped: dropped,
+		running: map[string]context.CancelCauseFunc{}, cancelled: map[string]*cancelledID{}}
+}
+
+// newCancels subscribes a cancel set to the cancel broadcast on nc.
+func newCancels(nc *nats.Conn, rememberFor time.Duration, max int, dropped func()) (*cancels, error) {
+	c := newCancelSet(rememberFor, max, dropped)
 	prefix := schema.SubjectCancel + "."
 	sub, err := nc.Subscribe(prefix+"*", func(m *nats.Msg) {
 		if id, ok := strings.CutPrefix(m.Subject, prefix); ok {
-			c.cancel(id, time.Now())
+			deadline, _ := schema.CancelDeadline(m.Data)
+			c.cancel(id, deadline, time.Now())
 		}
 	})
 	if err != nil {
@@ -55,36 +88,66 @@ func newCancels(nc *nats.Conn, rememberFor time.Duration) (*cancels, error) {
 	return c, nil
 }
 
-func (c *cancels) cancel(id string, now time.Time) {
+// cancel aborts id's call if it runs here and remembers id: until deadline
+// plus cancelSlack, or for rememberFor when deadline is zero (never longer).
+func (c *cancels) cancel(id string, deadline time.Time, now time.Time) {
+	until := now.Add(c.rememberFor)
+	if !deadline.IsZero() && deadline.Add(cancelSlack).Before(until) {
+		until = deadline.Add(cancelSlack)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if stop, ok := c.running[id]; ok {
 		stop(errCallerGone)
 	}
-	c.cancelled[id] = now.Add(c.rememberFor)
-	if now.Sub(c.lastPrune) > c.rememberFor/10 {
-		for k, until := range c.cancelled {
-			if now.After(until) {
-				delete(c.cancelled, k)
-			}
-		}
-		c.lastPrune = now
+	c.forget(now)
+	if !until.After(now) {
+		return // refuseLate refuses the job anyway
 	}
+	if e, ok := c.cancelled[id]; ok {
+		if until.After(e.until) {
+			e.until = until
+			heap.Fix(&c.expiry, e.index)
+		}
+		return
+	}
+	if len(c.cancelled) >= c.max {
+		c.dropped()
+		if c.max < 1 || !until.After(c.expiry[0].until) {
+			return // this one would be forgotten first
+		}
+		delete(c.cancelled, heap.Pop(&c.expiry).(*cancelledID).id)
+	}
+	e := &cancelledID{id: id, until: until}
+	heap.Push(&c.expiry, e)
+	c.cancelled[id] = e
+}
+
+// forget drops the ids whose time is over.
+func (c *cancels) forget(now time.Time) {
+	for len(c.expiry) > 0 && !c.expiry[0].until.After(now) {
+		delete(c.cancelled, heap.Pop(&c.expiry).(*cancelledID).id)
+	}
+}
+
+// gone reports whether id is remembered as cancelled at now.
+func (c *cancels) gone(id string, now time.Time) bool {
+	e, ok := c.cancelled[id]
+	return ok && e.until.After(now)
 }
 
 // isCancelled reports whether id's caller went away.
 func (c *cancels) isCancelled(id string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	_, gone := c.cancelled[id]
-	return gone
+	return c.gone(id, time.Now())
 }
 
 // start registers a running job; false means its caller already went away.
 func (c *cancels) start(id string, stop context.CancelCauseFunc) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, gone := c.cancelled[id]; gone {
+	if c.gone(id, time.Now()) {
 		return false
 	}
 	c.running[id] = stop
@@ -98,4 +161,38 @@ func (c *cancels) done(id string) {
 	c.mu.Unlock()
 }
 
-func (c *cancels) close() { _ = c.sub.Unsubscribe() }
+// size is how many cancelled ids are remembered.
+func (c *cancels) size() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.cancelled)
+}
+
+func (c *cancels) close() {
+	if c.sub != nil {
+		_ = c.sub.Unsubscribe()
+	}
+}
+
+// expiryHeap orders cancelled ids by when they are forgotten (a
+// container/heap).
+type expiryHeap []*cancelledID
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].until.Before(h[j].until) }
+func (h expiryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *expiryHeap) Push(x any) {
+	e := x.(*cancelledID)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
+func (h *expiryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return e
+}

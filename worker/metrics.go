@@ -76,6 +76,7 @@ type poolMetrics struct {
 	deadLetters   *prometheus.CounterVec   // reason
 	limiterWait   *prometheus.HistogramVec
 	cancellations *prometheus.CounterVec // when
+	cancelDrops   prometheus.Counter
 	tokens        *prometheus.CounterVec // model, direction
 	inFlight      prometheus.Gauge
 	replies       *prometheus.CounterVec // path
@@ -113,6 +114,8 @@ func newPoolMetrics(reg prometheus.Registerer, catalog *schema.Catalog) (*poolMe
 		cancellations: prometheus.NewCounterVec(prometheus.CounterOpts(opts("cancellations_total",
 			"Jobs stopped because their caller went away: before_start (LaaS not called) or during_call (the call aborted).")),
 			[]string{"when"}),
+		cancelDrops: prometheus.NewCounter(prometheus.CounterOpts(opts("cancelled_ids_dropped_total",
+			"Cancelled request ids forgotten before their job's deadline because the set of them was full: such a job, still queued, runs and its answer is discarded."))),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts(opts("tokens_total",
 			"Tokens LaaS reported in its answers' usage, by model alias and direction (in: prompt, out: completion).")),
 			[]string{"model", "direction"}),
@@ -122,7 +125,7 @@ func newPoolMetrics(reg prometheus.Registerer, catalog *schema.Catalog) (*poolMe
 			"Replies handed to gateways, by path: direct (the gateway took it at once; not stored) or stream (stored in the replies stream).")),
 			[]string{"path"}),
 	}
-	for _, c := range []prometheus.Collector{m.jobs, m.queueWait, m.upstream, m.retries, m.limiterWait, m.cancellations, m.tokens, m.inFlight, m.replies} {
+	for _, c := range []prometheus.Collector{m.jobs, m.queueWait, m.upstream, m.retries, m.limiterWait, m.cancellations, m.cancelDrops, m.tokens, m.inFlight, m.replies} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("worker metrics: %w", err)
 		}
@@ -212,6 +215,14 @@ func (m *poolMetrics) cancelled(when string) {
 		return
 	}
 	m.cancellations.WithLabelValues(when).Inc()
+}
+
+// cancelDropped counts a cancelled id forgotten early (the set was full).
+func (m *poolMetrics) cancelDropped() {
+	if m == nil {
+		return
+	}
+	m.cancelDrops.Inc()
 }
 
 // Paths of a reply to a gateway (replies_total's path label).

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/laas-bridge/laas-bridge/laas"
+	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -171,7 +172,7 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	p := &Pool{cfg: cfg, nc: nc, js: js, cons: cons, batch: batch, bodies: bodies, answers: answers, jobs: jobs, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
 		ackWait: info.Config.AckWait, maxDeliver: info.Config.MaxDeliver}
 	if p.ackWait <= 0 {
-		p.ackWait = 30 * time.Second
+		p.ackWait = queue.DefaultAckWait
 	}
 	for _, o := range opts {
 		o(p)
@@ -187,8 +188,9 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	p.limiter = p.metrics.timed(p.limiter)
 	p.send = p.sendReply
 	p.handler = p.newHandler()
-	// Remember a cancelled id as long as a request may wait in the queue.
-	if p.cancels, err = newCancels(nc, schema.MaxRequestTimeout); err != nil {
+	// A cancel that names no deadline: remember the id as long as a
+	// request may wait in the queue.
+	if p.cancels, err = newCancels(nc, schema.MaxRequestTimeout, maxCancelled, p.metrics.cancelDropped); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -602,7 +602,7 @@ func TestPoolInteractiveLaneFirst(t *testing.T) {
 // Only counts are asserted. Time enters only as the schedule the test
 // sets up: a job pulled early would wait a whole call (1.5 AckWait) and be
 // handed out again; a job that has started is kept by InProgress acks
-// every AckWait/3, so only a stall of two thirds of AckWait (over a
+// every AckWait/5, so only a stall of four fifths of AckWait (over a
 // second) could fail it on a busy machine.
 func TestPoolPullsOnlyForFreeSlots(t *testing.T) {
 	const (

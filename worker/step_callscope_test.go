@@ -39,7 +39,7 @@ func TestScopeCall(t *testing.T) {
 		j, _ := stepJob(t, schema.SubjectInteractive, 1)
 		var cause error
 		f.p.scopeCall(func(ctx context.Context, j *job) {
-			f.p.cancels.cancel(j.env.ID, time.Now())
+			f.p.cancels.cancel(j.env.ID, time.Time{}, time.Now())
 			<-ctx.Done() // closed by the cancel, or the test times out
 			cause = context.Cause(ctx)
 		})(context.Background(), j)

@@ -22,7 +22,7 @@ func TestSkipCancelled(t *testing.T) {
 			f := newStepFixture(t)
 			j, msg := stepJob(t, schema.SubjectInteractive, 1)
 			if tc.cancelled {
-				f.p.cancels.cancel("r1", time.Now())
+				f.p.cancels.cancel("r1", time.Time{}, time.Now())
 			}
 			var next nextRecorder
 			f.p.skipCancelled(next.handle)(context.Background(), j)

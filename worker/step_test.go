@@ -164,7 +164,7 @@ func newStepFixture(t *testing.T) *stepFixture {
 	cfg.setDefaults()
 	f.p = &Pool{cfg: cfg, catalog: catalog(t), log: slog.New(slog.DiscardHandler), ackWait: 30 * time.Second, maxDeliver: 3,
 		inlineMax: 512 << 10, answers: f.answers, bodies: f.bodies,
-		cancels: &cancels{rememberFor: time.Hour, running: map[string]context.CancelCauseFunc{}, cancelled: map[string]time.Time{}}}
+		cancels: newCancelSet(time.Hour, maxCancelled, nil)}
 	f.p.send = func(subject string, data []byte) error {
 		f.mu.Lock()
 		defer f.mu.Unlock()

@@ -48,7 +48,7 @@ type Env struct {
 	// server holds when the stream exists, and takes the queue package's
 	// default when this process creates it; set, it is applied at start
 	// (see queue.Ensure). The defaults are queue.DefaultMaxMsgs (100000),
-	// queue.DefaultMaxBytes (1 GiB), queue.DefaultAckWait (30s) and one
+	// queue.DefaultMaxBytes (1 GiB), queue.DefaultAckWait (5s) and one
 	// replica.
 	QueueMsgs  int64         `envconfig:"BRIDGE_QUEUE_MAX_MSGS"`
 	QueueBytes int64         `envconfig:"BRIDGE_QUEUE_MAX_BYTES"`

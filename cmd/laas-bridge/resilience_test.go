@@ -62,7 +62,7 @@ func startStack(t *testing.T, natsURL string, workers int, mockLatency string, e
 		"mock-laas", "--listen", "127.0.0.1:0", "--project", "p", "--api-key", "k", "--latency", mockLatency, "--access-log")
 	env := baseEnv("BRIDGE_WORKER_CONCURRENCY=4", "NATS_URL="+natsURL, "BRIDGE_CONFIG="+cfg, "TEST_OWN_PRESET=own-hash", "BRIDGE_ACK_WAIT=2s",
 		"LAAS_PROJECT_CODE=p", "LAAS_API_KEY=k", "LAAS_PRESET_HASH=h", "LAAS_BASE_URL="+mockURL)
-	env = append(env, extraEnv...)
+	env = unsetEnv(append(env, extraEnv...))
 	s.env = env
 	var addr string
 	s.gateway, addr = startProc(t, "gateway", t.TempDir(), env, gatewayReady, "gateway", "--listen", "127.0.0.1:0")
@@ -80,6 +80,7 @@ type outcome struct {
 	code    string
 	content string
 	err     error
+	took    time.Duration // from sending the request to reading the answer
 }
 
 func (s *stack) ask(text string) outcome { return s.post(text, "", 2*time.Minute) }
@@ -91,9 +92,10 @@ func (s *stack) post(text, key string, timeout time.Duration) outcome {
 	if key != "" {
 		req.Header.Set("Idempotency-Key", key)
 	}
+	start := time.Now()
 	resp, err := (&http.Client{Timeout: timeout}).Do(req)
 	if err != nil {
-		return outcome{err: err}
+		return outcome{err: err, took: time.Since(start)}
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -104,7 +106,7 @@ func (s *stack) post(text, key string, timeout time.Duration) outcome {
 		Error struct{ Code string } `json:"error"`
 	}
 	_ = json.Unmarshal(b, &body)
-	o := outcome{status: resp.StatusCode, code: body.Error.Code}
+	o := outcome{status: resp.StatusCode, code: body.Error.Code, took: time.Since(start)}
 	if len(body.Choices) > 0 {
 		o.content = body.Choices[0].Message.Content
 	}
