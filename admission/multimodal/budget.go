@@ -24,8 +24,11 @@ import (
 // PDFs, up to 3 MB and 10,000 objects: at most 100 objects and a 1 KB prolog
 // per object stream, 71 object streams, 33 MiB allocated, 0.1 s).
 const (
-	// DocumentCheckTimeout is how long one PDF's page count may take; past
-	// it the PDF is refused (CodeDocumentTooComplex).
+	// DocumentCheckTimeout is how long the page count of a PDF of up to
+	// 4 MB may take, with a second more for each further 4 MB (9 s at 32
+	// MB: reading a large file is slow on a busy machine); past it the PDF
+	// is refused (CodeDocumentTooComplex). It bounds what the limits below
+	// do not, such as pdfcpu repairing a damaged file line by line.
 	DocumentCheckTimeout = time.Second
 	// maxDecodedStream is the most one stream (an object stream, a
 	// cross-reference stream) may inflate to; pdfcpu's default is 512 MiB.
@@ -53,6 +56,11 @@ const (
 	maxSeeks         = 4 * maxObjects
 	maxRepeatedSeeks = 64
 )
+
+// checkTimeout is the deadline of the page count of a PDF of n bytes.
+func checkTimeout(n int) time.Duration {
+	return DocumentCheckTimeout + time.Duration(n/(4<<20))*time.Second
+}
 
 // errOverBudget is the cause of a CodeDocumentTooComplex refusal.
 var errOverBudget = errors.New("the PDF reader went over its budget")

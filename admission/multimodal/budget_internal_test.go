@@ -21,3 +21,13 @@ func TestCountPagesDeadline(t *testing.T) {
 		t.Fatalf("countPagesWithin(1 ns) = %d, %v; want a budget refusal", n, err)
 	}
 }
+
+// TestCheckTimeout: a second for a PDF of up to 4 MB, one more for each
+// further 4 MB.
+func TestCheckTimeout(t *testing.T) {
+	for n, want := range map[int]time.Duration{0: time.Second, 4<<20 - 1: time.Second, 4 << 20: 2 * time.Second, MaxDocumentBytes: 9 * time.Second} {
+		if got := checkTimeout(n); got != want {
+			t.Errorf("checkTimeout(%d) = %v, want %v", n, got, want)
+		}
+	}
+}

@@ -47,14 +47,16 @@
 //     document's page tree and counting its leaves, so a /Count entry that
 //     disagrees with the tree is not believed.
 //   - can be read, and its pages counted, within a budget
-//     (CodeDocumentTooComplex): DocumentCheckTimeout of reading; at most 1
-//     MB inflated from any one stream; at most 256 object streams, each of
-//     at most 512 objects and a 16 KB prolog, and a page tree in at most 64
-//     of them; at most 131,072 objects; and a reader that may not go back
-//     to an offset it has read more than 64 times. pdfcpu opens a whole document before its page tree can be
-//     walked, and without a budget a valid one-page PDF of 264 KB cost it
-//     1.5 GiB of allocation; the budget is sized on real documents, which
-//     stay far below it (budget.go).
+//     (CodeDocumentTooComplex): DocumentCheckTimeout of reading, a second
+//     more for each 4 MB past the first 4 MB; at most 1 MB inflated from
+//     any one stream; at most 256 object streams, each of at most 512
+//     objects and a 16 KB prolog, and a page tree in at most 64 of them;
+//     at most 131,072 objects; and a reader that may not go back to an
+//     offset it has read more than 64 times. pdfcpu opens a whole document
+//     before its page tree can be walked, and without a budget a valid
+//     one-page PDF of a few hundred KB cost it seconds to minutes and up
+//     to gigabytes; the budget is sized on real documents, which stay far
+//     below it (budget.go).
 //
 // # Data URLs and base64
 //

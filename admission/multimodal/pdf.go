@@ -65,7 +65,7 @@ func checkDocument(ctx context.Context, at where, s string, bare bool) error {
 	case tooComplex(err):
 		return at.refuse(CodeDocumentTooComplex, err,
 			"the PDF is too complex to check: its structure needs more than the bridge allows for counting its pages (%s of reading, %d MB for one stream, %d objects). Save it again with a standard PDF writer (\"print to PDF\"), or split it.",
-			DocumentCheckTimeout, maxDecodedStream>>20, maxObjects)
+			checkTimeout(len(data)), maxDecodedStream>>20, maxObjects)
 	case err != nil:
 		return at.refuse(CodeInvalidDocument, err,
 			"the document could not be read as a PDF (it is damaged, or encrypted with a password); LaaS accepts readable PDFs only.")
@@ -79,12 +79,12 @@ func checkDocument(ctx context.Context, at where, s string, bare bool) error {
 }
 
 // countPages reads data with pdfcpu and counts the leaves of its page tree,
-// within the budget of budget.go: DocumentCheckTimeout and pdfcpu's
+// within the budget of budget.go: checkTimeout and pdfcpu's
 // lowered limits; an error that tooComplex recognises means the budget ran
 // out. pdfcpu is a parser of hostile input here: a panic inside it is an
 // unreadable PDF, not a crash of the gateway.
 func countPages(ctx context.Context, data []byte) (pages int, err error) {
-	return countPagesWithin(ctx, data, DocumentCheckTimeout)
+	return countPagesWithin(ctx, data, checkTimeout(len(data)))
 }
 
 // countPagesWithin is countPages with a deadline of timeout.
