@@ -29,6 +29,10 @@ func TestPrepare(t *testing.T) {
 		// decode them again (multimodal.Check would refuse this one).
 		{"multimodal parts are not checked again", "m",
 			`{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png,not-base64"}}]}]}`, false, 0, "", "p1"},
+		// Nor does it read a PDF again: this one is not a PDF at all, so a
+		// page count here would refuse it (invalid_document).
+		{"documents are not read again", "m",
+			`{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"file_data":"bm90IGEgUERG"}},{"type":"document","document_url":{"url":"data:application/pdf;base64,bm90IGEgUERG"}}]}]}`, false, 0, "", "p1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

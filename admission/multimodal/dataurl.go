@@ -46,6 +46,18 @@ func parseDataURL(at where, s, kind, example string) (dataURL, error) {
 	return dataURL{mediaType: mt, payload: payload}, nil
 }
 
+// decodedSize is the size s decodes to if it is valid base64 (padded, line
+// breaks ignored), computed from its length without decoding it, so that a
+// part over its limit is refused before a buffer is allocated for it. For
+// text that is not valid base64 it is an estimate; decodeBase64 refuses
+// such text anyway.
+func decodedSize(s string) int {
+	s = strings.TrimRight(s, "\r\n")
+	n := len(s) - strings.Count(s, "\n") - strings.Count(s, "\r")
+	pad := len(s) - len(strings.TrimRight(s, "="))
+	return max(0, n/4*3-min(pad, 2))
+}
+
 // decodeBase64 decodes standard, padded base64 (line breaks ignored) in one
 // pass over s, into a buffer of at most the decoded size, without copying s.
 func decodeBase64(s string) ([]byte, error) {

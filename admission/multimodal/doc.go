@@ -46,6 +46,17 @@
 //     CodeTooManyPages above the limit). Pages are counted by walking the
 //     document's page tree and counting its leaves, so a /Count entry that
 //     disagrees with the tree is not believed.
+//   - can be read, and its pages counted, within a budget
+//     (CodeDocumentTooComplex): DocumentCheckTimeout of reading, a second
+//     more for each 4 MB past the first 4 MB; at most 1 MB inflated from
+//     any one stream; at most 256 object streams, each of at most 512
+//     objects and a 16 KB prolog, and a page tree in at most 64 of them;
+//     at most 131,072 objects; and a reader that may not go back to an
+//     offset it has read more than 64 times. pdfcpu opens a whole document
+//     before its page tree can be walked, and without a budget a valid
+//     one-page PDF of a few hundred KB cost it seconds to minutes and up
+//     to gigabytes; the budget is sized on real documents, which stay far
+//     below it (budget.go).
 //
 // # Data URLs and base64
 //
@@ -62,6 +73,11 @@
 // standard decoder accepts, instead of passing on data LaaS's own decoder
 // may refuse with a less helpful error. Anything else is refused
 // (CodeInvalidBase64).
+//
+// The size a part decodes to is computed from the length of its base64
+// text (line breaks left out, padding taken off) before anything is
+// decoded: data over its part's limit (CodeImageTooLarge,
+// CodeDocumentTooLarge) is refused without a buffer being allocated for it.
 //
 // Each part's data is decoded once, by a streaming decoder that reads the
 // request's string in place into one buffer of the decoded size, which is

@@ -33,14 +33,14 @@ func checkImage(at where, u string) (*Warning, error) {
 		return nil, at.refuse(CodeUnsupportedMediaType, nil,
 			"the image's media type is %s; LaaS accepts only image/jpeg and image/png.", clip(d.mediaType))
 	}
+	if n := decodedSize(d.payload); n > MaxImageBytes {
+		return nil, at.refuse(CodeImageTooLarge, nil,
+			"the image is %s; LaaS accepts at most 4 MB (%d bytes) per image.", size(n), MaxImageBytes)
+	}
 	data, err := decodeBase64(d.payload)
 	if err != nil {
 		return nil, at.refuse(CodeInvalidBase64, err,
 			"the image's data is not valid base64; send standard base64 with padding (RFC 4648).")
-	}
-	if len(data) > MaxImageBytes {
-		return nil, at.refuse(CodeImageTooLarge, nil,
-			"the image is %s; LaaS accepts at most 4 MB (%d bytes) per image.", size(len(data)), MaxImageBytes)
 	}
 	if real := sniff(data); real != d.mediaType {
 		return nil, at.refuse(CodeMediaTypeMismatch, nil,

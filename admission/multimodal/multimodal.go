@@ -54,6 +54,11 @@ const (
 	CodeDocumentTooLarge = "document_too_large"
 	// CodeTooManyPages: a PDF with more than MaxDocumentPages pages.
 	CodeTooManyPages = "too_many_pages"
+	// CodeDocumentTooComplex: a PDF whose pages cannot be counted within
+	// the budget (DocumentCheckTimeout and the reader's limits, see
+	// budget.go): a stream that inflates beyond limit, an object stream
+	// with too many objects, a table naming one object too often.
+	CodeDocumentTooComplex = "document_too_complex"
 )
 
 // Report describes a request Check accepted.

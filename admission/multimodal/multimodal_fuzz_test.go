@@ -29,6 +29,10 @@ func FuzzMedia(f *testing.F) {
 	f.Add(uint8(1), "application/pdf", mt.PDFTree(0, 2, 3))
 	f.Add(uint8(2), "application/pdf", mt.PDFWithCount(1, 0, 4))
 	f.Add(uint8(3), "application/pdf", mt.PDF(21, 0))
+	// PDF 1.5: a cross-reference stream and object streams.
+	f.Add(uint8(1), "application/pdf", mt.PDFObjectStreams(3, 1<<10))
+	f.Add(uint8(2), "application/pdf", mt.PDFAliasedObjectStream(3))
+	f.Add(uint8(3), "application/pdf", mt.PDFPagesInObjectStreams(2))
 	f.Fuzz(func(t *testing.T, kind uint8, mediaType string, data []byte) {
 		url := "data:" + mediaType + ";base64," + base64.StdEncoding.EncodeToString(data)
 		var part schema.ContentPart

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/pdfcpu/pdfcpu/pkg/pdfcpu"
 	"github.com/pdfcpu/pdfcpu/pkg/pdfcpu/model"
@@ -45,14 +46,14 @@ func checkDocument(ctx context.Context, at where, s string, bare bool) error {
 		return at.refuse(CodeUnsupportedURL, nil,
 			"the file_data is a URL; LaaS accepts PDFs only inline: send the file's bytes as base64.")
 	}
+	if n := decodedSize(payload); n > MaxDocumentBytes {
+		return at.refuse(CodeDocumentTooLarge, nil,
+			"the PDF is %s; LaaS accepts at most 32 MB (%d bytes) per PDF.", size(n), MaxDocumentBytes)
+	}
 	data, err := decodeBase64(payload)
 	if err != nil {
 		return at.refuse(CodeInvalidBase64, err,
 			"the document's data is not valid base64; send standard base64 with padding (RFC 4648).")
-	}
-	if len(data) > MaxDocumentBytes {
-		return at.refuse(CodeDocumentTooLarge, nil,
-			"the PDF is %s; LaaS accepts at most 32 MB (%d bytes) per PDF.", size(len(data)), MaxDocumentBytes)
 	}
 	if !bytes.Contains(data[:min(len(data), pdfHeaderWindow)], []byte("%PDF-")) {
 		return at.refuse(CodeInvalidDocument, nil, "the document is not a PDF: it has no %%PDF- header.")
@@ -61,6 +62,10 @@ func checkDocument(ctx context.Context, at where, s string, bare bool) error {
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()
+	case tooComplex(err):
+		return at.refuse(CodeDocumentTooComplex, err,
+			"the PDF is too complex to check: its structure needs more than the bridge allows for counting its pages (%s of reading, %d MB for one stream, %d objects). Save it again with a standard PDF writer (\"print to PDF\"), or split it.",
+			checkTimeout(len(data)), maxDecodedStream>>20, maxObjects)
 	case err != nil:
 		return at.refuse(CodeInvalidDocument, err,
 			"the document could not be read as a PDF (it is damaged, or encrypted with a password); LaaS accepts readable PDFs only.")
@@ -73,17 +78,37 @@ func checkDocument(ctx context.Context, at where, s string, bare bool) error {
 	return nil
 }
 
-// countPages reads data with pdfcpu and counts the leaves of its page tree.
-// pdfcpu is a parser of hostile input here: a panic inside it is an
+// countPages reads data with pdfcpu and counts the leaves of its page tree,
+// within the budget of budget.go: checkTimeout and pdfcpu's
+// lowered limits; an error that tooComplex recognises means the budget ran
+// out. pdfcpu is a parser of hostile input here: a panic inside it is an
 // unreadable PDF, not a crash of the gateway.
 func countPages(ctx context.Context, data []byte) (pages int, err error) {
+	return countPagesWithin(ctx, data, checkTimeout(len(data)))
+}
+
+// countPagesWithin is countPages with a deadline of timeout.
+func countPagesWithin(ctx context.Context, data []byte, timeout time.Duration) (pages int, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			pages, err = 0, fmt.Errorf("the PDF reader panicked: %v", r)
 		}
 	}()
-	pdf, err := pdfcpu.ReadWithContext(ctx, bytes.NewReader(data), readConfig())
+	if n := objectStreams(data); n > maxObjectStreams {
+		return 0, fmt.Errorf("%w: the PDF has %d object streams, more than %d", errOverBudget, n, maxObjectStreams)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rs := newBudgetReader(ctx, data)
+	pdf, err := pdfcpu.ReadWithContext(ctx, rs, readConfig())
+	if rs.over != nil {
+		// pdfcpu may have reported the failed read as another fault.
+		err = rs.over
+	}
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", errOverBudget, err)
+		}
 		return 0, err
 	}
 	root, err := pdf.XRefTable.Catalog()
@@ -94,45 +119,32 @@ func countPages(ctx context.Context, data []byte) (pages int, err error) {
 	if !ok {
 		return 0, errors.New("the document catalog has no page tree")
 	}
-	w := pageWalk{xref: pdf.XRefTable, seen: make(map[int]bool)}
+	w := pageWalk{ctx: ctx, xref: pdf.XRefTable, seen: make(map[int]bool), streams: make(map[int]bool)}
 	if err := w.walk(tree, 0); err != nil {
 		return 0, err
 	}
 	return w.pages, nil
 }
 
-// readConfig is pdfcpu's configuration for reading an untrusted PDF: relaxed
-// validation, as real-world PDFs need, no network, and resource limits
-// sized for a 32 MB file. It is built here rather than by
-// model.NewDefaultConfiguration, which installs a configuration directory,
-// fonts and certificates under the user's home.
-func readConfig() *model.Configuration {
-	limits := model.DefaultResourceLimits()
-	limits.MaxObjectCount = 4 << 20
-	limits.MaxXRefEntries = 4 << 20
-	limits.MaxObjectStreamCount = 1 << 20
-	limits.MaxDecodeBytes = 64 << 20
-	return &model.Configuration{
-		Reader15:       true,
-		ValidationMode: model.ValidationRelaxed,
-		Eol:            types.EolLF,
-		Offline:        true,
-		Limits:         limits,
-	}
-}
-
 // pageWalk counts the pages of a page tree: its leaves, whatever the /Count
 // entries claim. A node reached twice (a cycle) or a tree deeper than
-// maxPageTreeDepth is an error.
+// maxPageTreeDepth is an error. It stops, over the budget, when ctx ends or
+// when its nodes lie in more than maxWalkObjectStreams object streams: each
+// is inflated whole (up to maxDecodedStream) when a node in it is read.
 type pageWalk struct {
-	xref  *model.XRefTable
-	seen  map[int]bool
-	pages int
+	ctx     context.Context
+	xref    *model.XRefTable
+	seen    map[int]bool
+	streams map[int]bool // the object streams of the nodes read
+	pages   int
 }
 
 func (w *pageWalk) walk(o types.Object, depth int) error {
 	if depth > maxPageTreeDepth {
 		return fmt.Errorf("the page tree is deeper than %d levels", maxPageTreeDepth)
+	}
+	if err := w.ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", errOverBudget, err)
 	}
 	if ref, ok := o.(types.IndirectRef); ok {
 		nr := ref.ObjectNumber.Value()
@@ -140,6 +152,11 @@ func (w *pageWalk) walk(o types.Object, depth int) error {
 			return fmt.Errorf("the page tree reaches object %d twice", nr)
 		}
 		w.seen[nr] = true
+		if e, ok := w.xref.Table[nr]; ok && e != nil && e.ObjectStream != nil && !w.streams[*e.ObjectStream] {
+			if w.streams[*e.ObjectStream] = true; len(w.streams) > maxWalkObjectStreams {
+				return fmt.Errorf("%w: the page tree lies in more than %d object streams", errOverBudget, maxWalkObjectStreams)
+			}
+		}
 	}
 	node, err := w.xref.DereferenceDict(o)
 	if err != nil {

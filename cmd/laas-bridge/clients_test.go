@@ -608,6 +608,8 @@ func TestClientRefusals(t *testing.T) {
 			sdkError{400, invalid, multimodal.CodeMediaTypeMismatch, "messages[0].content[1]", "messages[0].content[1]: the image is declared image/png but its data is image/jpeg"}},
 		{"21-page PDF", withText(pdfPart(multimodaltest.DataURL("application/pdf", multimodaltest.PDF(multimodal.MaxDocumentPages+1, 0)))), false,
 			sdkError{400, invalid, multimodal.CodeTooManyPages, "messages[0].content[1]", "messages[0].content[1]: the PDF has 21 pages; LaaS accepts at most 20 pages"}},
+		{"PDF over the page count's budget", withText(pdfPart(multimodaltest.DataURL("application/pdf", multimodaltest.PDFObjectStreams(2000, 2<<10)))), false,
+			sdkError{400, invalid, multimodal.CodeDocumentTooComplex, "messages[0].content[1]", "messages[0].content[1]: the PDF is too complex to check"}},
 		{"remote PDF URL", withText(pdfPart("https://example.com/report.pdf")), false,
 			sdkError{400, invalid, multimodal.CodeUnsupportedURL, "messages[0].content[1]", "messages[0].content[1]: "}},
 		{"base64 that does not decode", withText(imagePart("data:image/png;base64,this is not base64!")), false,

@@ -7,6 +7,7 @@ package multimodaltest
 
 import (
 	"bytes"
+	"compress/zlib"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
@@ -196,4 +197,180 @@ func DataURL(mediaType string, data []byte) string {
 func Digest(data []byte) string {
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])[:16]
+}
+
+// PDFInflating returns a valid one-page PDF 1.5 whose catalog is kept in an
+// object stream (with a cross-reference stream) compressed with Flate: the
+// stream inflates to the catalog followed by inflated bytes of spaces, so a
+// reader that inflates it whole spends inflated bytes on a file of a few
+// hundred KB (the deflate format's ratio is about 1000:1). The compressed
+// stream is built once per size and shared: inflated is a multiple of 1 MiB.
+func PDFInflating(inflated int) []byte {
+	if inflated <= 0 || inflated%(1<<20) != 0 {
+		panic(fmt.Sprintf("multimodaltest: inflated size %d is not a positive multiple of 1 MiB", inflated))
+	}
+	const catalog = "<< /Type /Catalog /Pages 2 0 R >>"
+	var z bytes.Buffer
+	w, err := zlib.NewWriterLevel(&z, zlib.BestCompression)
+	if err != nil {
+		panic(err)
+	}
+	prolog := "1 0 "
+	w.Write([]byte(prolog + catalog))
+	spaces := bytes.Repeat([]byte{' '}, 1<<20)
+	for range inflated >> 20 {
+		w.Write(spaces)
+	}
+	if err := w.Close(); err != nil {
+		panic(err)
+	}
+	return pdf15([]string{
+		"", // 1: the catalog, in object stream 4
+		"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+		"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << >> >>",
+		fmt.Sprintf("<< /Type /ObjStm /N 1 /First %d /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream", len(prolog), z.Len(), z.Bytes()),
+	}, map[int][2]int{1: {4, 0}})
+}
+
+// PDFObjectStreams returns a valid one-page PDF 1.5 with n object streams
+// beside its page tree, each holding one small object behind a prolog of
+// first bytes ("5 0 5 0 ..." pairs, Flate-compressed to a few hundred
+// bytes): a reader that decodes every object stream's prolog spends n *
+// first bytes, and more to split them, on a file of about n * (first/1000
+// + 200) bytes.
+func PDFObjectStreams(n, first int) []byte {
+	var z bytes.Buffer
+	w, err := zlib.NewWriterLevel(&z, zlib.BestCompression)
+	if err != nil {
+		panic(err)
+	}
+	w.Write(bytes.Repeat([]byte("0 0 "), first/4))
+	w.Write([]byte("null"))
+	if err := w.Close(); err != nil {
+		panic(err)
+	}
+	objs := []string{
+		"<< /Type /Catalog /Pages 2 0 R >>",
+		"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+		"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << >> >>",
+	}
+	compressed := make(map[int][2]int, n)
+	for i := range n {
+		objs = append(objs, fmt.Sprintf("<< /Type /ObjStm /N 1 /First %d /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream",
+			first/4*4, z.Len(), z.Bytes()))
+		compressed[4+n+i] = [2]int{4 + i, 0}
+	}
+	return pdf15(objs, compressed)
+}
+
+// pdf15 writes a PDF 1.5: objs[i] is object i+1 (an empty string for an
+// object kept in an object stream), compressed maps an object number to
+// its object stream and index; a cross-reference stream (no filter) lists
+// them all.
+func pdf15(objs []string, compressed map[int][2]int) []byte { return pdf15x(objs, compressed, nil) }
+
+// pdf15x is pdf15 where aliases maps an object number to the object whose
+// offset it is given in the cross-reference stream.
+func pdf15x(objs []string, compressed map[int][2]int, aliases map[int]int) []byte {
+	var b bytes.Buffer
+	b.WriteString("%PDF-1.5\n%\xe2\xe3\xcf\xd3\n")
+	size := len(objs) + 1
+	for nr := range compressed {
+		size = max(size, nr+1)
+	}
+	for nr := range aliases {
+		size = max(size, nr+1)
+	}
+	offsets := make([]int, size)
+	for i, o := range objs {
+		if o == "" {
+			continue
+		}
+		offsets[i+1] = b.Len()
+		fmt.Fprintf(&b, "%d 0 obj\n%s\nendobj\n", i+1, o)
+	}
+	for nr, to := range aliases {
+		offsets[nr] = offsets[to]
+	}
+	xrefNr := size
+	size++
+	offsets = append(offsets, b.Len())
+	var rows bytes.Buffer
+	for nr := range size {
+		var row [7]byte
+		switch c, ok := compressed[nr]; {
+		case nr == 0:
+			row = [7]byte{0, 0, 0, 0, 0, 0xff, 0xff}
+		case ok:
+			row[0] = 2
+			binary.BigEndian.PutUint32(row[1:5], uint32(c[0]))
+			binary.BigEndian.PutUint16(row[5:7], uint16(c[1]))
+		case offsets[nr] == 0:
+			row = [7]byte{0, 0, 0, 0, 0, 0xff, 0xff}
+		default:
+			row[0] = 1
+			binary.BigEndian.PutUint32(row[1:5], uint32(offsets[nr]))
+		}
+		rows.Write(row[:])
+	}
+	fmt.Fprintf(&b, "%d 0 obj\n<< /Type /XRef /Size %d /W [1 4 2] /Root 1 0 R /Length %d >>\nstream\n", xrefNr, size, rows.Len())
+	b.Write(rows.Bytes())
+	fmt.Fprintf(&b, "\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n", offsets[xrefNr])
+	return b.Bytes()
+}
+
+// PDFAliasedObjectStream returns a valid one-page PDF 1.5 whose
+// cross-reference stream names one object stream (of 500 objects, within
+// any reader's limits) under n object numbers, each holding one compressed
+// object: a reader that decodes each object stream it is told of decodes
+// that one n times.
+func PDFAliasedObjectStream(n int) []byte {
+	var prolog bytes.Buffer
+	for range 500 {
+		prolog.WriteString("0 0 ")
+	}
+	var z bytes.Buffer
+	w := zlib.NewWriter(&z)
+	w.Write(prolog.Bytes())
+	w.Write([]byte("null"))
+	if err := w.Close(); err != nil {
+		panic(err)
+	}
+	objs := []string{
+		"<< /Type /Catalog /Pages 2 0 R >>",
+		"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+		"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << >> >>",
+		fmt.Sprintf("<< /Type /ObjStm /N 500 /First %d /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream", prolog.Len(), z.Len(), z.Bytes()),
+	}
+	compressed := make(map[int][2]int, n)
+	aliases := make(map[int]int, n)
+	for i := range n {
+		aliases[5+i] = 4
+		compressed[5+n+i] = [2]int{5 + i, 0}
+	}
+	return pdf15x(objs, compressed, aliases)
+}
+
+// PDFPagesInObjectStreams returns a valid PDF 1.5 of the given number of
+// pages, each kept in an object stream of its own.
+func PDFPagesInObjectStreams(pages int) []byte {
+	objs := []string{"<< /Type /Catalog /Pages 2 0 R >>", ""}
+	var kids []string
+	compressed := make(map[int][2]int, pages)
+	for i := range pages {
+		page := 3 + pages + i
+		kids = append(kids, fmt.Sprintf("%d 0 R", page))
+		body := "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << >> >>"
+		prolog := fmt.Sprintf("%d 0 ", page)
+		var z bytes.Buffer
+		w := zlib.NewWriter(&z)
+		w.Write([]byte(prolog + body))
+		if err := w.Close(); err != nil {
+			panic(err)
+		}
+		objs = append(objs, fmt.Sprintf("<< /Type /ObjStm /N 1 /First %d /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream", len(prolog), z.Len(), z.Bytes()))
+		compressed[page] = [2]int{3 + i, 0}
+	}
+	objs[1] = fmt.Sprintf("<< /Type /Pages /Kids [%s] /Count %d >>", strings.Join(kids, " "), pages)
+	return pdf15(objs, compressed)
 }
