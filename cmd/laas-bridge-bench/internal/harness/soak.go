@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +40,8 @@ var errSoakFailed = errors.New("bench: soak: answers lost or duplicated")
 // check that every accepted request got its own answer, once.
 func (h *harness) soakRun(ctx context.Context, stdout io.Writer) error {
 	c := h.cfg
+	// The traffic's batches and the restarts report progress at once.
+	h.stderr = &syncWriter{w: h.stderr}
 	st, err := h.startSoakStack(ctx)
 	if err != nil {
 		return err
@@ -76,6 +79,13 @@ func (h *harness) soakRun(ctx context.Context, stdout io.Writer) error {
 	if err := ledger.WriteCounts(stdout); err != nil {
 		return err
 	}
+	if c.LogDir != "" {
+		if err := st.dumpGoroutines(ctx, h.dir); err != nil {
+			fmt.Fprintf(h.stderr, "bench: soak: goroutine dumps: %v\n", err)
+		} else {
+			fmt.Fprintf(stdout, "goroutines of the gateway and the workers at the end: %s\n", filepath.Join(h.dir, "soak-*-goroutines.txt"))
+		}
+	}
 	if calls, err := mockCalls(st.mockLog); err == nil {
 		fmt.Fprintf(stdout, "LaaS mock: %s\n", calls)
 	}
@@ -102,6 +112,7 @@ func durText(d time.Duration) string {
 type soakStack struct {
 	natsChild, mockChild, gateway *child
 	gatewayURL, gatewayMetrics    string
+	gatewayPprof                  string // the gateway's pprof listener
 	mockLog                       string
 	env                           []string
 
@@ -115,6 +126,7 @@ type soakWorker struct {
 	gen     int
 	child   *child
 	metrics string
+	pprof   string // the process's pprof listener
 }
 
 // startSoakStack starts NATS, the mock, the gateway and the workers.
@@ -138,7 +150,7 @@ func (h *harness) startSoakStack(ctx context.Context) (*soakStack, error) {
 		return nil, err
 	}
 	st.mockLog = filepath.Join(h.dir, "soak-mock-laas.log")
-	st.env = h.laasEnv(mockURL, "NATS_URL=nats://"+natsAddr, "BRIDGE_METRICS_LISTEN=127.0.0.1:0")
+	st.env = h.laasEnv(mockURL, "NATS_URL=nats://"+natsAddr, "BRIDGE_METRICS_LISTEN=127.0.0.1:0", "BRIDGE_PPROF_LISTEN=127.0.0.1:0")
 	if c.SoakAckWait > 0 {
 		st.env = append(st.env, "BRIDGE_ACK_WAIT="+c.SoakAckWait.String())
 	}
@@ -149,6 +161,9 @@ func (h *harness) startSoakStack(ctx context.Context) (*soakStack, error) {
 	}
 	st.gatewayURL = "http://" + addr
 	if st.gatewayMetrics, err = metricsURL(st.gateway); err != nil {
+		return nil, err
+	}
+	if st.gatewayPprof, err = st.gateway.waitFor(pprofReady, 30*time.Second); err != nil {
 		return nil, err
 	}
 	for i := range c.SoakWorkers {
@@ -180,8 +195,12 @@ func (st *soakStack) startWorker(ctx context.Context, h *harness, w *soakWorker)
 	if err != nil {
 		return err
 	}
+	pp, err := ch.waitFor(pprofReady, 30*time.Second)
+	if err != nil {
+		return err
+	}
 	st.mu.Lock()
-	w.child, w.metrics = ch, u
+	w.child, w.metrics, w.pprof = ch, u, pp
 	st.mu.Unlock()
 	return nil
 }
@@ -253,6 +272,59 @@ func (st *soakStack) restartWorkers(ctx context.Context, h *harness) []string {
 		fmt.Fprintf(h.stderr, "bench: soak: %s\n", entry)
 		done = append(done, entry)
 	}
+}
+
+// dumpGoroutines writes the gateway's and each worker's goroutines, by
+// stack (pprof's goroutine profile, debug=1), into dir.
+func (st *soakStack) dumpGoroutines(ctx context.Context, dir string) error {
+	targets := map[string]string{"gateway": st.gatewayPprof}
+	st.mu.Lock()
+	for _, w := range st.workers {
+		targets[w.name] = w.pprof
+	}
+	st.mu.Unlock()
+	var errs []error
+	for name, addr := range targets {
+		if err := fetchTo(ctx, "http://"+addr+"/debug/pprof/goroutine?debug=1", filepath.Join(dir, "soak-"+name+"-goroutines.txt")); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fetchTo saves the answer to a GET of url in path.
+func fetchTo(ctx context.Context, url, path string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: status %d", url, resp.StatusCode)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+// syncWriter serialises writes to w.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
 
 // exitText is how a stopped child ended.
