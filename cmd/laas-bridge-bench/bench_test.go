@@ -16,10 +16,11 @@ import (
 	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge-bench/internal/load"
 )
 
-// bridgeBin is laas-bridge, built once for the process tests.
-var bridgeBin string
+// bridgeBin is laas-bridge and natsBin nats-server, built once for the
+// process tests.
+var bridgeBin, natsBin string
 
-// TestMain builds laas-bridge. The bench runs in-process and starts its
+// TestMain builds laas-bridge and nats-server. The bench runs in-process and starts its
 // own executable, this test binary, as `baseline-proxy`: then TestMain
 // runs main instead of the tests.
 func TestMain(m *testing.M) {
@@ -33,6 +34,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	if bridgeBin, err = harness.BuildBridge(context.Background(), dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	if natsBin, err = harness.BuildNATS(context.Background(), dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
@@ -124,6 +130,47 @@ func TestBenchBatchProcess(t *testing.T) {
 	}
 	if strings.Contains(out, "first error") || strings.Contains(out, "batch errors") {
 		t.Errorf("errors reported:\n%s", out)
+	}
+}
+
+// TestBenchSoakProcess runs the soak mode briefly against real processes
+// (nats-server, the mock, a gateway, three workers): every kind of traffic
+// is answered, nothing is lost or duplicated, workers are restarted with
+// SIGTERM and SIGKILL, and the memory table and trend cover every process.
+func TestBenchSoakProcess(t *testing.T) {
+	dir := t.TempDir()
+	// A 2s AckWait: the jobs of the SIGKILLed worker run again within
+	// seconds, so the run ends soon after its 15s of traffic.
+	out, _ := benchInProcess(t, dir, "--mode", "soak", "--duration", "15s", "--soak-rate", "10",
+		"--soak-restart-every", "4s", "--soak-batch-every", "8s", "--soak-batch-lines", "20", "--soak-sample", "2s",
+		"--soak-ack-wait", "2s", "--soak-timeout", "40s", "--nats-bin", natsBin)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^soak: 15s at 10/s .* a batch of 20 lines every 8s, a worker restarted every 4s .*gateway \+ 3 workers on NATS`),
+		regexp.MustCompile(`(?m)^\s+time\s+nats\s+mock\s+gateway\s+gor\s+worker-1\s+gor\s+worker-2\s+gor\s+worker-3\s+gor\s+answered\s+in flight\s+lost\s+dup$`),
+		// a row: time, 3 RSS, the gateway's goroutines, ...
+		regexp.MustCompile(`(?m)^\s+\d+s\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\s+\d+\s`),
+		regexp.MustCompile(`(?m)^worker restarts: [34] \(worker-1 SIGTERM at \d+s, exited exit status 0, .*; worker-2 SIGKILL at \d+s, exited signal: killed, `),
+		regexp.MustCompile(`(?m)^  gateway\s+RSS\s+\d+\.\d -> \s*\d+\.\d MiB .*; goroutines \d+ -> \d+$`),
+		regexp.MustCompile(`(?m)^  worker-1\s+RSS .*restarted [12] times`),
+		// kind, sent, answered, lost 0, crossed 0
+		regexp.MustCompile(`(?m)^\s+chat\s+60\s+60\s+0\s+0\s`),
+		regexp.MustCompile(`(?m)^\s+stream\s+30\s+30\s+0\s+0\s`),
+		regexp.MustCompile(`(?m)^\s+job\s+30\s+30\s+0\s+0\s`),
+		regexp.MustCompile(`(?m)^\s+hangup\s+30\s+\d+\s+0\s+0\s`),
+		regexp.MustCompile(`(?m)^\s+batch line\s+40\s+40\s+0\s+0\s`),
+		regexp.MustCompile(`(?m)^answers delivered more than once: 0 extra deliveries$`),
+		regexp.MustCompile(`(?m)^OK: \d+ answered, 0 lost, 0 duplicated`),
+	} {
+		if !want.MatchString(out) {
+			t.Errorf("no line matching %s in:\n%s", want, out)
+		}
+	}
+	// With --log-dir, the goroutines of the gateway and each worker at the end.
+	for _, name := range []string{"gateway", "worker-1", "worker-2", "worker-3"} {
+		b, err := os.ReadFile(filepath.Join(dir, "logs", "soak-"+name+"-goroutines.txt"))
+		if err != nil || !bytes.HasPrefix(b, []byte("goroutine profile: total ")) {
+			t.Errorf("goroutine dump of %s: %v, %.100q", name, err, b)
+		}
 	}
 }
 

@@ -1,7 +1,8 @@
 // Command laas-bridge-bench measures laas-bridge against a plain proxy to
 // the same LaaS mock: added latency, throughput ratio, CPU profile, the
-// memory of a burst of callers, and the latency a batch adds to
-// interactive calls. It is a development tool, not part of the product
+// memory of a burst of callers, the latency a batch adds to interactive
+// calls, and a soak (mixed traffic for a long time while workers restart:
+// nothing lost or duplicated, memory flat). It is a development tool, not part of the product
 // binary; `laas-bridge-bench -h` lists its flags.
 package main
 

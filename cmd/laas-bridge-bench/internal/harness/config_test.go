@@ -24,7 +24,7 @@ func TestConfigValidate(t *testing.T) {
 		edit func(*Config)
 		want []string
 	}{
-		{"unknown mode", func(c *Config) { c.Modes = "batch,mixed" }, []string{`unknown mode "mixed" (use fixed, closed, burst, batch)`}},
+		{"unknown mode", func(c *Config) { c.Modes = "batch,mixed" }, []string{`unknown mode "mixed" (use fixed, closed, burst, batch, soak)`}},
 		{"no batch lines", func(c *Config) { c.BatchLines = 0 }, []string{"--batch-lines must be 1 to 50000, got 0"}},
 		{"too many batch lines", func(c *Config) { c.BatchLines = 50_001 }, []string{"--batch-lines must be 1 to 50000, got 50001"}},
 		{"batch rate", func(c *Config) { c.BatchRate = 0 }, []string{"--batch-rate must be positive, got 0"}},
@@ -32,6 +32,10 @@ func TestConfigValidate(t *testing.T) {
 		{"batch rpm", func(c *Config) { c.BatchRPM = -1 }, []string{"--batch-rpm must not be negative, got -1"}},
 		{"negative latency", func(c *Config) { c.BatchLatency = -time.Millisecond }, []string{"--batch-latency must not be negative"}},
 		{"profile of a bridge not started", func(c *Config) { c.CPUProfile, c.Target = "cpu.pprof", "http://127.0.0.1:4000" }, []string{"--cpuprofile needs a bridge started by the bench"}},
+		{"soak settings", func(c *Config) {
+			c.Modes, c.SoakRate, c.SoakWorkers, c.SoakBatchEvery, c.SoakBatchLines, c.SoakTimeout = "soak", 0, 17, time.Minute, 0, 0
+		}, []string{"--soak-rate must be 1 to 1000, got 0", "--soak-workers must be 1 to 16, got 17",
+			"--soak-batch-lines must be 1 to 50000, got 0", "--soak-timeout must be positive"}},
 		{"all at once", func(c *Config) { c.Duration, c.BatchRate, c.BatchLines = 0, -1, -1 }, []string{
 			"--duration must be positive", "--batch-rate must be positive, got -1", "--batch-lines must be 1 to 50000, got -1"}},
 	} {

@@ -55,6 +55,11 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	if modes["soak"] {
+		if err := h.soakRun(ctx, stdout); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
