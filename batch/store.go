@@ -381,6 +381,16 @@ func unix(t time.Time) *int64 {
 	return &v
 }
 
+// openObject returns a reader of an object (a file, or a batch's plan);
+// ctx bounds the reading, not only the opening; close it.
+func (s *Store) openObject(ctx context.Context, name string) (jetstream.ObjectResult, error) {
+	r, err := s.files.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, ErrNotFound
+	}
+	return r, err
+}
+
 // readAll returns an object's bytes.
 func (s *Store) readAll(ctx context.Context, name string) ([]byte, error) {
 	data, err := s.files.GetBytes(ctx, name)
