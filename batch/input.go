@@ -7,9 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // lineReader reads a JSONL file's lines in order, cut as splitLines cuts
@@ -71,14 +68,12 @@ func (r *lineReader) next() (line []byte, index int, tooLong bool, err error) {
 // last line read, and opens it again (skipping to the line) only when it
 // failed, or for a line before it.
 type inputReader struct {
-	store    *Store
-	fileID   string
-	max      int
-	deadline time.Time // of the reads: the batch's expiry
+	store  *Store
+	fileID string
+	max    int
 
-	obj    jetstream.ObjectResult
-	cancel context.CancelFunc
-	lr     *lineReader
+	obj io.ReadCloser // a chunkReader: holds one chunk, nothing on the server
+	lr  *lineReader
 }
 
 // line returns the line with index n (valid until the next call).
@@ -87,16 +82,12 @@ func (in *inputReader) line(ctx context.Context, n int) ([]byte, error) {
 		in.close()
 	}
 	if in.lr == nil {
-		// The object's reader lives as long as its context: bound it by
-		// the batch's expiry, not by one call's (nats.go gives a context
-		// without a deadline its default timeout, 5s).
-		octx, cancel := context.WithDeadline(ctx, in.deadline.Add(time.Hour))
-		obj, err := in.store.openObject(octx, in.fileID)
+		// ctx is progress's: it lives as long as the batch is driven.
+		obj, err := in.store.openObject(ctx, in.fileID)
 		if err != nil {
-			cancel()
 			return nil, fmt.Errorf("read input file %s: %w", in.fileID, err)
 		}
-		in.obj, in.cancel, in.lr = obj, cancel, newLineReader(obj, in.max)
+		in.obj, in.lr = obj, newLineReader(obj, in.max)
 	}
 	for {
 		raw, i, tooLong, err := in.lr.next()
@@ -123,7 +114,6 @@ func (in *inputReader) line(ctx context.Context, n int) ([]byte, error) {
 func (in *inputReader) close() {
 	if in.obj != nil {
 		_ = in.obj.Close()
-		in.cancel()
 	}
-	in.obj, in.cancel, in.lr = nil, nil, nil
+	in.obj, in.lr = nil, nil
 }

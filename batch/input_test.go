@@ -1,6 +1,7 @@
 package batch
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -8,7 +9,6 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
-	"time"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -133,7 +133,7 @@ func TestInputReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := &inputReader{store: f.store, fileID: file.ID, max: 1 << 20, deadline: time.Now().Add(time.Hour)}
+	in := &inputReader{store: f.store, fileID: file.ID, max: 1 << 20}
 	defer in.close()
 	read := func(n int) {
 		t.Helper()
@@ -163,5 +163,38 @@ func TestInputReader(t *testing.T) {
 	read(7)
 	if _, err := in.line(ctx, 8); err == nil {
 		t.Error("line 8 of 8 came back without an error")
+	}
+}
+
+// The store's chunk reader returns an object's bytes exactly, over many
+// chunks, holding one at a time; a missing object is ErrNotFound.
+func TestChunkReader(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	data := make([]byte, 1<<20+12345) // eight 128 KiB chunks and a part
+	for i := range data {
+		data[i] = byte(i * 7 % 251)
+	}
+	file, err := f.store.PutFile(ctx, NewFileID(), "", "input.jsonl", schema.PurposeBatch, 0, bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.store.openObject(ctx, file.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(iotest.OneByteReader(io.LimitReader(r, 100)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if got = append(got, rest...); !bytes.Equal(got, data) {
+		t.Errorf("read %d bytes that differ from the %d stored", len(got), len(data))
+	}
+	if _, err := f.store.openObject(ctx, NewFileID()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a missing object: %v; want ErrNotFound", err)
 	}
 }

@@ -27,7 +27,7 @@ func (d *driver) progress(ctx context.Context) error {
 	defer func() { _ = w.Stop() }()
 	t := newTally(d)
 	// The input file is read as the cursor moves, never whole.
-	d.input = &inputReader{store: d.r.store, fileID: d.record().Batch.InputFileID, max: d.r.validator.maxLine(), deadline: t.expires}
+	d.input = &inputReader{store: d.r.store, fileID: d.record().Batch.InputFileID, max: d.r.validator.maxLine()}
 	defer func() { d.input.close(); d.input = nil }()
 	tick := time.NewTicker(d.r.cfg.SaveInterval)
 	defer tick.Stop()
