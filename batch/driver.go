@@ -28,8 +28,8 @@ type driver struct {
 	mu  sync.Mutex
 	rec Record // the newest record written or read
 
-	plan  *Plan
-	lines [][]byte // the input file's lines
+	plan  *Plan        // the batch's plan
+	input *inputReader // the input file, while progress runs
 }
 
 func (r *Runner) drive(ctx context.Context, rec *Record) {
@@ -121,18 +121,23 @@ func (d *driver) save(ctx context.Context, mutate func(*Record)) error {
 	return nil
 }
 
-// validate checks every line and moves the batch to in_progress (or to
-// failed when its input file is gone).
+// validate checks every line, read from the input file one at a time,
+// and moves the batch to in_progress (or to failed when its input file
+// is gone).
 func (d *driver) validate(ctx context.Context) error {
 	rec := d.record()
-	data, err := d.r.store.readAll(ctx, rec.Batch.InputFileID)
+	obj, err := d.r.store.openObject(ctx, rec.Batch.InputFileID)
 	if errors.Is(err, ErrNotFound) {
 		return d.fail(ctx, "file_not_found", fmt.Sprintf("The input file %s does not exist any more.", rec.Batch.InputFileID))
 	}
 	if err != nil {
 		return err
 	}
-	plan := d.r.validator.Plan(ctx, d.id, rec.Creator(), data)
+	plan, err := d.r.validator.Plan(ctx, d.id, rec.Creator(), obj)
+	_ = obj.Close()
+	if err != nil {
+		return fmt.Errorf("read input file %s: %w", rec.Batch.InputFileID, err)
+	}
 	planData, err := json.Marshal(plan)
 	if err != nil {
 		return err
@@ -140,7 +145,7 @@ func (d *driver) validate(ctx context.Context) error {
 	if _, err := d.r.store.files.PutBytes(ctx, d.id+".plan", planData); err != nil {
 		return fmt.Errorf("store plan: %w", err)
 	}
-	d.plan, d.lines = &plan, splitLines(data)
+	d.plan = &plan
 	now := time.Now()
 	d.log.Info("batch validated", "lines", plan.Total, "valid", len(plan.Valid), "refused", len(plan.Errors))
 	return d.save(ctx, func(r *Record) {
@@ -162,12 +167,12 @@ func (d *driver) fail(ctx context.Context, code, msg string) error {
 	})
 }
 
-// load reads the plan and the input file of a batch that was validated.
+// load reads the plan of a batch that was validated. The input file is
+// not read here: progress reads each line's body as it queues it.
 func (d *driver) load(ctx context.Context) error {
 	if d.plan != nil {
 		return nil
 	}
-	rec := d.record()
 	planData, err := d.r.store.readAll(ctx, d.id+".plan")
 	if err != nil {
 		return fmt.Errorf("read plan: %w", err) // ErrNotFound for a batch never validated
@@ -176,13 +181,7 @@ func (d *driver) load(ctx context.Context) error {
 	if err := json.Unmarshal(planData, &plan); err != nil {
 		return fmt.Errorf("decode plan: %w", err)
 	}
-	data, err := d.r.store.readAll(ctx, rec.Batch.InputFileID)
-	if errors.Is(err, ErrNotFound) && rec.Published >= len(plan.Valid) {
-		data = nil // every line is queued already: the bodies are not needed
-	} else if err != nil {
-		return fmt.Errorf("read input file %s: %w", rec.Batch.InputFileID, err)
-	}
-	d.plan, d.lines = &plan, splitLines(data)
+	d.plan = &plan
 	return nil
 }
 

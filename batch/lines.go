@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strconv"
 
 	"github.com/laas-bridge/laas-bridge/admission"
@@ -58,21 +61,53 @@ func CountLines(data []byte) int {
 // POST /v1/chat/completions checks a request, media included.
 type Validator struct {
 	Core *admission.Core
+	// MaxBodyBytes bounds a line's request body (admission
+	// Config.MaxBodyBytes, BRIDGE_MAX_BODY_BYTES); a line longer than it
+	// plus LineOverhead is refused without being read whole. Default
+	// admission.DefaultMaxBodyBytes.
+	MaxBodyBytes int64
 }
 
-// Plan validates every line of an input file for batch id, as who (the
-// batch's creator) would send it.
-func (v Validator) Plan(ctx context.Context, id string, who keys.Caller, data []byte) Plan {
+// LineOverhead is the room a batch line has besides its request body: its
+// custom_id, method and url, and the JSON around them.
+const LineOverhead = 64 << 10
+
+// maxLine is the longest line v reads whole.
+func (v Validator) maxLine() int {
+	if v.MaxBodyBytes <= 0 {
+		return admission.DefaultMaxBodyBytes + LineOverhead
+	}
+	return int(v.MaxBodyBytes) + LineOverhead
+}
+
+// Plan validates every line of an input file, read from r line by line,
+// for batch id, as who (the batch's creator) would send it. It holds one
+// line at a time; an error is r's.
+func (v Validator) Plan(ctx context.Context, id string, who keys.Caller, r io.Reader) (Plan, error) {
 	var p Plan
 	seen := map[string]bool{}
-	for i, raw := range splitLines(data) {
-		if len(bytes.TrimSpace(raw)) == 0 {
+	lr := newLineReader(r, v.maxLine())
+	for {
+		raw, i, tooLong, err := lr.next()
+		if errors.Is(err, io.EOF) {
+			return p, nil
+		}
+		if err != nil {
+			return Plan{}, err
+		}
+		if !tooLong && len(bytes.TrimSpace(raw)) == 0 {
 			continue
 		}
 		p.Total++
-		customID, model, err := v.line(ctx, id, who, i, raw, seen)
+		var customID, model string
+		if tooLong {
+			err = &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
+				Message: fmt.Sprintf("the line is longer than the %d bytes a batch line may hold (the largest request body, BRIDGE_MAX_BODY_BYTES, and %d bytes for custom_id, method and url).", v.maxLine(), LineOverhead)}
+		} else {
+			customID, model, err = v.line(ctx, id, who, i, raw, seen)
+		}
 		if err != nil {
-			e := schema.AsError(err)
+			e := lineError(err)
 			code := e.Code
 			if code == "" {
 				code = schema.CodeInvalidBatchLine
@@ -90,7 +125,16 @@ func (v Validator) Plan(ctx context.Context, id string, who keys.Caller, data []
 		seen[customID] = true
 		p.Valid = append(p.Valid, PlanLine{Line: i, CustomID: customID, Model: model})
 	}
-	return p
+}
+
+// lineError is a line's refusal as a *schema.Error; a body over the
+// core's limit is request_too_large.
+func lineError(err error) *schema.Error {
+	if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
+			Message: fmt.Sprintf("the request body is larger than the %d bytes this bridge accepts (BRIDGE_MAX_BODY_BYTES).", mbe.Limit)}
+	}
+	return schema.AsError(err)
 }
 
 // line checks one line and returns its custom_id (when it has one) and model.

@@ -2,10 +2,13 @@ package batch
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
+	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,60 +17,130 @@ import (
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
+// Kinds of a valid line's answer, as the first pass of writeFiles finds
+// them: which file its line goes to and how it counts.
+const (
+	kindLost   byte = iota // no answer (the answers bucket's TTL passed): error file, failed
+	kindOutput             // a 200: output file, completed
+	kindFailed             // any other answer: error file, failed
+	kindNotRun             // left unrun by the batch's cancel: error file, not failed
+)
+
 // writeFiles writes the output file (answers with status 200) and the
 // error file (every other answer, and the lines refused up front), each
 // only when it has a line, and returns their ids and the counts.
+//
+// No temporary file: a first pass over the kept answers sorts each valid
+// line into a kind (one byte per line, held in memory with the plan),
+// which gives the counts and each file's number of lines, stored as its
+// "lines" metadata with the file; then each file streams into the store
+// from a second pass over the answers (io.Pipe into Store.PutFile). The
+// answers of a finalizing batch no longer change, but should one have
+// changed between the passes the file's writer fails, the store keeps no
+// part of the file, and the step runs again at the next scan. The files'
+// ids are the batch's own: a retried finalization stores the same files
+// again, replacing what a failed attempt left.
 func (d *driver) writeFiles(ctx context.Context) (out, errFile *string, completed, failed int, err error) {
-	rf, err := newResultFiles()
+	kinds, err := d.classify(ctx)
 	if err != nil {
 		return nil, nil, 0, 0, err
 	}
-	defer rf.remove()
-	seen, err := d.writeAnswers(ctx, rf)
-	if err != nil {
-		return nil, nil, 0, 0, err
-	}
-	for p, l := range d.plan.Valid {
-		if seen[p] {
-			continue
-		}
-		// No answer at all: it was lost (the answers bucket's TTL passed).
-		cid := l.CustomID
-		if err := rf.writeError(schema.BatchOutputLine{ID: requestLineID(d.id, l.Line), CustomID: &cid,
-			Error: &schema.BatchLineError{Code: "answer_lost", Message: "The answer to this request was lost; run it again."}}, true); err != nil {
-			return nil, nil, 0, 0, err
+	outLines, errLines := 0, len(d.plan.Errors)
+	failed = len(d.plan.Errors)
+	for _, k := range kinds {
+		switch k {
+		case kindOutput:
+			outLines++
+			completed++
+		case kindLost, kindFailed:
+			errLines++
+			failed++
+		case kindNotRun:
+			errLines++
 		}
 	}
-	for _, l := range d.plan.Errors {
-		if err := rf.writeError(l, true); err != nil {
-			return nil, nil, 0, 0, err
+	if out, err = d.putResultFile(ctx, "output", outLines, func(w *lineWriter) error {
+		return d.writeAnswers(ctx, w, kinds, true)
+	}); err != nil {
+		return nil, nil, 0, 0, err
+	}
+	if errFile, err = d.putResultFile(ctx, "error", errLines, func(w *lineWriter) error {
+		if err := d.writeAnswers(ctx, w, kinds, false); err != nil {
+			return err
 		}
-	}
-	if err := rf.flush(); err != nil {
+		for p, l := range d.plan.Valid {
+			if kinds[p] != kindLost {
+				continue
+			}
+			cid := l.CustomID
+			if err := w.write(schema.BatchOutputLine{ID: requestLineID(d.id, l.Line), CustomID: &cid,
+				Error: &schema.BatchLineError{Code: "answer_lost", Message: "The answer to this request was lost; run it again."}}); err != nil {
+				return err
+			}
+		}
+		for _, l := range d.plan.Errors {
+			if err := w.write(l); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
 		return nil, nil, 0, 0, err
 	}
-	if out, err = d.putResultFile(ctx, rf.out, "output"); err != nil {
-		return nil, nil, 0, 0, err
-	}
-	if errFile, err = d.putResultFile(ctx, rf.err, "error"); err != nil {
-		return nil, nil, 0, 0, err
-	}
-	return out, errFile, rf.completed, rf.failed, nil
+	return out, errFile, completed, failed, nil
 }
 
-// writeAnswers writes every kept answer of the batch's valid lines, once
-// per line, and returns which positions of d.plan.Valid had one.
-func (d *driver) writeAnswers(ctx context.Context, rf *resultFiles) ([]bool, error) {
-	pos := make(map[int]int, len(d.plan.Valid))
-	for i, l := range d.plan.Valid {
-		pos[l.Line] = i
+// classify is writeFiles' first pass: the kind of each position of
+// d.plan.Valid.
+func (d *driver) classify(ctx context.Context) ([]byte, error) {
+	kinds := make([]byte, len(d.plan.Valid)) // kindLost until an answer is seen
+	err := d.eachAnswer(ctx, func(p int, v []byte) error {
+		kinds[p] = d.kindOf(p, v)
+		return nil
+	})
+	return kinds, err
+}
+
+// kindOf sorts the answer v of position p.
+func (d *driver) kindOf(p int, v []byte) byte {
+	l, isOutput, notRun := outputLine(d.id, d.plan.Valid[p], v)
+	switch {
+	case isOutput:
+		return kindOutput
+	case notRun && l.Error.Code == schema.CodeBatchCancelled:
+		// A line the batch's cancel left unrun does not count as failed.
+		return kindNotRun
 	}
+	return kindFailed
+}
+
+// writeAnswers writes the answers that go to the output file (output) or
+// to the error file, as classify sorted them, once per line. An answer
+// whose kind changed since is an error: the file would not hold what was
+// counted.
+func (d *driver) writeAnswers(ctx context.Context, w *lineWriter, kinds []byte, output bool) error {
+	return d.eachAnswer(ctx, func(p int, v []byte) error {
+		want := kinds[p]
+		if want == kindLost || (want == kindOutput) != output {
+			return nil
+		}
+		if got := d.kindOf(p, v); got != want {
+			return fmt.Errorf("the answer of line %d changed while the batch's files were written", d.plan.Valid[p].Line)
+		}
+		l, _, _ := outputLine(d.id, d.plan.Valid[p], v)
+		return w.write(l)
+	})
+}
+
+// eachAnswer calls fn with every kept answer of the batch's valid lines,
+// once per line, and the line's position in d.plan.Valid.
+func (d *driver) eachAnswer(ctx context.Context, fn func(p int, v []byte) error) error {
 	seen := make([]bool, len(d.plan.Valid))
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	watch, err := d.r.answers.Watch(wctx, "batch."+d.id+".*", jetstream.IgnoreDeletes())
 	if err != nil {
-		return nil, fmt.Errorf("read answers: %w", err)
+		return fmt.Errorf("read answers: %w", err)
 	}
 	defer func() { _ = watch.Stop() }()
 	for e := range watch.Updates() {
@@ -75,114 +148,75 @@ func (d *driver) writeAnswers(ctx context.Context, rf *resultFiles) ([]bool, err
 			break
 		}
 		line, ok := lineOf(e.Key())
-		p, known := pos[line]
-		if !ok || !known || seen[p] {
+		if !ok {
+			continue
+		}
+		p, known := d.position(line)
+		if !known || seen[p] {
 			continue
 		}
 		seen[p] = true
-		l, isOutput, notRun := outputLine(d.id, d.plan.Valid[p], e.Value())
-		if isOutput {
-			err = rf.writeOutput(l)
-		} else {
-			// A line the batch's cancel left unrun does not count as failed.
-			err = rf.writeError(l, !notRun || l.Error.Code != schema.CodeBatchCancelled)
-		}
-		if err != nil {
-			return nil, err
+		if err := fn(p, e.Value()); err != nil {
+			return err
 		}
 	}
-	if wctx.Err() != nil {
-		return nil, wctx.Err()
-	}
-	return seen, nil
+	return wctx.Err()
+}
+
+// position finds line in d.plan.Valid, which is in file order.
+func (d *driver) position(line int) (int, bool) {
+	return slices.BinarySearchFunc(d.plan.Valid, line, func(l PlanLine, line int) int { return cmp.Compare(l.Line, line) })
 }
 
 // putResultFile stores the file of kind ("output" or "error") when it has
-// a line and returns its id; nil when it has none. The file belongs to
-// the batch's owner.
-func (d *driver) putResultFile(ctx context.Context, f *resultFile, kind string) (*string, error) {
-	if f.lines == 0 {
+// a line and returns its id; nil when it has none. write streams the
+// file's lines into the store; it must write exactly lines of them, or
+// nothing is stored. The file belongs to the batch's owner.
+func (d *driver) putResultFile(ctx context.Context, kind string, lines int, write func(*lineWriter) error) (*string, error) {
+	if lines == 0 {
 		return nil, nil
 	}
-	if _, err := f.f.Seek(0, 0); err != nil {
-		return nil, err
-	}
 	id := "file-" + strings.TrimPrefix(d.id, "batch_") + "-" + kind
-	if _, err := d.r.store.PutFile(ctx, id, d.record().CreatedBy, d.id+"_"+kind+".jsonl", schema.PurposeBatchOutput, f.lines, f.f); err != nil {
+	pr, pw := io.Pipe()
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		w := &lineWriter{w: bufio.NewWriterSize(pw, 64<<10)}
+		err := write(w)
+		if err == nil {
+			err = w.w.Flush()
+		}
+		if err == nil && w.lines != lines {
+			err = fmt.Errorf("%s file: %d lines written, %d counted", kind, w.lines, lines)
+		}
+		// nil: the reader sees io.EOF, the end of the file. An error
+		// fails the store's Put, which then keeps no part of the file.
+		_ = pw.CloseWithError(err)
+	}()
+	_, err := d.r.store.PutFile(ctx, id, d.record().CreatedBy, d.id+"_"+kind+".jsonl", schema.PurposeBatchOutput, lines, pr)
+	_ = pr.CloseWithError(errors.New("the store stopped reading")) // ends a writer still writing
+	<-wrote
+	if err != nil {
 		return nil, fmt.Errorf("store %s file: %w", kind, err)
 	}
 	return &id, nil
 }
 
-// resultFiles are the output and error files being written, in temporary
-// files, with the batch's counts.
-type resultFiles struct {
-	out, err          *resultFile
-	completed, failed int
-}
-
-// resultFile is one JSONL file being written.
-type resultFile struct {
-	f     *os.File
+// lineWriter writes a JSONL file's lines, counting them.
+type lineWriter struct {
 	w     *bufio.Writer
 	lines int
 }
 
-func newResultFiles() (*resultFiles, error) {
-	out, err := newResultFile("laas-batch-out-*.jsonl")
-	if err != nil {
-		return nil, err
-	}
-	errf, err := newResultFile("laas-batch-err-*.jsonl")
-	if err != nil {
-		out.remove()
-		return nil, err
-	}
-	return &resultFiles{out: out, err: errf}, nil
-}
-
-func newResultFile(pattern string) (*resultFile, error) {
-	f, err := os.CreateTemp("", pattern)
-	if err != nil {
-		return nil, err
-	}
-	return &resultFile{f: f, w: bufio.NewWriter(f)}, nil
-}
-
-func (r *resultFile) write(l schema.BatchOutputLine) error {
+func (w *lineWriter) write(l schema.BatchOutputLine) error {
 	data, err := json.Marshal(l)
 	if err != nil {
 		return err
 	}
-	r.lines++
-	_, err = r.w.Write(append(data, '\n'))
+	w.lines++
+	_, err = w.w.Write(append(data, '\n'))
 	return err
 }
-
-func (r *resultFile) remove() { r.f.Close(); os.Remove(r.f.Name()) }
-
-// writeOutput writes a completed line.
-func (rf *resultFiles) writeOutput(l schema.BatchOutputLine) error {
-	rf.completed++
-	return rf.out.write(l)
-}
-
-// writeError writes a line to the error file, counted as failed or not.
-func (rf *resultFiles) writeError(l schema.BatchOutputLine, failed bool) error {
-	if failed {
-		rf.failed++
-	}
-	return rf.err.write(l)
-}
-
-func (rf *resultFiles) flush() error {
-	if err := rf.out.w.Flush(); err != nil {
-		return err
-	}
-	return rf.err.w.Flush()
-}
-
-func (rf *resultFiles) remove() { rf.out.remove(); rf.err.remove() }
 
 // outputLine turns a kept answer into its line: isOutput for a 200, notRun
 // for the batch's own "expired" or "cancelled" mark.

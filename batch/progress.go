@@ -26,6 +26,9 @@ func (d *driver) progress(ctx context.Context) error {
 	}
 	defer func() { _ = w.Stop() }()
 	t := newTally(d)
+	// The input file is read as the cursor moves, never whole.
+	d.input = &inputReader{store: d.r.store, fileID: d.record().Batch.InputFileID, max: d.r.validator.maxLine()}
+	defer func() { d.input.close(); d.input = nil }()
 	tick := time.NewTicker(d.r.cfg.SaveInterval)
 	defer tick.Stop()
 	for {
@@ -186,10 +189,11 @@ func (t *tally) update(e jetstream.KeyValueEntry) {
 // publish queues one line on the batch lane through the admission core;
 // its media were checked when the plan was made.
 func (d *driver) publish(ctx context.Context, l PlanLine, deadline time.Time) error {
-	if l.Line >= len(d.lines) {
-		return fmt.Errorf("line %d is not in the input file", l.Line)
+	raw, err := d.input.line(ctx, l.Line)
+	if err != nil {
+		return err
 	}
-	body, err := lineBody(d.lines[l.Line])
+	body, err := lineBody(raw)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,22 @@ type RunnerConfig struct {
 	// Window is the most lines of one batch queued and not yet answered;
 	// default 1000.
 	Window int
+	// MaxActive is the most batches this runner drives at once
+	// (BRIDGE_BATCH_MAX_ACTIVE); the others wait for a runner with room:
+	// another gateway's, or this one's at a later scan. Default
+	// DefaultMaxActive.
+	MaxActive int
+	// MaxBodyBytes bounds a batch line's request body, as
+	// admission Config.MaxBodyBytes bounds any request's
+	// (BRIDGE_MAX_BODY_BYTES); see Validator.MaxBodyBytes. Default
+	// admission.DefaultMaxBodyBytes.
+	MaxBodyBytes int64
 }
+
+// DefaultMaxActive is RunnerConfig.MaxActive's default: a runner holds a
+// plan (up to schema.MaxBatchLines lines) and a reader of the input file
+// for each batch it drives.
+const DefaultMaxActive = 4
 
 func (c *RunnerConfig) setDefaults() {
 	if c.Owner == "" {
@@ -52,6 +67,12 @@ func (c *RunnerConfig) setDefaults() {
 	if c.Window == 0 {
 		c.Window = 1000
 	}
+	if c.MaxActive == 0 {
+		c.MaxActive = DefaultMaxActive
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = admission.DefaultMaxBodyBytes
+	}
 }
 
 // Validate reports every invalid field at once.
@@ -65,6 +86,12 @@ func (c RunnerConfig) Validate() error {
 	}
 	if c.Window < 1 {
 		errs = append(errs, fmt.Errorf("batch window must be positive, got %d", c.Window))
+	}
+	if c.MaxActive < 1 {
+		errs = append(errs, fmt.Errorf("batches a runner drives at once (BRIDGE_BATCH_MAX_ACTIVE) must be at least 1, got %d", c.MaxActive))
+	}
+	if c.MaxBodyBytes < 1 {
+		errs = append(errs, fmt.Errorf("batch line body limit must be positive, got %d", c.MaxBodyBytes))
 	}
 	return errors.Join(errs...)
 }
@@ -102,7 +129,7 @@ func NewRunner(cfg RunnerConfig, js jetstream.JetStream, store *Store, core *adm
 	nc := js.Conn()
 	return &Runner{
 		cfg: cfg, js: js, nc: nc, store: store, answers: answers, core: core,
-		validator: Validator{Core: core},
+		validator: Validator{Core: core, MaxBodyBytes: cfg.MaxBodyBytes},
 		log:       log.With("batch_runner", cfg.Owner),
 		running:   map[string]bool{},
 	}, nil
@@ -124,7 +151,8 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 }
 
-// scan takes every active batch that has no live owner.
+// scan takes active batches that have no live owner, while this runner
+// drives fewer than MaxActive.
 func (r *Runner) scan(ctx context.Context) {
 	ids, err := r.store.activeIDs(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
@@ -135,8 +163,11 @@ func (r *Runner) scan(ctx context.Context) {
 	}
 	for id, markedAt := range ids {
 		r.mu.Lock()
-		busy := r.running[id]
+		busy, full := r.running[id], len(r.running) >= r.cfg.MaxActive
 		r.mu.Unlock()
+		if full {
+			return // the rest wait for a runner with room
+		}
 		if busy {
 			continue
 		}

@@ -22,8 +22,9 @@ var ErrNotFound = errors.New("not found")
 
 // Store reads and writes files and batch records. Safe for concurrent use.
 type Store struct {
-	files   jetstream.ObjectStore
-	batches jetstream.KeyValue
+	files       jetstream.ObjectStore
+	filesStream jetstream.Stream // the files bucket's stream, for chunkReader
+	batches     jetstream.KeyValue
 }
 
 // Open opens the Batch API's buckets, which must exist (see queue.Ensure).
@@ -32,11 +33,15 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("files store %s: %w", schema.BucketFiles, err)
 	}
+	filesStream, err := js.Stream(ctx, "OBJ_"+schema.BucketFiles)
+	if err != nil {
+		return nil, fmt.Errorf("files store %s: %w", schema.BucketFiles, err)
+	}
 	batches, err := js.KeyValue(ctx, schema.BucketBatches)
 	if err != nil {
 		return nil, fmt.Errorf("batches bucket %s: %w", schema.BucketBatches, err)
 	}
-	return &Store{files: files, batches: batches}, nil
+	return &Store{files: files, filesStream: filesStream, batches: batches}, nil
 }
 
 // NewFileID returns a fresh file id, "file-" and schema.NewID (128 random

@@ -47,6 +47,7 @@ const (
 	setMaxMsgs           = "max_msgs"
 	setMaxBytes          = "max_bytes"
 	setMaxAge            = "max_age"
+	setMinMaxAge         = "max_age_at_least"
 	setMaxMsgsPerSubject = "max_msgs_per_subject"
 	setDuplicates        = "duplicate_window"
 	setReplicas          = "num_replicas"
@@ -74,6 +75,9 @@ type streamSetting struct {
 	// loses reports whether applying want to a stream in state st would
 	// delete messages (nil: never).
 	loses func(want *jetstream.StreamConfig, st jetstream.StreamState) bool
+	// enough reports whether the server's value serves as well as want's
+	// (nil: only an equal one does).
+	enough func(have, want *jetstream.StreamConfig) bool
 }
 
 var streamSettings = map[string]streamSetting{
@@ -97,6 +101,10 @@ var streamSettings = map[string]streamSetting{
 			// Whatever the discard policy, messages older than MaxAge go.
 			return w.MaxAge > 0 && st.Msgs > 0 && time.Since(st.FirstTime) > w.MaxAge
 		}},
+	// A floor, not a value: raised when below want's, kept when above
+	// (or unlimited). Raising an age never deletes a message.
+	setMinMaxAge: {get: func(c *jetstream.StreamConfig) any { return c.MaxAge }, put: func(d, s *jetstream.StreamConfig) { d.MaxAge = s.MaxAge },
+		enough: func(have, want *jetstream.StreamConfig) bool { return have.MaxAge == 0 || have.MaxAge >= want.MaxAge }},
 	setMaxMsgsPerSubject: {get: func(c *jetstream.StreamConfig) any { return c.MaxMsgsPerSubject }, put: func(d, s *jetstream.StreamConfig) { d.MaxMsgsPerSubject = s.MaxMsgsPerSubject },
 		loses: func(w *jetstream.StreamConfig, st jetstream.StreamState) bool {
 			// Lowering the history of a bucket with values drops old revisions.
@@ -162,7 +170,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, log *slog.Logger,
 			panic("queue: unknown stream setting " + name)
 		}
 		have, want := st.get(&cur), st.get(&spec.want)
-		if reflect.DeepEqual(have, want) {
+		if reflect.DeepEqual(have, want) || (st.enough != nil && st.enough(&cur, &spec.want)) {
 			continue
 		}
 		switch {

@@ -43,7 +43,12 @@ type Config struct {
 	// finished); normally a worker deletes it when the job ends.
 	BodiesTTL time.Duration
 	// AnswersTTL is how long a finished answer to a request with an
-	// Idempotency-Key is kept and replayed.
+	// Idempotency-Key, or to a Batch API line, is kept (and replayed).
+	// Default DefaultAnswersTTL, 48 h: a batch runs up to its 24 h
+	// completion window and is finalized from these answers after, so
+	// they outlive it by as long again (a late or retried finalization).
+	// Unset, Ensure raises an existing bucket's shorter TTL to the default
+	// and keeps a longer one; set, it applies it as it is.
 	AnswersTTL time.Duration
 	// --- dead letters ---
 	// DeadMaxAge is how long a dead letter is kept in StreamDead; zero
@@ -74,7 +79,7 @@ const (
 	DefaultMaxDeliver      = 5
 	DefaultMaxAckPending   = 1_000
 	DefaultDuplicateWindow = 10 * time.Minute // as long as a default request may take
-	DefaultAnswersTTL      = 24 * time.Hour
+	DefaultAnswersTTL      = 48 * time.Hour   // see AnswersTTL
 	DefaultBodiesMaxBytes  = 4 << 30
 	MemoryBodiesMaxBytes   = 256 << 20 // the default with Memory set
 	DefaultBodiesTTL       = 24 * time.Hour
@@ -383,7 +388,13 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 	bodies := with(setDescription)
 	bodies = setIf(bodies, explicit.BodiesTTL != 0, setMaxAge)
 	bodies = setIf(bodies, explicit.BodiesMaxBytes != 0, setMaxBytes)
-	answers := setIf(with(setDescription), explicit.AnswersTTL != 0, setMaxAge)
+	// The answers must outlive the longest batch (DefaultAnswersTTL): a
+	// process that sets no TTL raises a shorter one (a bucket made by an
+	// older version) and keeps a longer one.
+	answers := with(setDescription, setMinMaxAge)
+	if explicit.AnswersTTL != 0 {
+		answers = with(setDescription, setMaxAge)
+	}
 
 	results := with(append(owned, setMaxMsgsPerSubject)...)
 	results = setIf(results, explicit.ResultsTTL != 0, setMaxAge)

@@ -475,7 +475,7 @@ func TestEnsureKeepsUnsetAndUpdatesSetSettings(t *testing.T) {
 	_, js := startServer(t)
 	ctx := testContext(t)
 	first := queue.Config{MaxMsgs: 50, MaxBytes: 2 << 20, AckWait: 45 * time.Second, MaxDeliver: 3, MaxAckPending: 7,
-		DuplicateWindow: time.Minute, BodiesTTL: 2 * time.Hour, BodiesMaxBytes: 100 << 20, AnswersTTL: 5 * time.Minute,
+		DuplicateWindow: time.Minute, BodiesTTL: 2 * time.Hour, BodiesMaxBytes: 100 << 20, AnswersTTL: 72 * time.Hour, // over the answers' floor (TestEnsureRaisesAnswersTTL)
 		DeadMaxAge: 2 * time.Hour, DeadMaxBytes: 3 << 20}
 	if _, err := queue.Ensure(ctx, js, first); err != nil {
 		t.Fatalf("first Ensure: %v", err)
@@ -493,7 +493,7 @@ func TestEnsureKeepsUnsetAndUpdatesSetSettings(t *testing.T) {
 		return settings{req.MaxMsgs, req.MaxBytes, dead.MaxBytes, bodies.MaxBytes, req.Duplicates, dead.MaxAge, bodies.MaxAge, answers.MaxAge,
 			[2]time.Duration{i.AckWait, b.AckWait}, [2]int{i.MaxDeliver, b.MaxDeliver}, [2]int{i.MaxAckPending, b.MaxAckPending}}
 	}
-	want := settings{50, 2 << 20, 3 << 20, 100 << 20, time.Minute, 2 * time.Hour, 2 * time.Hour, 5 * time.Minute,
+	want := settings{50, 2 << 20, 3 << 20, 100 << 20, time.Minute, 2 * time.Hour, 2 * time.Hour, 72 * time.Hour,
 		[2]time.Duration{45 * time.Second, 45 * time.Second}, [2]int{3, 3}, [2]int{7, 7}}
 	if got := read(); got != want {
 		t.Fatalf("after the first Ensure:\n\t%+v\nwant\n\t%+v", got, want)

@@ -13,14 +13,15 @@ import (
 
 // startBatchRunner runs this gateway's batch runner until the returned
 // func is called (or ctx is done); the func waits for it to stop.
-func startBatchRunner(ctx context.Context, js jetstream.JetStream, core *admission.Core, log *slog.Logger) (stop func(), err error) {
+func startBatchRunner(ctx context.Context, js jetstream.JetStream, core *admission.Core, env Env, log *slog.Logger) (stop func(), err error) {
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	store, err := batch.Open(octx, js)
 	cancel()
 	if err != nil {
 		return nil, err
 	}
-	runner, err := batch.NewRunner(batch.RunnerConfig{}, js, store, core, log)
+	// Batch lines honour the body limit of every request.
+	runner, err := batch.NewRunner(batch.RunnerConfig{MaxActive: env.BatchMaxActive, MaxBodyBytes: env.MaxBody}, js, store, core, log)
 	if err != nil {
 		return nil, err
 	}

@@ -186,7 +186,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		defer gw.Close()
 		// Every gateway runs a batch runner (Batch API); leases in
 		// LAAS_BATCHES keep each batch with one runner at a time.
-		stopRunner, err := startBatchRunner(ctx, js, gw.Core(), log)
+		stopRunner, err := startBatchRunner(ctx, js, gw.Core(), env, log)
 		if err != nil {
 			return err
 		}

@@ -80,6 +80,10 @@ type Env struct {
 	LaaSRPM            int `envconfig:"BRIDGE_LAAS_RPM" default:"0"`
 	LaaSMaxConcurrency int `envconfig:"BRIDGE_LAAS_MAX_CONCURRENCY" default:"0"`
 
+	// BatchMaxActive is the most batches one gateway's batch runner drives
+	// at once (batch.RunnerConfig.MaxActive; 0: batch.DefaultMaxActive).
+	BatchMaxActive int `envconfig:"BRIDGE_BATCH_MAX_ACTIVE"`
+
 	MockListen  string        `envconfig:"MOCK_LAAS_LISTEN" default:"127.0.0.1:9901"`
 	MockLatency time.Duration `envconfig:"MOCK_LAAS_LATENCY"`
 	MockRate429 float64       `envconfig:"MOCK_LAAS_RATE_429"`
