@@ -131,6 +131,9 @@ func TestNewLaaSClientHTTPClient(t *testing.T) {
 		if tr.MaxIdleConnsPerHost != 256 || tr.MaxIdleConns != 1024 || tr.Proxy == nil || c.hc.Timeout != 0 || c.hc.CheckRedirect == nil {
 			t.Fatalf("client not tuned: MaxIdleConnsPerHost=%d MaxIdleConns=%d Timeout=%v", tr.MaxIdleConnsPerHost, tr.MaxIdleConns, c.hc.Timeout)
 		}
+		if tr.ResponseHeaderTimeout != DefaultResponseHeaderTimeout || tr.TLSHandshakeTimeout != 10*time.Second || tr.IdleConnTimeout != 90*time.Second {
+			t.Fatalf("transport timeouts: response headers %v, TLS %v, idle %v", tr.ResponseHeaderTimeout, tr.TLSHandshakeTimeout, tr.IdleConnTimeout)
+		}
 		if tr == http.DefaultTransport {
 			t.Fatal("the shared DefaultTransport was modified")
 		}
@@ -654,6 +657,14 @@ func TestCompleteTransportErrors(t *testing.T) {
 		},
 		{
 			name: "timeout while reading the answer", handler: stall, timeout: 100 * time.Millisecond,
+			wantStatus: 200, timedOut: true, retryable: true, wantIs: context.DeadlineExceeded,
+			wantOpenAI: schema.Error{Status: 504, Type: "timeout_error", Code: "upstream_timeout", Message: "LaaS did not answer in time."},
+		},
+		{
+			name: "context deadline while reading the answer", handler: stall,
+			ctx: func() (context.Context, context.CancelFunc) {
+				return context.WithTimeout(context.Background(), 100*time.Millisecond)
+			},
 			wantStatus: 200, timedOut: true, retryable: true, wantIs: context.DeadlineExceeded,
 			wantOpenAI: schema.Error{Status: 504, Type: "timeout_error", Code: "upstream_timeout", Message: "LaaS did not answer in time."},
 		},
