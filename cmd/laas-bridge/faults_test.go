@@ -201,6 +201,9 @@ func TestFaults(t *testing.T) {
 	t.Run("slow trickle within the deadline", func(t *testing.T) {
 		text := "hello laasmock:trickle=1s"
 		wantAnswer(t, faultAsk(t, in, text, false, ""), text)
+		if n := len(calls(mock, text)); n != 1 {
+			t.Errorf("LaaS saw %d calls, want 1", n)
+		}
 		slotFree(t, in, "trickle")
 	})
 
@@ -212,15 +215,20 @@ func TestFaults(t *testing.T) {
 		name, fault, timeout string
 		status               int
 		typ, code            string
+		minCalls, maxCalls   int // LaaS calls seen
 	}{
-		{"streamed, truncated body", "laasmock:fault=truncate", "", 502, "upstream_error", "upstream_error"},
-		{"streamed, resets mid-body", "laasmock:fault=reset", "", 502, "upstream_error", "upstream_error"},
-		{"streamed, non-JSON body", "laasmock:fault=nonjson", "", 502, "upstream_error", "upstream_error"},
-		{"streamed, stalls after the headers", "laasmock:fault=stall", "3", 504, "timeout_error", "upstream_timeout"},
+		{"streamed, truncated body", "laasmock:fault=truncate", "", 502, "upstream_error", "upstream_error", 2, 5},
+		{"streamed, resets mid-body", "laasmock:fault=reset", "", 502, "upstream_error", "upstream_error", 2, 5},
+		{"streamed, non-JSON body", "laasmock:fault=nonjson", "", 502, "upstream_error", "upstream_error", 1, 1},
+		{"streamed, stalls after the headers", "laasmock:fault=stall", "3", 504, "timeout_error", "upstream_timeout", 1, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := faultAsk(t, in, "hello "+tc.fault, true, tc.timeout)
+			text := "streamed " + tc.fault
+			got := faultAsk(t, in, text, true, tc.timeout)
 			wantError(t, got, tc.status, tc.typ, tc.code)
+			if n := len(calls(mock, text)); n < tc.minCalls || n > tc.maxCalls {
+				t.Errorf("LaaS saw %d calls, want %d to %d", n, tc.minCalls, tc.maxCalls)
+			}
 			if strings.Contains(got.body, "data:") || strings.HasPrefix(got.contentType, "text/event-stream") {
 				t.Errorf("a cut answer was streamed: %s %q", got.contentType, got.body)
 			}
@@ -229,10 +237,32 @@ func TestFaults(t *testing.T) {
 	}
 
 	t.Run("streamed, slow trickle within the deadline", func(t *testing.T) {
-		text := "hello laasmock:trickle=1s"
+		text := "streamed laasmock:trickle=1s"
 		got := faultAsk(t, in, text, true, "")
 		if got.status != http.StatusOK || !strings.Contains(got.body, `"finish_reason":"stop"`) || !strings.HasSuffix(got.body, "data: [DONE]\n\n") {
 			t.Fatalf("caller got %d %q, want a whole stream ending in [DONE]", got.status, got.body)
+		}
+		var content strings.Builder
+		for _, line := range strings.Split(got.body, "\n") {
+			data, ok := strings.CutPrefix(line, "data: ")
+			if !ok || data == "[DONE]" {
+				continue
+			}
+			var chunk struct {
+				Choices []struct {
+					Delta struct{ Content string }
+				}
+			}
+			if err := json.Unmarshal([]byte(data), &chunk); err != nil || len(chunk.Choices) != 1 {
+				t.Fatalf("event %q is not a chunk: %v", data, err)
+			}
+			content.WriteString(chunk.Choices[0].Delta.Content)
+		}
+		if want := "mock[h]: " + text; content.String() != want {
+			t.Errorf("the stream's content is %q, want %q", content.String(), want)
+		}
+		if n := len(calls(mock, text)); n != 1 {
+			t.Errorf("LaaS saw %d calls, want 1", n)
 		}
 		slotFree(t, in, "streamed trickle")
 	})
