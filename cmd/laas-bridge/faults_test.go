@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openai/openai-go/v3"
+
 	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 )
 
@@ -266,4 +268,43 @@ func TestFaults(t *testing.T) {
 		}
 		slotFree(t, in, "streamed trickle")
 	})
+}
+
+// TestFaultBatchLineHang: a batch line whose LaaS call never answers is
+// bounded by the model's timeout (2 s), not by the batch's 24 h window: each
+// attempt ends there, the line is retried up to the 5th delivery and then
+// ends in the error file as 504 upstream_timeout; the batch completes, and
+// the line beside it is answered on the one worker slot.
+func TestFaultBatchLineHang(t *testing.T) {
+	mock, in := serveWithMock(t, 0, "--config", "testdata/faults-config.yaml", "--concurrency", "1")
+	c := client(in, "sk")
+	hang := "batch line laasmock:fault=hang"
+	b := uploadBatch(t, c, []string{batchLine("hang", "fast", hang), batchLine("ok", "fast", "batch line fine")}, nil)
+	// Five attempts of 2 s and four backoffs of at most 0.5+1+2+4 s come to
+	// 17.5 s; a call held for the batch's window would never end.
+	b = waitBatch(t, c, b.ID, 2*time.Minute, openai.BatchStatusCompleted, openai.BatchStatusFailed)
+	if b.Status != openai.BatchStatusCompleted || b.RequestCounts.Completed != 1 || b.RequestCounts.Failed != 1 {
+		t.Fatalf("batch %s, counts %+v; want completed with 1 answered and 1 failed", b.Status, b.RequestCounts)
+	}
+	out := fileLines(t, c, b.OutputFileID)
+	if len(out) != 1 || *out[0].CustomID != "ok" || out[0].content() != "mock[h]: batch line fine" {
+		t.Errorf("output file %+v, want the line ok answered", out)
+	}
+	errs := fileLines(t, c, b.ErrorFileID)
+	if len(errs) != 1 || *errs[0].CustomID != "hang" || errs[0].Response == nil || errs[0].Response.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("error file %+v, want the line hang answered 504", errs)
+	}
+	var body struct{ Error struct{ Type, Code string } }
+	if err := json.Unmarshal(errs[0].Response.Body, &body); err != nil || body.Error.Type != "timeout_error" || body.Error.Code != "upstream_timeout" {
+		t.Errorf("the hang line's body %s (%v), want timeout_error/upstream_timeout", errs[0].Response.Body, err)
+	}
+	log := calls(mock, hang)
+	if len(log) != 5 {
+		t.Errorf("LaaS saw %d calls of the hung line, want 5 (one per delivery)", len(log))
+	}
+	for i, e := range log {
+		if e.Status != laasmock.StatusClientClosed {
+			t.Errorf("call %d ended with status %d, want %d: the worker gave it up", i+1, e.Status, laasmock.StatusClientClosed)
+		}
+	}
 }
