@@ -80,6 +80,10 @@ func TestLaaSConfigValidate(t *testing.T) {
 			want: []string{"LAAS_API_KEY is empty: the LaaS API key is required"}},
 		{name: "negative timeout", cfg: with(func(c *Config) { c.Timeout = -time.Second }),
 			want: []string{"LaaS timeout -1s is negative"}},
+		{name: "negative response header timeout", cfg: with(func(c *Config) { c.ResponseHeaderTimeout = -time.Second }),
+			want: []string{"LaaS response header timeout -1s is negative"}},
+		{name: "response header timeout set", cfg: with(func(c *Config) { c.ResponseHeaderTimeout = time.Hour }),
+			wantEndpoint: "https://api-laas.wanted.co.kr/api/preset/v2/chat/completions"},
 		{name: "everything wrong, joined", cfg: Config{BaseURL: "mailto:x", Timeout: -1},
 			want: []string{
 				`LAAS_BASE_URL "mailto:x" must be an absolute http:// or https:// URL`,
