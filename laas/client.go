@@ -56,6 +56,36 @@ type Config struct {
 	// Timeout caps each call to Complete; zero means the caller's context
 	// alone bounds it. Must be >= 0.
 	Timeout time.Duration
+	// ResponseHeaderTimeout is how long the client's own transport (the one
+	// NewClient builds when given no *http.Client) waits for LaaS's response
+	// headers once the request is sent; zero means
+	// DefaultResponseHeaderTimeout. Must be >= 0.
+	//
+	// LaaS does not stream: its headers come with the whole answer, so this
+	// must be at least the longest per-call timeout the client is used with
+	// (see LongestTimeout), or it would cut a slow answer before its
+	// deadline. Each call's context still ends the call at its deadline; this
+	// is the backstop for a call made without one.
+	ResponseHeaderTimeout time.Duration
+}
+
+// DefaultResponseHeaderTimeout is Config.ResponseHeaderTimeout's default:
+// the timeout of a model that sets none.
+const DefaultResponseHeaderTimeout = schema.DefaultTimeout
+
+// LongestTimeout is the longest per-call timeout among models (each
+// model's schema.Model.Deadline), or DefaultResponseHeaderTimeout when
+// there are none: the Config.ResponseHeaderTimeout that never cuts a call
+// before its own deadline.
+func LongestTimeout(models []schema.Model) time.Duration {
+	if len(models) == 0 {
+		return DefaultResponseHeaderTimeout
+	}
+	var d time.Duration
+	for _, m := range models {
+		d = max(d, m.Deadline())
+	}
+	return d
 }
 
 // Validate reports every problem with c, joined. Its messages name the
@@ -74,6 +104,9 @@ func (c Config) Validate() error {
 	}
 	if c.Timeout < 0 {
 		errs = append(errs, fmt.Errorf("LaaS timeout %v is negative", c.Timeout))
+	}
+	if c.ResponseHeaderTimeout < 0 {
+		errs = append(errs, fmt.Errorf("LaaS response header timeout %v is negative", c.ResponseHeaderTimeout))
 	}
 	return errors.Join(errs...)
 }
@@ -125,8 +158,10 @@ type Client struct {
 // NewClient returns a client for cfg, or cfg's validation error.
 //
 // A nil hc gets a client tuned for many concurrent calls to one host (up to
-// 256 idle connections kept per host, no overall timeout: LLM answers are
-// slow, so the context and cfg.Timeout bound each call). The client used is a
+// 256 idle connections kept per host; connect 30s, TLS handshake 10s,
+// response headers cfg.ResponseHeaderTimeout, idle connections 90s; no
+// overall timeout: LLM answers are slow, so the context and cfg.Timeout
+// bound each call, body included). The client used is a
 // copy of hc that never follows redirects, so the credentials cannot be sent
 // to another host; a 3xx answer is an UpstreamError.
 func NewClient(cfg Config, hc *http.Client) (*Client, error) {
@@ -138,7 +173,11 @@ func NewClient(cfg Config, hc *http.Client) (*Client, error) {
 	if hc != nil {
 		client = *hc
 	} else {
-		client.Transport = newLaaSTransport()
+		headers := cfg.ResponseHeaderTimeout
+		if headers == 0 {
+			headers = DefaultResponseHeaderTimeout
+		}
+		client.Transport = newLaaSTransport(headers)
 	}
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
@@ -167,8 +206,9 @@ func (c *Client) String() string { return "Client(" + redactedEndpoint(c.endpoin
 func (c *Client) GoString() string { return c.String() }
 
 // newLaaSTransport returns http.DefaultTransport's settings (proxy from the
-// environment, dial and TLS timeouts, HTTP/2) with a larger idle pool.
-func newLaaSTransport() *http.Transport {
+// environment, dial and TLS timeouts, HTTP/2) with a larger idle pool and
+// a response header timeout of headers.
+func newLaaSTransport(headers time.Duration) *http.Transport {
 	var t *http.Transport
 	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
 		t = dt.Clone()
@@ -178,6 +218,7 @@ func newLaaSTransport() *http.Transport {
 	t.MaxIdleConns = 1024
 	t.MaxIdleConnsPerHost = 256
 	t.IdleConnTimeout = 90 * time.Second
+	t.ResponseHeaderTimeout = headers
 	return t
 }
 

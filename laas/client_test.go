@@ -80,6 +80,10 @@ func TestLaaSConfigValidate(t *testing.T) {
 			want: []string{"LAAS_API_KEY is empty: the LaaS API key is required"}},
 		{name: "negative timeout", cfg: with(func(c *Config) { c.Timeout = -time.Second }),
 			want: []string{"LaaS timeout -1s is negative"}},
+		{name: "negative response header timeout", cfg: with(func(c *Config) { c.ResponseHeaderTimeout = -time.Second }),
+			want: []string{"LaaS response header timeout -1s is negative"}},
+		{name: "response header timeout set", cfg: with(func(c *Config) { c.ResponseHeaderTimeout = time.Hour }),
+			wantEndpoint: "https://api-laas.wanted.co.kr/api/preset/v2/chat/completions"},
 		{name: "everything wrong, joined", cfg: Config{BaseURL: "mailto:x", Timeout: -1},
 			want: []string{
 				`LAAS_BASE_URL "mailto:x" must be an absolute http:// or https:// URL`,
@@ -130,6 +134,9 @@ func TestNewLaaSClientHTTPClient(t *testing.T) {
 		}
 		if tr.MaxIdleConnsPerHost != 256 || tr.MaxIdleConns != 1024 || tr.Proxy == nil || c.hc.Timeout != 0 || c.hc.CheckRedirect == nil {
 			t.Fatalf("client not tuned: MaxIdleConnsPerHost=%d MaxIdleConns=%d Timeout=%v", tr.MaxIdleConnsPerHost, tr.MaxIdleConns, c.hc.Timeout)
+		}
+		if tr.ResponseHeaderTimeout != DefaultResponseHeaderTimeout || tr.TLSHandshakeTimeout != 10*time.Second || tr.IdleConnTimeout != 90*time.Second {
+			t.Fatalf("transport timeouts: response headers %v, TLS %v, idle %v", tr.ResponseHeaderTimeout, tr.TLSHandshakeTimeout, tr.IdleConnTimeout)
 		}
 		if tr == http.DefaultTransport {
 			t.Fatal("the shared DefaultTransport was modified")
@@ -654,6 +661,14 @@ func TestCompleteTransportErrors(t *testing.T) {
 		},
 		{
 			name: "timeout while reading the answer", handler: stall, timeout: 100 * time.Millisecond,
+			wantStatus: 200, timedOut: true, retryable: true, wantIs: context.DeadlineExceeded,
+			wantOpenAI: schema.Error{Status: 504, Type: "timeout_error", Code: "upstream_timeout", Message: "LaaS did not answer in time."},
+		},
+		{
+			name: "context deadline while reading the answer", handler: stall,
+			ctx: func() (context.Context, context.CancelFunc) {
+				return context.WithTimeout(context.Background(), 100*time.Millisecond)
+			},
 			wantStatus: 200, timedOut: true, retryable: true, wantIs: context.DeadlineExceeded,
 			wantOpenAI: schema.Error{Status: 504, Type: "timeout_error", Code: "upstream_timeout", Message: "LaaS did not answer in time."},
 		},

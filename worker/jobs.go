@@ -46,15 +46,17 @@ func defaultTimeout(env *schema.Envelope) time.Duration {
 	return schema.DefaultTimeout
 }
 
-// callDeadline bounds one LaaS call: by the request's deadline, and for a
-// job, whose deadline may be hours away, also by the model's timeout, so a
-// call that hangs is retried instead of held for the whole window.
+// callDeadline bounds one LaaS call: by the model's timeout from now, for
+// every call (an interactive request, a job, a batch line), and by the
+// request's own deadline when that comes first. A job's or a batch line's
+// deadline may be hours away: a call that hangs then ends at the model's
+// timeout and is retried, instead of pinning a worker slot for the whole
+// window. An interactive request that asked for more than the model's
+// timeout (X-Request-Timeout) gets each attempt bounded the same way.
 func callDeadline(j *job, model schema.Model) time.Time {
-	d := j.env.Deadline
-	if j.env.Job {
-		if per := time.Now().Add(model.Deadline()); per.Before(d) {
-			d = per
-		}
+	d := time.Now().Add(model.Deadline())
+	if !j.env.Deadline.IsZero() && j.env.Deadline.Before(d) {
+		d = j.env.Deadline
 	}
 	return d
 }

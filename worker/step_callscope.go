@@ -1,7 +1,8 @@
 package worker
 
 // This file holds the step that sets up the LaaS call's context: it ends
-// at the job's deadline (see callDeadline) or when the job's caller goes
+// at the call's deadline (see callDeadline: the model's timeout, capped by
+// the request's deadline) or when the job's caller goes
 // away (a cancel on schema.SubjectCancel), whichever comes first.
 
 import "context"

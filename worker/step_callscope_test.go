@@ -34,6 +34,29 @@ func TestScopeCall(t *testing.T) {
 			t.Errorf("call deadline %s, want the model's timeout %s from the start, in [%s, %s]", d, j.model.Deadline(), lo, hi)
 		}
 	})
+	// Nobody waits on a connection for a batch line (not a job: Job is
+	// false) or for an interactive request that asked for a long timeout:
+	// their deadline may be hours away, and the model's timeout still ends
+	// each call.
+	for _, tc := range []struct {
+		name, subject string
+	}{
+		{"a batch line's call ends at its model's timeout", schema.SubjectBatch},
+		{"an interactive call with a far deadline ends at its model's timeout", schema.SubjectInteractive},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newStepFixture(t)
+			j, _ := stepJob(t, tc.subject, 1)
+			j.env.Deadline = time.Now().Add(schema.MaxRequestTimeout)
+			var next nextRecorder
+			before := time.Now()
+			f.p.scopeCall(next.handle)(context.Background(), j)
+			d, _ := next.ctxs[0].Deadline()
+			if lo, hi := before.Add(j.model.Deadline()), time.Now().Add(j.model.Deadline()); d.Before(lo) || d.After(hi) {
+				t.Errorf("call deadline %s, want the model's timeout %s from the start, in [%s, %s]", d, j.model.Deadline(), lo, hi)
+			}
+		})
+	}
 	t.Run("a cancel aborts the call with errCallerGone", func(t *testing.T) {
 		f := newStepFixture(t)
 		j, _ := stepJob(t, schema.SubjectInteractive, 1)

@@ -116,7 +116,8 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 			return fmt.Errorf("missing LaaS settings: %s. Set them in the environment or in .env, or run `laas-bridge serve --demo` to try the bridge with a built-in mock", strings.Join(missing, ", "))
 		}
 		catalog = catalog.WithDefaultPreset(env.LaaSPresetHash)
-		up, err = laas.NewClient(laas.Config{BaseURL: env.LaaSBaseURL, ProjectCode: env.LaaSProjectCode, APIKey: env.LaaSAPIKey}, nil)
+		up, err = laas.NewClient(laas.Config{BaseURL: env.LaaSBaseURL, ProjectCode: env.LaaSProjectCode, APIKey: env.LaaSAPIKey,
+			ResponseHeaderTimeout: laas.LongestTimeout(catalog.Models())}, nil)
 		if err != nil {
 			return err
 		}

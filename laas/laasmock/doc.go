@@ -16,6 +16,8 @@
 //     of the LaaS request shape (including "params" that is not an object of
 //     strings), an empty "hash", no messages, or a message whose role is not
 //     system, user or assistant: 400.
+//  4. Fault directives (see Faults) in the last user message that do not
+//     parse: 400.
 //
 // Error bodies are small JSON objects, {"status": 400, "error": "Bad Request",
 // "message": "..."}, whose message names the problem. They never contain a
@@ -24,6 +26,8 @@
 // A request that passes the checks has reached the answer stage: it counts in
 // Calls and gets an entry in Log. Then, in this order:
 //
+//  0. Faults: a request whose last user message holds fault directives is
+//     handled as Faults says, without injection or latency.
 //  1. Injection: one draw of a math/rand/v2 PCG source seeded with
 //     (Config.Seed, 0), shared by all requests and guarded by a mutex, decides
 //     the outcome: draw < Rate429 answers 429 with "Retry-After: 1";
@@ -33,6 +37,42 @@
 //     request's context ends first (the client went away), it returns at once,
 //     writes nothing and records status 499.
 //  3. The answer, status 200.
+//
+// # Faults
+//
+// A test makes one request misbehave, as a real upstream can, by putting
+// directives in the text of its last user message: words of the form
+// "laasmock:<key>=<value>" (FaultPrefix), anywhere among other words.
+// Keys:
+//
+//	fault=hang       read the request and never answer; when the client goes
+//	                 away the entry gets StatusClientClosed
+//	fault=stall      status 200, Content-Length of the whole answer, the first
+//	                 half of the answer's bytes, then nothing until the client
+//	                 goes away
+//	fault=reset      the same headers and half, then the connection is closed
+//	                 with a TCP reset (SO_LINGER 0)
+//	fault=truncate   the same headers and half, then a clean close (FIN): the
+//	                 body is shorter than its Content-Length
+//	fault=nonjson    status 200 with an HTML body (a proxy's error page)
+//	trickle=<dur>    the whole answer, status 200, sent in ten pieces, one
+//	                 every <dur>/10 (a time.ParseDuration value)
+//	status=<code>    answer <code> (300 to 599) with the mock's error body;
+//	                 429 carries Retry-After
+//	status=<code>x<n> the same for the first n requests with this exact body
+//	                 (retries of one call send the same body); later ones are
+//	                 handled as requests without directives
+//	retry-after=<v>  the Retry-After of a 429 status directive, as sent
+//	                 (default "1")
+//
+// A request names one fault or trickle, or one status, not both. The answer
+// a fault sends or cuts is the one the request would have had. Calls and Log
+// count a fault request like any other; Served counts only a trickle (the
+// one fault that delivers a whole answer); the entry's Status is 200 once
+// the 200 headers are written (the answer may still be cut), the status of
+// a status directive, or StatusClientClosed for a hang. The hang and stall
+// faults hold their handler until the client goes away: close clients
+// before the server.
 //
 // # The answer
 //

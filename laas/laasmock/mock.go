@@ -109,6 +109,9 @@ type Mock struct {
 	seq    uint64 // entries ever logged
 
 	accessMu sync.Mutex
+
+	faultMu   sync.Mutex
+	faultSeen map[[32]byte]int // status directives with a count: requests seen per body
 }
 
 type logSlot struct {
@@ -164,6 +167,10 @@ func (m *Mock) Log() []Entry {
 func (m *Mock) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	out := m.serve(w, r)
+	if out.fault != nil {
+		m.serveFault(w, r, start, out.seq, out.hash, out.fault, out.body)
+		return
+	}
 	m.access(start, out.status, out.hash)
 	if out.status == StatusClientClosed {
 		return // nobody is listening
@@ -174,7 +181,7 @@ func (m *Mock) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case http.StatusMethodNotAllowed:
 		h.Set("Allow", http.MethodPost)
 	case http.StatusTooManyRequests:
-		h.Set("Retry-After", "1")
+		h.Set("Retry-After", out.retryAfter)
 	}
 	w.WriteHeader(out.status)
 	_, _ = w.Write(out.body)
@@ -183,9 +190,12 @@ func (m *Mock) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // outcome is what serve decided: the status, the JSON body and the request's
 // preset hash when the body got far enough to have one.
 type outcome struct {
-	status int
-	body   []byte
-	hash   string
+	status     int
+	body       []byte
+	hash       string
+	retryAfter string // a 429's Retry-After
+	fault      *fault // set: serveFault writes the answer (body) its way
+	seq        uint64 // the log entry, with fault
 }
 
 func failure(status int, msg, hash string) outcome {
@@ -216,10 +226,27 @@ func (m *Mock) serve(w http.ResponseWriter, r *http.Request) outcome {
 	if msg != "" {
 		return failure(http.StatusBadRequest, msg, req.Hash)
 	}
+	lastUser := lastUserText(req.Messages)
+	f, msg := parseFault(lastUser)
+	if msg != "" {
+		return failure(http.StatusBadRequest, msg, req.Hash)
+	}
 
 	m.calls.Add(1)
-	lastUser := lastUserText(req.Messages)
 	seq := m.record(Entry{Time: time.Now(), Hash: req.Hash, LastUser: lastUser})
+	if f != nil {
+		switch {
+		case f.status == 0:
+			return outcome{body: mustJSON(m.answer(body, req, lastUser)), hash: req.Hash, fault: f, seq: seq}
+		case m.statusApplies(f, body):
+			m.finish(seq, f.status)
+			out := failure(f.status, "status injected by a "+FaultPrefix+"status directive", req.Hash)
+			out.retryAfter = f.retryAfter
+			return out
+		}
+		// A counted status used up: handled as a request without
+		// directives.
+	}
 	status := m.inject()
 	if m.cfg.Latency > 0 {
 		t := time.NewTimer(m.cfg.Latency)
@@ -235,6 +262,7 @@ func (m *Mock) serve(w http.ResponseWriter, r *http.Request) outcome {
 	switch status {
 	case http.StatusTooManyRequests:
 		out = failure(status, "rate limit exceeded (injected by laasmock)", req.Hash)
+		out.retryAfter = "1"
 	case http.StatusInternalServerError:
 		out = failure(status, "internal error (injected by laasmock)", req.Hash)
 	default:
