@@ -76,6 +76,12 @@ func (d *driver) markUnanswered(ctx context.Context, ending string, published in
 	if ending == schema.BatchExpired {
 		code, msg = schema.CodeBatchExpired, "This request could not be run before the batch's completion window ended."
 	}
+	// Every line's deadline is at most the batch's expiry: workers forget
+	// the cancelled ids then.
+	var deadline time.Time
+	if exp := d.record().Batch.ExpiresAt; exp != nil {
+		deadline = time.Unix(*exp, 0)
+	}
 	have := map[string]bool{}
 	if lister, err := d.r.answers.ListKeysFiltered(ctx, "batch."+d.id+".*"); err == nil {
 		for k := range lister.Keys() {
@@ -100,7 +106,7 @@ func (d *driver) markUnanswered(ctx context.Context, ending string, published in
 			return fmt.Errorf("mark line %d: %w", l.Line, err)
 		}
 		if i < published {
-			_ = d.r.nc.Publish(schema.SubjectCancel+"."+jobID, nil)
+			_ = d.r.nc.Publish(schema.SubjectCancel+"."+jobID, schema.CancelPayload(deadline))
 		}
 	}
 	return nil

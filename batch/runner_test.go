@@ -130,10 +130,11 @@ func TestRunnerCancel(t *testing.T) {
 	recs := f.watchRecords(t)
 	pub := f.watchPublished(t)
 	var mu sync.Mutex
-	var cancels []string
+	var cancels, payloads []string
 	sub, err := f.q.Conn.Subscribe(schema.SubjectCancel+".>", func(m *nats.Msg) {
 		mu.Lock()
 		cancels = append(cancels, strings.TrimPrefix(m.Subject, schema.SubjectCancel+"."))
+		payloads = append(payloads, string(m.Data))
 		mu.Unlock()
 	})
 	if err != nil {
@@ -173,6 +174,15 @@ func TestRunnerCancel(t *testing.T) {
 	mu.Unlock()
 	if want := []string{JobID(b.ID, 1), JobID(b.ID, 2)}; !slices.Equal(got, want) {
 		t.Errorf("jobs cancelled: %q; want %q", got, want)
+	}
+	// Each cancel names the batch's expiry, every line's latest deadline,
+	// so workers forget the ids then.
+	mu.Lock()
+	defer mu.Unlock()
+	for _, p := range payloads {
+		if dl, ok := schema.CancelDeadline([]byte(p)); !ok || dl.Unix() != *rec.Batch.ExpiresAt {
+			t.Errorf("cancel payload %q; want the batch's expiry %d", p, *rec.Batch.ExpiresAt)
+		}
 	}
 	final, _, err := f.store.Batch(ctx, b.ID)
 	if err != nil {

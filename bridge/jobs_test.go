@@ -133,6 +133,10 @@ func TestJobCancelQueued(t *testing.T) {
 	}
 	if m, err := sub.NextMsg(5 * time.Second); err != nil || m.Subject != schema.SubjectCancel+"."+id {
 		t.Errorf("cancel broadcast: %v %v", m, err)
+	} else if dl, ok := schema.CancelDeadline(m.Data); !ok || time.Until(dl) > schema.MaxRequestTimeout || time.Until(dl) < schema.MaxRequestTimeout-time.Hour {
+		// The job's deadline is at most MaxRequestTimeout after it was
+		// queued: workers forget the id then, not a day after the cancel.
+		t.Errorf("cancel payload %q: want the job's latest deadline, its creation + %s", m.Data, schema.MaxRequestTimeout)
 	}
 	if _, run := f.runOneJob(t, func(schema.Envelope) schema.Reply {
 		t.Error("a cancelled job ran")

@@ -269,7 +269,9 @@ func (j *Store) Cancel(ctx context.Context, id string) (schema.JobState, error) 
 			}
 			return st, fmt.Errorf("cancel job %s: %w", id, err)
 		}
-		if err := j.js.Conn().Publish(schema.SubjectCancel+"."+id, nil); err != nil {
+		// A job's deadline is at most MaxRequestTimeout after it was queued:
+		// workers forget the id then.
+		if err := j.js.Conn().Publish(schema.SubjectCancel+"."+id, schema.CancelPayload(st.CreatedAt.Add(schema.MaxRequestTimeout))); err != nil {
 			return st, fmt.Errorf("broadcast cancel of %s: %w", id, err)
 		}
 		return st, nil
