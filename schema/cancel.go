@@ -4,9 +4,11 @@ import "time"
 
 // A cancellation (SubjectCancel.<request id>, core NATS) may carry the
 // job's deadline as its payload, so workers forget the id once no worker
-// could start the job anyway. An empty payload (older gateways, cancels of
-// async jobs and batch lines) names no deadline: workers then remember the
-// id for the longest timeout a request may have.
+// could start the job anyway (an async job's cancel names its latest
+// deadline, queued + MaxRequestTimeout; a batch line's, the batch's
+// expiry). An empty payload (older gateways and producers) names no
+// deadline: workers then remember the id for the longest timeout a request
+// may have.
 
 // CancelPayload is the payload of a cancellation of a job whose deadline is
 // deadline: the time in RFC 3339 with nanoseconds, UTC. A zero deadline
