@@ -22,8 +22,9 @@ import (
 var errCallerGone = errors.New("the caller went away")
 
 // maxCancelled is how many cancelled ids a pool remembers at most (about
-// 200 bytes each). Past it the id forgotten soonest anyway goes first: its
-// job, if it is still queued, then runs and its answer is discarded.
+// 250 bytes each). Past it the id that would be kept longest goes first:
+// its job, if it is still queued, then runs and its answer is discarded
+// (an async job's state or a batch line's kept answer still stops it).
 const maxCancelled = 50_000
 
 // cancelSlack is how long past a job's deadline its cancelled id is still
@@ -38,8 +39,11 @@ const cancelSlack = time.Minute
 // when it is pulled. An id is remembered until its job's deadline (plus
 // cancelSlack: past it refuseLate refuses the job anyway), or for
 // rememberFor when the cancel names no deadline, and at most max ids at
-// once: the one forgotten soonest goes first, counted by dropped. Safe for
-// concurrent use.
+// once. When the set is full, the id that would be kept longest goes
+// first (counted by dropped): a flood of cancels with far deadlines
+// (async jobs and batch lines, which their job state and kept answers
+// stop anyway, or callers asking for a day) never pushes out the
+// interactive ones, whose deadlines are near. Safe for concurrent use.
 type cancels struct {
 	sub         *nats.Subscription
 	rememberFor time.Duration
@@ -50,13 +54,14 @@ type cancels struct {
 	running   map[string]context.CancelCauseFunc
 	cancelled map[string]*cancelledID
 	expiry    expiryHeap // the cancelled ids, soonest forgotten first
+	latest    expiryHeap // the same ids, latest forgotten first
 }
 
 // cancelledID is a cancelled id and when to forget it.
 type cancelledID struct {
 	id    string
 	until time.Time
-	index int // in expiryHeap
+	index [2]int // in expiry and in latest
 }
 
 func newCancelSet(rememberFor time.Duration, max int, dropped func()) *cancels {
@@ -64,7 +69,8 @@ func newCancelSet(rememberFor time.Duration, max int, dropped func()) *cancels {
 		dropped = func() {}
 	}
 	return &cancels{rememberFor: rememberFor, max: max, dropped: dropped,
-		running: map[string]context.CancelCauseFunc{}, cancelled: map[string]*cancelledID{}}
+		running: map[string]context.CancelCauseFunc{}, cancelled: map[string]*cancelledID{},
+		latest: expiryHeap{latest: true}}
 }
 
 // newCancels subscribes a cancel set to the cancel broadcast on nc.
@@ -107,27 +113,36 @@ func (c *cancels) cancel(id string, deadline time.Time, now time.Time) {
 	if e, ok := c.cancelled[id]; ok {
 		if until.After(e.until) {
 			e.until = until
-			heap.Fix(&c.expiry, e.index)
+			heap.Fix(&c.expiry, e.index[0])
+			heap.Fix(&c.latest, e.index[1])
 		}
 		return
 	}
 	if len(c.cancelled) >= c.max {
 		c.dropped()
-		if c.max < 1 || !until.After(c.expiry[0].until) {
-			return // this one would be forgotten first
+		if c.max < 1 || !until.Before(c.latest.ids[0].until) {
+			return // this one would be kept longest
 		}
-		delete(c.cancelled, heap.Pop(&c.expiry).(*cancelledID).id)
+		c.remove(c.latest.ids[0])
 	}
 	e := &cancelledID{id: id, until: until}
 	heap.Push(&c.expiry, e)
+	heap.Push(&c.latest, e)
 	c.cancelled[id] = e
 }
 
 // forget drops the ids whose time is over.
 func (c *cancels) forget(now time.Time) {
-	for len(c.expiry) > 0 && !c.expiry[0].until.After(now) {
-		delete(c.cancelled, heap.Pop(&c.expiry).(*cancelledID).id)
+	for len(c.expiry.ids) > 0 && !c.expiry.ids[0].until.After(now) {
+		c.remove(c.expiry.ids[0])
 	}
+}
+
+// remove forgets e.
+func (c *cancels) remove(e *cancelledID) {
+	heap.Remove(&c.expiry, e.index[0])
+	heap.Remove(&c.latest, e.index[1])
+	delete(c.cancelled, e.id)
 }
 
 // gone reports whether id is remembered as cancelled at now.
@@ -174,25 +189,42 @@ func (c *cancels) close() {
 	}
 }
 
-// expiryHeap orders cancelled ids by when they are forgotten (a
-// container/heap).
-type expiryHeap []*cancelledID
+// expiryHeap orders cancelled ids by when they are forgotten, soonest
+// first, or latest first when latest is set (a container/heap). Each id
+// is in both of a set's heaps: its index[0] is its place in the first,
+// index[1] in the second.
+type expiryHeap struct {
+	ids    []*cancelledID
+	latest bool
+}
 
-func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].until.Before(h[j].until) }
-func (h expiryHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = i, j
+func (h *expiryHeap) slot() int {
+	if h.latest {
+		return 1
+	}
+	return 0
+}
+
+func (h *expiryHeap) Len() int { return len(h.ids) }
+func (h *expiryHeap) Less(i, j int) bool {
+	if h.latest {
+		return h.ids[i].until.After(h.ids[j].until)
+	}
+	return h.ids[i].until.Before(h.ids[j].until)
+}
+func (h *expiryHeap) Swap(i, j int) {
+	h.ids[i], h.ids[j] = h.ids[j], h.ids[i]
+	h.ids[i].index[h.slot()], h.ids[j].index[h.slot()] = i, j
 }
 func (h *expiryHeap) Push(x any) {
 	e := x.(*cancelledID)
-	e.index = len(*h)
-	*h = append(*h, e)
+	e.index[h.slot()] = len(h.ids)
+	h.ids = append(h.ids, e)
 }
 func (h *expiryHeap) Pop() any {
-	old := *h
+	old := h.ids
 	e := old[len(old)-1]
 	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
+	h.ids = old[:len(old)-1]
 	return e
 }

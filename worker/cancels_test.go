@@ -48,8 +48,8 @@ func TestCancelsKeepIDsUntilTheirDeadline(t *testing.T) {
 				t.Errorf("still remembered at %s", tc.until)
 			}
 			c.cancel("r2", time.Time{}, tc.until) // the next cancel forgets what is over
-			if _, ok := c.cancelled["r1"]; ok || c.size() != 1 || len(c.expiry) != 1 {
-				t.Errorf("r1 still held after its time: %d ids, heap %d", c.size(), len(c.expiry))
+			if _, ok := c.cancelled["r1"]; ok || c.size() != 1 || len(c.expiry.ids) != 1 || len(c.latest.ids) != 1 {
+				t.Errorf("r1 still held after its time: %d ids, heap %d", c.size(), len(c.expiry.ids))
 			}
 		})
 	}
@@ -80,14 +80,14 @@ func TestCancelsCap(t *testing.T) {
 	c.cancel("a", at(1*time.Minute), now)
 	c.cancel("b", at(3*time.Minute), now)
 	c.cancel("c", at(2*time.Minute), now)
-	c.cancel("d", at(4*time.Minute), now)  // a goes: forgotten soonest
-	c.cancel("e", at(30*time.Second), now) // would go first: not kept
-	c.cancel("b", at(5*time.Minute), now)  // known: nothing dropped
+	c.cancel("d", at(4*time.Minute), now)  // kept longest: not kept
+	c.cancel("e", at(30*time.Second), now) // b goes: kept longest
+	c.cancel("a", at(5*time.Minute), now)  // known: nothing dropped
 	remembered := map[string]bool{}
 	for _, id := range []string{"a", "b", "c", "d", "e"} {
 		remembered[id] = c.gone(id, now)
 	}
-	if want := map[string]bool{"a": false, "b": true, "c": true, "d": true, "e": false}; fmt.Sprint(remembered) != fmt.Sprint(want) {
+	if want := map[string]bool{"a": true, "b": false, "c": true, "d": false, "e": true}; fmt.Sprint(remembered) != fmt.Sprint(want) {
 		t.Errorf("remembered %v, want %v", remembered, want)
 	}
 	if got := metricValue(gather(t, reg), "laas_bridge_worker_cancelled_ids_dropped_total"); got != 2 {
@@ -99,11 +99,28 @@ func TestCancelsCap(t *testing.T) {
 		for i := range 10_000 {
 			c.cancel(fmt.Sprint("r", i), time.Time{}, now.Add(time.Duration(i)*time.Millisecond))
 		}
-		if c.size() != 100 || len(c.expiry) != 100 {
-			t.Errorf("%d ids (heap %d) after 10000 cancels, want the cap, 100", c.size(), len(c.expiry))
+		if c.size() != 100 || len(c.expiry.ids) != 100 || len(c.latest.ids) != 100 {
+			t.Errorf("%d ids (heaps %d, %d) after 10000 cancels, want the cap, 100", c.size(), len(c.expiry.ids), len(c.latest.ids))
 		}
-		if !c.gone("r9999", now.Add(10*time.Second)) || c.gone("r9899", now.Add(10*time.Second)) {
-			t.Error("want the newest 100 ids kept (forgotten last), the older ones dropped")
+		if !c.gone("r99", now.Add(10*time.Second)) || c.gone("r100", now.Add(10*time.Second)) {
+			t.Error("want the first 100 ids kept (forgotten soonest), the later ones dropped")
+		}
+	})
+
+	// A flood of far deadlines (a day) does not push out an interactive
+	// caller's cancel (a minute): the far ones go first.
+	t.Run("far deadlines go first", func(t *testing.T) {
+		c := newCancelSet(24*time.Hour, 100, nil)
+		for i := range 100 {
+			c.cancel(fmt.Sprint("far", i), now.Add(24*time.Hour-cancelSlack), now)
+		}
+		c.cancel("near", now.Add(time.Minute), now)
+		if !c.gone("near", now) || c.size() != 100 {
+			t.Errorf("near remembered: %v, %d ids; want it kept in a full set of 100", c.gone("near", now), c.size())
+		}
+		c.forget(now.Add(3 * time.Minute))
+		if c.gone("near", now.Add(3*time.Minute)) || c.size() != 99 || len(c.expiry.ids) != 99 || len(c.latest.ids) != 99 {
+			t.Errorf("after near's time: %d ids (heaps %d, %d); want 99 far ones", c.size(), len(c.expiry.ids), len(c.latest.ids))
 		}
 	})
 }
