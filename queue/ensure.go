@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
-	"slices"
 	"strings"
 	"time"
 
@@ -247,17 +246,8 @@ var consumerSettings = map[string]consumerSetting{
 	setReplicas:      {get: func(c *jetstream.ConsumerConfig) any { return c.Replicas }, put: func(d, s *jetstream.ConsumerConfig) { d.Replicas = s.Replicas }},
 }
 
-// migration is a setting whose default changed: a consumer that still
-// holds the old default gets the new one, any other value is kept.
-type migration struct {
-	name string // a consumerSettings key
-	old  any    // the old default, as the setting's get returns it
-}
-
-// ensureConsumer is ensureStream for a durable consumer of stream. The
-// settings in migrate are applied too, to a consumer that holds their old
-// value.
-func ensureConsumer(ctx context.Context, js jetstream.JetStream, log *slog.Logger, stream string, want jetstream.ConsumerConfig, set []string, migrate ...migration) (jetstream.Consumer, error) {
+// ensureConsumer is ensureStream for a durable consumer of stream.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, log *slog.Logger, stream string, want jetstream.ConsumerConfig, set []string) (jetstream.Consumer, error) {
 	what := fmt.Sprintf("consumer %s of stream %s", want.Durable, stream)
 	cons, err := js.Consumer(ctx, stream, want.Durable)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -276,11 +266,6 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 	}
 	cur := cons.CachedInfo().Config
 	next := cur
-	for _, m := range migrate {
-		if !slices.Contains(set, m.name) && reflect.DeepEqual(consumerSettings[m.name].get(&cur), m.old) {
-			set = append(slices.Clip(set), m.name)
-		}
-	}
 	var changes []string
 	var errs []error
 	for _, name := range set {

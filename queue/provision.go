@@ -75,7 +75,7 @@ const (
 	DefaultMaxMsgs         = 100_000
 	DefaultMaxBytes        = 1 << 30
 	DefaultAckWait         = 5 * time.Second  // short: see Config.AckWait
-	oldDefaultAckWait      = 30 * time.Second // the default before issue 13; Ensure moves it to DefaultAckWait
+	oldDefaultAckWait      = 30 * time.Second // the default before issue 13; Ensure warns of a lane consumer still on it
 	DefaultMaxDeliver      = 5
 	DefaultMaxAckPending   = 1_000
 	DefaultDuplicateWindow = 10 * time.Minute // as long as a default request may take
@@ -455,20 +455,28 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 	// MaxAckPending (the global cap on jobs in flight) set by one process
 	// is kept by the next one started without it.
 	consumer = setIf(consumer, explicit.MaxAckPending != 0, setMaxAckPending)
-	// A lane consumer that still has the old default AckWait (30s) moves to
-	// the new one; an AckWait an operator chose is kept.
-	var migrate []migration
-	if explicit.AckWait == 0 {
-		migrate = append(migrate, migration{setAckWait, oldDefaultAckWait})
-	}
 	// The interactive consumer first: an older one without a filter would
 	// overlap the batch lane's, which a work queue refuses.
-	cons, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.ConsumerConfig(), consumer, migrate...)
+	cons, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.ConsumerConfig(), consumer)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.BatchConsumerConfig(), consumer, migrate...); err != nil {
+	batchCons, err := ensureConsumer(ctx, js, o.log, schema.StreamRequests, cfg.BatchConsumerConfig(), consumer)
+	if err != nil {
 		return nil, err
+	}
+	// A lane consumer still on the old default AckWait (30s) is not moved
+	// by itself: workers of that release signal in-progress only every
+	// 10 s, and would have every call longer than 5 s run again (and a
+	// long one dead-lettered) while a rolling upgrade mixes them with new
+	// processes. The operator moves it once every worker is new.
+	if explicit.AckWait == 0 {
+		for _, c := range []jetstream.Consumer{cons, batchCons} {
+			if cc := c.CachedInfo().Config; cc.AckWait == oldDefaultAckWait {
+				o.log.Warn("lane consumer keeps the AckWait of an older release; once every worker runs this one, set BRIDGE_ACK_WAIT=5s on one process so a dead worker's jobs run again within seconds",
+					"name", cc.Durable, "ack_wait", cc.AckWait.String())
+			}
+		}
 	}
 	// After the lanes: a lane consumer from before the admission door
 	// filtered on a submit subject, which this one now takes.

@@ -525,11 +525,11 @@ func TestEnsureKeepsUnsetAndUpdatesSetSettings(t *testing.T) {
 	}
 }
 
-// A lane consumer made with the old default AckWait (30s) is moved to the
-// new one (5s) by a process started without BRIDGE_ACK_WAIT, so a dead
-// worker's jobs run again within seconds after an upgrade; an AckWait an
-// operator chose (45s) is kept, and one set explicitly wins.
-func TestEnsureMovesOldDefaultAckWait(t *testing.T) {
+// TestEnsureKeepsOldDefaultAckWait: a lane consumer still on the old
+// default AckWait (30s) is kept, with a warning that says how to move it
+// (workers of that release signal in-progress every 10 s: moving it under
+// them would run their long calls twice); BRIDGE_ACK_WAIT moves it.
+func TestEnsureKeepsOldDefaultAckWait(t *testing.T) {
 	_, js := startServer(t)
 	ctx := testContext(t)
 	ackWaits := func() [2]time.Duration {
@@ -549,18 +549,25 @@ func TestEnsureMovesOldDefaultAckWait(t *testing.T) {
 	if _, err := queue.Ensure(ctx, js, queue.Config{}, withLog); err != nil {
 		t.Fatalf("Ensure with nothing set: %v", err)
 	}
-	if got, want := ackWaits(), [2]time.Duration{queue.DefaultAckWait, queue.DefaultAckWait}; got != want {
-		t.Errorf("the old default AckWait was not moved: %v, want %v", got, want)
+	if got, want := ackWaits(), [2]time.Duration{30 * time.Second, 30 * time.Second}; got != want {
+		t.Errorf("the old default AckWait was moved by itself: %v, want %v kept", got, want)
 	}
-	if l := logs.lines("updated consumer", "ack_wait 30s -> 5s"); len(l) != 2 {
-		t.Errorf("the two AckWait moves were not logged: %q", logs.lines())
+	if l := logs.lines("keeps the AckWait of an older release", "BRIDGE_ACK_WAIT=5s"); len(l) != 2 {
+		t.Errorf("want one warning per lane consumer, got %q", logs.lines())
 	}
 	if cc := consumerConfig(t, ctx, js, schema.ConsumerAdmission); cc.AckWait != queue.AdmissionAckWait {
 		t.Errorf("admission consumer AckWait %s, want %s kept", cc.AckWait, queue.AdmissionAckWait)
 	}
+	ensure(queue.DefaultAckWait, queue.DefaultAckWait) // the operator moves it
+	logs, withLog = captureLog()
+	if _, err := queue.Ensure(ctx, js, queue.Config{}, withLog); err != nil {
+		t.Fatalf("Ensure with nothing set: %v", err)
+	}
+	if l := logs.lines("keeps the AckWait"); len(l) != 0 || ackWaits() != [2]time.Duration{queue.DefaultAckWait, queue.DefaultAckWait} {
+		t.Errorf("after the move: %v, warnings %q", ackWaits(), l)
+	}
 	ensure(45*time.Second, 45*time.Second)
 	ensure(0, 45*time.Second) // an operator's choice is kept
-	ensure(30*time.Second, 30*time.Second)
 }
 
 // Processes that start together all call Ensure at once: every call

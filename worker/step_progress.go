@@ -42,10 +42,12 @@ func (p *Pool) keepInProgress(next handlerFunc) handlerFunc {
 // keepAlive sends msg.InProgress every period, on a goroutine of its own
 // (a busy handler does not delay it), until the returned func is called.
 // It does not stop with the work context: a delivery is signalled until it
-// is settled, whatever ended its call.
+// is settled, whatever ended its call. Once stop returns, no more signal
+// is sent.
 func keepAlive(msg jetstream.Msg, period time.Duration) (stop func()) {
-	done := make(chan struct{})
+	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(stopped)
 		t := time.NewTicker(period)
 		defer t.Stop()
 		for {
@@ -53,9 +55,14 @@ func keepAlive(msg jetstream.Msg, period time.Duration) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
+				select {
+				case <-done: // a tick that raced the stop
+					return
+				default:
+				}
 				_ = msg.InProgress()
 			}
 		}
 	}()
-	return sync.OnceFunc(func() { close(done) })
+	return sync.OnceFunc(func() { close(done); <-stopped })
 }
