@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -354,4 +356,26 @@ func TestBodyReleasedWhileWaiting(t *testing.T) {
 	if status := <-answered; status != 200 {
 		t.Fatalf("answer: %d", status)
 	}
+}
+
+// TestBodyBudgetMetrics: the bytes held show in
+// laas_bridge_gateway_body_bytes_in_flight, and a refusal counts in
+// laas_bridge_gateway_overloaded_total{limit="body_bytes"}.
+func TestBodyBudgetMetrics(t *testing.T) {
+	const mib = 1 << 20
+	f := newFixture(t, Config{MasterKey: "sk-test", Metrics: prometheus.NewRegistry(), MaxBodyBytes: mib, MaxInflightBytes: mib})
+	auth := "Bearer sk-test"
+	conn := rawRequest(t, f, "/v1/chat/completions", map[string]string{"Content-Length": fmt.Sprint(mib), "Authorization": auth}, []byte("{"))
+	waitInUse(t, f.gw, mib)
+	resp, body := f.do(t, "POST", "/v1/chat/completions", chatBody("claude-3.5-sonnet", "no room"), "Authorization", auth)
+	wantOverloaded(t, resp, body)
+	mfs := scrape(t, f.srv.URL)
+	if v, ok := metricValue(mfs, "laas_bridge_gateway_body_bytes_in_flight"); !ok || v != mib {
+		t.Errorf("body_bytes_in_flight = %v (found %v), want %d", v, ok, mib)
+	}
+	if v, ok := metricValue(mfs, "laas_bridge_gateway_overloaded_total", "limit", "body_bytes"); !ok || v != 1 {
+		t.Errorf("overloaded_total{limit=body_bytes} = %v (found %v), want 1", v, ok)
+	}
+	_ = conn.Close()
+	waitInUse(t, f.gw, 0)
 }
