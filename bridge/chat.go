@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -36,28 +35,15 @@ type pending struct {
 	release    func()        // forgets the caller; nil when nothing to release
 }
 
-// readBody reads the request body up to MaxBodyBytes, refusing a larger
-// declared length before reading.
-func (g *Gateway) readBody(c echo.Context) ([]byte, error) {
-	r := c.Request()
-	if r.ContentLength > g.cfg.MaxBodyBytes {
-		return nil, &http.MaxBytesError{Limit: g.cfg.MaxBodyBytes}
-	}
-	buf := bytes.NewBuffer(make([]byte, 0, max(0, r.ContentLength)))
-	if _, err := buf.ReadFrom(http.MaxBytesReader(c.Response(), r.Body, g.cfg.MaxBodyBytes)); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
-}
-
 // chatCompletions admits a chat request through the core and waits for
 // its answer.
 func (g *Gateway) chatCompletions(c echo.Context) error {
 	r := c.Request()
-	body, err := g.readBody(c)
+	body, releaseBody, err := g.readBody(c)
 	if err != nil {
 		return err
 	}
+	defer releaseBody()
 	id := c.Response().Header().Get(HeaderRequestID)
 	req, err := g.request(id, admission.DoorChat, r.Header, body)
 	if err != nil {
@@ -72,10 +58,18 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	opts, err := ck.Chat.ParseStreamOptions() // Validate has refused a bad shape already
+	if err != nil {
+		return err
+	}
 	p, replayed, err := g.admit(r.Context(), ck)
 	if err != nil {
 		return err
 	}
+	// The body is queued (or answered): hold none of it while waiting.
+	stream, answerKey := ck.Chat.Stream, ck.AnswerKey
+	body, req, ck = nil, admission.Request{}, nil
+	releaseBody()
 	if replayed {
 		c.Response().Header().Set(HeaderIdempotentReplayed, "true")
 	}
@@ -84,14 +78,14 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	}
 	obs.queued = true
 	defer g.metrics.callerWaiting()()
-	if ck.Chat.Stream {
-		err = g.streamAnswer(c, p, ck.Chat)
+	if stream {
+		err = g.streamAnswer(c, p, opts)
 	} else {
 		err = g.awaitAnswer(c, p)
 	}
 	// Nobody will read the answer: stop the job. A caller with an
 	// Idempotency-Key will come back for it, so its job keeps running.
-	if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && ck.AnswerKey == "" {
+	if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && answerKey == "" {
 		g.cancelJob(p.id, p.deadline)
 	}
 	return err

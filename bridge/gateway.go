@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -66,6 +67,21 @@ type Config struct {
 	// Usage, when set, gives /key/info each key's spend, tokens and
 	// requests in its budget window; nil shows zero.
 	Usage KeyUsage
+	// MaxInflightBytes caps the bytes of request bodies held in memory at
+	// once (chat completions, jobs); a body that would go over it is
+	// refused with 503 server_overloaded and Retry-After before it is
+	// read. At least MaxBodyBytes. Default InflightBudget of the process's
+	// memory limit (GOMEMLIMIT).
+	MaxInflightBytes int64
+	// BodyReadTimeout bounds the reading of a request body (chat
+	// completions, jobs): a body not all there by then gets 408. The
+	// answer's own wait is not bounded by it. Default
+	// DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
+	// MaxJobWatchers caps the long polls (GET /v1/queue/jobs/{id}?wait=)
+	// waiting at once; one more gets 503 server_overloaded. Default
+	// DefaultMaxJobWatchers.
+	MaxJobWatchers int
 	// Micro configures the NATS request/reply endpoint (see micro.go),
 	// which Serve runs beside HTTP.
 	Micro MicroConfig
@@ -101,6 +117,15 @@ func (c *Config) setDefaults() {
 	if c.MaxFileBytes == 0 {
 		c.MaxFileBytes = DefaultMaxFileBytes
 	}
+	if c.MaxInflightBytes == 0 {
+		c.MaxInflightBytes = InflightBudget(debug.SetMemoryLimit(-1), c.MaxBodyBytes)
+	}
+	if c.BodyReadTimeout == 0 {
+		c.BodyReadTimeout = DefaultBodyReadTimeout
+	}
+	if c.MaxJobWatchers == 0 {
+		c.MaxJobWatchers = DefaultMaxJobWatchers
+	}
 	c.Micro.setDefaults()
 }
 
@@ -125,6 +150,15 @@ func (c Config) Validate() error {
 	if c.MaxFileBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("max file bytes must be at least 1 MiB, got %d", c.MaxFileBytes))
 	}
+	if c.MaxInflightBytes < c.MaxBodyBytes {
+		errs = append(errs, fmt.Errorf("max in-flight body bytes (%d) must be at least the max body bytes (%d), or the largest bodies are refused forever", c.MaxInflightBytes, c.MaxBodyBytes))
+	}
+	if c.BodyReadTimeout < 0 {
+		errs = append(errs, errors.New("body read timeout must not be negative"))
+	}
+	if c.MaxJobWatchers < 0 {
+		errs = append(errs, errors.New("max job watchers must not be negative"))
+	}
 	errs = append(errs, c.Micro.Validate())
 	return errors.Join(errs...)
 }
@@ -145,6 +179,8 @@ type Gateway struct {
 	jobs     *jobstore.Store // async jobs (jobs.go)
 	created  int64           // the models' "created" time
 	master   []byte          // the master key; nil: none
+	budget   *bodyBudget     // request bodies held in memory (budget.go)
+	watchers atomic.Int64    // long polls waiting (jobs.go)
 	draining atomic.Bool
 	stopping chan struct{} // closed when draining begins: long polls answer at once
 	closing  chan struct{} // closed when the shutdown grace is over
@@ -190,6 +226,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		bodies:   bodies,
 		batches:  batches,
 		jobs:     jobs,
+		budget:   &bodyBudget{max: cfg.MaxInflightBytes},
 		stopping: make(chan struct{}),
 		created:  time.Now().Unix(),
 		closing:  make(chan struct{}),
@@ -197,11 +234,13 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if cfg.MasterKey != "" {
 		g.master = []byte(cfg.MasterKey.Reveal())
 	}
-	if g.metrics, err = newMetrics(cfg.Metrics, js, g.log); err != nil {
+	if g.metrics, err = newMetrics(cfg.Metrics, js, g.budget, g.log); err != nil {
 		_ = corr.close()
 		return nil, err
 	}
 	g.echo = g.routes()
+	g.log.Info("request body budget", "max_inflight_bytes", cfg.MaxInflightBytes, "max_body_bytes", cfg.MaxBodyBytes,
+		"body_read_timeout", cfg.BodyReadTimeout.String(), "max_job_watchers", cfg.MaxJobWatchers, "micro_max_in_flight", cfg.Micro.MaxInFlight)
 	// A reply sent while this gateway was disconnected is not lost: a
 	// reply the gateway does not confirm, workers store in a stream; read
 	// them back on reconnect.

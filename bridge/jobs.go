@@ -25,6 +25,10 @@ import (
 // ObjectQueueJob is the "object" of a job in the jobs API.
 const ObjectQueueJob = "queue.job"
 
+// DefaultMaxJobWatchers is Config.MaxJobWatchers's default. Each long
+// poll holds a watch on the jobs bucket (a consumer on the NATS server).
+const DefaultMaxJobWatchers = 256
+
 // MaxJobWait caps GET /v1/queue/jobs/{id}?wait=; longer waits are cut to it.
 const MaxJobWait = 60 * time.Second
 
@@ -79,10 +83,11 @@ func (g *Gateway) jobRoutes(e *echo.Echo) {
 // lane and answers 202 with the job.
 func (g *Gateway) submitJob(c echo.Context) error {
 	r := c.Request()
-	body, err := g.readBody(c)
+	body, releaseBody, err := g.readBody(c)
 	if err != nil {
 		return err
 	}
+	defer releaseBody()
 	// Nobody waits on a job: without a timeout header it may wait in the
 	// batch lane as long as any request (24 h); each LaaS call is still
 	// bounded by the model's timeout.
@@ -124,6 +129,11 @@ func (g *Gateway) getJob(c echo.Context) error {
 		return g.jobError(ctx, id, err)
 	}
 	if wait > 0 && !st.Status.Final() {
+		if !g.watch() {
+			g.metrics.refused(limitJobWatchers)
+			return overloaded("long polls on jobs")
+		}
+		defer g.watchers.Add(-1)
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
 		go func() { // a gateway that shuts down answers long polls at once
@@ -138,6 +148,20 @@ func (g *Gateway) getJob(c echo.Context) error {
 		}
 	}
 	return c.JSON(http.StatusOK, jobOf(st, res))
+}
+
+// watch takes one of Config.MaxJobWatchers long polls; false when all
+// are taken. The caller must give it back (g.watchers.Add(-1)).
+func (g *Gateway) watch() bool {
+	for {
+		n := g.watchers.Load()
+		if n >= int64(g.cfg.MaxJobWatchers) {
+			return false
+		}
+		if g.watchers.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // ownJob returns job id's state and result when the caller sees it

@@ -49,10 +49,26 @@ type metrics struct {
 	inFlight      prometheus.Gauge
 	cancellations prometheus.Counter
 	queueFull     prometheus.Counter
+	overloaded    *prometheus.CounterVec // limit
+}
+
+// The limit label of laas_bridge_gateway_overloaded_total: which cap
+// refused a request with server_overloaded.
+const (
+	limitBodyBytes   = "body_bytes"   // Config.MaxInflightBytes
+	limitJobWatchers = "job_watchers" // Config.MaxJobWatchers
+	limitMicro       = "micro"        // MicroConfig.MaxInFlight
+)
+
+// refused counts a request refused by limit.
+func (m *metrics) refused(limit string) {
+	if m != nil {
+		m.overloaded.WithLabelValues(limit).Inc()
+	}
 }
 
 // newMetrics registers the gateway's metrics in reg; nil reg means none.
-func newMetrics(reg prometheus.Registerer, js jetstream.JetStream, log *slog.Logger) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, js jetstream.JetStream, budget *bodyBudget, log *slog.Logger) (*metrics, error) {
 	if reg == nil {
 		return nil, nil
 	}
@@ -70,11 +86,15 @@ func newMetrics(reg prometheus.Registerer, js jetstream.JetStream, log *slog.Log
 			Help: "Chat requests whose caller went away before the answer."}),
 		queueFull: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "queue_full_total",
 			Help: "Chat requests refused with 429 queue_full because the request stream was full."}),
+		overloaded: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "overloaded_total",
+			Help: "Requests refused with 503 server_overloaded, by the limit that refused them (body_bytes, job_watchers, micro)."}, []string{"limit"}),
 	}
+	bodyBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "body_bytes_in_flight",
+		Help: "Bytes of request bodies held in memory now, against BRIDGE_MAX_INFLIGHT_BYTES."}, func() float64 { return float64(budget.inUse()) })
 	depth := &queueDepth{js: js, log: log, desc: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "queue_depth"),
 		"Jobs waiting in the request stream that no worker has taken yet, per workers' consumer (read from NATS at most every 5s).",
 		[]string{"consumer"}, nil)}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight, m.cancellations, m.queueFull, depth} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight, m.cancellations, m.queueFull, m.overloaded, bodyBytes, depth} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway metrics: %w", err)
 		}

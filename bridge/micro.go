@@ -77,6 +77,11 @@ type MicroConfig struct {
 	Subject string
 	// Version is the service's version, SemVer; default "0.0.0-dev".
 	Version string
+	// MaxInFlight caps the callers the endpoint answers at once (each
+	// waits for its answer in a goroutine of its own); one more is refused
+	// with a 503 server_overloaded error reply. Default
+	// DefaultMicroMaxInFlight.
+	MaxInFlight int
 	// ReplyPrefixes are the reply subjects the endpoint answers to: a
 	// request whose reply subject starts with none of them is dropped
 	// (logged, counted), because the answer is published with the
@@ -84,6 +89,9 @@ type MicroConfig struct {
 	// never on a subject of the bridge's own. Default DefaultReplyPrefix.
 	ReplyPrefixes []string
 }
+
+// DefaultMicroMaxInFlight is MicroConfig.MaxInFlight's default.
+const DefaultMicroMaxInFlight = 1024
 
 // DefaultReplyPrefix is MicroConfig.ReplyPrefixes's default: the inbox
 // prefix NATS clients use unless told otherwise.
@@ -99,6 +107,9 @@ func (c *MicroConfig) setDefaults() {
 	if len(c.ReplyPrefixes) == 0 {
 		c.ReplyPrefixes = []string{DefaultReplyPrefix}
 	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMicroMaxInFlight
+	}
 }
 
 // Validate reports an unusable subject.
@@ -113,6 +124,9 @@ func (c MicroConfig) Validate() error {
 		return fmt.Errorf("micro endpoint subject %q is inside the bridge's queue subjects", c.Subject)
 	}
 	var errs []error
+	if c.MaxInFlight < 0 {
+		errs = append(errs, fmt.Errorf("micro endpoint max in flight must not be negative, got %d", c.MaxInFlight))
+	}
 	for _, p := range c.ReplyPrefixes {
 		if !strings.HasSuffix(p, ".") || len(p) < 2 || strings.ContainsAny(p, " \t\r\n*>") || strings.HasPrefix(p, "laas.") || strings.HasPrefix(p, "$") {
 			errs = append(errs, fmt.Errorf("micro reply prefix %q must be a subject prefix ending in \".\", outside laas.> and $...", p))
@@ -239,8 +253,11 @@ func (m *microEndpoint) handle(r micro.Request) {
 	id := schema.NewID()
 	hdr := nats.Header{HeaderRequestID: []string{id}}
 	ck, model, err := m.check(id, r)
-	if err == nil && !m.calls.add() {
-		err = shuttingDown()
+	if err == nil {
+		err = m.calls.add(m.g.cfg.Micro.MaxInFlight)
+		if se, ok := errors.AsType[*schema.Error](err); ok && se.Code == CodeServerOverloaded {
+			m.g.metrics.refused(limitMicro)
+		}
 	}
 	if err != nil {
 		m.g.log.Debug("NATS request refused", "request_id", id, "error", err)
@@ -250,10 +267,11 @@ func (m *microEndpoint) handle(r micro.Request) {
 		return
 	}
 	m.waiting.Add(1)
+	reply := r.Reply() // the goroutine keeps the subject, not the message and its body
 	go func() {
 		defer m.calls.done()
 		defer m.waiting.Add(-1)
-		m.answer(r.Reply(), ck, hdr)
+		m.answer(reply, ck, hdr)
 	}()
 }
 
@@ -318,6 +336,8 @@ func (m *microEndpoint) complete(ck *admission.Checked, hdr nats.Header) ([]byte
 	if p.release != nil {
 		defer p.release()
 	}
+	// The body is queued (or answered): hold none of it while waiting.
+	ck.Body, ck.Chat = nil, nil
 	defer g.metrics.callerWaiting()()
 	timer := time.NewTimer(time.Until(p.deadline))
 	defer timer.Stop()
@@ -444,15 +464,19 @@ type callers struct {
 	idle   chan struct{} // closed when n drops to 0; nil until wait needs it
 }
 
-// add takes a caller; false once closed.
-func (c *callers) add() bool {
+// add takes a caller, when fewer than limit are being answered; once
+// closed it takes none (the error is shuttingDown, else overloaded).
+func (c *callers) add(limit int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return false
+		return shuttingDown()
+	}
+	if c.n >= limit {
+		return overloaded("NATS callers")
 	}
 	c.n++
-	return true
+	return nil
 }
 
 func (c *callers) done() {

@@ -35,11 +35,7 @@ const (
 // becomes a normal HTTP error. Once the stream has started the status is
 // 200; an error then is sent as one {"error": {...}} event and the stream
 // ends without [DONE], as OpenAI does.
-func (g *Gateway) streamAnswer(c echo.Context, p *pending, req *schema.ChatCompletionRequest) error {
-	opts, err := req.ParseStreamOptions() // Validate has refused a bad shape already
-	if err != nil {
-		return err
-	}
+func (g *Gateway) streamAnswer(c echo.Context, p *pending, opts schema.StreamOptions) error {
 	ctx := c.Request().Context()
 	s := newSSEWriter(c.Response())
 	deadline := time.NewTimer(time.Until(p.deadline))

@@ -74,6 +74,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		return err
 	}
 	log = log.With("role", cmd)
+	memLimit := setMemoryLimit(log) // GOMEMLIMIT from the cgroup, before anything allocates much
 	openAPI := ""
 	if hasGateway {
 		if openAPI, err = apiAuth(cmd, env, demo); err != nil {
@@ -179,9 +180,12 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	var gw *bridge.Gateway
 	var ln net.Listener
 	if hasGateway {
+		micro := microConfig(env.MicroSubject, env.MicroReplyPrefixes, version)
+		micro.MaxInFlight = env.MicroMaxInFlight
 		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, Keys: store, Usage: keys.UsageReader(keyLimits, store), Limits: keyLimits,
 			MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
-			Micro: microConfig(env.MicroSubject, env.MicroReplyPrefixes, version)}, nc, js, catalog, log); err != nil {
+			Micro: micro, MaxInflightBytes: inflightBytes(env, memLimit),
+			BodyReadTimeout: env.BodyReadTimeout, MaxJobWatchers: env.MaxJobWatchers}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()
@@ -324,6 +328,15 @@ func microConfig(subject, replyPrefixes, version string) bridge.MicroConfig {
 		}
 	}
 	return bridge.MicroConfig{Disabled: strings.EqualFold(subject, "off"), Subject: subject, Version: v, ReplyPrefixes: prefixes}
+}
+
+// inflightBytes is BRIDGE_MAX_INFLIGHT_BYTES, or when unset a quarter of
+// the memory limit (bridge.InflightBudget).
+func inflightBytes(env Env, memLimit int64) int64 {
+	if env.MaxInflightBytes != 0 {
+		return env.MaxInflightBytes // bridge.Config.Validate refuses one below BRIDGE_MAX_BODY_BYTES
+	}
+	return bridge.InflightBudget(memLimit, env.MaxBody)
 }
 
 // semver is SemVer 2.0.0's suggested pattern, as micro checks it.

@@ -84,6 +84,15 @@ type Env struct {
 	// at once (batch.RunnerConfig.MaxActive; 0: batch.DefaultMaxActive).
 	BatchMaxActive int `envconfig:"BRIDGE_BATCH_MAX_ACTIVE"`
 
+	// The gateway's memory budget (bridge.Config): the bytes of request
+	// bodies held at once (0: a quarter of GOMEMLIMIT, see
+	// bridge.InflightBudget), how long a body may take to arrive, and the
+	// caps on job long polls and NATS endpoint callers waiting at once.
+	MaxInflightBytes int64         `envconfig:"BRIDGE_MAX_INFLIGHT_BYTES" default:"0"`
+	BodyReadTimeout  time.Duration `envconfig:"BRIDGE_BODY_READ_TIMEOUT" default:"60s"`
+	MaxJobWatchers   int           `envconfig:"BRIDGE_MAX_JOB_WATCHERS" default:"256"`
+	MicroMaxInFlight int           `envconfig:"BRIDGE_MICRO_MAX_INFLIGHT" default:"1024"`
+
 	MockListen  string        `envconfig:"MOCK_LAAS_LISTEN" default:"127.0.0.1:9901"`
 	MockLatency time.Duration `envconfig:"MOCK_LAAS_LATENCY"`
 	MockRate429 float64       `envconfig:"MOCK_LAAS_RATE_429"`
