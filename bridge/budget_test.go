@@ -2,12 +2,14 @@ package bridge
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"runtime"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/laas-bridge/laas-bridge/batch"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -378,4 +381,66 @@ func TestBodyBudgetMetrics(t *testing.T) {
 	}
 	_ = conn.Close()
 	waitInUse(t, f.gw, 0)
+}
+
+// TestUploadIdleTimeout: POST /v1/files (up to 200 MiB, which may take
+// long) is cut when its body stops arriving for BodyReadTimeout (408),
+// never for its total time: an upload that keeps sending, for longer than
+// the timeout in all, is stored.
+func TestUploadIdleTimeout(t *testing.T) {
+	const timeout = time.Second
+	f := newFixture(t, Config{BodyReadTimeout: timeout})
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	_ = mw.WriteField("purpose", "batch")
+	fw, _ := mw.CreateFormFile("file", "in.jsonl")
+	for i := range 8 {
+		fmt.Fprintf(fw, `{"custom_id":"c%d","method":"POST","url":"/v1/chat/completions","body":%s}`+"\n", i, chatBody("claude-3.5-sonnet", "hi"))
+	}
+	_ = mw.Close()
+	form := buf.Bytes()
+	send := func(t *testing.T) net.Conn {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(f.srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		head := fmt.Sprintf("POST /v1/files HTTP/1.1\r\nHost: bridge\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", mw.FormDataContentType(), len(form))
+		if _, err := conn.Write([]byte(head)); err != nil {
+			t.Fatal(err)
+		}
+		return conn
+	}
+	t.Run("stalled", func(t *testing.T) {
+		conn := send(t)
+		if _, err := conn.Write(form[:len(form)/2]); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		resp, got := readResponse(t, conn, 10*time.Second) // far above the timeout, far below a hang
+		var e struct{ Error schema.ErrorDetail }
+		_ = json.Unmarshal(got, &e)
+		if resp.StatusCode != http.StatusRequestTimeout || e.Error.Code == nil || *e.Error.Code != CodeRequestTimeout {
+			t.Fatalf("stalled upload: %d %s; want 408 %s", resp.StatusCode, got, CodeRequestTimeout)
+		}
+		if waited := time.Since(start); waited < timeout/2 {
+			t.Errorf("408 after %s, before the %s timeout", waited, timeout)
+		}
+	})
+	t.Run("slow but steady", func(t *testing.T) {
+		conn := send(t)
+		const pieces = 8 // a piece every timeout/5: 1.6 timeouts in all
+		step := (len(form) + pieces - 1) / pieces
+		for i := 0; i < len(form); i += step {
+			if _, err := conn.Write(form[i:min(i+step, len(form))]); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(timeout / 5)
+		}
+		resp, got := readResponse(t, conn, 10*time.Second)
+		var fo schema.FileObject
+		if resp.StatusCode != 200 || json.Unmarshal(got, &fo) != nil || !batch.ValidFileID(fo.ID) {
+			t.Fatalf("steady upload over %s in all: %d %s; want it stored", pieces*timeout/5, resp.StatusCode, got)
+		}
+	})
 }

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -41,7 +42,7 @@ func (g *Gateway) uploadFile(c echo.Context) error {
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get(echo.HeaderContentType)); mt != "multipart/form-data" {
 		return schema.Invalid("", schema.CodeInvalidValue, "Upload a file as multipart/form-data with the fields 'file' and 'purpose'.")
 	}
-	r.Body = http.MaxBytesReader(c.Response(), r.Body, limit+multipartOverhead)
+	r.Body = http.MaxBytesReader(c.Response(), &idleReader{r: r.Body, rc: http.NewResponseController(c.Response()), timeout: g.cfg.BodyReadTimeout}, limit+multipartOverhead)
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return schema.Invalid("", schema.CodeInvalidValue, "The body is not a valid multipart form: %v.", err)
@@ -88,6 +89,9 @@ func (u *upload) read(ctx context.Context, mr *multipart.Reader) (purpose string
 			if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
 				return "", mbe
 			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return "", bodyTimedOut(u.g.cfg.BodyReadTimeout)
+			}
 			return "", schema.Invalid("", schema.CodeInvalidValue, "The body is not a valid multipart form: %v.", err)
 		}
 		switch part.FormName() {
@@ -124,11 +128,31 @@ func (u *upload) store(ctx context.Context, part *multipart.Part) error {
 		return fileTooLarge(u.limit)
 	case errors.Is(err, context.Canceled):
 		return clientGone(err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return bodyTimedOut(u.g.cfg.BodyReadTimeout)
 	case u.counted.TooMany:
 		return schema.Invalid("file", schema.CodeInvalidValue, "The file has more than %d lines; a batch holds at most %d requests.", schema.MaxBatchLines, schema.MaxBatchLines)
 	}
 	return batchStoreUnavailable(fmt.Errorf("store file %s: %w", u.id, err))
 }
+
+// idleReader moves the connection's read deadline timeout past each
+// read: an upload (up to 200 MiB, which may take long on a slow link) is
+// cut when its bytes stop arriving for timeout, never for its total time.
+type idleReader struct {
+	r       io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (i *idleReader) Read(p []byte) (int, error) {
+	if err := i.rc.SetReadDeadline(time.Now().Add(i.timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return 0, err
+	}
+	return i.r.Read(p)
+}
+
+func (i *idleReader) Close() error { return i.r.Close() }
 
 // cleanup deletes what was stored of a refused upload.
 func (u *upload) cleanup(ctx context.Context) {
