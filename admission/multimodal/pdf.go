@@ -94,6 +94,9 @@ func countPagesWithin(ctx context.Context, data []byte, timeout time.Duration) (
 			pages, err = 0, fmt.Errorf("the PDF reader panicked: %v", r)
 		}
 	}()
+	if n := objectKeywords(data); n > maxObjects {
+		return 0, fmt.Errorf("%w: the PDF has %d objects, more than %d", errOverBudget, n, maxObjects)
+	}
 	if n := objectStreams(data); n > maxObjectStreams {
 		return 0, fmt.Errorf("%w: the PDF has %d object streams, more than %d", errOverBudget, n, maxObjectStreams)
 	}
