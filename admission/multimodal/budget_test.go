@@ -201,6 +201,19 @@ func TestBase64SizedBeforeDecoding(t *testing.T) {
 	}
 }
 
+// TestBase64BufferSizedWithoutLineBreaks: the decoding buffer is the size
+// of the decoded data, not of the text: 40 MiB of line breaks around one
+// byte of data allocate no more than the text's own scan needs (a buffer
+// sized from the text's length took 30 MiB).
+func TestBase64BufferSizedWithoutLineBreaks(t *testing.T) {
+	payload := "JVBE" + strings.Repeat("\n", 40<<20) + "Rg=="
+	err, _, alloc := measure(user(parts(file(payload))))
+	wantError(t, err, refused(0, 0, multimodal.CodeInvalidDocument, "the document is not a PDF: it has no %PDF- header."))
+	if alloc > 1<<20 {
+		t.Errorf("Check allocated %.1f MiB decoding 4 bytes, want under 1 MiB", float64(alloc)/(1<<20))
+	}
+}
+
 // BenchmarkCheckDocument measures one PDF part's check, crafted and normal:
 //
 //	go test -run '^$' -bench BenchmarkCheckDocument -benchmem ./admission/multimodal
