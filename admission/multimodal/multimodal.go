@@ -93,8 +93,14 @@ type Warning struct {
 // It returns a Report when req is within the limits, or a 400 *schema.Error
 // for the first part that is not. If ctx ends first it returns ctx.Err().
 // Check does not change req and keeps none of its data. A nil req is
-// accepted.
+// accepted. Check does not bound how many PDFs are read at once across
+// its callers; a server shares one Checker instead.
 func Check(ctx context.Context, req *schema.ChatCompletionRequest) (Report, error) {
+	return check(ctx, req, nil)
+}
+
+// check is Check, reading each PDF under one of gate's slots.
+func check(ctx context.Context, req *schema.ChatCompletionRequest, gate *Checker) (Report, error) {
 	var rep Report
 	if req == nil {
 		return rep, nil
@@ -132,7 +138,7 @@ func Check(ctx context.Context, req *schema.ChatCompletionRequest) (Report, erro
 						"this is PDF %d of the request; the bridge accepts at most %d PDFs per request (each costs a page count): send the others in further requests.",
 						rep.Documents, MaxDocumentsPerRequest)
 				}
-				err = checkDocument(ctx, at, doc, bare)
+				err = checkDocument(ctx, at, doc, bare, gate)
 			}
 			if err != nil {
 				return Report{}, err
