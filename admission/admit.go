@@ -12,7 +12,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/laas-bridge/laas-bridge/admission/multimodal"
 	"github.com/laas-bridge/laas-bridge/queue/failover"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -100,7 +99,7 @@ func (c *Core) queue(ctx context.Context, ck *Checked, env *schema.Envelope, t T
 func (c *Core) CheckMedia(ctx context.Context, ck *Checked) error { return c.checkMedia(ctx, ck) }
 
 func (c *Core) checkMedia(ctx context.Context, ck *Checked) error {
-	report, err := multimodal.Check(ctx, ck.Chat)
+	report, err := c.media.Check(ctx, ck.Chat)
 	if err != nil {
 		if ctx.Err() != nil {
 			return CallerGone(ctx.Err())

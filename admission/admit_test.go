@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -234,4 +235,15 @@ func TestAdmitQueueErrors(t *testing.T) {
 			t.Errorf("Admit for a caller who left = %v; want 499", err)
 		}
 	})
+}
+
+// TestCoreBoundsPDFReads: the core checks media with one Checker of
+// GOMAXPROCS slots, shared by every door, so the PDFs being read at once
+// in the process are bounded (multimodal's TestCheckerBoundsConcurrentReads
+// tests the bound itself).
+func TestCoreBoundsPDFReads(t *testing.T) {
+	c, _ := openCore(t, queue.Config{Memory: true}, Config{})
+	if got, want := c.media.Slots(), runtime.GOMAXPROCS(0); got != want {
+		t.Fatalf("the core's media checker has %d slots, want GOMAXPROCS (%d)", got, want)
+	}
 }

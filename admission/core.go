@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/admission/multimodal"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -75,6 +76,9 @@ type Core struct {
 	jobs    *jobstore.Store
 	catalog *schema.Catalog
 	log     *slog.Logger
+	// media checks images and PDFs, reading at most GOMAXPROCS PDFs at
+	// once across every door of the process.
+	media *multimodal.Checker
 }
 
 // Open opens the buckets the core writes to (queue.Ensure must have made
@@ -99,5 +103,6 @@ func Open(ctx context.Context, cfg Config, js jetstream.JetStream, catalog *sche
 	if err != nil {
 		return nil, err
 	}
-	return &Core{cfg: cfg, js: js, bodies: bodies, answers: answers, jobs: jobs, catalog: catalog, log: log}, nil
+	return &Core{cfg: cfg, js: js, bodies: bodies, answers: answers, jobs: jobs, catalog: catalog, log: log,
+		media: multimodal.NewChecker(0)}, nil
 }

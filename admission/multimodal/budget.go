@@ -38,8 +38,15 @@ const (
 	// prolog's pairs, default 1,000,000).
 	maxObjStmProlog  = 16 << 10
 	maxObjStmObjects = 512
-	// maxObjects bounds the cross-reference entries (default 10,000,000).
-	maxObjects = 1 << 17
+	// maxObjects bounds the cross-reference entries (default 10,000,000)
+	// and the objects written out in the file, counted before pdfcpu runs
+	// (objectKeywords): pdfcpu repairs a file without a usable
+	// cross-reference table by parsing every "N G obj" it finds, each
+	// parse allocating some 40 KB of buffers and keeping the object, so
+	// this count is what bounds the repair. 16,384 is more than a PDF of
+	// 20 pages needs, and a repair of that many objects stays under the
+	// deadline and about 64 MiB of live heap (TestDamagedDocumentBudget).
+	maxObjects = 1 << 14
 	// maxObjectStreams bounds the object streams, counted before pdfcpu
 	// runs (objectStreams): pdfcpu splits the prolog of every one of them
 	// into Go values before anything else.
@@ -138,6 +145,16 @@ func (b *budgetReader) Seek(offset int64, whence int) (int64, error) {
 		b.over = fmt.Errorf("%w: it went back to an offset it had read more than %d times", errOverBudget, maxRepeatedSeeks)
 	}
 	return pos, b.over
+}
+
+// objectKeywords counts the keywords "obj" in data that are not the end
+// of an "endobj": an upper bound on the objects pdfcpu parses when it
+// repairs a damaged file, since it parses only a line holding such a
+// keyword, each at most once (a reader sent back to an offset it read is
+// stopped by maxRepeatedSeeks). Objects inside object streams hold none,
+// and compressed bytes rarely do.
+func objectKeywords(data []byte) int {
+	return bytes.Count(data, []byte("obj")) - bytes.Count(data, []byte("endobj"))
 }
 
 // objectStreams counts the names /ObjStm in data, decoding #xx escapes as

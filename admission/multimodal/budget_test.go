@@ -3,7 +3,9 @@ package multimodal_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
+	"runtime/metrics"
 	"strings"
 	"sync"
 	"testing"
@@ -33,6 +35,9 @@ var crafted = sync.OnceValue(func() map[string][]byte {
 		"one object stream under many numbers": mt.PDFAliasedObjectStream(5000),
 		// 65 pages, each in an object stream of its own.
 		"pages in many object streams": mt.PDFPagesInObjectStreams(65),
+		// 1 MiB of "N 0 obj << /Type /Page ... >> endobj" lines and no
+		// cross-reference table: pdfcpu repairs it by parsing every line.
+		"damaged, 21,000 objects": mt.PDFDamaged(1 << 20),
 	}
 })
 
@@ -40,14 +45,46 @@ var crafted = sync.OnceValue(func() map[string][]byte {
 // how many bytes it allocated (the process's, so no other test may run in
 // parallel with it).
 func measure(req *schema.ChatCompletionRequest) (error, time.Duration, uint64) {
-	var before, after runtime.MemStats
+	err, took, alloc, _ := measurePeak(req)
+	return err, took, alloc
+}
+
+// measurePeak is measure, and also returns the peak of the heap in use
+// above where it stood before the check, sampled every 200 µs while Check
+// runs (runtime/metrics, which does not stop the world).
+func measurePeak(req *schema.ChatCompletionRequest) (err error, took time.Duration, alloc, peak uint64) {
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/allocs:bytes"}}
 	runtime.GC()
-	runtime.ReadMemStats(&before)
+	metrics.Read(sample)
+	base, allocBefore := sample[0].Value.Uint64(), sample[1].Value.Uint64()
+	done := make(chan struct{})
+	peakc := make(chan uint64)
+	go func() {
+		var top uint64
+		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		tick := time.NewTicker(200 * time.Microsecond)
+		defer tick.Stop()
+		for {
+			metrics.Read(s)
+			top = max(top, s[0].Value.Uint64())
+			select {
+			case <-done:
+				peakc <- top
+				return
+			case <-tick.C:
+			}
+		}
+	}()
 	start := time.Now()
-	_, err := multimodal.Check(context.Background(), req)
-	took := time.Since(start)
-	runtime.ReadMemStats(&after)
-	return err, took, after.TotalAlloc - before.TotalAlloc
+	_, err = multimodal.Check(context.Background(), req)
+	took = time.Since(start)
+	close(done)
+	top := <-peakc
+	metrics.Read(sample)
+	if top > base {
+		peak = top - base
+	}
+	return err, took, sample[1].Value.Uint64() - allocBefore, peak
 }
 
 // TestDocumentTooComplex checks the budget of a PDF's page count: each
@@ -57,7 +94,7 @@ func measure(req *schema.ChatCompletionRequest) (error, time.Duration, uint64) {
 func TestDocumentTooComplex(t *testing.T) {
 	const maxAlloc = 64 << 20
 	const msg = "the PDF is too complex to check: its structure needs more than the bridge allows for counting its pages " +
-		"(1s of reading, 1 MB for one stream, 131072 objects). Save it again with a standard PDF writer (\"print to PDF\"), or split it."
+		"(1s of reading, 1 MB for one stream, 16384 objects). Save it again with a standard PDF writer (\"print to PDF\"), or split it."
 	for name, data := range crafted() {
 		t.Run(name, func(t *testing.T) {
 			for _, part := range []schema.ContentPart{document(pdfURL(data)), file(b64(data))} {
@@ -86,12 +123,43 @@ func TestDocumentTooComplexKeepsTheCause(t *testing.T) {
 		"many object streams":                  "the PDF has 2000 object streams, more than 256",
 		"one object stream under many numbers": "it went back to an offset it had read more than 64 times",
 		"pages in many object streams":         "the page tree lies in more than 64 object streams",
+		"damaged, 21,000 objects":              "objects, more than 16384",
 	} {
 		_, err := multimodal.Check(context.Background(), user(parts(document(pdfURL(crafted()[name])))))
 		var e *schema.Error
 		if !errors.As(err, &e) || e.Cause == nil || !strings.Contains(e.Cause.Error(), want) {
 			t.Errorf("%s: error %v (cause %v), want a cause containing %q", name, err, e.Cause, want)
 		}
+	}
+}
+
+// TestDamagedDocumentBudget: a file without a cross-reference table, which
+// pdfcpu repairs by parsing every object it finds, costs a bounded peak of
+// live heap beside its own decoded bytes, whatever its size: from 1 MiB
+// up, it holds more objects than maxObjects and is refused before pdfcpu
+// runs (measured before the count: 4 MiB, 1.5 s and 228 MiB of live heap;
+// 31 MiB, 945 MiB). Just under the count (800 KiB, 16,000 objects), pdfcpu
+// runs until its deadline; the answer then depends on the machine's speed,
+// so only the peak is asserted.
+func TestDamagedDocumentBudget(t *testing.T) {
+	const maxPeak = 64 << 20
+	for _, size := range []int{800 << 10, 1 << 20, 4 << 20, 16 << 20, 31 << 20} {
+		t.Run(fmt.Sprintf("%d KiB", size>>10), func(t *testing.T) {
+			data := mt.PDFDamaged(size)
+			err, took, alloc, peak := measurePeak(user(parts(document(pdfURL(data)))))
+			t.Logf("%d bytes: %v in %v, %.1f MiB allocated, peak heap %.1f MiB", size, err, took, float64(alloc)/(1<<20), float64(peak)/(1<<20))
+			if peak > uint64(size)+maxPeak {
+				t.Errorf("the check's peak heap is %.1f MiB, want under the document's %.1f MiB + %d MiB",
+					float64(peak)/(1<<20), float64(size)/(1<<20), maxPeak>>20)
+			}
+			var e *schema.Error
+			if !errors.As(err, &e) || e.Code != multimodal.CodeDocumentTooComplex && (size >= 1<<20 || e.Code != multimodal.CodeInvalidDocument) {
+				t.Errorf("Check = %v, want 400 %s", err, multimodal.CodeDocumentTooComplex)
+			}
+			if size >= 1<<20 && alloc > uint64(2*size)+1<<20 {
+				t.Errorf("Check allocated %.1f MiB, want about the document's size: refused before pdfcpu runs", float64(alloc)/(1<<20))
+			}
+		})
 	}
 }
 
@@ -130,6 +198,19 @@ func TestBase64SizedBeforeDecoding(t *testing.T) {
 				t.Errorf("Check allocated %.1f MiB refusing it, want under 1 MiB (nothing decoded)", float64(alloc)/(1<<20))
 			}
 		})
+	}
+}
+
+// TestBase64BufferSizedWithoutLineBreaks: the decoding buffer is the size
+// of the decoded data, not of the text: 40 MiB of line breaks around one
+// byte of data allocate no more than the text's own scan needs (a buffer
+// sized from the text's length took 30 MiB).
+func TestBase64BufferSizedWithoutLineBreaks(t *testing.T) {
+	payload := "JVBE" + strings.Repeat("\n", 40<<20) + "Rg=="
+	err, _, alloc := measure(user(parts(file(payload))))
+	wantError(t, err, refused(0, 0, multimodal.CodeInvalidDocument, "the document is not a PDF: it has no %PDF- header."))
+	if alloc > 1<<20 {
+		t.Errorf("Check allocated %.1f MiB decoding 4 bytes, want under 1 MiB", float64(alloc)/(1<<20))
 	}
 }
 

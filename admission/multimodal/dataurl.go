@@ -59,10 +59,11 @@ func decodedSize(s string) int {
 }
 
 // decodeBase64 decodes standard, padded base64 (line breaks ignored) in one
-// pass over s, into a buffer of at most the decoded size, without copying s.
+// pass over s, into a buffer of the decoded size (decodedSize, which does
+// not count line breaks, with 3 bytes to spare), without copying s.
 func decodeBase64(s string) ([]byte, error) {
 	dec := base64.NewDecoder(base64.StdEncoding, strings.NewReader(s))
-	buf := make([]byte, base64.StdEncoding.DecodedLen(len(s)))
+	buf := make([]byte, min(base64.StdEncoding.DecodedLen(len(s)), decodedSize(s)+3))
 	n, err := io.ReadFull(dec, buf)
 	switch {
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):

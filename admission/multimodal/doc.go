@@ -34,6 +34,9 @@
 // PDF documents ("document" parts' document_url.url, "file" parts'
 // file.file_data, "input_file" parts' file_data):
 //
+//   - at most MaxDocumentsPerRequest in the whole request
+//     (CodeTooManyDocuments, on the first document over the limit, before
+//     its data is looked at);
 //   - a data URL declaring application/pdf (CodeUnsupportedMediaType); a
 //     document_url that is not a data URL is refused (CodeUnsupportedURL),
 //     as is a file_data that looks like a URL ("scheme://..."). file_data
@@ -51,7 +54,8 @@
 //     more for each 4 MB past the first 4 MB; at most 1 MB inflated from
 //     any one stream; at most 256 object streams, each of at most 512
 //     objects and a 16 KB prolog, and a page tree in at most 64 of them;
-//     at most 131,072 objects; and a reader that may not go back to an
+//     at most 16,384 objects (the "obj" keywords of the file, counted
+//     before pdfcpu runs, and the cross-reference entries); and a reader that may not go back to an
 //     offset it has read more than 64 times. pdfcpu opens a whole document
 //     before its page tree can be walked, and without a budget a valid
 //     one-page PDF of a few hundred KB cost it seconds to minutes and up

@@ -22,6 +22,10 @@ const (
 	MaxDocumentBytes = 32 << 20
 	// MaxDocumentPages is how many pages a PDF may have.
 	MaxDocumentPages = 20
+	// MaxDocumentsPerRequest is how many PDFs one request may hold. LaaS
+	// documents no such limit; the bridge sets it so that one 64 MiB body
+	// cannot multiply the budget of a PDF's page count (budget.go).
+	MaxDocumentsPerRequest = 5
 )
 
 // Error codes of Check's refusals (the "code" of the OpenAI error body).
@@ -54,6 +58,9 @@ const (
 	CodeDocumentTooLarge = "document_too_large"
 	// CodeTooManyPages: a PDF with more than MaxDocumentPages pages.
 	CodeTooManyPages = "too_many_pages"
+	// CodeTooManyDocuments: a request with more than
+	// MaxDocumentsPerRequest PDFs.
+	CodeTooManyDocuments = "too_many_documents"
 	// CodeDocumentTooComplex: a PDF whose pages cannot be counted within
 	// the budget (DocumentCheckTimeout and the reader's limits, see
 	// budget.go): a stream that inflates beyond limit, an object stream
@@ -86,8 +93,14 @@ type Warning struct {
 // It returns a Report when req is within the limits, or a 400 *schema.Error
 // for the first part that is not. If ctx ends first it returns ctx.Err().
 // Check does not change req and keeps none of its data. A nil req is
-// accepted.
+// accepted. Check does not bound how many PDFs are read at once across
+// its callers; a server shares one Checker instead.
 func Check(ctx context.Context, req *schema.ChatCompletionRequest) (Report, error) {
+	return check(ctx, req, nil)
+}
+
+// check is Check, reading each PDF under one of gate's slots.
+func check(ctx context.Context, req *schema.ChatCompletionRequest, gate *Checker) (Report, error) {
 	var rep Report
 	if req == nil {
 		return rep, nil
@@ -115,24 +128,17 @@ func Check(ctx context.Context, req *schema.ChatCompletionRequest) (Report, erro
 				if w, err = checkImage(at, p.ImageURL.URL); w != nil {
 					rep.Warnings = append(rep.Warnings, *w)
 				}
-			case "document":
-				if p.DocumentURL == nil {
+			case "document", "file", "input_file":
+				doc, bare, ok := documentOf(p)
+				if !ok {
 					continue
 				}
-				rep.Documents++
-				err = checkDocument(ctx, at, p.DocumentURL.URL, false)
-			case "file":
-				if p.File == nil || p.File.FileData == "" {
-					continue
+				if rep.Documents++; rep.Documents > MaxDocumentsPerRequest {
+					return Report{}, at.refuse(CodeTooManyDocuments, nil,
+						"this is PDF %d of the request; the bridge accepts at most %d PDFs per request (each costs a page count): send the others in further requests.",
+						rep.Documents, MaxDocumentsPerRequest)
 				}
-				rep.Documents++
-				err = checkDocument(ctx, at, p.File.FileData, true)
-			case "input_file":
-				if p.FileData == "" {
-					continue
-				}
-				rep.Documents++
-				err = checkDocument(ctx, at, p.FileData, true)
+				err = checkDocument(ctx, at, doc, bare, gate)
 			}
 			if err != nil {
 				return Report{}, err
@@ -140,6 +146,21 @@ func Check(ctx context.Context, req *schema.ChatCompletionRequest) (Report, erro
 		}
 	}
 	return rep, nil
+}
+
+// documentOf returns the PDF of a document, file or input_file part, and
+// whether it may be bare base64; ok is false for a part without the object
+// its type needs.
+func documentOf(p *schema.ContentPart) (doc string, bare, ok bool) {
+	switch {
+	case p.Type == "document" && p.DocumentURL != nil:
+		return p.DocumentURL.URL, false, true
+	case p.Type == "file" && p.File != nil && p.File.FileData != "":
+		return p.File.FileData, true, true
+	case p.Type == "input_file" && p.FileData != "":
+		return p.FileData, true, true
+	}
+	return "", false, false
 }
 
 // where is the position of a part in the request.

@@ -128,6 +128,8 @@ func TestCheck(t *testing.T) {
 		{name: "pdf of 20 pages in a nested tree", req: user(parts(document(pdfURL(f["pdf 10+10"])))), documents: 1},
 		{name: "pdf claiming 25 pages that has 3", req: user(parts(document(pdfURL(f["pdf lie 25"])))), documents: 1},
 		{name: "pdf of exactly 32 MB", req: user(parts(document(pdfURL(f["pdf 32MB"])))), documents: 1},
+		{name: "five documents across messages", req: user(parts(document(pdfURL(pdf)), file(b64(pdf))), parts(inputFile(b64(pdf)), document(pdfURL(pdf)), file(pdfURL(pdf)))),
+			documents: 5},
 		{name: "file part with a data URL", req: user(parts(file(pdfURL(pdf)))), documents: 1},
 		{name: "file part with bare base64", req: user(parts(file(b64(pdf)))), documents: 1},
 		{name: "input_file part with bare base64", req: user(parts(inputFile(b64(pdf)))), documents: 1},
@@ -205,6 +207,9 @@ func TestCheck(t *testing.T) {
 			want: refused(0, 3, multimodal.CodeTooManyImages, "this is image 4 of message 0; LaaS accepts at most 3 images per message.")},
 
 		// Documents.
+		{name: "the sixth document of a request is refused before its data is read",
+			req:  user(parts(document(pdfURL(pdf)), file(b64(pdf)), inputFile(b64(pdf))), parts(document(pdfURL(pdf)), text("x"), file(pdfURL(pdf)), document("http://bad"))),
+			want: refused(1, 3, multimodal.CodeTooManyDocuments, "this is PDF 6 of the request; the bridge accepts at most 5 PDFs per request (each costs a page count): send the others in further requests.")},
 		{name: "remote document URL", req: user(parts(document("https://example.com/a.pdf"))),
 			want: refused(0, 0, multimodal.CodeUnsupportedURL, "the document is not a data URL; LaaS accepts PDFs only inline, as data:application/pdf;base64 URLs, not by remote URL.")},
 		{name: "bare base64 in document_url", req: user(parts(document(b64(pdf)))),

@@ -25,8 +25,9 @@ const (
 )
 
 // checkDocument checks one PDF given as s: a data URL, or, when bare is
-// true (file_data), possibly bare base64.
-func checkDocument(ctx context.Context, at where, s string, bare bool) error {
+// true (file_data), possibly bare base64. It decodes and reads the PDF
+// holding one of gate's slots.
+func checkDocument(ctx context.Context, at where, s string, bare bool, gate *Checker) error {
 	payload := s
 	switch {
 	case hasDataScheme(s):
@@ -50,6 +51,10 @@ func checkDocument(ctx context.Context, at where, s string, bare bool) error {
 		return at.refuse(CodeDocumentTooLarge, nil,
 			"the PDF is %s; LaaS accepts at most 32 MB (%d bytes) per PDF.", size(n), MaxDocumentBytes)
 	}
+	if err := gate.acquire(ctx); err != nil {
+		return err
+	}
+	defer gate.release()
 	data, err := decodeBase64(payload)
 	if err != nil {
 		return at.refuse(CodeInvalidBase64, err,
@@ -94,6 +99,9 @@ func countPagesWithin(ctx context.Context, data []byte, timeout time.Duration) (
 			pages, err = 0, fmt.Errorf("the PDF reader panicked: %v", r)
 		}
 	}()
+	if n := objectKeywords(data); n > maxObjects {
+		return 0, fmt.Errorf("%w: the PDF has %d objects, more than %d", errOverBudget, n, maxObjects)
+	}
 	if n := objectStreams(data); n > maxObjectStreams {
 		return 0, fmt.Errorf("%w: the PDF has %d object streams, more than %d", errOverBudget, n, maxObjectStreams)
 	}

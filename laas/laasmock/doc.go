@@ -61,7 +61,8 @@
 //	                 429 carries Retry-After
 //	status=<code>x<n> the same for the first n requests with this exact body
 //	                 (retries of one call send the same body); later ones are
-//	                 handled as requests without directives
+//	                 handled as requests without directives (the mock
+//	                 remembers the last 4096 such bodies)
 //	retry-after=<v>  the Retry-After of a 429 status directive, as sent
 //	                 (default "1")
 //

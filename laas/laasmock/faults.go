@@ -100,9 +100,15 @@ func parseFault(text string) (*fault, string) {
 	return &f, ""
 }
 
+// maxFaultBodies is how many bodies with a counted status directive the
+// mock remembers; past it, it forgets the body it first saw, which then
+// counts from zero again.
+const maxFaultBodies = 4096
+
 // statusApplies reports whether a status directive applies to this
 // request, whose raw body is body: always without a count; with one, to
-// the first n requests with this exact body.
+// the first n requests with this exact body (among the last
+// maxFaultBodies distinct bodies with a count).
 func (m *Mock) statusApplies(f *fault, body []byte) bool {
 	if f.times == 0 {
 		return true
@@ -112,6 +118,15 @@ func (m *Mock) statusApplies(f *fault, body []byte) bool {
 	defer m.faultMu.Unlock()
 	if m.faultSeen == nil {
 		m.faultSeen = make(map[[32]byte]int)
+	}
+	if _, known := m.faultSeen[key]; !known {
+		if len(m.faultKeys) < maxFaultBodies {
+			m.faultKeys = append(m.faultKeys, key)
+		} else {
+			delete(m.faultSeen, m.faultKeys[m.faultNext])
+			m.faultKeys[m.faultNext] = key
+			m.faultNext = (m.faultNext + 1) % maxFaultBodies
+		}
 	}
 	m.faultSeen[key]++
 	return m.faultSeen[key] <= f.times

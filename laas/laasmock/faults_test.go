@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -145,5 +146,33 @@ func waitStatus(t *testing.T, m *Mock, lastUser string, want int) {
 			t.Fatalf("no log entry %q with status %d within 10s: %+v", lastUser, want, m.Log())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestStatusCountsBounded: the bodies with a counted status directive that
+// the mock remembers stay at maxFaultBodies however many distinct bodies
+// arrive; the oldest is forgotten (counts from zero again), the newest is
+// still counted.
+func TestStatusCountsBounded(t *testing.T) {
+	m := newMock(t, Config{ProjectCode: testProject, APIKey: testKey})
+	f := &fault{status: http.StatusServiceUnavailable, times: 1}
+	body := func(i int) []byte { return []byte(faultBody(fmt.Sprintf("call %d laasmock:status=503x1", i))) }
+	const n = maxFaultBodies + 100
+	for i := range n {
+		if !m.statusApplies(f, body(i)) {
+			t.Fatalf("body %d: the status did not apply to its first request", i)
+		}
+	}
+	if got := len(m.faultSeen); got != maxFaultBodies {
+		t.Fatalf("the mock remembers %d bodies, want %d", got, maxFaultBodies)
+	}
+	if m.statusApplies(f, body(n-1)) {
+		t.Error("the newest body's second request got the status again; want it counted")
+	}
+	if !m.statusApplies(f, body(0)) {
+		t.Error("the oldest body's second request was still counted; want it forgotten")
+	}
+	if got := len(m.faultSeen); got != maxFaultBodies {
+		t.Fatalf("the mock remembers %d bodies, want %d", got, maxFaultBodies)
 	}
 }

@@ -112,6 +112,8 @@ type Mock struct {
 
 	faultMu   sync.Mutex
 	faultSeen map[[32]byte]int // status directives with a count: requests seen per body
+	faultKeys [][32]byte       // faultSeen's keys, oldest first from faultNext once full
+	faultNext int
 }
 
 type logSlot struct {

@@ -374,3 +374,24 @@ func PDFPagesInObjectStreams(pages int) []byte {
 	objs[1] = fmt.Sprintf("<< /Type /Pages /Kids [%s] /Count %d >>", strings.Join(kids, " "), pages)
 	return pdf15(objs, compressed)
 }
+
+// PDFDamaged returns a file of size bytes (at least 64) that a reader can
+// only open by repairing it: a "%PDF-1.4" header, then lines
+// "N 0 obj << /Type /Page /Parent 2 0 R >> endobj" up to size, and no
+// cross-reference table, so a reader rebuilds one by scanning every line
+// and parsing every object.
+func PDFDamaged(size int) []byte {
+	if size < 64 {
+		panic(fmt.Sprintf("multimodaltest: damaged PDF size %d is under 64 bytes", size))
+	}
+	b := bytes.NewBufferString("%PDF-1.4\n")
+	for n := 1; ; n++ {
+		line := fmt.Sprintf("%d 0 obj << /Type /Page /Parent 2 0 R >> endobj\n", n)
+		if b.Len()+len(line) > size {
+			break
+		}
+		b.WriteString(line)
+	}
+	b.WriteString(strings.Repeat(" ", size-b.Len()))
+	return b.Bytes()
+}
