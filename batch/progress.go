@@ -140,6 +140,9 @@ func (t *tally) publishSome(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			if errors.Is(err, ErrNotFound) {
+				return t.inputGone(ctx)
+			}
 			t.d.log.Warn("could not queue a batch line; trying again shortly", "line", t.valid[t.cursor].Line, "error", err)
 			t.pauseUntil = time.Now().Add(time.Second)
 			return nil
@@ -230,4 +233,40 @@ func (d *driver) keepRefusal(ctx context.Context, l PlanLine, id string, e *sche
 	d.log.Warn("batch line refused at queueing", "line", l.Line, "status", e.Status, "code", e.Code)
 	_, err = d.r.answers.Put(ctx, AnswerKey(d.id, l.Line), data)
 	return err
+}
+
+// CodeInputFileDeleted is the error of a batch line that was never queued
+// because the batch's input file was deleted first.
+const CodeInputFileDeleted = "file_not_found"
+
+// inputGone ends queuing when the input file was deleted while lines were
+// left to queue: each of them not answered yet gets the answer
+// CodeInputFileDeleted (with Create, so a real answer is never replaced),
+// and the batch then ends as usual, completed, once the lines queued
+// before are answered; their answers stay in the output file. Failing the
+// batch instead would throw those answers away: an OpenAI Batch API
+// caller gets an error line for what could not run and keeps what ran.
+func (t *tally) inputGone(ctx context.Context) error {
+	code := CodeInputFileDeleted
+	t.d.log.Warn("the batch's input file was deleted; the lines not queued yet fail", "lines", len(t.valid)-t.cursor)
+	for p := t.cursor; p < len(t.valid); p++ {
+		if t.answered[p] {
+			continue
+		}
+		l := t.valid[p]
+		rep := schema.Reply{ID: JobID(t.d.id, l.Line), Error: &schema.ErrorDetail{
+			Message: "The batch's input file was deleted before this request was queued.", Type: schema.TypeInvalidRequest, Code: &code}}
+		data, err := json.Marshal(rep)
+		if err != nil {
+			return err
+		}
+		if _, err := t.d.r.answers.Create(ctx, AnswerKey(t.d.id, l.Line), data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("mark line %d: %w", l.Line, err)
+		}
+	}
+	// Every line is answered or marked: nothing is left to queue. The
+	// marks reach handle through the watcher, counted as answered below
+	// the cursor.
+	t.cursor = len(t.valid)
+	return nil
 }

@@ -181,7 +181,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	if hasGateway {
 		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, Keys: store, Usage: keys.UsageReader(keyLimits, store), Limits: keyLimits,
 			MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
-			Micro: microConfig(env.MicroSubject, env.MicroReplyPrefixes, version)}, nc, js, catalog, log); err != nil {
+			Micro: microConfig(env.MicroSubject, env.MicroReplyPrefixes, version), BatchMaxPerOwner: env.BatchMaxPerOwner}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()
