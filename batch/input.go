@@ -63,6 +63,9 @@ func (r *lineReader) next() (line []byte, index int, tooLong bool, err error) {
 	return line, index, tooLong, nil
 }
 
+// errLineTooLong is inputReader.line's error for a line over its limit.
+var errLineTooLong = errors.New("the line is over the line limit")
+
 // inputReader reads the input file's lines for progress, which asks for
 // them in file order: it keeps one reader of the object positioned at the
 // last line read, and opens it again (skipping to the line) only when it
@@ -113,7 +116,7 @@ func (in *inputReader) line(ctx context.Context, n int) ([]byte, error) {
 		}
 		if tooLong {
 			// The plan refused it: never asked for.
-			return nil, fmt.Errorf("line %d of the input file %s is over the line limit", n, in.fileID)
+			return nil, fmt.Errorf("line %d of the input file %s: %w", n, in.fileID, errLineTooLong)
 		}
 		if raw == nil {
 			raw = []byte{}

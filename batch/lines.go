@@ -31,6 +31,11 @@ type Plan struct {
 	Refused int
 	// Total is the number of requests in the file (non-blank lines).
 	Total int
+	// MaxLine is the longest line the validator read whole: every line
+	// to run is at most this long, and a runner reads them with at least
+	// this limit, whatever its own BRIDGE_MAX_BODY_BYTES (0 in a plan
+	// stored before it was kept).
+	MaxLine int
 }
 
 // PlanLine is one line to run.
@@ -129,6 +134,7 @@ func (v Validator) Plan(ctx context.Context, id string, who keys.Caller, r io.Re
 	for {
 		raw, i, tooLong, err := lr.next()
 		if errors.Is(err, io.EOF) {
+			p.MaxLine = v.maxLine()
 			return p, pw.end(p)
 		}
 		if err != nil {

@@ -16,7 +16,7 @@ import (
 // The stored plan ("<batch id>.plan" in the files bucket) is JSONL, one
 // planEntry a line, in file order: {"v": PlanLine} for a line to run,
 // {"e": BatchOutputLine} for a line refused up front, and last
-// {"total": n, "refused": m}. It is written as validation goes and read
+// {"total": n, "refused": m, "max_line": l}. It is written as validation goes and read
 // one entry at a time, so neither holds more than an entry of it besides
 // the Plan. An entry is bounded whatever the input: a custom_id of at
 // most MaxCustomIDBytes, a model of the catalogue's, a message of at most
@@ -28,6 +28,7 @@ type planEntry struct {
 	Refused *schema.BatchOutputLine `json:"e,omitempty"`
 	Total   *int                    `json:"total,omitempty"`
 	Counted int                     `json:"refused,omitempty"`
+	MaxLine int                     `json:"max_line,omitempty"`
 
 	// A plan stored before plans were streamed is one object
 	// {"valid": [...], "errors": [...], "total": n}; it is read whole.
@@ -58,7 +59,7 @@ func (w *planWriter) refused(l schema.BatchOutputLine) error {
 // end writes the counts and flushes.
 func (w *planWriter) end(p Plan) error {
 	total := p.Total
-	if err := w.enc.Encode(planEntry{Total: &total, Counted: p.Refused}); err != nil {
+	if err := w.enc.Encode(planEntry{Total: &total, Counted: p.Refused, MaxLine: p.MaxLine}); err != nil {
 		return err
 	}
 	return w.bw.Flush()
@@ -123,7 +124,7 @@ func (s *Store) loadPlan(ctx context.Context, id string) (Plan, error) {
 		case e.Valid != nil:
 			p.Valid = append(p.Valid, *e.Valid)
 		case e.Total != nil:
-			p.Total, p.Refused = *e.Total, e.Counted+len(e.OldErrors)
+			p.Total, p.Refused, p.MaxLine = *e.Total, e.Counted+len(e.OldErrors), e.MaxLine
 			p.Valid = append(p.Valid, e.OldValid...)
 		}
 		return nil

@@ -26,8 +26,10 @@ func (d *driver) progress(ctx context.Context) error {
 	}
 	defer func() { _ = w.Stop() }()
 	t := newTally(d)
-	// The input file is read as the cursor moves, never whole.
-	d.input = &inputReader{store: d.r.store, fileID: d.record().Batch.InputFileID, max: d.r.validator.maxLine()}
+	// The input file is read as the cursor moves, never whole; the lines
+	// the plan took are read whole, though this runner's own limit may be
+	// lower than the one that made the plan.
+	d.input = &inputReader{store: d.r.store, fileID: d.record().Batch.InputFileID, max: max(d.plan.MaxLine, d.r.validator.maxLine())}
 	defer func() { d.input.close(); d.input = nil }()
 	tick := time.NewTicker(d.r.cfg.SaveInterval)
 	defer tick.Stop()
@@ -193,12 +195,21 @@ func (t *tally) update(e jetstream.KeyValueEntry) {
 // its media were checked when the plan was made.
 func (d *driver) publish(ctx context.Context, l PlanLine, deadline time.Time) error {
 	raw, err := d.input.line(ctx, l.Line)
+	if errors.Is(err, errLineTooLong) {
+		// A plan stored before it kept its limit, made by a runner
+		// with a higher one: the line is this runner's refusal, not a
+		// read to try again until the batch expires.
+		return d.keepRefusal(ctx, l, JobID(d.id, l.Line), &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
+			Message: fmt.Sprintf("The line is longer than the %d bytes a batch line may hold (the largest request body, BRIDGE_MAX_BODY_BYTES, and %d bytes for custom_id, method and url).", d.input.max, LineOverhead)})
+	}
 	if err != nil {
 		return err
 	}
 	body, err := lineBody(raw)
 	if err != nil {
-		return err
+		// The plan took the line, so the file under it is not the one
+		// validated: nothing read again will change that.
+		return d.keepRefusal(ctx, l, JobID(d.id, l.Line), schema.Invalid("", schema.CodeInvalidJSON, "Line %d is no longer a JSON batch line: %s.", l.Line+1, clip(err.Error(), maxEchoBytes)))
 	}
 	left := time.Until(deadline)
 	if left <= 0 {
