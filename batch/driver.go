@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -75,7 +76,7 @@ func (r *Runner) drive(ctx context.Context, rec *Record) {
 			if err := r.store.deactivate(dctx, d.id); err != nil {
 				d.log.Warn("could not unmark a finished batch", "error", err)
 			}
-			_ = r.store.files.Delete(dctx, d.id+".plan")
+			_ = r.store.files.Delete(dctx, planName(d.id))
 			dcancel()
 			d.log.Info("batch done", "status", status)
 			return
@@ -133,24 +134,23 @@ func (d *driver) validate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	plan, err := d.r.validator.Plan(ctx, d.id, rec.Creator(), obj)
+	// The plan streams into the store as the lines are checked.
+	var plan Plan
+	err = d.r.store.putObject(ctx, planName(d.id), func(w io.Writer) error {
+		var err error
+		plan, err = d.r.validator.Plan(ctx, d.id, rec.Creator(), obj, w)
+		return err
+	})
 	_ = obj.Close()
 	if err != nil {
-		return fmt.Errorf("read input file %s: %w", rec.Batch.InputFileID, err)
-	}
-	planData, err := json.Marshal(plan)
-	if err != nil {
-		return err
-	}
-	if _, err := d.r.store.files.PutBytes(ctx, d.id+".plan", planData); err != nil {
-		return fmt.Errorf("store plan: %w", err)
+		return fmt.Errorf("validate input file %s into the plan: %w", rec.Batch.InputFileID, err)
 	}
 	d.plan = &plan
 	now := time.Now()
-	d.log.Info("batch validated", "lines", plan.Total, "valid", len(plan.Valid), "refused", len(plan.Errors))
+	d.log.Info("batch validated", "lines", plan.Total, "valid", len(plan.Valid), "refused", plan.Refused)
 	return d.save(ctx, func(r *Record) {
-		r.Valid, r.ValidationFailed = len(plan.Valid), len(plan.Errors)
-		r.Batch.RequestCounts = schema.BatchRequestCounts{Total: plan.Total, Failed: len(plan.Errors)}
+		r.Valid, r.ValidationFailed = len(plan.Valid), plan.Refused
+		r.Batch.RequestCounts = schema.BatchRequestCounts{Total: plan.Total, Failed: plan.Refused}
 		if r.Batch.Status == schema.BatchValidating {
 			r.Batch.Status, r.Batch.InProgressAt = schema.BatchInProgress, unix(now)
 		}
@@ -173,13 +173,9 @@ func (d *driver) load(ctx context.Context) error {
 	if d.plan != nil {
 		return nil
 	}
-	planData, err := d.r.store.readAll(ctx, d.id+".plan")
+	plan, err := d.r.store.loadPlan(ctx, d.id)
 	if err != nil {
 		return fmt.Errorf("read plan: %w", err) // ErrNotFound for a batch never validated
-	}
-	var plan Plan
-	if err := json.Unmarshal(planData, &plan); err != nil {
-		return fmt.Errorf("decode plan: %w", err)
 	}
 	d.plan = &plan
 	return nil

@@ -63,10 +63,15 @@ func (r *lineReader) next() (line []byte, index int, tooLong bool, err error) {
 	return line, index, tooLong, nil
 }
 
+// errLineTooLong is inputReader.line's error for a line over its limit.
+var errLineTooLong = errors.New("the line is over the line limit")
+
 // inputReader reads the input file's lines for progress, which asks for
 // them in file order: it keeps one reader of the object positioned at the
 // last line read, and opens it again (skipping to the line) only when it
-// failed, or for a line before it.
+// failed, or for a line before it. The last line returned is kept until
+// the next is read, so asking for it again (a line the queue did not take
+// yet, offered again after a pause) reads nothing.
 type inputReader struct {
 	store  *Store
 	fileID string
@@ -74,10 +79,16 @@ type inputReader struct {
 
 	obj io.ReadCloser // a chunkReader: holds one chunk, nothing on the server
 	lr  *lineReader
+
+	last  []byte // the last line returned, while lr is open (lr's buffer)
+	lastN int    // its index
 }
 
 // line returns the line with index n (valid until the next call).
 func (in *inputReader) line(ctx context.Context, n int) ([]byte, error) {
+	if in.lr != nil && in.last != nil && in.lastN == n {
+		return in.last, nil
+	}
 	if in.lr != nil && in.lr.n > n {
 		in.close()
 	}
@@ -89,6 +100,7 @@ func (in *inputReader) line(ctx context.Context, n int) ([]byte, error) {
 		}
 		in.obj, in.lr = obj, newLineReader(obj, in.max)
 	}
+	in.last = nil
 	for {
 		raw, i, tooLong, err := in.lr.next()
 		if errors.Is(err, io.EOF) {
@@ -104,8 +116,12 @@ func (in *inputReader) line(ctx context.Context, n int) ([]byte, error) {
 		}
 		if tooLong {
 			// The plan refused it: never asked for.
-			return nil, fmt.Errorf("line %d of the input file %s is over the line limit", n, in.fileID)
+			return nil, fmt.Errorf("line %d of the input file %s: %w", n, in.fileID, errLineTooLong)
 		}
+		if raw == nil {
+			raw = []byte{}
+		}
+		in.last, in.lastN = raw, i
 		return raw, nil
 	}
 }
@@ -115,5 +131,5 @@ func (in *inputReader) close() {
 	if in.obj != nil {
 		_ = in.obj.Close()
 	}
-	in.obj, in.lr = nil, nil
+	in.obj, in.lr, in.last = nil, nil, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -165,5 +167,71 @@ func TestRunnerRefusesLineOverBodyLimit(t *testing.T) {
 	}
 	if n := pub.count(JobID(b.ID, 1)); n != 0 {
 		t.Errorf("the long line was queued %d times; want never", n)
+	}
+}
+
+// A runner with a lower BRIDGE_MAX_BODY_BYTES than the one that made a
+// batch's plan, taking the batch over, reads the plan's lines with the
+// plan's limit: the long line the plan took is queued and answered, not
+// tried again until the batch expires. A plan stored before plans kept
+// their limit gets the line refused, as that line's answer
+// (request_too_large), and the batch completes all the same.
+func TestRunnerReadsWithThePlansLineLimit(t *testing.T) {
+	for _, legacy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("legacy=%v", legacy), func(t *testing.T) {
+			f := newFixture(t)
+			recs := f.watchRecords(t)
+			pub := f.watchPublished(t)
+			const small = 1 << 10
+			long := fmt.Sprintf(`{"custom_id":"long","method":"POST","url":"/v1/chat/completions","body":{"model":%q,"messages":[{"role":"user","content":%q}]}}`,
+				testModel, strings.Repeat("x", small+LineOverhead)) // over the small runner's line limit, within the default's
+			b := f.newBatch(t, inputLine("c0"), long, inputLine("c2"))
+			// Runner A, with the default limit, plans the batch and queues
+			// line 0, then stops; nothing answers while it runs.
+			stopA := f.runner(t, RunnerConfig{Owner: "A", Window: 1, LeaseTTL: time.Second, ScanInterval: 20 * time.Millisecond, SaveInterval: 20 * time.Millisecond})
+			waitFor(t, "runner A to queue line 0", func() bool { return pub.count(JobID(b.ID, 0)) == 1 })
+			stopA()
+			if legacy {
+				ctx := testCtx(t)
+				data, err := f.store.files.GetBytes(ctx, planName(b.ID))
+				if err != nil {
+					t.Fatal(err)
+				}
+				old := regexp.MustCompile(`,"max_line":\d+`).ReplaceAll(data, nil)
+				if len(old) == len(data) {
+					t.Fatalf("the stored plan keeps no max_line: %s", data)
+				}
+				if _, err := f.store.files.PutBytes(ctx, planName(b.ID), old); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.answer(t, b.ID, 0)
+			f.worker(t)
+			// Runner B, with the small limit, takes the batch once A's lease lapses.
+			f.runner(t, RunnerConfig{Owner: "B", MaxBodyBytes: small, Window: 1, LeaseTTL: time.Second, ScanInterval: 20 * time.Millisecond, SaveInterval: 20 * time.Millisecond})
+			waitFor(t, "the batch to complete", func() bool { return slices.Contains(recs.changes(b.ID, status), schema.BatchCompleted) })
+			rec, _, err := f.store.Batch(testCtx(t), b.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := schema.BatchRequestCounts{Total: 3, Completed: 3}
+			if legacy {
+				want = schema.BatchRequestCounts{Total: 3, Completed: 2, Failed: 1}
+			}
+			if c := rec.Batch.RequestCounts; c != want {
+				t.Errorf("counts %+v; want %+v", c, want)
+			}
+			if !legacy {
+				if n := pub.count(JobID(b.ID, 1)); n != 1 {
+					t.Errorf("the long line was queued %d times; want once", n)
+				}
+				return
+			}
+			errs := readOutput(t, f, rec.Batch.ErrorFileID)
+			if len(errs) != 1 || errs[0].Response == nil || errs[0].Response.StatusCode != http.StatusRequestEntityTooLarge || *errs[0].CustomID != "long" ||
+				!strings.Contains(string(errs[0].Response.Body), `"code":"request_too_large"`) {
+				t.Errorf("error file %s; want the long line refused as %s", jsonString(t, errs), schema.CodeRequestTooLarge)
+			}
+		})
 	}
 }

@@ -9,21 +9,33 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
-// Plan is the outcome of validating a batch's input file: the lines to run
-// and the lines refused up front. It is kept in the files bucket as
-// "<batch id>.plan" once the batch leaves validating, so a resumed batch
-// runs exactly the lines it counted.
+// Plan is what a runner holds of a validated batch: the lines to run, and
+// how many lines were refused up front. It is bounded by the file's line
+// count (schema.MaxBatchLines), never by its size: a line keeps its number,
+// its custom_id (at most MaxCustomIDBytes) and its model (one of the
+// catalogue's). The refused lines' errors are not held: they are kept with
+// the plan in the files bucket ("<batch id>.plan", see plan.go) once the
+// batch leaves validating, and read from there into the error file; so a
+// resumed batch runs exactly the lines it counted.
 type Plan struct {
-	Valid  []PlanLine               `json:"valid"`
-	Errors []schema.BatchOutputLine `json:"errors"`
+	Valid []PlanLine
+	// Refused is the number of lines refused up front.
+	Refused int
 	// Total is the number of requests in the file (non-blank lines).
-	Total int `json:"total"`
+	Total int
+	// MaxLine is the longest line the validator read whole: every line
+	// to run is at most this long, and a runner reads them with at least
+	// this limit, whatever its own BRIDGE_MAX_BODY_BYTES (0 in a plan
+	// stored before it was kept).
+	MaxLine int
 }
 
 // PlanLine is one line to run.
@@ -31,6 +43,34 @@ type PlanLine struct {
 	Line     int    `json:"line"` // index among the file's lines, from 0
 	CustomID string `json:"custom_id"`
 	Model    string `json:"model"`
+}
+
+// MaxCustomIDBytes is the longest custom_id a batch line may have, in
+// bytes of its decoded string (an invalid UTF-8 byte counts as the three
+// of U+FFFD, which it decodes to). OpenAI documents no limit; 512 bytes
+// hold any id a caller means (a UUID is 36), and keep what a runner holds
+// per line small: a longer one refuses the line, before any other check.
+const MaxCustomIDBytes = 512
+
+// maxEchoBytes bounds a caller's value (custom_id, method, url) quoted in
+// a refusal, and maxRefusalBytes a refused line's whole message.
+const (
+	maxEchoBytes    = 128
+	maxRefusalBytes = 512
+)
+
+// clip shortens s to at most limit bytes, cut at a character boundary
+// and ending in "..." when it was cut, so a refusal never echoes a long
+// value in full.
+func clip(s string, limit int) string {
+	if len(s) <= limit {
+		return s
+	}
+	cut := limit - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strings.ToValidUTF8(s[:cut], "") + "..."
 }
 
 // splitLines cuts a JSONL file into its lines (without "\n" or "\r\n").
@@ -81,16 +121,21 @@ func (v Validator) maxLine() int {
 }
 
 // Plan validates every line of an input file, read from r line by line,
-// for batch id, as who (the batch's creator) would send it. It holds one
-// line at a time; an error is r's.
-func (v Validator) Plan(ctx context.Context, id string, who keys.Caller, r io.Reader) (Plan, error) {
+// for batch id, as who (the batch's creator) would send it, and writes
+// the plan's entries to w as it goes (see planWriter): a valid line's
+// PlanLine, a refused line's error line, and the counts last. It holds
+// one line at a time, and the Plan it returns; an error is r's or w's.
+func (v Validator) Plan(ctx context.Context, id string, who keys.Caller, r io.Reader, w io.Writer) (Plan, error) {
 	var p Plan
+	pw := newPlanWriter(w)
 	seen := map[string]bool{}
+	models := map[string]string{} // one copy of each model name
 	lr := newLineReader(r, v.maxLine())
 	for {
 		raw, i, tooLong, err := lr.next()
 		if errors.Is(err, io.EOF) {
-			return p, nil
+			p.MaxLine = v.maxLine()
+			return p, pw.end(p)
 		}
 		if err != nil {
 			return Plan{}, err
@@ -116,14 +161,26 @@ func (v Validator) Plan(ctx context.Context, id string, who keys.Caller, r io.Re
 			if customID != "" {
 				cid = &customID
 			}
-			p.Errors = append(p.Errors, schema.BatchOutputLine{
+			p.Refused++
+			if err := pw.refused(schema.BatchOutputLine{
 				ID: requestLineID(id, i), CustomID: cid,
-				Error: &schema.BatchLineError{Code: code, Message: fmt.Sprintf("Line %d: %s", i+1, e.Message)},
-			})
+				Error: &schema.BatchLineError{Code: code, Message: clip(fmt.Sprintf("Line %d: %s", i+1, e.Message), maxRefusalBytes)},
+			}); err != nil {
+				return Plan{}, err
+			}
 			continue
 		}
 		seen[customID] = true
-		p.Valid = append(p.Valid, PlanLine{Line: i, CustomID: customID, Model: model})
+		if m, ok := models[model]; ok {
+			model = m
+		} else {
+			models[model] = model
+		}
+		l := PlanLine{Line: i, CustomID: customID, Model: model}
+		p.Valid = append(p.Valid, l)
+		if err := pw.valid(l); err != nil {
+			return Plan{}, err
+		}
 	}
 }
 
@@ -137,7 +194,8 @@ func lineError(err error) *schema.Error {
 	return schema.AsError(err)
 }
 
-// line checks one line and returns its custom_id (when it has one) and model.
+// line checks one line and returns its custom_id (when it has one, and
+// it is at most MaxCustomIDBytes) and model.
 func (v Validator) line(ctx context.Context, id string, who keys.Caller, line int, raw []byte, seen map[string]bool) (customID, model string, err error) {
 	var in schema.BatchInputLine
 	if err := json.Unmarshal(raw, &in); err != nil {
@@ -145,17 +203,22 @@ func (v Validator) line(ctx context.Context, id string, who keys.Caller, line in
 			CustomID string `json:"custom_id"`
 		}
 		_ = json.Unmarshal(raw, &probe)
-		return probe.CustomID, "", schema.Invalid("", schema.CodeInvalidJSON, "the line is not a JSON object of the form {\"custom_id\", \"method\", \"url\", \"body\"}: %v.", err)
+		if len(probe.CustomID) > MaxCustomIDBytes {
+			probe.CustomID = ""
+		}
+		return probe.CustomID, "", schema.Invalid("", schema.CodeInvalidJSON, "the line is not a JSON object of the form {\"custom_id\", \"method\", \"url\", \"body\"}: %s.", clip(err.Error(), maxEchoBytes))
 	}
 	switch {
+	case len(in.CustomID) > MaxCustomIDBytes:
+		return "", "", schema.Invalid("custom_id", schema.CodeInvalidBatchLine, "the custom_id is %d bytes long; a batch line's custom_id may hold at most %d bytes.", len(in.CustomID), MaxCustomIDBytes)
 	case in.CustomID == "":
 		return "", "", schema.Invalid("custom_id", schema.CodeInvalidBatchLine, "the line has no 'custom_id'.")
 	case seen[in.CustomID]:
-		return in.CustomID, "", schema.Invalid("custom_id", schema.CodeDuplicateCustom, "the custom_id '%s' is used by an earlier line; each line needs its own.", in.CustomID)
+		return in.CustomID, "", schema.Invalid("custom_id", schema.CodeDuplicateCustom, "the custom_id '%s' is used by an earlier line; each line needs its own.", clip(in.CustomID, maxEchoBytes))
 	case in.Method != "POST":
-		return in.CustomID, "", schema.Invalid("method", schema.CodeInvalidBatchLine, "'method' must be POST, got %q.", in.Method)
+		return in.CustomID, "", schema.Invalid("method", schema.CodeInvalidBatchLine, "'method' must be POST, got %q.", clip(in.Method, maxEchoBytes))
 	case in.URL != schema.BatchEndpoint:
-		return in.CustomID, "", schema.Invalid("url", schema.CodeInvalidBatchLine, "'url' must be %s, the batch's endpoint, got %q.", schema.BatchEndpoint, in.URL)
+		return in.CustomID, "", schema.Invalid("url", schema.CodeInvalidBatchLine, "'url' must be %s, the batch's endpoint, got %q.", schema.BatchEndpoint, clip(in.URL, maxEchoBytes))
 	}
 	ck, err := v.Core.Check(lineRequest(id, line, in.Body, who))
 	if err == nil {

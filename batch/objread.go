@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/laas-bridge/laas-bridge/schema"
 )
 
 // chunkReader reads an object of the files bucket one chunk at a time,
@@ -31,6 +34,8 @@ type chunkReader struct {
 	digest hash.Hash
 	cur    []byte
 	closed bool
+	// fetched counts the chunks fetched.
+	fetched int
 }
 
 // errReaderClosed is Read's error after Close.
@@ -59,6 +64,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		if uint64(len(m.Data)) > r.left {
 			return 0, fmt.Errorf("object chunks longer than its size")
 		}
+		r.fetched++
 		r.seq, r.left, r.cur = m.Sequence+1, r.left-uint64(len(m.Data)), m.Data
 		r.digest.Write(m.Data)
 	}
@@ -75,8 +81,12 @@ func (r *chunkReader) Close() error {
 
 // openObject returns a reader of an object of the files bucket (a file,
 // or a batch's plan) that fetches its chunks as it is read; ctx bounds
-// each fetch. ErrNotFound for an object that does not exist.
+// each fetch. ErrNotFound for an object that does not exist, and for a
+// name that is neither a file's (ValidFileID) nor a batch's plan.
 func (s *Store) openObject(ctx context.Context, name string) (io.ReadCloser, error) {
+	if !ValidFileID(name) && !(strings.HasSuffix(name, ".plan") && ValidBatchID(strings.TrimSuffix(name, ".plan"))) {
+		return nil, ErrNotFound
+	}
 	info, err := s.files.GetInfo(ctx, name)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, ErrNotFound
@@ -91,6 +101,6 @@ func (s *Store) openObject(ctx context.Context, name string) (io.ReadCloser, err
 	if err != nil {
 		return nil, fmt.Errorf("object %s: %w", name, err)
 	}
-	return &chunkReader{ctx: ctx, stream: s.filesStream, subj: "$O." + info.Bucket + ".C." + info.NUID, seq: 1,
+	return &chunkReader{ctx: ctx, stream: s.filesStream, subj: "$O." + schema.BucketFiles + ".C." + info.NUID, seq: 1,
 		left: info.Size, want: want, digest: sha256.New()}, nil
 }

@@ -45,8 +45,8 @@ func (d *driver) writeFiles(ctx context.Context) (out, errFile *string, complete
 	if err != nil {
 		return nil, nil, 0, 0, err
 	}
-	outLines, errLines := 0, len(d.plan.Errors)
-	failed = len(d.plan.Errors)
+	outLines, errLines := 0, d.plan.Refused
+	failed = d.plan.Refused
 	for _, k := range kinds {
 		switch k {
 		case kindOutput:
@@ -78,12 +78,7 @@ func (d *driver) writeFiles(ctx context.Context) (out, errFile *string, complete
 				return err
 			}
 		}
-		for _, l := range d.plan.Errors {
-			if err := w.write(l); err != nil {
-				return err
-			}
-		}
-		return nil
+		return d.r.store.eachRefused(ctx, d.id, w.write)
 	}); err != nil {
 		return nil, nil, 0, 0, err
 	}

@@ -26,8 +26,10 @@ func (d *driver) progress(ctx context.Context) error {
 	}
 	defer func() { _ = w.Stop() }()
 	t := newTally(d)
-	// The input file is read as the cursor moves, never whole.
-	d.input = &inputReader{store: d.r.store, fileID: d.record().Batch.InputFileID, max: d.r.validator.maxLine()}
+	// The input file is read as the cursor moves, never whole; the lines
+	// the plan took are read whole, though this runner's own limit may be
+	// lower than the one that made the plan.
+	d.input = &inputReader{store: d.r.store, fileID: d.record().Batch.InputFileID, max: max(d.plan.MaxLine, d.r.validator.maxLine())}
 	defer func() { d.input.close(); d.input = nil }()
 	tick := time.NewTicker(d.r.cfg.SaveInterval)
 	defer tick.Stop()
@@ -140,6 +142,9 @@ func (t *tally) publishSome(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			if errors.Is(err, ErrNotFound) {
+				return t.inputGone(ctx)
+			}
 			t.d.log.Warn("could not queue a batch line; trying again shortly", "line", t.valid[t.cursor].Line, "error", err)
 			t.pauseUntil = time.Now().Add(time.Second)
 			return nil
@@ -190,12 +195,21 @@ func (t *tally) update(e jetstream.KeyValueEntry) {
 // its media were checked when the plan was made.
 func (d *driver) publish(ctx context.Context, l PlanLine, deadline time.Time) error {
 	raw, err := d.input.line(ctx, l.Line)
+	if errors.Is(err, errLineTooLong) {
+		// A plan stored before it kept its limit, made by a runner
+		// with a higher one: the line is this runner's refusal, not a
+		// read to try again until the batch expires.
+		return d.keepRefusal(ctx, l, JobID(d.id, l.Line), &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
+			Message: fmt.Sprintf("The line is longer than the %d bytes a batch line may hold (the largest request body, BRIDGE_MAX_BODY_BYTES, and %d bytes for custom_id, method and url).", d.input.max, LineOverhead)})
+	}
 	if err != nil {
 		return err
 	}
 	body, err := lineBody(raw)
 	if err != nil {
-		return err
+		// The plan took the line, so the file under it is not the one
+		// validated: nothing read again will change that.
+		return d.keepRefusal(ctx, l, JobID(d.id, l.Line), schema.Invalid("", schema.CodeInvalidJSON, "Line %d is no longer a JSON batch line: %s.", l.Line+1, clip(err.Error(), maxEchoBytes)))
 	}
 	left := time.Until(deadline)
 	if left <= 0 {
@@ -230,4 +244,40 @@ func (d *driver) keepRefusal(ctx context.Context, l PlanLine, id string, e *sche
 	d.log.Warn("batch line refused at queueing", "line", l.Line, "status", e.Status, "code", e.Code)
 	_, err = d.r.answers.Put(ctx, AnswerKey(d.id, l.Line), data)
 	return err
+}
+
+// CodeInputFileDeleted is the error of a batch line that was never queued
+// because the batch's input file was deleted first.
+const CodeInputFileDeleted = "file_not_found"
+
+// inputGone ends queuing when the input file was deleted while lines were
+// left to queue: each of them not answered yet gets the answer
+// CodeInputFileDeleted (with Create, so a real answer is never replaced),
+// and the batch then ends as usual, completed, once the lines queued
+// before are answered; their answers stay in the output file. Failing the
+// batch instead would throw those answers away: an OpenAI Batch API
+// caller gets an error line for what could not run and keeps what ran.
+func (t *tally) inputGone(ctx context.Context) error {
+	code := CodeInputFileDeleted
+	t.d.log.Warn("the batch's input file was deleted; the lines not queued yet fail", "lines", len(t.valid)-t.cursor)
+	for p := t.cursor; p < len(t.valid); p++ {
+		if t.answered[p] {
+			continue
+		}
+		l := t.valid[p]
+		rep := schema.Reply{ID: JobID(t.d.id, l.Line), Error: &schema.ErrorDetail{
+			Message: "The batch's input file was deleted before this request was queued.", Type: schema.TypeInvalidRequest, Code: &code}}
+		data, err := json.Marshal(rep)
+		if err != nil {
+			return err
+		}
+		if _, err := t.d.r.answers.Create(ctx, AnswerKey(t.d.id, l.Line), data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("mark line %d: %w", l.Line, err)
+		}
+	}
+	// Every line is answered or marked: nothing is left to queue. The
+	// marks reach handle through the watcher, counted as answered below
+	// the cursor.
+	t.cursor = len(t.valid)
+	return nil
 }

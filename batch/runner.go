@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -110,7 +112,7 @@ type Runner struct {
 	log       *slog.Logger
 
 	mu      sync.Mutex
-	running map[string]bool
+	running map[string]string // batch id -> its Record.CreatedBy
 	wg      sync.WaitGroup
 }
 
@@ -131,7 +133,7 @@ func NewRunner(cfg RunnerConfig, js jetstream.JetStream, store *Store, core *adm
 		cfg: cfg, js: js, nc: nc, store: store, answers: answers, core: core,
 		validator: Validator{Core: core, MaxBodyBytes: cfg.MaxBodyBytes},
 		log:       log.With("batch_runner", cfg.Owner),
-		running:   map[string]bool{},
+		running:   map[string]string{},
 	}, nil
 }
 
@@ -152,7 +154,11 @@ func (r *Runner) Run(ctx context.Context) error {
 }
 
 // scan takes active batches that have no live owner, while this runner
-// drives fewer than MaxActive.
+// drives fewer than MaxActive. Of the batches waiting, it takes first
+// those whose creator (Record.CreatedBy) has the fewest batches running
+// on this runner, the oldest first among equals: one caller's many long
+// batches do not keep another caller's batch waiting behind all of them
+// whenever a slot frees.
 func (r *Runner) scan(ctx context.Context) {
 	ids, err := r.store.activeIDs(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
@@ -161,26 +167,19 @@ func (r *Runner) scan(ctx context.Context) {
 		}
 		return
 	}
+	if r.full() {
+		return // the rest wait for a runner with room
+	}
+	type candidate struct{ id, createdBy string }
+	var waiting []candidate
 	for id, markedAt := range ids {
 		r.mu.Lock()
-		busy, full := r.running[id], len(r.running) >= r.cfg.MaxActive
+		_, busy := r.running[id]
 		r.mu.Unlock()
-		if full {
-			return // the rest wait for a runner with room
-		}
 		if busy {
 			continue
 		}
-		rec, err := r.store.Update(ctx, id, func(rec *Record) error {
-			if schema.BatchDone(rec.Batch.Status) {
-				return errUnchanged
-			}
-			if rec.Owner != r.cfg.Owner && rec.Owner != "" && time.Now().Before(rec.LeaseUntil) {
-				return errLeaseHeld
-			}
-			rec.Owner, rec.LeaseUntil = r.cfg.Owner, time.Now().Add(r.cfg.LeaseTTL)
-			return nil
-		})
+		rec, _, err := r.store.Batch(ctx, id)
 		switch {
 		case errors.Is(err, ErrNotFound):
 			// A marker whose record was never written (its gateway died
@@ -189,25 +188,85 @@ func (r *Runner) scan(ctx context.Context) {
 				_ = r.store.deactivate(ctx, id)
 			}
 			continue
-		case IsUnchanged(err):
-			_ = r.store.deactivate(ctx, id)
-			continue
-		case errors.Is(err, errLeaseHeld):
-			continue
 		case err != nil:
 			if ctx.Err() == nil {
-				r.log.Warn("could not take a batch", "batch_id", id, "error", err)
+				r.log.Warn("could not read a batch", "batch_id", id, "error", err)
 			}
 			continue
+		case schema.BatchDone(rec.Batch.Status):
+			_ = r.store.deactivate(ctx, id)
+			continue
+		case rec.Owner != r.cfg.Owner && rec.Owner != "" && time.Now().Before(rec.LeaseUntil):
+			continue // another runner's; checked again when taken
 		}
-		r.mu.Lock()
-		r.running[id] = true
-		r.mu.Unlock()
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			defer func() { r.mu.Lock(); delete(r.running, id); r.mu.Unlock() }()
-			r.drive(ctx, rec)
-		}()
+		waiting = append(waiting, candidate{id, rec.CreatedBy})
 	}
+	// Batch ids sort by creation time: oldest first among equals.
+	slices.SortFunc(waiting, func(a, b candidate) int { return strings.Compare(a.id, b.id) })
+	for len(waiting) > 0 && !r.full() {
+		best := 0
+		r.mu.Lock()
+		for i, c := range waiting {
+			if r.runningOf(c.createdBy) < r.runningOf(waiting[best].createdBy) {
+				best = i
+			}
+		}
+		r.mu.Unlock()
+		c := waiting[best]
+		waiting = slices.Delete(waiting, best, best+1)
+		r.take(ctx, c.id)
+	}
+}
+
+// full reports whether this runner drives MaxActive batches.
+func (r *Runner) full() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.running) >= r.cfg.MaxActive
+}
+
+// runningOf counts the batches of createdBy this runner drives; r.mu held.
+func (r *Runner) runningOf(createdBy string) int {
+	n := 0
+	for _, by := range r.running {
+		if by == createdBy {
+			n++
+		}
+	}
+	return n
+}
+
+// take takes batch id when it has no live owner, and drives it.
+func (r *Runner) take(ctx context.Context, id string) {
+	rec, err := r.store.Update(ctx, id, func(rec *Record) error {
+		if schema.BatchDone(rec.Batch.Status) {
+			return errUnchanged
+		}
+		if rec.Owner != r.cfg.Owner && rec.Owner != "" && time.Now().Before(rec.LeaseUntil) {
+			return errLeaseHeld
+		}
+		rec.Owner, rec.LeaseUntil = r.cfg.Owner, time.Now().Add(r.cfg.LeaseTTL)
+		return nil
+	})
+	switch {
+	case errors.Is(err, ErrNotFound), errors.Is(err, errLeaseHeld):
+		return
+	case IsUnchanged(err):
+		_ = r.store.deactivate(ctx, id)
+		return
+	case err != nil:
+		if ctx.Err() == nil {
+			r.log.Warn("could not take a batch", "batch_id", id, "error", err)
+		}
+		return
+	}
+	r.mu.Lock()
+	r.running[id] = rec.CreatedBy
+	r.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer func() { r.mu.Lock(); delete(r.running, id); r.mu.Unlock() }()
+		r.drive(ctx, rec)
+	}()
 }

@@ -299,6 +299,33 @@ func (s *Store) activeIDs(ctx context.Context) (map[string]time.Time, error) {
 	return out, nil
 }
 
+// Unfinished counts the batches of createdBy (Record.CreatedBy) marked
+// active and not done: what POST /v1/batches holds against a key's cap.
+// It reads every active batch's record; two creates at once may both pass.
+func (s *Store) Unfinished(ctx context.Context, createdBy string) (int, error) {
+	ids, err := s.activeIDs(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for id := range ids {
+		rec, _, err := s.Batch(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if rec.CreatedBy == createdBy && !schema.BatchDone(rec.Batch.Status) {
+			n++
+		}
+	}
+	return n, nil
+}
+
 func (s *Store) deactivate(ctx context.Context, id string) error {
 	err := s.batches.Delete(ctx, activeKey(id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {

@@ -71,8 +71,19 @@ func (g *Gateway) createBatch(c echo.Context) error {
 	if f.Purpose != schema.PurposeBatch {
 		return schema.Invalid("input_file_id", schema.CodeInvalidValue, "The file %s has purpose %q; a batch needs a file uploaded with purpose \"batch\".", f.ID, f.Purpose)
 	}
+	owner := callerOf(c).Owner()
+	if owner != "" {
+		n, err := g.batches.Unfinished(r.Context(), owner)
+		if err != nil {
+			return batchStoreUnavailable(fmt.Errorf("count batches: %w", err))
+		}
+		if n >= g.cfg.BatchMaxPerOwner {
+			return &schema.Error{Status: http.StatusTooManyRequests, Type: schema.TypeRateLimit, Code: schema.CodeRateLimitExceeded,
+				Message: fmt.Sprintf("This key has %d batches not finished yet, the most it may have (BRIDGE_BATCH_MAX_PER_OWNER is %d); create this batch when one of them ends, or cancel one.", n, g.cfg.BatchMaxPerOwner)}
+		}
+	}
 	b := batch.NewBatch(in.InputFileID, in.Metadata, time.Now())
-	if err := g.batches.CreateBatch(r.Context(), &batch.Record{Batch: b, CreatedBy: callerOf(c).Owner()}); err != nil {
+	if err := g.batches.CreateBatch(r.Context(), &batch.Record{Batch: b, CreatedBy: owner}); err != nil {
 		return batchStoreUnavailable(fmt.Errorf("create batch: %w", err))
 	}
 	g.log.Info("batch created", "request_id", c.Response().Header().Get(HeaderRequestID), "batch_id", b.ID, "input_file_id", b.InputFileID)

@@ -85,7 +85,16 @@ type Config struct {
 	// Micro configures the NATS request/reply endpoint (see micro.go),
 	// which Serve runs beside HTTP.
 	Micro MicroConfig
+	// BatchMaxPerOwner is the most batches one virtual key may have not
+	// yet finished (BRIDGE_BATCH_MAX_PER_OWNER); POST /v1/batches past it
+	// is refused with 429, so one key cannot fill every runner with its
+	// batches. The admin (the master key) is not capped. Default
+	// DefaultBatchMaxPerOwner.
+	BatchMaxPerOwner int
 }
+
+// DefaultBatchMaxPerOwner is Config.BatchMaxPerOwner's default.
+const DefaultBatchMaxPerOwner = 16
 
 // DefaultMaxBodyBytes is Config.MaxBodyBytes's default.
 const DefaultMaxBodyBytes = 64 << 20
@@ -126,6 +135,9 @@ func (c *Config) setDefaults() {
 	if c.MaxJobWatchers == 0 {
 		c.MaxJobWatchers = DefaultMaxJobWatchers
 	}
+	if c.BatchMaxPerOwner == 0 {
+		c.BatchMaxPerOwner = DefaultBatchMaxPerOwner
+	}
 	c.Micro.setDefaults()
 }
 
@@ -158,6 +170,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxJobWatchers < 0 {
 		errs = append(errs, errors.New("max job watchers must not be negative"))
+	}
+	if c.BatchMaxPerOwner < 1 {
+		errs = append(errs, fmt.Errorf("batches one key may have unfinished (BRIDGE_BATCH_MAX_PER_OWNER) must be at least 1, got %d", c.BatchMaxPerOwner))
 	}
 	errs = append(errs, c.Micro.Validate())
 	return errors.Join(errs...)

@@ -185,7 +185,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, Keys: store, Usage: keys.UsageReader(keyLimits, store), Limits: keyLimits,
 			MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
 			Micro: micro, MaxInflightBytes: inflightBytes(env, memLimit),
-			BodyReadTimeout: env.BodyReadTimeout, MaxJobWatchers: env.MaxJobWatchers}, nc, js, catalog, log); err != nil {
+			BodyReadTimeout: env.BodyReadTimeout, MaxJobWatchers: env.MaxJobWatchers, BatchMaxPerOwner: env.BatchMaxPerOwner}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()

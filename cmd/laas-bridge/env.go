@@ -83,6 +83,10 @@ type Env struct {
 	// BatchMaxActive is the most batches one gateway's batch runner drives
 	// at once (batch.RunnerConfig.MaxActive; 0: batch.DefaultMaxActive).
 	BatchMaxActive int `envconfig:"BRIDGE_BATCH_MAX_ACTIVE"`
+	// BatchMaxPerOwner is the most batches one virtual key may have not
+	// finished (bridge.Config.BatchMaxPerOwner; 0:
+	// bridge.DefaultBatchMaxPerOwner).
+	BatchMaxPerOwner int `envconfig:"BRIDGE_BATCH_MAX_PER_OWNER"`
 
 	// The gateway's memory budget (bridge.Config): the bytes of request
 	// bodies held at once (0: a quarter of GOMEMLIMIT, see
