@@ -177,9 +177,11 @@ var errBudget = errors.New("body budget exhausted")
 
 // readAll reads r to its end into a buffer that starts small and doubles
 // as bytes arrive, never past declared (the Content-Length, or -1) nor
-// one byte past limit (r's own limit, which then reports the excess). A
-// body of unknown length grows claim with its buffer; a declared one has
-// reserved its length already.
+// past limit (r's own limit, which then reports the excess), and never
+// before a byte more has arrived. A body of unknown length grows claim
+// with its buffer, so it claims at most limit: with a budget of exactly
+// the largest body, that body is taken; a declared one has reserved its
+// length already.
 func readAll(r io.Reader, declared, limit int64, claim *bodyClaim) ([]byte, error) {
 	size := int64(firstChunk)
 	if declared >= 0 {
@@ -187,33 +189,46 @@ func readAll(r io.Reader, declared, limit int64, claim *bodyClaim) ([]byte, erro
 	} else if !claim.grow(size) {
 		return nil, errBudget
 	}
+	// end is the most the body may hold: its declared length, or the
+	// limit (r reports a byte more as its error).
+	end := declared
+	if end < 0 {
+		end = limit
+	}
 	buf := make([]byte, 0, size)
 	for {
 		if len(buf) == cap(buf) {
-			if declared >= 0 && int64(len(buf)) >= declared {
-				// Full as declared: the reader ends here (net/http
-				// stops a body at its Content-Length).
-				var probe [1]byte
-				n, err := r.Read(probe[:])
-				if n == 0 && errors.Is(err, io.EOF) {
-					return buf, nil
-				}
-				if err != nil && !errors.Is(err, io.EOF) {
-					return nil, err
-				}
+			// Full: read one byte before growing, so a body that ends
+			// here (its Content-Length, the limit, or a chunked body
+			// whose length is the buffer's) never reserves more.
+			var probe [1]byte
+			n, err := r.Read(probe[:])
+			switch {
+			case n == 0 && errors.Is(err, io.EOF):
+				return buf, nil
+			case n == 0 && err != nil:
+				return nil, err // a MaxBytesError past the limit, a hang-up
+			case n == 0:
+				continue
+			case int64(len(buf)) >= end && declared >= 0:
 				return nil, fmt.Errorf("request body longer than its Content-Length %d", declared)
-			}
-			next := int64(max(cap(buf)*2, 512))
-			if declared >= 0 {
-				next = min(next, declared)
-			} else if next = min(next, limit+1); next <= int64(cap(buf)) {
+			case int64(len(buf)) >= end:
 				return nil, &http.MaxBytesError{Limit: limit}
-			} else if !claim.grow(next - int64(cap(buf))) {
+			}
+			next := min(int64(max(cap(buf)*2, 512)), end)
+			if declared < 0 && !claim.grow(next-int64(cap(buf))) {
 				return nil, errBudget
 			}
 			grown := make([]byte, len(buf), next)
 			copy(grown, buf)
-			buf = grown
+			buf = append(grown, probe[0])
+			if errors.Is(err, io.EOF) {
+				return buf, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]

@@ -321,6 +321,19 @@ func TestReadAllGrowsWithTheBody(t *testing.T) {
 	if _, err := readAll(http.MaxBytesReader(nil, io.NopCloser(strings.NewReader(data)), 1<<20), -1, 1<<20, &bodyClaim{budget: b}); !errors.As(err, new(*http.MaxBytesError)) {
 		t.Fatalf("chunked over the limit: %v", err)
 	}
+	// A chunked body whose length is a buffer's size claims that size,
+	// not the next one; one of exactly the limit, with a budget of
+	// exactly the limit (InflightBudget's floor), is taken.
+	for _, n := range []int{firstChunk, 1 << 20, 3 << 20} {
+		const limit = 3 << 20
+		exact := &bodyBudget{max: limit}
+		c := &bodyClaim{budget: exact}
+		got, err := readAll(http.MaxBytesReader(nil, io.NopCloser(strings.NewReader(data[:n])), limit), -1, limit, c)
+		if err != nil || len(got) != n || exact.inUse() != int64(n) {
+			t.Errorf("chunked body of %d bytes, limit and budget %d: len %d, claimed %d, err %v; want it read, claiming %d", n, limit, len(got), exact.inUse(), err, n)
+		}
+		c.release()
+	}
 }
 
 // TestBodyReleasedWhileWaiting: a caller waiting for its answer holds
