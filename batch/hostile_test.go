@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
@@ -306,5 +308,51 @@ func TestOpenObjectNames(t *testing.T) {
 			}
 			t.Errorf("openObject(%q): %v; want ErrNotFound", name, err)
 		}
+	}
+}
+
+// Unfinished counts one creator's batches not done, from that creator's
+// markers: another creator's batches are never read (one of them that is
+// not a batch record at all changes nothing), a done batch is not
+// counted, and deactivate removes its marker.
+func TestUnfinishedReadsOnlyTheCreators(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	var xs []schema.Batch
+	for i := range 3 {
+		xs = append(xs, f.newBatchBy(t, "tok-x", inputLine(fmt.Sprint("x", i))))
+	}
+	y := f.newBatchBy(t, "tok-y", inputLine("y0"))
+	if _, err := f.store.batches.Put(ctx, recordKey(y.ID), []byte("not a record")); err != nil {
+		t.Fatal(err)
+	}
+	count := func(who string) int {
+		t.Helper()
+		n, err := f.store.Unfinished(ctx, who)
+		if err != nil {
+			t.Fatalf("Unfinished(%s): %v", who, err)
+		}
+		return n
+	}
+	if got := count("tok-x"); got != 3 {
+		t.Errorf("tok-x has %d unfinished; want 3", got)
+	}
+	if got := count("tok-y"); got != 0 {
+		t.Errorf("tok-y, whose one record is unreadable, has %d unfinished; want 0", got)
+	}
+	if _, err := f.store.Update(ctx, xs[0].ID, func(r *Record) error { r.Batch.Status = schema.BatchCompleted; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got := count("tok-x"); got != 2 {
+		t.Errorf("tok-x with one batch done has %d unfinished; want 2", got)
+	}
+	if err := f.store.deactivate(ctx, xs[1].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.batches.Get(ctx, ownerKey("tok-x", xs[1].ID)); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("the owner marker of a deactivated batch: %v; want it gone", err)
+	}
+	if got := count("tok-x"); got != 1 {
+		t.Errorf("tok-x after a batch is deactivated has %d unfinished; want 1", got)
 	}
 }

@@ -2,6 +2,8 @@ package batch
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -218,6 +220,17 @@ func (r Record) Creator() keys.Caller {
 func recordKey(id string) string { return "b." + id }
 func activeKey(id string) string { return "active." + id }
 
+// ownerKey marks batch id as one of createdBy's (Record.CreatedBy) not
+// finished: what Unfinished counts, without reading anyone else's
+// batches. The creator is hashed: a KV key takes few characters, and
+// the marker's name says nothing of the key.
+func ownerKey(createdBy, id string) string { return ownerPrefix(createdBy) + id }
+
+func ownerPrefix(createdBy string) string {
+	h := sha256.Sum256([]byte(createdBy))
+	return "owner." + hex.EncodeToString(h[:12]) + "."
+}
+
 // CreateBatch stores a new batch and marks it active for the runners.
 func (s *Store) CreateBatch(ctx context.Context, rec *Record) error {
 	data, err := json.Marshal(rec)
@@ -228,6 +241,11 @@ func (s *Store) CreateBatch(ctx context.Context, rec *Record) error {
 	// without a record is removed by the runners.
 	if _, err := s.batches.Put(ctx, activeKey(rec.Batch.ID), nil); err != nil {
 		return err
+	}
+	if rec.CreatedBy != "" {
+		if _, err := s.batches.Put(ctx, ownerKey(rec.CreatedBy, rec.Batch.ID), nil); err != nil {
+			return err
+		}
 	}
 	_, err = s.batches.Create(ctx, recordKey(rec.Batch.ID), data)
 	return err
@@ -299,35 +317,59 @@ func (s *Store) activeIDs(ctx context.Context) (map[string]time.Time, error) {
 	return out, nil
 }
 
-// Unfinished counts the batches of createdBy (Record.CreatedBy) marked
-// active and not done: what POST /v1/batches holds against a key's cap.
-// It reads every active batch's record; two creates at once may both pass.
+// Unfinished counts the batches of createdBy (Record.CreatedBy) not done:
+// what POST /v1/batches holds against a key's cap. It reads only
+// createdBy's batches (their owner markers, see ownerKey), so its cost is
+// that key's own, and a record that cannot be read as a batch is left
+// out, not an error for every key. Two creates at once may both pass.
+// Batches created before the markers existed are not counted.
 func (s *Store) Unfinished(ctx context.Context, createdBy string) (int, error) {
-	ids, err := s.activeIDs(ctx)
+	prefix := ownerPrefix(createdBy)
+	lister, err := s.batches.ListKeysFiltered(ctx, prefix+"*")
 	if errors.Is(err, jetstream.ErrNoKeysFound) {
 		return 0, nil
 	}
 	if err != nil {
 		return 0, err
 	}
+	var ids []string
+	for k := range lister.Keys() {
+		ids = append(ids, strings.TrimPrefix(k, prefix))
+	}
 	n := 0
-	for id := range ids {
-		rec, _, err := s.Batch(ctx, id)
-		if errors.Is(err, ErrNotFound) {
-			continue
+	for _, id := range ids {
+		e, err := s.batches.Get(ctx, recordKey(id))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // its creation failed after the marker; deactivate removes both
 		}
 		if err != nil {
 			return 0, err
 		}
-		if rec.CreatedBy == createdBy && !schema.BatchDone(rec.Batch.Status) {
+		var rec Record
+		if json.Unmarshal(e.Value(), &rec) != nil {
+			continue
+		}
+		if !schema.BatchDone(rec.Batch.Status) {
 			n++
 		}
 	}
 	return n, nil
 }
 
+// deactivate removes batch id's active marker and its owner marker.
 func (s *Store) deactivate(ctx context.Context, id string) error {
-	err := s.batches.Delete(ctx, activeKey(id))
+	lister, err := s.batches.ListKeysFiltered(ctx, "owner.*."+id)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return err
+	}
+	if err == nil {
+		for k := range lister.Keys() {
+			if err := s.batches.Delete(ctx, k); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return err
+			}
+		}
+	}
+	err = s.batches.Delete(ctx, activeKey(id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil
 	}

@@ -12,7 +12,8 @@ const (
 	BucketFiles = "LAAS_FILES"
 	// BucketBatches is the KV bucket of batch records: "b.<batch id>" holds
 	// a batch's state (the OpenAI object, its owner's lease, its progress),
-	// "active.<batch id>" marks a batch that is not finished yet.
+	// "active.<batch id>" marks a batch that is not finished yet, and
+	// "owner.<hash of its creator>.<batch id>" marks it as its creator's.
 	BucketBatches = "LAAS_BATCHES"
 )
 
