@@ -2,6 +2,8 @@ package harness
 
 import (
 	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -52,5 +54,21 @@ func TestConfigValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A relative --log-dir is made absolute: the started processes run in it,
+// and would look for "logs/config.yaml" inside "logs".
+func TestSetupMakesLogDirAbsolute(t *testing.T) {
+	t.Chdir(t.TempDir())
+	h := &harness{cfg: Config{LogDir: "logs", Model: "m"}}
+	if err := h.setup(); err != nil {
+		t.Fatal(err)
+	}
+	if !filepath.IsAbs(h.dir) || !filepath.IsAbs(h.configPath()) {
+		t.Fatalf("log dir %q, config %q; want absolute paths", h.dir, h.configPath())
+	}
+	if _, err := os.Stat(h.configPath()); err != nil {
+		t.Fatalf("config not written: %v", err)
 	}
 }

@@ -84,6 +84,13 @@ func (h *harness) setup() error {
 		h.removes = append(h.removes, tmp)
 		h.dir = tmp
 	}
+	// Absolute: the started processes run with their own working
+	// directory, and read their config and write their data from it.
+	dir, err := filepath.Abs(h.dir)
+	if err != nil {
+		return err
+	}
+	h.dir = dir
 	if err := os.MkdirAll(h.dir, 0o750); err != nil {
 		return err
 	}
