@@ -2,12 +2,9 @@ package harness
 
 import (
 	"context"
-	"fmt"
-	"net/http"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/laas-bridge/laas-bridge/cmd/laas-bridge-bench/internal/soak"
 )
 
 // workerInFlight is the worker's gauge of jobs in flight: its busy slots.
@@ -33,7 +30,7 @@ func sampleGauge(ctx context.Context, url, name string, interval time.Duration) 
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if v, err := readGauge(ctx, url, name); err == nil {
+		if v, err := soak.ReadGauge(ctx, url, name); err == nil {
 			g.sum += v
 			g.max = max(g.max, v)
 			g.n++
@@ -44,29 +41,4 @@ func sampleGauge(ctx context.Context, url, name string, interval time.Duration) 
 			return g
 		}
 	}
-}
-
-func readGauge(ctx context.Context, url, name string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("%s: status %d", url, resp.StatusCode)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	mf, ok := mfs[name]
-	if !ok || len(mf.GetMetric()) != 1 {
-		return 0, fmt.Errorf("%s: no single series %s", url, name)
-	}
-	return mf.GetMetric()[0].GetGauge().GetValue(), nil
 }

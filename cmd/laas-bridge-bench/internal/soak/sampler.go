@@ -90,7 +90,7 @@ func (s *Sampler) sample(ctx context.Context, at time.Duration) {
 			rss = m.RSS
 		}
 		if u != "" {
-			if v, err := readGauge(ctx, u, "go_goroutines"); err == nil {
+			if v, err := ReadGauge(ctx, u, "go_goroutines"); err == nil {
 				gor = int64(v)
 			}
 		}
@@ -211,9 +211,9 @@ func (s *Sampler) WriteTrends(w io.Writer) {
 	}
 }
 
-// readGauge reads the single series of gauge name from a Prometheus text
-// endpoint.
-func readGauge(ctx context.Context, url, name string) (float64, error) {
+// ReadGauge reads the single series of gauge name from a Prometheus text
+// endpoint, within 5 s.
+func ReadGauge(ctx context.Context, url, name string) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
