@@ -63,7 +63,7 @@ func (h *harness) burst(ctx context.Context, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "\nburst: %d callers at once, mock latency %s, worker concurrency %d\n", c.Callers, c.CallersLatency, c.CallersConcurrency)
 	fmt.Fprintf(stdout, "  answered %d, failed %d, all answered in %s (p50 %s, p99 %s)\n", r.Requests-r.Errors, r.Errors,
 		r.Elapsed.Round(time.Millisecond), r.Quantile(50).Round(time.Millisecond), r.Quantile(99).Round(time.Millisecond))
-	fmt.Fprintf(stdout, "  peak resident memory (VmHWM): gateway %s + worker %s = %s (target <= 1024 MiB); highest sampled sum of VmRSS %s\n",
+	fmt.Fprintf(stdout, "  peak resident memory (VmHWM): gateway %s + worker %s = %s (target <= 512 MiB, issue 14); highest sampled sum of VmRSS %s\n",
 		load.MiB(g.Peak), load.MiB(w.Peak), load.MiB(g.Peak+w.Peak), load.MiB(peakSum))
 	if r.FirstError != "" {
 		fmt.Fprintf(stdout, "  first error: %s\n", r.FirstError)

@@ -45,18 +45,17 @@ func (h *harness) startMock(ctx context.Context, name string, latency time.Durat
 }
 
 // startBaseline starts the baseline proxy (`Self baseline-proxy`) on the
-// mock at mockURL and returns its URL.
-func (h *harness) startBaseline(mockURL string) (string, error) {
+// mock at mockURL and returns it and its URL.
+func (h *harness) startBaseline(mockURL string) (*child, string, error) {
 	self := h.cfg.Self
 	if self == "" {
 		exe, err := os.Executable()
 		if err != nil {
-			return "", err
+			return nil, "", err
 		}
 		self = exe
 	}
-	_, u, err := h.start(self, "baseline-proxy", h.laasEnv(mockURL), baselineReady, "baseline-proxy", "--listen", "127.0.0.1:0")
-	return u, err
+	return h.start(self, "baseline-proxy", h.laasEnv(mockURL), baselineReady, "baseline-proxy", "--listen", "127.0.0.1:0")
 }
 
 // start runs exe with args, its output in <dir>/<name>.log, and waits

@@ -34,13 +34,13 @@ func (h *harness) startLatencyTargets(ctx context.Context) (latencyTargets, erro
 		}
 		mockURL = u
 	}
-	baseURL := c.Baseline
+	baseURL, basePID := c.Baseline, 0
 	if baseURL == "" {
-		u, err := h.startBaseline(mockURL)
+		p, u, err := h.startBaseline(mockURL)
 		if err != nil {
 			return lt, err
 		}
-		baseURL = u
+		baseURL, basePID = u, p.cmd.Process.Pid
 	}
 	bridgeURL := c.Target
 	if bridgeURL == "" {
@@ -64,7 +64,12 @@ func (h *harness) startLatencyTargets(ctx context.Context) (latencyTargets, erro
 	if err != nil {
 		return lt, err
 	}
-	lt.targets = []load.Target{mock, h.chatTarget(load.TargetBaseline, baseURL), h.chatTarget(load.TargetBridge, bridgeURL)}
+	base, bridge := h.chatTarget(load.TargetBaseline, baseURL), h.chatTarget(load.TargetBridge, bridgeURL)
+	base.PID = basePID
+	if lt.bridge != nil {
+		bridge.PID = lt.bridge.cmd.Process.Pid
+	}
+	lt.targets = []load.Target{mock, base, bridge}
 	return lt, nil
 }
 

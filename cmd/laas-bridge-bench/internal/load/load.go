@@ -25,6 +25,9 @@ type Target struct {
 	// in whole milliseconds (say, the time the request queued inside the
 	// target); fixed-rate runs record it in Result.HeaderMs.
 	MsHeader string
+	// PID, when set, is the process serving the target (started by the
+	// bench, alone in it): a closed-loop run reads its CPU time.
+	PID int
 }
 
 // Result summarises one load run.
@@ -34,6 +37,9 @@ type Result struct {
 	Errors       int64 // transport errors and answers other than 200
 	FirstError   string
 	Elapsed      time.Duration
+	// CPU is the user and system CPU time Target.PID spent during the
+	// measured run (0: unknown).
+	CPU time.Duration
 	// Latency holds the latencies of successful requests, in microseconds.
 	Latency *hdrhistogram.Histogram
 	// HeaderMs holds Target.MsHeader of successful answers that had it, in
@@ -47,6 +53,16 @@ func (r *Result) Throughput() float64 {
 		return 0
 	}
 	return float64(r.Requests-r.Errors) / r.Elapsed.Seconds()
+}
+
+// CPUPerRequest is CPU over the successful requests, 0 when either is
+// unknown or none.
+func (r *Result) CPUPerRequest() time.Duration {
+	ok := r.Requests - r.Errors
+	if r.CPU <= 0 || ok <= 0 {
+		return 0
+	}
+	return r.CPU / time.Duration(ok)
 }
 
 // Quantile is the latency at q (0-100), 0 when nothing succeeded.
@@ -208,8 +224,18 @@ func ClosedLoop(ctx context.Context, c *http.Client, t Target, conc int, d, warm
 		closedLoop(ctx, c, t, conc, warmup, newRecorder())
 	}
 	rec := newRecorder()
+	var cpu0 time.Duration
+	if t.PID > 0 {
+		cpu0, _ = ReadCPU(t.PID)
+	}
 	elapsed := closedLoop(ctx, c, t, conc, d, rec)
-	return rec.result(t.Name, fmt.Sprintf("closed x%d", conc), elapsed)
+	r := rec.result(t.Name, fmt.Sprintf("closed x%d", conc), elapsed)
+	if t.PID > 0 && cpu0 > 0 {
+		if cpu1, err := ReadCPU(t.PID); err == nil {
+			r.CPU = cpu1 - cpu0
+		}
+	}
+	return r
 }
 
 func closedLoop(ctx context.Context, c *http.Client, t Target, conc int, d time.Duration, rec *recorder) time.Duration {

@@ -2,6 +2,7 @@ package load
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -22,7 +23,9 @@ const (
 // WriteTable prints results as a table. For every fixed-rate row of a
 // target other than the mock, +p50 and +p99 are its latency minus the mock
 // row's of the same mode; for a closed-loop bridge row, "x baseline" is its
-// throughput over the baseline row's of the same mode.
+// throughput over the baseline row's of the same mode, and "CPU x
+// baseline" its CPU per request over the baseline's. CPU/req is the
+// target process's CPU time (user and system) per answered request.
 func WriteTable(w io.Writer, results []*Result) error {
 	find := func(target, mode string) *Result {
 		for _, r := range results {
@@ -33,9 +36,9 @@ func WriteTable(w io.Writer, results []*Result) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "target\tmode\trequests\terrors\treq/s\tp50\tp95\tp99\t+p50\t+p99\tx baseline\t")
+	fmt.Fprintln(tw, "target\tmode\trequests\terrors\treq/s\tp50\tp95\tp99\t+p50\t+p99\tx baseline\tCPU/req\tCPU x baseline\t")
 	for _, r := range results {
-		added50, added99, ratio := "", "", ""
+		added50, added99, ratio, cpu, cpuRatio := "", "", "", "", ""
 		if mock := find(TargetMock, r.Mode); mock != nil && r.Target != TargetMock && strings.HasPrefix(r.Mode, "fixed") {
 			added50 = ms(r.Quantile(50) - mock.Quantile(50))
 			added99 = ms(r.Quantile(99) - mock.Quantile(99))
@@ -43,8 +46,14 @@ func WriteTable(w io.Writer, results []*Result) error {
 		if base := find(TargetBaseline, r.Mode); base != nil && r.Target == TargetBridge && strings.HasPrefix(r.Mode, "closed") && base.Throughput() > 0 {
 			ratio = fmt.Sprintf("%.2f", r.Throughput()/base.Throughput())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Target, r.Mode, r.Requests, r.Errors, r.Throughput(),
-			ms(r.Quantile(50)), ms(r.Quantile(95)), ms(r.Quantile(99)), added50, added99, ratio)
+		if r.CPUPerRequest() > 0 {
+			cpu = ms(r.CPUPerRequest())
+			if base := find(TargetBaseline, r.Mode); base != nil && r.Target == TargetBridge && base.CPUPerRequest() > 0 {
+				cpuRatio = fmt.Sprintf("%.2f", float64(r.CPUPerRequest())/float64(base.CPUPerRequest()))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Target, r.Mode, r.Requests, r.Errors, r.Throughput(),
+			ms(r.Quantile(50)), ms(r.Quantile(95)), ms(r.Quantile(99)), added50, added99, ratio, cpu, cpuRatio)
 	}
 	return tw.Flush()
 }
@@ -89,6 +98,47 @@ func ReadMemory(pid int) (Memory, error) {
 		*dst = kb << 10
 	}
 	return m, sc.Err()
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times: 100
+// on every Linux the bench runs on (sysconf(_SC_CLK_TCK)).
+const clockTicks = 100
+
+// ReadCPU reads pid's user and system CPU time so far, from
+// /proc/<pid>/stat (Linux only; 10 ms resolution).
+func ReadCPU(pid int) (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	d, err := statCPU(string(data))
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return d, nil
+}
+
+// statCPU is utime + stime of a /proc/<pid>/stat line. The command name,
+// in parentheses, may hold spaces and parentheses: fields count from
+// after its last ")"; utime and stime are fields 14 and 15.
+func statCPU(stat string) (time.Duration, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("no command name")
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("%d fields after the command name", len(f))
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
 }
 
 // MiB formats n bytes in MiB.

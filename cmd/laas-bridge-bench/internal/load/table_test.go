@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -38,6 +39,35 @@ func TestWriteTable(t *testing.T) {
 	}
 	if !regexp.MustCompile(`bridge\s+closed x1\s+80\s+0\s+80\s+2\.000ms\s+2\.000ms\s+2\.000ms\s+0\.80\s*\n`).MatchString(out) {
 		t.Errorf("closed row:\n%s", out)
+	}
+	// With the processes' CPU: per answered request, and the bridge's
+	// over the baseline's.
+	base, bridge := mk(TargetBaseline, "closed x1", time.Millisecond, 100), mk(TargetBridge, "closed x1", 2*time.Millisecond, 80)
+	base.CPU, bridge.CPU = 50*time.Millisecond, 60*time.Millisecond // 0.5 ms and 0.75 ms a request
+	buf.Reset()
+	if err := WriteTable(&buf, []*Result{base, bridge}); err != nil {
+		t.Fatal(err)
+	}
+	out = buf.String()
+	if !regexp.MustCompile(`baseline\s+closed x1\s+100\s+0\s+100\s+1\.000ms\s+1\.000ms\s+1\.000ms\s+0\.500ms\s*\n`).MatchString(out) ||
+		!regexp.MustCompile(`bridge\s+closed x1\s+80\s+0\s+80\s+2\.000ms\s+2\.000ms\s+2\.000ms\s+0\.80\s+0\.750ms\s+1\.50\s*\n`).MatchString(out) {
+		t.Errorf("closed rows with CPU:\n%s", out)
+	}
+}
+
+// TestStatCPU: utime and stime of a /proc/<pid>/stat line, whatever the
+// command name holds; ReadCPU reads this process's.
+func TestStatCPU(t *testing.T) {
+	line := "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 2300 0 0 0 1234 56 0 0 20 0 9 0 1000 2000000 3000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+	got, err := statCPU(line)
+	if err != nil || got != 12900*time.Millisecond {
+		t.Fatalf("statCPU: %s, %v; want 12.9s (1234 + 56 ticks)", got, err)
+	}
+	if _, err := statCPU("4242 S 1"); err == nil {
+		t.Error("statCPU of a line without a command name: no error")
+	}
+	if _, err := ReadCPU(os.Getpid()); err != nil {
+		t.Errorf("ReadCPU of this process: %v", err)
 	}
 }
 
