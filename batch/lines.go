@@ -112,6 +112,12 @@ type Validator struct {
 // custom_id, method and url, and the JSON around them.
 const LineOverhead = 64 << 10
 
+// lineTooLong is the refusal of a line over max bytes.
+func lineTooLong(max int) *schema.Error {
+	return &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
+		Message: fmt.Sprintf("the line is longer than the %d bytes a batch line may hold (the largest request body, BRIDGE_MAX_BODY_BYTES, and %d bytes for custom_id, method and url).", max, LineOverhead)}
+}
+
 // maxLine is the longest line v reads whole.
 func (v Validator) maxLine() int {
 	if v.MaxBodyBytes <= 0 {
@@ -146,8 +152,7 @@ func (v Validator) Plan(ctx context.Context, id string, who keys.Caller, r io.Re
 		p.Total++
 		var customID, model string
 		if tooLong {
-			err = &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
-				Message: fmt.Sprintf("the line is longer than the %d bytes a batch line may hold (the largest request body, BRIDGE_MAX_BODY_BYTES, and %d bytes for custom_id, method and url).", v.maxLine(), LineOverhead)}
+			err = lineTooLong(v.maxLine())
 		} else {
 			customID, model, err = v.line(ctx, id, who, i, raw, seen)
 		}

@@ -199,8 +199,9 @@ func (d *driver) publish(ctx context.Context, l PlanLine, deadline time.Time) er
 		// A plan stored before it kept its limit, made by a runner
 		// with a higher one: the line is this runner's refusal, not a
 		// read to try again until the batch expires.
-		return d.keepRefusal(ctx, l, JobID(d.id, l.Line), &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
-			Message: fmt.Sprintf("The line is longer than the %d bytes a batch line may hold (the largest request body, BRIDGE_MAX_BODY_BYTES, and %d bytes for custom_id, method and url).", d.input.max, LineOverhead)})
+		e := lineTooLong(d.input.max)
+		e.Message = fmt.Sprintf("Line %d: %s", l.Line+1, e.Message)
+		return d.keepRefusal(ctx, l, JobID(d.id, l.Line), e)
 	}
 	if err != nil {
 		return err
