@@ -50,8 +50,8 @@ func TestMain(m *testing.M) {
 
 // TestBenchProcess runs the bench briefly: it starts the mock, the
 // baseline proxy and `serve` as processes, every target answers every
-// request, the table has a row per target and mode with the added latency
-// and the throughput ratio, and the CPU profile comes from the bridge's
+// request, the table has a row per target and mode with the added latency,
+// the throughput ratio and the CPU per request, and the CPU profile comes from the bridge's
 // BRIDGE_PPROF_LISTEN.
 func TestBenchProcess(t *testing.T) {
 	dir := t.TempDir()
@@ -71,8 +71,13 @@ func TestBenchProcess(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^\s*bridge\s+fixed 50/s(\s+\S+){6}\s+-?\d+\.\d{3}ms\s+-?\d+\.\d{3}ms\s*$`).MatchString(out) {
 		t.Errorf("bridge fixed row without added latency:\n%s", out)
 	}
-	if !regexp.MustCompile(`(?m)^\s*bridge\s+closed x2(\s+\S+){6}\s+\d+\.\d\d\s*$`).MatchString(out) {
-		t.Errorf("bridge closed row without the ratio to the baseline:\n%s", out)
+	// The closed-loop rows have the CPU per request of the process (from
+	// /proc), the bridge's also its ratio to the baseline's.
+	if !regexp.MustCompile(`(?m)^\s*bridge\s+closed x2(\s+\S+){6}\s+\d+\.\d\d\s+\d+\.\d{3}ms\s+\d+\.\d\d\s*$`).MatchString(out) {
+		t.Errorf("bridge closed row without the ratio to the baseline, its CPU per request and that ratio:\n%s", out)
+	}
+	if !regexp.MustCompile(`(?m)^\s*baseline\s+closed x2(\s+\S+){6}\s+\d+\.\d{3}ms\s*$`).MatchString(out) {
+		t.Errorf("baseline closed row without its CPU per request:\n%s", out)
 	}
 	if fi, err := os.Stat(prof); err != nil || fi.Size() == 0 {
 		t.Errorf("no CPU profile: %v", err)
