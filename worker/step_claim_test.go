@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -54,5 +55,23 @@ func TestClaimBody(t *testing.T) {
 				t.Errorf("%d replies, want none", n)
 			}
 		})
+	}
+}
+
+// TestClaimTimeoutFor: a large body's fetch may take 30 s and a second
+// more per MiB, as its store by the gateway may: a flat 30 s failed every
+// attempt at a 40 MB body on a busy machine, and its caller got a 500.
+func TestClaimTimeoutFor(t *testing.T) {
+	for _, tc := range []struct {
+		size uint64
+		want time.Duration
+	}{
+		{0, 30 * time.Second},
+		{1 << 20, 31 * time.Second},
+		{43 << 20, 73 * time.Second},
+	} {
+		if got := claimTimeoutFor(tc.size); got != tc.want {
+			t.Errorf("claimTimeoutFor(%d) = %s, want %s", tc.size, got, tc.want)
+		}
 	}
 }

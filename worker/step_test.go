@@ -123,6 +123,19 @@ func (s *fakeStore) GetBytes(_ context.Context, name string, _ ...jetstream.GetO
 	return data, nil
 }
 
+func (s *fakeStore) GetInfo(_ context.Context, name string, _ ...jetstream.GetObjectInfoOpt) (*jetstream.ObjectInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	data, ok := s.objects[name]
+	if !ok {
+		return nil, jetstream.ErrObjectNotFound
+	}
+	return &jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: name}, Size: uint64(len(data))}, nil
+}
+
 func (s *fakeStore) PutBytes(_ context.Context, name string, data []byte) (*jetstream.ObjectInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
