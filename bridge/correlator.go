@@ -110,6 +110,18 @@ func (c *correlator) deliver(m *nats.Msg) {
 	}
 }
 
+// deliverLocal takes a reply on a direct subject from a worker in this
+// process, as deliver takes it from NATS; false when the subject is not
+// this gateway's.
+func (c *correlator) deliverLocal(direct string, data []byte) bool {
+	id, ok := strings.CutPrefix(direct, c.direct)
+	if !ok {
+		return false
+	}
+	c.deliverID(id, data)
+	return true
+}
+
 // deliverID hands data to the caller waiting for id, once.
 func (c *correlator) deliverID(id string, data []byte) {
 	c.mu.Lock()

@@ -701,3 +701,34 @@ func TestLaneHeader(t *testing.T) {
 	}
 	<-done // the 300 ms model times out: no worker here
 }
+
+// TestDeliverLocal: a worker in this process hands a reply on this
+// gateway's direct subject straight to its caller, once; another
+// gateway's subject is refused, for the worker to send over NATS.
+func TestDeliverLocal(t *testing.T) {
+	f := newFixture(t, Config{InstanceID: "gw-local"})
+	ch := f.gw.corr.expect("r1")
+	defer f.gw.corr.forget("r1")
+	if f.gw.DeliverLocal(schema.SubjectDirectReplies+".gw-other.r1", []byte(`{"id":"r1"}`)) {
+		t.Fatal("took a reply for another gateway")
+	}
+	if !f.gw.DeliverLocal(schema.SubjectDirectReplies+".gw-local.r1", []byte(`{"id":"r1"}`)) {
+		t.Fatal("refused its own reply")
+	}
+	select {
+	case got := <-ch:
+		if string(got) != `{"id":"r1"}` {
+			t.Errorf("got %s", got)
+		}
+	default:
+		t.Fatal("the caller did not get the reply")
+	}
+	if !f.gw.DeliverLocal(schema.SubjectDirectReplies+".gw-local.r1", []byte(`{"id":"r1"}`)) {
+		t.Error("refused a duplicate of its own reply (nobody waits: it is dropped, not sent on)")
+	}
+	select {
+	case got := <-ch:
+		t.Errorf("the duplicate reached the caller: %s", got)
+	default:
+	}
+}

@@ -229,6 +229,7 @@ func (m *poolMetrics) cancelDropped() {
 const (
 	replyDirect = "direct"
 	replyStream = "stream"
+	replyLocal  = "local" // to a gateway in this process (HandRepliesTo)
 )
 
 // replied counts a reply handed to a gateway by path.

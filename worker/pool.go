@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -138,9 +139,19 @@ type Pool struct {
 
 	// send hands an encoded reply to a gateway: sendReply (tests replace it).
 	send func(subject string, data []byte) error
+	// local, when set, hands a reply on a direct subject to a gateway in
+	// this process (see HandRepliesTo); false: not that gateway's.
+	local atomic.Pointer[func(direct string, data []byte) bool]
 	// handler runs one delivery: every step of newHandler.
 	handler handlerFunc
 }
+
+// HandRepliesTo makes the pool hand a reply whose direct subject belongs
+// to a gateway in this process (laas-bridge serve) straight to it, as the
+// gateway would take it from NATS on the fast path, without the NATS
+// round trip; deliver reports whether the subject was its. Safe to call
+// while the pool runs.
+func (p *Pool) HandRepliesTo(deliver func(direct string, data []byte) bool) { p.local.Store(&deliver) }
 
 // NewPool builds a pool over cons, which must be the workers' consumer on
 // the request stream; the large-body store must exist (see queue.Ensure).

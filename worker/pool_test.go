@@ -737,8 +737,41 @@ func TestPoolRepliesDirectOrThroughStream(t *testing.T) {
 			t.Errorf("replies stream holds %d messages, want 2", n)
 		}
 	})
+	t.Run("a gateway in this process takes it", func(t *testing.T) {
+		direct, err := gw.SubscribeSync("laas.direct.test.*") // must hear nothing
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer direct.Unsubscribe()
+		_ = gw.Flush()
+		local := make(chan schema.Reply, 2)
+		f.p.HandRepliesTo(func(subject string, data []byte) bool {
+			if subject != "laas.direct.test.l1" {
+				return false // another gateway's: over NATS
+			}
+			local <- decode(data)
+			return true
+		})
+		defer f.p.HandRepliesTo(func(string, []byte) bool { return false })
+		f.publish(t, "l1", "m", time.Minute, hello)
+		select {
+		case r := <-local:
+			if r.ID != "l1" || r.Status != 200 || r.Completion == nil {
+				t.Errorf("local reply: %+v", r)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no local reply")
+		}
+		f.drained(t)
+		if m, err := direct.NextMsg(100 * time.Millisecond); err == nil {
+			t.Errorf("reply also sent over NATS on %s", m.Subject)
+		}
+		if n := replies(); n != 2 {
+			t.Errorf("replies stream holds %d messages, want the 2 from before", n)
+		}
+	})
 	mfs := gather(t, reg)
-	for path, want := range map[string]float64{replyDirect: 1, replyStream: 2} {
+	for path, want := range map[string]float64{replyDirect: 1, replyStream: 2, replyLocal: 1} {
 		if got := metricValue(mfs, "laas_bridge_worker_replies_total", "path", path); got != want {
 			t.Errorf("replies_total{path=%s} = %v, want %v", path, got, want)
 		}

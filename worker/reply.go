@@ -128,7 +128,8 @@ const directReplyTimeout = 2 * time.Second
 
 // sendReply hands a reply to the gateway. First the fast path: a core NATS
 // request on the reply's direct subject, which no stream stores; the
-// gateway answers once the reply is its caller's. When that fails (no
+// gateway answers once the reply is its caller's (a gateway in this
+// process takes it without NATS, see HandRepliesTo). When that fails (no
 // gateway listening, as with a gateway that is reconnecting or one older
 // than the fast path; a timeout), the reply is published through JetStream
 // into StreamReplies, which keeps it for a gateway that reconnects, and the
@@ -136,6 +137,10 @@ const directReplyTimeout = 2 * time.Second
 // It is the pool's send unless a test replaces it.
 func (p *Pool) sendReply(subject string, data []byte) error {
 	if direct, ok := schema.DirectReplySubject(subject); ok {
+		if local := p.local.Load(); local != nil && (*local)(direct, data) {
+			p.metrics.replied(replyLocal)
+			return nil
+		}
 		if _, err := p.nc.Request(direct, data, directReplyTimeout); err == nil {
 			p.metrics.replied(replyDirect)
 			return nil

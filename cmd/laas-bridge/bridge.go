@@ -189,6 +189,10 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 			return err
 		}
 		defer gw.Close()
+		if pool != nil {
+			// serve: this process's replies skip the NATS round trip.
+			pool.HandRepliesTo(gw.DeliverLocal)
+		}
 		// Every gateway runs a batch runner (Batch API); leases in
 		// LAAS_BATCHES keep each batch with one runner at a time.
 		stopRunner, err := startBatchRunner(ctx, js, gw.Core(), env, log)

@@ -93,6 +93,7 @@ func TestServeMetricsNeedTheMasterKey(t *testing.T) {
 		`laas_bridge_gateway_in_flight 0`,
 		`laas_bridge_worker_jobs_total{model="claude-3.5-sonnet",status="200"} 1`,
 		`laas_bridge_worker_in_flight 0`,
+		`laas_bridge_worker_replies_total{path="local"} 1`, // serve: the reply skips NATS
 		`laas_bridge_worker_rate_limit_wait_seconds_count{lane="interactive"} 1`,
 		`laas_bridge_worker_upstream_duration_seconds_count{model="claude-3.5-sonnet",status="200"} 1`,
 		`laas_bridge_gateway_queue_depth{consumer="`+schema.ConsumerWorkers+`"} 0`,
