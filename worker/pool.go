@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -137,6 +138,10 @@ type Pool struct {
 	keys       KeyResolver  // nil: keys are not looked up
 	keyMetrics *keyMetrics  // nil: none kept
 
+	// beats signals the deliveries being worked on (keepInProgress),
+	// made on first use from ackWait.
+	beatOnce sync.Once
+	beats    *heartbeat
 	// send hands an encoded reply to a gateway: sendReply (tests replace it).
 	send func(subject string, data []byte) error
 	// local, when set, hands a reply on a direct subject to a gateway in

@@ -33,36 +33,82 @@ func progressPeriod(ackWait time.Duration) time.Duration {
 // shutdown abandoned it.
 func (p *Pool) keepInProgress(next handlerFunc) handlerFunc {
 	return func(ctx context.Context, j *job) {
-		stop := keepAlive(j.msg, progressPeriod(p.ackWait))
+		p.beatOnce.Do(func() { p.beats = newHeartbeat(progressPeriod(p.ackWait)) })
+		stop := p.beats.hold(j.msg)
 		defer stop()
 		next(ctx, j)
 	}
 }
 
-// keepAlive sends msg.InProgress every period, on a goroutine of its own
-// (a busy handler does not delay it), until the returned func is called.
-// It does not stop with the work context: a delivery is signalled until it
-// is settled, whatever ended its call. Once stop returns, no more signal
-// is sent.
-func keepAlive(msg jetstream.Msg, period time.Duration) (stop func()) {
-	done, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(period)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				select {
-				case <-done: // a tick that raced the stop
-					return
-				default:
-				}
-				_ = msg.InProgress()
-			}
+// heartbeat signals every delivery it holds as in progress every period,
+// from one goroutine for them all (a goroutine and a ticker per job cost
+// about 8 KiB each, times the jobs in flight: thousands in a burst),
+// which runs while it holds any and exits when it holds none. A busy
+// handler does not delay it. A delivery is signalled until it is
+// settled, whatever ended its call; once its stop returns, it is not
+// signalled again.
+type heartbeat struct {
+	period time.Duration
+
+	mu      sync.Mutex
+	held    map[*beat]struct{}
+	running bool
+}
+
+// beat is one delivery a heartbeat holds.
+type beat struct {
+	msg     jetstream.Msg
+	mu      sync.Mutex // held while msg is signalled, so stop waits for it
+	stopped bool
+}
+
+func newHeartbeat(period time.Duration) *heartbeat {
+	return &heartbeat{period: period, held: map[*beat]struct{}{}}
+}
+
+// hold signals msg every period until the returned func is called.
+func (h *heartbeat) hold(msg jetstream.Msg) (stop func()) {
+	b := &beat{msg: msg}
+	h.mu.Lock()
+	h.held[b] = struct{}{}
+	if !h.running {
+		h.running = true
+		go h.run()
+	}
+	h.mu.Unlock()
+	return func() {
+		b.mu.Lock()
+		b.stopped = true
+		b.mu.Unlock()
+		h.mu.Lock()
+		delete(h.held, b)
+		h.mu.Unlock()
+	}
+}
+
+func (h *heartbeat) run() {
+	t := time.NewTicker(h.period)
+	defer t.Stop()
+	var due []*beat
+	for range t.C {
+		h.mu.Lock()
+		if len(h.held) == 0 {
+			h.running = false
+			h.mu.Unlock()
+			return
 		}
-	}()
-	return sync.OnceFunc(func() { close(done); <-stopped })
+		due = due[:0]
+		for b := range h.held {
+			due = append(due, b)
+		}
+		h.mu.Unlock()
+		for _, b := range due {
+			b.mu.Lock()
+			if !b.stopped {
+				_ = b.msg.InProgress()
+			}
+			b.mu.Unlock()
+		}
+		clear(due) // holds no settled delivery until the next tick
+	}
 }

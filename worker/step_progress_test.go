@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"runtime"
 	"testing"
 	"time"
 
@@ -96,4 +97,57 @@ func TestPoolHoldsJobThroughLongSteps(t *testing.T) {
 	if extra, err := f.replies.NextMsg(100 * time.Millisecond); err == nil {
 		t.Errorf("a second reply: %s", extra.Data)
 	}
+}
+
+// TestHeartbeatOneGoroutine: a thousand deliveries held at once are
+// signalled by one goroutine, not one each; it exits once none is held,
+// and a stopped delivery is never signalled again.
+func TestHeartbeatOneGoroutine(t *testing.T) {
+	h := newHeartbeat(10 * time.Millisecond)
+	before := runtime.NumGoroutine()
+	const n = 1000
+	msgs := make([]*fakeMsg, n)
+	stops := make([]func(), n)
+	for i := range msgs {
+		msgs[i] = &fakeMsg{}
+		stops[i] = h.hold(msgs[i])
+	}
+	if extra := runtime.NumGoroutine() - before; extra > n/10 {
+		t.Errorf("%d deliveries held add %d goroutines; want about one", n, extra)
+	}
+	count := func(m *fakeMsg) int {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.inProgress
+	}
+	waitUntil(t, "every delivery signalled twice", func() bool {
+		for _, m := range msgs {
+			if count(m) < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, stop := range stops {
+		stop()
+	}
+	after := make([]int, n)
+	for i, m := range msgs {
+		after[i] = count(m)
+	}
+	waitUntil(t, "the heartbeat to stop with nothing held", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return !h.running
+	})
+	for i, m := range msgs {
+		if c := count(m); c != after[i] {
+			t.Fatalf("delivery %d signalled %d times after its stop", i, c-after[i])
+		}
+	}
+	// Held again, it ticks again.
+	m := &fakeMsg{}
+	stop := h.hold(m)
+	waitUntil(t, "a delivery held after the heartbeat stopped to be signalled", func() bool { return count(m) >= 1 })
+	stop()
 }
