@@ -303,7 +303,9 @@ func (g *Gateway) Core() *admission.Core { return g.core }
 // DeliverLocal takes a worker's reply on a direct subject when it is this
 // gateway's (worker.Pool.HandRepliesTo, for a worker in this process),
 // as the fast path over NATS takes it; false when it is not.
-func (g *Gateway) DeliverLocal(direct string, data []byte) bool { return g.corr.deliverLocal(direct, data) }
+func (g *Gateway) DeliverLocal(direct string, data []byte) bool {
+	return g.corr.deliverLocal(direct, data)
+}
 
 // Handler returns the HTTP handler, for tests and custom servers.
 func (g *Gateway) Handler() http.Handler { return g.echo }
