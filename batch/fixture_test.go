@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -198,8 +199,9 @@ func (p *published) count(jobID string) int {
 
 // records collects every revision of every batch record, as written.
 type records struct {
-	mu   sync.Mutex
-	revs map[string][]Record // by batch id
+	mu    sync.Mutex
+	revs  map[string][]Record // by batch id
+	order []Record            // every revision, in the bucket's order
 }
 
 func (f *fixture) watchRecords(t *testing.T) *records {
@@ -228,11 +230,19 @@ func (f *fixture) watchRecords(t *testing.T) *records {
 			}
 			rs.mu.Lock()
 			rs.revs[rec.Batch.ID] = append(rs.revs[rec.Batch.ID], rec)
+			rs.order = append(rs.order, rec)
 			rs.mu.Unlock()
 		}
 	}()
 	t.Cleanup(func() { _ = w.Stop(); cancel(); <-done })
 	return rs
+}
+
+// all lists every revision of every batch, in the bucket's order.
+func (rs *records) all() []Record {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return slices.Clone(rs.order)
 }
 
 func (rs *records) of(id string) []Record {

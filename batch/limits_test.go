@@ -1,18 +1,13 @@
 package batch
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -27,39 +22,13 @@ type revision struct {
 // bucket's order.
 func (f *fixture) watchAllRecords(t *testing.T) func() []revision {
 	t.Helper()
-	kv, err := f.q.JS.KeyValue(testCtx(t), schema.BucketBatches)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	w, err := kv.Watch(ctx, "b.*", jetstream.IgnoreDeletes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var revs []revision
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for e := range w.Updates() {
-			if e == nil {
-				continue
-			}
-			var rec Record
-			if err := json.Unmarshal(e.Value(), &rec); err != nil {
-				t.Errorf("record %s: %v", e.Key(), err)
-				continue
-			}
-			mu.Lock()
-			revs = append(revs, revision{rec.Batch.ID, rec.Owner, rec.Batch.Status})
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { _ = w.Stop(); cancel(); <-done })
+	rs := f.watchRecords(t)
 	return func() []revision {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(revs)
+		var revs []revision
+		for _, r := range rs.all() {
+			revs = append(revs, revision{r.Batch.ID, r.Owner, r.Batch.Status})
+		}
+		return revs
 	}
 }
 

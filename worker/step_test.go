@@ -110,7 +110,8 @@ type fakeStore struct {
 	err     error // returned by GetBytes when set
 }
 
-func (s *fakeStore) GetBytes(_ context.Context, name string, _ ...jetstream.GetObjectOpt) ([]byte, error) {
+// object is name's data, or the error GetBytes and GetInfo return.
+func (s *fakeStore) object(name string) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
@@ -123,15 +124,14 @@ func (s *fakeStore) GetBytes(_ context.Context, name string, _ ...jetstream.GetO
 	return data, nil
 }
 
+func (s *fakeStore) GetBytes(_ context.Context, name string, _ ...jetstream.GetObjectOpt) ([]byte, error) {
+	return s.object(name)
+}
+
 func (s *fakeStore) GetInfo(_ context.Context, name string, _ ...jetstream.GetObjectInfoOpt) (*jetstream.ObjectInfo, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return nil, s.err
-	}
-	data, ok := s.objects[name]
-	if !ok {
-		return nil, jetstream.ErrObjectNotFound
+	data, err := s.object(name)
+	if err != nil {
+		return nil, err
 	}
 	return &jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: name}, Size: uint64(len(data))}, nil
 }

@@ -239,16 +239,7 @@ func PDFInflating(inflated int) []byte {
 // first bytes, and more to split them, on a file of about n * (first/1000
 // + 200) bytes.
 func PDFObjectStreams(n, first int) []byte {
-	var z bytes.Buffer
-	w, err := zlib.NewWriterLevel(&z, zlib.BestCompression)
-	if err != nil {
-		panic(err)
-	}
-	w.Write(bytes.Repeat([]byte("0 0 "), first/4))
-	w.Write([]byte("null"))
-	if err := w.Close(); err != nil {
-		panic(err)
-	}
+	z := deflate(zlib.BestCompression, bytes.Repeat([]byte("0 0 "), first/4), []byte("null"))
 	objs := []string{
 		"<< /Type /Catalog /Pages 2 0 R >>",
 		"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
@@ -329,13 +320,7 @@ func PDFAliasedObjectStream(n int) []byte {
 	for range 500 {
 		prolog.WriteString("0 0 ")
 	}
-	var z bytes.Buffer
-	w := zlib.NewWriter(&z)
-	w.Write(prolog.Bytes())
-	w.Write([]byte("null"))
-	if err := w.Close(); err != nil {
-		panic(err)
-	}
+	z := deflate(zlib.DefaultCompression, prolog.Bytes(), []byte("null"))
 	objs := []string{
 		"<< /Type /Catalog /Pages 2 0 R >>",
 		"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
@@ -362,12 +347,7 @@ func PDFPagesInObjectStreams(pages int) []byte {
 		kids = append(kids, fmt.Sprintf("%d 0 R", page))
 		body := "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << >> >>"
 		prolog := fmt.Sprintf("%d 0 ", page)
-		var z bytes.Buffer
-		w := zlib.NewWriter(&z)
-		w.Write([]byte(prolog + body))
-		if err := w.Close(); err != nil {
-			panic(err)
-		}
+		z := deflate(zlib.DefaultCompression, []byte(prolog+body))
 		objs = append(objs, fmt.Sprintf("<< /Type /ObjStm /N 1 /First %d /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream", len(prolog), z.Len(), z.Bytes()))
 		compressed[page] = [2]int{3 + i, 0}
 	}
@@ -394,4 +374,20 @@ func PDFDamaged(size int) []byte {
 	}
 	b.WriteString(strings.Repeat(" ", size-b.Len()))
 	return b.Bytes()
+}
+
+// deflate is parts compressed as a /FlateDecode stream, at level.
+func deflate(level int, parts ...[]byte) *bytes.Buffer {
+	var z bytes.Buffer
+	w, err := zlib.NewWriterLevel(&z, level)
+	if err != nil {
+		panic(err)
+	}
+	for _, p := range parts {
+		_, _ = w.Write(p)
+	}
+	if err := w.Close(); err != nil {
+		panic(err)
+	}
+	return &z
 }
