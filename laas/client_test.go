@@ -911,3 +911,49 @@ func TestLaaSClientPrintsNoPassword(t *testing.T) {
 		}
 	}
 }
+
+// TestCompleteThroughSmallBuffers: the LaaS connections' buffers are small
+// (laasWriteBuffer, laasReadBuffer) to keep thousands of calls in flight
+// cheap; a request, a response header line and an answer each many times
+// their size still go through whole, on one connection reused.
+func TestCompleteThroughSmallBuffers(t *testing.T) {
+	longHeader := strings.Repeat("h", 8*laasReadBuffer)
+	answer := strings.Repeat("answer ", 64*laasReadBuffer)
+	var gotUser []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req schema.LaaSRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		gotUser = append(gotUser, req.Messages[len(req.Messages)-1].Content[0].Text)
+		w.Header().Set("X-Long", longHeader)
+		fmt.Fprintf(w, `{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":%q},"finish_reason":"stop"}]}`, answer)
+	}))
+	defer srv.Close()
+	c := newTestClient(t, srv.URL, 5*time.Second)
+	long := strings.Repeat("q", 16*laasWriteBuffer)
+	for i := range 2 {
+		req := testRequest()
+		req.Messages[len(req.Messages)-1].Content[0].Text = long
+		resp, err := c.Complete(context.Background(), req)
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		got, err := json.Marshal(resp.Choices[0].Message.Content)
+		if err != nil || string(got) != fmt.Sprintf("%q", answer) {
+			t.Fatalf("call %d: answer of %d bytes (%v), want %d", i, len(got), err, len(answer)+2)
+		}
+	}
+	if len(gotUser) != 2 || gotUser[0] != long || gotUser[1] != long {
+		t.Fatalf("LaaS read %d requests, of lengths %v; want 2 of %d", len(gotUser), lens(gotUser), len(long))
+	}
+}
+
+func lens(ss []string) []int {
+	out := make([]int, len(ss))
+	for i, s := range ss {
+		out[i] = len(s)
+	}
+	return out
+}

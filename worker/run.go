@@ -7,6 +7,7 @@ package worker
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,6 +16,13 @@ import (
 // runnerIdle is how long a goroutine that finished a job waits for the
 // next one before it exits.
 const runnerIdle = 5 * time.Second
+
+// maxIdleRunners is how many goroutines that finished a job may wait for
+// the next one; the others exit at once. Reuse saves CPU under steady load,
+// where a few idle runners suffice; after a burst of thousands of calls,
+// idle runners would hold their grown stacks (16-32 KiB each) for
+// runnerIdle while the answers go out (issue 14: 10,000 callers at once).
+const maxIdleRunners = 128
 
 // Run pulls and runs jobs until ctx is done. Then it stops pulling, hands
 // jobs that arrive from a pull still open back to the queue at once (Nak),
@@ -30,8 +38,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	// In-flight calls outlive ctx by up to ShutdownGrace.
 	work, abandon := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer abandon(nil)
-	r := &runners{p: p, work: work, slots: make(chan struct{}, p.cfg.Concurrency),
-		idle: make(chan jetstream.Msg), quit: make(chan struct{})}
+	r := newRunners(p, work, p.cfg.Concurrency)
 	p.log.Info("worker pool started", "concurrency", p.cfg.Concurrency, "max_deliver", p.maxDeliver, "ack_wait", p.ackWait)
 	// Two pullers, so a pull is open while the other is being set up: a job
 	// published between two pulls does not wait for a round trip.
@@ -66,22 +73,41 @@ type runners struct {
 	idle  chan jetstream.Msg
 	quit  chan struct{} // closed once pulling has stopped
 	wg    sync.WaitGroup
+
+	idleFor time.Duration // runnerIdle
+	maxIdle int32         // maxIdleRunners
+	idling  atomic.Int32  // runners waiting for a job
+	alive   atomic.Int32  // runner goroutines
 }
 
-// run handles msg, then the jobs handed to it while it waits idle.
+func newRunners(p *Pool, work context.Context, concurrency int) *runners {
+	return &runners{p: p, work: work, slots: make(chan struct{}, concurrency),
+		idle: make(chan jetstream.Msg), quit: make(chan struct{}), idleFor: runnerIdle, maxIdle: maxIdleRunners}
+}
+
+// run handles msg, then the jobs handed to it while it waits idle, unless
+// maxIdle runners wait already.
 func (r *runners) run(msg jetstream.Msg) {
-	t := time.NewTimer(runnerIdle)
+	defer r.alive.Add(-1)
+	t := time.NewTimer(r.idleFor)
 	defer t.Stop()
 	for {
 		r.p.handle(r.work, msg)
 		<-r.slots
 		r.wg.Done()
-		t.Reset(runnerIdle)
+		if r.idling.Add(1) > r.maxIdle {
+			r.idling.Add(-1)
+			return
+		}
+		t.Reset(r.idleFor)
 		select {
 		case msg = <-r.idle:
+			r.idling.Add(-1)
 		case <-t.C:
+			r.idling.Add(-1)
 			return
 		case <-r.quit:
+			r.idling.Add(-1)
 			return
 		}
 	}
@@ -98,6 +124,7 @@ func (r *runners) start(ctx context.Context, msg jetstream.Msg) bool {
 	select {
 	case r.idle <- msg: // unbuffered: only a waiting runner takes a job
 	default:
+		r.alive.Add(1)
 		go r.run(msg)
 	}
 	return true

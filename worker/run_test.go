@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/queue/queuetest"
 	"github.com/laas-bridge/laas-bridge/schema"
@@ -31,7 +29,7 @@ func TestRunnersStart(t *testing.T) {
 			f := newStepFixture(t)
 			ran := make(chan *job, 1)
 			f.p.handler = func(_ context.Context, j *job) { ran <- j }
-			r := &runners{p: f.p, work: context.Background(), slots: make(chan struct{}, 1), idle: make(chan jetstream.Msg), quit: make(chan struct{})}
+			r := newRunners(f.p, context.Background(), 1)
 			defer close(r.quit)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -110,5 +108,56 @@ func TestPoolShutdownHandsBackAbandonedCalls(t *testing.T) {
 	}
 	if r.ID != "r1" || r.Status != 200 || r.Attempts != 2 || up.count() != 1 {
 		t.Errorf("reply %s status %d attempt %d, LaaS calls %d; want r1 answered 200 by the second attempt", r.ID, r.Status, r.Attempts, up.count())
+	}
+}
+
+// TestRunnersKeepAtMostMaxIdle: after a burst of jobs, at most maxIdle
+// runners stay to wait for the next job; the others exit at once rather
+// than hold their stacks for runnerIdle (an hour here, so only the cap can
+// make them exit). A job that comes next runs on one that stayed.
+func TestRunnersKeepAtMostMaxIdle(t *testing.T) {
+	const burst, maxIdle = 6, 2
+	f := newStepFixture(t)
+	release := make(chan struct{})
+	ran := make(chan *job, burst+1)
+	f.p.handler = func(_ context.Context, j *job) { ran <- j; <-release }
+	r := newRunners(f.p, context.Background(), burst)
+	r.idleFor, r.maxIdle = time.Hour, maxIdle
+	defer close(r.quit)
+	for range burst {
+		r.slots <- struct{}{}
+		if !r.start(context.Background(), &fakeMsg{subject: schema.SubjectInteractive}) {
+			t.Fatal("start refused a job before shutdown")
+		}
+	}
+	for i := range burst {
+		select {
+		case <-ran:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d jobs ran within 10s", i, burst)
+		}
+	}
+	if got := r.alive.Load(); got != burst {
+		t.Fatalf("%d runners alive during the burst, want %d", got, burst)
+	}
+	close(release)
+	r.wg.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for r.alive.Load() != maxIdle || r.idling.Load() != maxIdle {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the burst %d runners alive and %d idle, want %d and %d", r.alive.Load(), r.idling.Load(), maxIdle, maxIdle)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.slots <- struct{}{}
+	r.start(context.Background(), &fakeMsg{subject: schema.SubjectInteractive})
+	select {
+	case <-ran:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the next job did not run within 10s")
+	}
+	r.wg.Wait()
+	if got := r.alive.Load(); got != maxIdle {
+		t.Errorf("%d runners alive after the next job, want %d (it ran on an idle one)", got, maxIdle)
 	}
 }
