@@ -53,7 +53,7 @@ func (c *Core) Check(r Request) (*Checked, error) {
 	if k := ck.Caller.Key; k != nil && !k.Allows(req.Model) {
 		return ck, keys.ModelAccessDenied(k, req.Model)
 	}
-	model, ok := c.catalog.Lookup(req.Model)
+	model, ok := c.catalog.Load().Lookup(req.Model)
 	if !ok {
 		return ck, schema.ModelNotFound(req.Model)
 	}

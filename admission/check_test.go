@@ -26,7 +26,9 @@ func testCore(t *testing.T, cfg Config) *Core {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodyBytes
 	}
-	return &Core{cfg: cfg, catalog: catalog}
+	c := &Core{cfg: cfg}
+	c.catalog.Store(catalog)
+	return c
 }
 
 func TestCheckRefuses(t *testing.T) {

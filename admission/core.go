@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -74,7 +75,7 @@ type Core struct {
 	bodies  jetstream.ObjectStore
 	answers jetstream.KeyValue
 	jobs    *jobstore.Store
-	catalog *schema.Catalog
+	catalog atomic.Pointer[schema.Catalog] // SetCatalog swaps it
 	log     *slog.Logger
 	// media checks images and PDFs, reading at most GOMAXPROCS PDFs at
 	// once across every door of the process.
@@ -103,6 +104,16 @@ func Open(ctx context.Context, cfg Config, js jetstream.JetStream, catalog *sche
 	if err != nil {
 		return nil, err
 	}
-	return &Core{cfg: cfg, js: js, bodies: bodies, answers: answers, jobs: jobs, catalog: catalog, log: log,
-		media: multimodal.NewChecker(0)}, nil
+	c := &Core{cfg: cfg, js: js, bodies: bodies, answers: answers, jobs: jobs, log: log,
+		media: multimodal.NewChecker(0)}
+	c.catalog.Store(catalog)
+	return c, nil
 }
+
+// Catalog is the model catalogue in force.
+func (c *Core) Catalog() *schema.Catalog { return c.catalog.Load() }
+
+// SetCatalog puts catalog in force (a config reload): a request checked
+// before keeps the model it was checked against (its deadline, the alias
+// it was queued under); the next one is checked against catalog.
+func (c *Core) SetCatalog(catalog *schema.Catalog) { c.catalog.Store(catalog) }

@@ -53,7 +53,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	ck, err := g.core.Check(req)
 	obs := observationOf(c)
 	if ck.Chat != nil {
-		obs.request(ck.Chat, g.catalog)
+		obs.request(ck.Chat, g.core.Catalog())
 	}
 	if err != nil {
 		return err

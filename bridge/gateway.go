@@ -183,7 +183,6 @@ type Gateway struct {
 	cfg      Config
 	nc       *nats.Conn
 	js       jetstream.JetStream
-	catalog  *schema.Catalog
 	log      *slog.Logger
 	corr     *correlator
 	metrics  *metrics // nil: none kept
@@ -236,7 +235,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		return nil, err
 	}
 	g := &Gateway{
-		cfg: cfg, nc: nc, js: js, catalog: catalog, log: log.With("gateway", cfg.InstanceID), corr: corr,
+		cfg: cfg, nc: nc, js: js, log: log.With("gateway", cfg.InstanceID), corr: corr,
 		core:     core,
 		bodies:   bodies,
 		batches:  batches,
@@ -299,6 +298,10 @@ func (g *Gateway) recoverReplies() {
 // Core is the gateway's admission core, for the other doors it runs
 // beside HTTP (the batch runner).
 func (g *Gateway) Core() *admission.Core { return g.core }
+
+// SetCatalog puts a reloaded model catalogue in force for the requests
+// that come next (admission.Core.SetCatalog); /v1/models lists it.
+func (g *Gateway) SetCatalog(catalog *schema.Catalog) { g.core.SetCatalog(catalog) }
 
 // DeliverLocal takes a worker's reply on a direct subject when it is this
 // gateway's (worker.Pool.HandRepliesTo, for a worker in this process),

@@ -145,7 +145,7 @@ func (g *Gateway) keyRequest(c echo.Context) (keys.Request, error) {
 	}
 	if r.Models.Value != nil {
 		for i, m := range *r.Models.Value {
-			if _, ok := g.catalog.Lookup(m); !ok && m != keys.AllModels {
+			if _, ok := g.core.Catalog().Lookup(m); !ok && m != keys.AllModels {
 				return keys.Request{}, &schema.Error{Status: http.StatusBadRequest, Type: schema.TypeInvalidRequest, Code: schema.CodeModelNotFound,
 					Param: fmt.Sprintf("models[%d]", i), Message: fmt.Sprintf("The model '%s' is not in this bridge's config.yaml; a key can name only its models (GET /v1/models lists them).", m)}
 			}

@@ -297,7 +297,7 @@ func (m *microEndpoint) check(id string, r micro.Request) (ck *admission.Checked
 	}
 	ck, err = g.core.Check(req)
 	if ck.Chat != nil {
-		if mod, ok := g.catalog.Lookup(ck.Chat.Model); ok {
+		if mod, ok := g.core.Catalog().Lookup(ck.Chat.Model); ok {
 			model = mod.Alias
 		}
 	}

@@ -18,7 +18,7 @@ func (g *Gateway) modelObject(m schema.Model) schema.ModelObject {
 // listModels answers GET /v1/models with the configured aliases: for a
 // virtual key, those it may call.
 func (g *Gateway) listModels(c echo.Context) error {
-	models := g.catalog.Models()
+	models := g.core.Catalog().Models()
 	key := callerOf(c).Key
 	list := schema.ModelList{Object: "list", Data: make([]schema.ModelObject, 0, len(models))}
 	for _, m := range models {
@@ -33,7 +33,7 @@ func (g *Gateway) listModels(c echo.Context) error {
 // virtual key may not call does not exist for it (404, as OpenAI answers).
 func (g *Gateway) getModel(c echo.Context) error {
 	id := c.Param("*")
-	m, ok := g.catalog.Lookup(id)
+	m, ok := g.core.Catalog().Lookup(id)
 	if key := callerOf(c).Key; !ok || key != nil && !key.Allows(m.Alias) {
 		return schema.ModelNotFound(id)
 	}

@@ -70,7 +70,7 @@ func TestCancelsKeepIDsUntilTheirDeadline(t *testing.T) {
 // laas_bridge_worker_cancelled_ids_dropped_total.
 func TestCancelsCap(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	m, err := newPoolMetrics(reg, catalog(t))
+	m, err := newPoolMetrics(reg, liveCatalog(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,12 +69,12 @@ var (
 // nothing, so a pool without a registry needs no checks. Safe for
 // concurrent use.
 type poolMetrics struct {
-	catalog       *schema.Catalog
-	jobs          *prometheus.CounterVec   // model, status
-	queueWait     *prometheus.HistogramVec // model
-	upstream      *prometheus.HistogramVec // model, status
-	retries       *prometheus.CounterVec   // model, reason
-	deadLetters   *prometheus.CounterVec   // reason
+	catalog       *atomic.Pointer[schema.Catalog] // the pool's
+	jobs          *prometheus.CounterVec          // model, status
+	queueWait     *prometheus.HistogramVec        // model
+	upstream      *prometheus.HistogramVec        // model, status
+	retries       *prometheus.CounterVec          // model, reason
+	deadLetters   *prometheus.CounterVec          // reason
 	limiterWait   *prometheus.HistogramVec
 	cancellations *prometheus.CounterVec // when
 	cancelDrops   prometheus.Counter
@@ -84,7 +85,7 @@ type poolMetrics struct {
 
 // newPoolMetrics registers a pool's metrics in reg; nil reg means none.
 // Model labels are resolved against catalog.
-func newPoolMetrics(reg prometheus.Registerer, catalog *schema.Catalog) (*poolMetrics, error) {
+func newPoolMetrics(reg prometheus.Registerer, catalog *atomic.Pointer[schema.Catalog]) (*poolMetrics, error) {
 	if reg == nil {
 		return nil, nil
 	}
@@ -157,7 +158,7 @@ func deadLettersCounter(reg prometheus.Registerer) (*prometheus.CounterVec, erro
 
 // model is the label for alias: itself when configured, else ModelUnknown.
 func (m *poolMetrics) model(alias string) string {
-	if mod, ok := m.catalog.Lookup(alias); ok {
+	if mod, ok := m.catalog.Load().Lookup(alias); ok {
 		return mod.Alias
 	}
 	return ModelUnknown

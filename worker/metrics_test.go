@@ -227,13 +227,13 @@ func TestPoolMetricsCancellations(t *testing.T) {
 // second pool on it is refused, not silently merged.
 func TestPoolMetricsRegistration(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	if _, err := newPoolMetrics(reg, catalog(t)); err != nil {
+	if _, err := newPoolMetrics(reg, liveCatalog(t)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := newPoolMetrics(reg, catalog(t)); err == nil {
+	if _, err := newPoolMetrics(reg, liveCatalog(t)); err == nil {
 		t.Error("a second pool's metrics were registered in the same registry")
 	}
-	if m, err := newPoolMetrics(nil, catalog(t)); m != nil || err != nil {
+	if m, err := newPoolMetrics(nil, liveCatalog(t)); m != nil || err != nil {
 		t.Errorf("nil registry: %v, %v; want no metrics", m, err)
 	}
 }
@@ -246,7 +246,7 @@ func TestDeadLetterMetrics(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	reg := prometheus.NewRegistry()
-	m, err := newPoolMetrics(reg, catalog(t))
+	m, err := newPoolMetrics(reg, liveCatalog(t))
 	if err != nil {
 		t.Fatal(err)
 	}

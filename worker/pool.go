@@ -125,7 +125,7 @@ type Pool struct {
 	jobs       *jobstore.Store // job states and results (see jobs.go)
 	inlineMax  int
 	up         Upstream
-	catalog    *schema.Catalog
+	catalog    atomic.Pointer[schema.Catalog] // SetCatalog swaps it
 	log        *slog.Logger
 	ackWait    time.Duration
 	maxDeliver int
@@ -150,6 +150,10 @@ type Pool struct {
 	// handler runs one delivery: every step of newHandler.
 	handler handlerFunc
 }
+
+// SetCatalog puts a reloaded model catalogue in force for the jobs taken
+// next; a job already taken runs on the model it was prepared with.
+func (p *Pool) SetCatalog(catalog *schema.Catalog) { p.catalog.Store(catalog) }
 
 // HandRepliesTo makes the pool hand a reply whose direct subject belongs
 // to a gateway in this process (laas-bridge serve) straight to it, as the
@@ -185,15 +189,16 @@ func NewPool(cfg Config, js jetstream.JetStream, cons jetstream.Consumer, up Ups
 	}
 	info := cons.CachedInfo()
 	nc := js.Conn()
-	p := &Pool{cfg: cfg, nc: nc, js: js, cons: cons, batch: batch, bodies: bodies, answers: answers, jobs: jobs, inlineMax: int(nc.MaxPayload() / 2), up: up, catalog: catalog, log: log,
+	p := &Pool{cfg: cfg, nc: nc, js: js, cons: cons, batch: batch, bodies: bodies, answers: answers, jobs: jobs, inlineMax: int(nc.MaxPayload() / 2), up: up, log: log,
 		ackWait: info.Config.AckWait, maxDeliver: info.Config.MaxDeliver}
+	p.catalog.Store(catalog)
 	if p.ackWait <= 0 {
 		p.ackWait = queue.DefaultAckWait
 	}
 	for _, o := range opts {
 		o(p)
 	}
-	if p.metrics, err = newPoolMetrics(p.metricsReg, catalog); err != nil {
+	if p.metrics, err = newPoolMetrics(p.metricsReg, &p.catalog); err != nil {
 		return nil, err
 	}
 	if p.ledger != nil {

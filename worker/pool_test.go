@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -82,6 +83,13 @@ func catalog(t testing.TB) *schema.Catalog {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// liveCatalog is catalog(t) as the pool holds it.
+func liveCatalog(t testing.TB) *atomic.Pointer[schema.Catalog] {
+	var p atomic.Pointer[schema.Catalog]
+	p.Store(catalog(t))
+	return &p
 }
 
 // startPool runs a pool over up with MaxDeliver 3 and opts; it is stopped
@@ -775,5 +783,70 @@ func TestPoolRepliesDirectOrThroughStream(t *testing.T) {
 		if got := metricValue(mfs, "laas_bridge_worker_replies_total", "path", path); got != want {
 			t.Errorf("replies_total{path=%s} = %v, want %v", path, got, want)
 		}
+	}
+}
+
+// gatedUpstream holds its first call until release is closed and records
+// the preset of every call.
+type gatedUpstream struct {
+	entered chan struct{} // closed when the first call has begun
+	release chan struct{}
+	mu      sync.Mutex
+	presets []string
+}
+
+func (u *gatedUpstream) Complete(ctx context.Context, req *schema.LaaSRequest) (*schema.LaaSResponse, error) {
+	u.mu.Lock()
+	u.presets = append(u.presets, req.Hash)
+	first := len(u.presets) == 1
+	u.mu.Unlock()
+	if first {
+		close(u.entered)
+		select {
+		case <-u.release:
+		case <-ctx.Done():
+			return nil, &laas.UpstreamError{Err: ctx.Err()}
+		}
+	}
+	return (&recorder{}).Complete(ctx, req)
+}
+
+// TestPoolSetCatalog: a catalogue put in force while a job's LaaS call is
+// under way (a config reload) leaves that job on the model it was prepared
+// with, and applies to the jobs taken after it: a changed preset is used,
+// a removed model is refused model_not_found.
+func TestPoolSetCatalog(t *testing.T) {
+	up := &gatedUpstream{entered: make(chan struct{}), release: make(chan struct{})}
+	f := startPool(t, up, Config{Concurrency: 2})
+	f.publish(t, "before", "m", time.Minute, hello)
+	select {
+	case <-up.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first job did not reach LaaS within 10s")
+	}
+	reloaded, err := schema.NewCatalog([]schema.Model{{Alias: "m", LaaSModel: "claude-4-sonnet", PresetHash: "p2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.p.SetCatalog(reloaded)
+	f.publish(t, "after", "m", time.Minute, hello)
+	if r := f.reply(t); r.ID != "after" || r.Status != 200 {
+		t.Fatalf("first reply %s %d, want after 200", r.ID, r.Status)
+	}
+	close(up.release)
+	if r := f.reply(t); r.ID != "before" || r.Status != 200 {
+		t.Fatalf("second reply %s %d, want before 200", r.ID, r.Status)
+	}
+	up.mu.Lock()
+	presets := slices.Clone(up.presets)
+	up.mu.Unlock()
+	if !slices.Equal(presets, []string{"p1", "p2"}) {
+		t.Errorf("LaaS called with presets %v, want [p1 p2]: the job under way on the old config, the next on the new", presets)
+	}
+	empty, _ := schema.NewCatalog(nil)
+	f.p.SetCatalog(empty)
+	f.publish(t, "removed", "m", time.Minute, hello)
+	if r := f.reply(t); r.ID != "removed" || r.Status != 404 || r.Error == nil || r.Error.Code == nil || *r.Error.Code != schema.CodeModelNotFound {
+		t.Errorf("reply for a removed model: %+v, want 404 model_not_found", r)
 	}
 }

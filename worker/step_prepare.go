@@ -31,7 +31,7 @@ func (p *Pool) prepare(next handlerFunc) handlerFunc {
 // checks): a model not in the catalogue, a request that does not decode or
 // validate, a preset override the pool does not allow.
 func (p *Pool) translate(env *schema.Envelope) (*schema.LaaSRequest, schema.Model, error) {
-	model, ok := p.catalog.Lookup(env.Model)
+	model, ok := p.catalog.Load().Lookup(env.Model)
 	if !ok {
 		return nil, model, schema.ModelNotFound(env.Model)
 	}

@@ -175,9 +175,10 @@ func newStepFixture(t *testing.T) *stepFixture {
 	f := &stepFixture{answers: &fakeKV{values: map[string][]byte{}}, bodies: &fakeStore{objects: map[string][]byte{}}}
 	cfg := Config{RetryBase: 10 * time.Millisecond, RetryMax: 40 * time.Millisecond}
 	cfg.setDefaults()
-	f.p = &Pool{cfg: cfg, catalog: catalog(t), log: slog.New(slog.DiscardHandler), ackWait: 30 * time.Second, maxDeliver: 3,
+	f.p = &Pool{cfg: cfg, log: slog.New(slog.DiscardHandler), ackWait: 30 * time.Second, maxDeliver: 3,
 		inlineMax: 512 << 10, answers: f.answers, bodies: f.bodies,
 		cancels: newCancelSet(time.Hour, maxCancelled, nil)}
+	f.p.catalog.Store(catalog(t))
 	f.p.send = func(subject string, data []byte) error {
 		f.mu.Lock()
 		defer f.mu.Unlock()

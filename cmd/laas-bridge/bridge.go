@@ -89,7 +89,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		defer stopPprof()
 	}
 
-	cfgFile, err := loadConfig(env.Config, log)
+	cfgFile, cfgPath, cfgData, err := readConfig(env.Config, log)
 	if err != nil {
 		return err
 	}
@@ -103,6 +103,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	}
 
 	var up *laas.Client
+	var headerTimeout time.Duration // the LaaS transport's, set once
 	if hasWorker {
 		if env.Concurrency < 1 {
 			return fmt.Errorf("BRIDGE_WORKER_CONCURRENCY must be at least 1, got %d", env.Concurrency)
@@ -117,8 +118,9 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 			return fmt.Errorf("missing LaaS settings: %s. Set them in the environment or in .env, or run `laas-bridge serve --demo` to try the bridge with a built-in mock", strings.Join(missing, ", "))
 		}
 		catalog = catalog.WithDefaultPreset(env.LaaSPresetHash)
+		headerTimeout = laas.LongestTimeout(catalog.Models())
 		up, err = laas.NewClient(laas.Config{BaseURL: env.LaaSBaseURL, ProjectCode: env.LaaSProjectCode, APIKey: env.LaaSAPIKey,
-			ResponseHeaderTimeout: laas.LongestTimeout(catalog.Models())}, nil)
+			ResponseHeaderTimeout: headerTimeout}, nil)
 		if err != nil {
 			return err
 		}
@@ -207,6 +209,28 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	if openAPI != "" {
 		log.Warn("BRIDGE_MASTER_KEY is not set: the API accepts any caller", "because", openAPI)
 	}
+	if cfgPath != "" {
+		// Config reload: the model list, on SIGHUP and when the file changes.
+		r, err := newConfigReloader(cfgPath, cfgData, func(cat *schema.Catalog) error {
+			cat, err := catalogFor(cat, hasWorker, env.LaaSPresetHash, headerTimeout)
+			if err != nil {
+				return err
+			}
+			if pool != nil {
+				pool.SetCatalog(cat)
+			}
+			if gw != nil {
+				gw.SetCatalog(cat)
+			}
+			return nil
+		}, reg, log)
+		if err != nil {
+			return err
+		}
+		reloadCtx, stopReload := context.WithCancel(ctx)
+		defer stopReload()
+		go r.run(reloadCtx, env.ConfigWatch)
+	}
 	if env.MetricsListen != "" {
 		stopMetrics, err := serveMetrics(env.MetricsListen, reg, log)
 		if err != nil {
@@ -247,24 +271,34 @@ func runRoles(ctx context.Context, gw *bridge.Gateway, ln net.Listener, pool *wo
 
 // loadConfig reads the model config: path, or config.yaml when present.
 func loadConfig(path string, log *slog.Logger) (*config.File, error) {
+	f, _, _, err := readConfig(path, log)
+	return f, err
+}
+
+// readConfig is loadConfig that also returns the path it read and its
+// content ("" and nil when there was no file), for reloads.
+func readConfig(path string, log *slog.Logger) (f *config.File, read string, data []byte, err error) {
 	explicit := path != ""
 	if !explicit {
 		path = "config.yaml"
 	}
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && !explicit {
+	data, err = os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) && !explicit {
 		log.Warn("no config.yaml found: no models are configured, so every chat request will answer model_not_found")
 		empty, err := schema.NewCatalog(nil)
-		return &config.File{Catalog: empty}, err
+		return &config.File{Catalog: empty}, "", nil, err
 	}
-	f, err := config.Load(path, os.LookupEnv)
 	if err != nil {
-		return nil, err
+		return nil, "", nil, fmt.Errorf("read config: %w", err)
+	}
+	if f, err = config.Parse(path, data, os.LookupEnv); err != nil {
+		return nil, "", nil, err
 	}
 	if len(f.Ignored) > 0 {
 		log.Info("config keys laas-bridge does not use were ignored", "keys", strings.Join(f.Ignored, ","))
 	}
 	log.Info("config loaded", "path", path, "models", len(f.Catalog.Models()))
-	return f, nil
+	return f, path, data, nil
 }
 
 // missingLaaS names the LaaS settings a worker needs and does not have.

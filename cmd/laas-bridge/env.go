@@ -20,8 +20,11 @@ type Env struct {
 	LaaSPresetHash  string        `envconfig:"LAAS_PRESET_HASH"`
 	LaaSBaseURL     string        `envconfig:"LAAS_BASE_URL" default:"https://api-laas.wanted.co.kr"`
 
-	Listen      string        `envconfig:"BRIDGE_LISTEN" default:":4000"`
-	Config      string        `envconfig:"BRIDGE_CONFIG"`
+	Listen string `envconfig:"BRIDGE_LISTEN" default:":4000"`
+	Config string `envconfig:"BRIDGE_CONFIG"`
+	// ConfigWatch is how often the config file is checked for a change
+	// (its model list is reloaded, as on SIGHUP); 0: on SIGHUP only.
+	ConfigWatch time.Duration `envconfig:"BRIDGE_CONFIG_WATCH" default:"10s"`
 	DataDir     string        `envconfig:"BRIDGE_DATA_DIR" default:"./data"`
 	MasterKey   schema.Secret `envconfig:"BRIDGE_MASTER_KEY"`
 	NATSURL     string        `envconfig:"NATS_URL"`
