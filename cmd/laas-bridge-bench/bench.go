@@ -84,6 +84,7 @@ func runBench(ctx context.Context, args []string, lookupEnv func(string) (string
 	fs.DurationVar(&c.SoakTimeout, "soak-timeout", 5*time.Minute, "how long one soak request, job or batch may take to its answer")
 	fs.StringVar(&c.NATSBin, "nats-bin", "", "the nats-server binary the soak mode starts (default: build "+harness.NATSPackage+" with go build)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the started bridge during its closed-loop run to this file")
+	fs.BoolVar(&c.Trace, "trace", false, "have the started bridge export every span (OTLP/HTTP, always_on) to a sink in the bench, to measure tracing's cost")
 	fs.StringVar(&c.LogDir, "log-dir", "", "keep the started processes' logs here (default: a temporary directory, removed)")
 	fs.StringVar(&c.BridgeBin, "bridge-bin", "", "the laas-bridge binary to start (default: build "+harness.BridgePackage+" with go build)")
 	if err := parseFlags(fs, args); err != nil {

@@ -33,6 +33,9 @@ type Config struct {
 	// CPUProfile, when set, is where the started bridge's CPU profile of
 	// its closed-loop run goes.
 	CPUProfile string
+	// Trace, when set, has the started bridge export every span (OTLP over
+	// HTTP, sampler always_on) to a sink in the bench.
+	Trace bool
 	// LogDir keeps the started processes' logs ("": a temporary directory,
 	// removed at the end).
 	LogDir string
@@ -106,6 +109,9 @@ func (c Config) modes() (map[string]bool, error) {
 	}
 	if c.BatchConcurrency < 1 || c.BatchConcurrency > 10_000 {
 		errs = append(errs, fmt.Errorf("bench: --batch-concurrency must be 1 to 10000, got %d", c.BatchConcurrency))
+	}
+	if c.Trace && c.Target != "" {
+		errs = append(errs, errors.New("bench: --trace needs a bridge started by the bench (no --target)"))
 	}
 	if c.CPUProfile != "" && c.Target != "" {
 		errs = append(errs, errors.New("bench: --cpuprofile needs a bridge started by the bench (no --target)"))

@@ -34,6 +34,7 @@ func TestConfigValidate(t *testing.T) {
 		{"batch rpm", func(c *Config) { c.BatchRPM = -1 }, []string{"--batch-rpm must not be negative, got -1"}},
 		{"negative latency", func(c *Config) { c.BatchLatency = -time.Millisecond }, []string{"--batch-latency must not be negative"}},
 		{"profile of a bridge not started", func(c *Config) { c.CPUProfile, c.Target = "cpu.pprof", "http://127.0.0.1:4000" }, []string{"--cpuprofile needs a bridge started by the bench"}},
+		{"traces of a bridge not started", func(c *Config) { c.Trace, c.Target = true, "http://127.0.0.1:4000" }, []string{"--trace needs a bridge started by the bench"}},
 		{"soak settings", func(c *Config) {
 			c.Modes, c.SoakRate, c.SoakWorkers, c.SoakBatchEvery, c.SoakBatchLines, c.SoakTimeout = "soak", 0, 17, time.Minute, 0, 0
 		}, []string{"--soak-rate must be 1 to 1000, got 0", "--soak-workers must be 1 to 16, got 17",

@@ -17,8 +17,9 @@ import (
 // called directly, the baseline and the bridge.
 type latencyTargets struct {
 	targets   []load.Target
-	bridge    *child // the started bridge; nil with --target
-	pprofAddr string // the started bridge's pprof listener, with --cpuprofile
+	bridge    *child     // the started bridge; nil with --target
+	pprofAddr string     // the started bridge's pprof listener, with --cpuprofile
+	sink      *traceSink // where the started bridge sends spans, with --trace
 }
 
 // startLatencyTargets starts what was not given by URL: the mock, the
@@ -47,6 +48,14 @@ func (h *harness) startLatencyTargets(ctx context.Context) (latencyTargets, erro
 		env := h.laasEnv(mockURL, "BRIDGE_WORKER_CONCURRENCY="+strconv.Itoa(max(64, c.Concurrency)))
 		if c.CPUProfile != "" {
 			env = append(env, "BRIDGE_PPROF_LISTEN=127.0.0.1:0")
+		}
+		if c.Trace {
+			sink, err := startTraceSink()
+			if err != nil {
+				return lt, err
+			}
+			lt.sink = sink
+			env = append(env, sink.env()...)
 		}
 		p, addr, err := h.startBridge(ctx, "serve", env, gatewayReady, "serve", "--listen", "127.0.0.1:0", "--nats-listen", "",
 			"--data-dir", filepath.Join(h.dir, "serve-data"))
@@ -78,6 +87,9 @@ func (h *harness) startLatencyTargets(ctx context.Context) (latencyTargets, erro
 func (h *harness) latencyAndThroughput(ctx context.Context, fixed, closed bool) ([]*load.Result, error) {
 	c := h.cfg
 	lt, err := h.startLatencyTargets(ctx)
+	if lt.sink != nil {
+		defer lt.sink.close()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -107,6 +119,9 @@ func (h *harness) latencyAndThroughput(ctx context.Context, fixed, closed bool) 
 			}
 			results = append(results, r)
 		}
+	}
+	if lt.sink != nil {
+		fmt.Fprintf(h.stderr, "bench: tracing on: the bridge sent %d OTLP exports, %d bytes\n", lt.sink.exports.Load(), lt.sink.bytes.Load())
 	}
 	if lt.bridge != nil {
 		if m, err := load.ReadMemory(lt.bridge.cmd.Process.Pid); err == nil {
