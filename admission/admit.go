@@ -32,6 +32,9 @@ type Ticket struct {
 	Duplicate bool
 	// JobState is a recorded job's state (Job.Record).
 	JobState schema.JobState
+	// Seq is the request stream's sequence of the queued message (0 when
+	// nothing was queued): where it stands in its lane.
+	Seq uint64
 }
 
 // Admit runs the multimodal check on a checked request (unless the door
@@ -85,11 +88,20 @@ func (c *Core) queue(ctx context.Context, ck *Checked, env *schema.Envelope, t T
 			}
 		}
 	}
-	dup, err := c.publish(ctx, ck, env)
+	seq, dup, err := c.publish(ctx, ck, env)
 	if err != nil && ck.Job != nil && ck.Job.Record {
 		c.jobs.Forget(context.WithoutCancel(ctx), ck.ID)
 	}
-	t.Duplicate = dup
+	t.Seq, t.Duplicate = seq, dup
+	if err == nil && !dup && ck.Job != nil && ck.Job.Record {
+		// Where the job stands in its lane, for GET /v1/queue/jobs/{id};
+		// without it the job only has no position.
+		if st, err := c.jobs.Queued(ctx, ck.ID, seq, t.Subject); err != nil {
+			c.log.Warn("could not record a job's place in the queue", "request_id", ck.ID, "error", err)
+		} else {
+			t.JobState = st
+		}
+	}
 	return t, err
 }
 
@@ -125,18 +137,19 @@ func msgID(ck *Checked) string {
 	return "req." + ck.ID
 }
 
-// publish stores a large body, then publishes env. dup reports a request
-// with the same Nats-Msg-Id already queued.
-func (c *Core) publish(ctx context.Context, ck *Checked, env *schema.Envelope) (dup bool, err error) {
+// publish stores a large body, then publishes env, and returns its
+// stream sequence. dup reports a request with the same Nats-Msg-Id
+// already queued.
+func (c *Core) publish(ctx context.Context, ck *Checked, env *schema.Envelope) (seq uint64, dup bool, err error) {
 	if len(env.Request) > c.cfg.InlineMax {
 		if err := c.storeBody(ctx, env.ID, env.Request); err != nil {
-			return false, err
+			return 0, false, err
 		}
 		env.Request, env.RequestRef = nil, env.ID
 	}
 	data, err := json.Marshal(env)
 	if err != nil {
-		return false, fmt.Errorf("encode envelope: %w", err)
+		return 0, false, fmt.Errorf("encode envelope: %w", err)
 	}
 	msg := &nats.Msg{Subject: ck.Lane.Subject(), Data: data, Header: nats.Header{}}
 	if ck.ReplyTo != "" {
@@ -152,10 +165,10 @@ func (c *Core) publish(ctx context.Context, ck *Checked, env *schema.Envelope) (
 		if env.RequestRef != "" {
 			c.dropBody(env.RequestRef)
 		}
-		return false, c.publishError(ctx, env.ID, err)
+		return 0, false, c.publishError(ctx, env.ID, err)
 	}
 	if !ack.Duplicate {
-		return false, nil
+		return ack.Sequence, false, nil
 	}
 	// Another request with this idempotency key holds the queue: its body
 	// is its own, under its own id. Not so where the id is the request's
@@ -166,7 +179,7 @@ func (c *Core) publish(ctx context.Context, ck *Checked, env *schema.Envelope) (
 	}
 	// A plain request's Nats-Msg-Id is its own: a duplicate can only be
 	// this very message, stored by an attempt whose ack was lost.
-	return ck.Job != nil || ck.AnswerKey != "", nil
+	return ack.Sequence, ck.Job != nil || ck.AnswerKey != "", nil
 }
 
 // retry runs op with failover.Retry within patience: a bucket's stream

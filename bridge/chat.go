@@ -31,6 +31,8 @@ type pending struct {
 	enqueuedAt time.Time
 	timeout    time.Duration // how long the caller waits: deadline - enqueuedAt
 	deadline   time.Time
+	seq        uint64        // the queued message's stream sequence; 0 when none was queued
+	lane       string        // the lane subject it was queued on
 	answer     <-chan []byte // the worker's raw schema.Reply
 	release    func()        // forgets the caller; nil when nothing to release
 }
@@ -138,7 +140,7 @@ func (g *Gateway) admit(ctx context.Context, ck *admission.Checked) (p *pending,
 		g.corr.forget(ck.ID)
 		return nil, false, err
 	}
-	p = &pending{id: ck.ID, model: ck.Model, enqueuedAt: t.EnqueuedAt, timeout: ck.Timeout, deadline: t.Deadline}
+	p = &pending{id: ck.ID, model: ck.Model, enqueuedAt: t.EnqueuedAt, timeout: ck.Timeout, deadline: t.Deadline, seq: t.Seq, lane: t.Subject}
 	switch {
 	case t.Answer != nil:
 		g.corr.forget(ck.ID)

@@ -185,6 +185,8 @@ type Gateway struct {
 	js       jetstream.JetStream
 	log      *slog.Logger
 	corr     *correlator
+	// positions answers where queued requests stand (queuepos.go).
+	positions *queuePositions
 	metrics  *metrics // nil: none kept
 	echo     *echo.Echo
 	core     *admission.Core // the one way into the queue
@@ -235,7 +237,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		return nil, err
 	}
 	g := &Gateway{
-		cfg: cfg, nc: nc, js: js, log: log.With("gateway", cfg.InstanceID), corr: corr,
+		cfg: cfg, nc: nc, js: js, log: log.With("gateway", cfg.InstanceID), corr: corr, positions: newQueuePositions(js),
 		core:     core,
 		bodies:   bodies,
 		batches:  batches,

@@ -53,6 +53,11 @@ type Job struct {
 	StatusCode int `json:"status_code,omitempty"`
 	// Error is the OpenAI error of a failed or cancelled job, else null.
 	Error *schema.ErrorDetail `json:"error"`
+	// Position is how many jobs a worker takes before this one, and EtaMs
+	// how long until one takes it, while it is queued (queuePositions);
+	// absent otherwise, and EtaMs until workers have taken jobs lately.
+	Position *int   `json:"position,omitempty"`
+	EtaMs    *int64 `json:"eta_ms,omitempty"`
 }
 
 // jobOf builds the API view of a job's state and result (nil before it has one).
@@ -111,7 +116,17 @@ func (g *Gateway) submitJob(c echo.Context) error {
 	}
 	g.log.Info("job queued", "request_id", id, "model", ck.Model.Alias)
 	c.Response().Header().Set(echo.HeaderLocation, "/v1/queue/jobs/"+id)
-	return c.JSON(http.StatusAccepted, jobOf(t.JobState, nil))
+	j := jobOf(t.JobState, nil)
+	seq, lane := t.Seq, t.Subject
+	if t.Duplicate { // submitted again: where the first submission stands
+		seq, lane = t.JobState.QueuedSeq, t.JobState.QueuedLane
+	}
+	if t.JobState.Status == schema.JobQueued {
+		if j.Position, j.EtaMs = g.place(r.Context(), seq, lane); j.Position != nil {
+			c.Response().Header().Set(HeaderQueuePosition, strconv.Itoa(*j.Position))
+		}
+	}
+	return c.JSON(http.StatusAccepted, j)
 }
 
 // getJob answers a job's state and result; with ?wait= it waits (at most
@@ -147,7 +162,11 @@ func (g *Gateway) getJob(c echo.Context) error {
 			return g.jobError(ctx, id, err)
 		}
 	}
-	return c.JSON(http.StatusOK, jobOf(st, res))
+	j := jobOf(st, res)
+	if st.Status == schema.JobQueued && res == nil {
+		j.Position, j.EtaMs = g.place(ctx, st.QueuedSeq, st.QueuedLane)
+	}
+	return c.JSON(http.StatusOK, j)
 }
 
 // watch takes one of Config.MaxJobWatchers long polls; false when all

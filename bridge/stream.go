@@ -60,7 +60,7 @@ func (g *Gateway) streamAnswer(c echo.Context, p *pending, opts schema.StreamOpt
 		case <-g.closing:
 			return g.streamFailed(c, s, shuttingDown())
 		case <-keepAlive.C:
-			if err := s.write(sseKeepAlive); err != nil {
+			if err := s.write(g.keepAliveComment(ctx, p)); err != nil {
 				return clientGone(err)
 			}
 		}

@@ -74,6 +74,11 @@ type JobState struct {
 	// with the same job id (a duplicate published after the duplicate
 	// window) is dropped.
 	Seq uint64 `json:"seq,omitempty"`
+	// QueuedSeq and QueuedLane are the request-stream sequence and the
+	// lane subject of the message that queued the job (set once it is
+	// published, while it is queued): where it stands in its lane.
+	QueuedSeq  uint64 `json:"queued_seq,omitempty"`
+	QueuedLane string `json:"queued_lane,omitempty"`
 }
 
 // JobResult is the message a worker publishes on a job's results subject:

@@ -279,6 +279,28 @@ func (j *Store) Cancel(ctx context.Context, id string) (schema.JobState, error) 
 	return schema.JobState{}, fmt.Errorf("cancel job %s: its state kept changing", id)
 }
 
+// Queued records where job id's message is in the request stream (seq,
+// on lane subject) while the job is queued; a job a worker started, or one
+// cancelled, is left as it is. It returns the job's state.
+func (j *Store) Queued(ctx context.Context, id string, seq uint64, lane string) (schema.JobState, error) {
+	for range 10 {
+		st, rev, err := j.state(ctx, id)
+		if err != nil || st.Status != schema.JobQueued {
+			return st, err
+		}
+		st.QueuedSeq, st.QueuedLane = seq, lane
+		data, _ := json.Marshal(st)
+		if _, err := j.kv.Update(ctx, id, data, rev); err != nil {
+			if casConflict(err) { // changed meanwhile: read again
+				continue
+			}
+			return st, fmt.Errorf("record job %s's place in the queue: %w", id, err)
+		}
+		return st, nil
+	}
+	return schema.JobState{}, fmt.Errorf("record job %s's place in the queue: its state kept changing", id)
+}
+
 // Start records that the delivery of request-stream sequence seq runs job
 // env. run is false when it must not: the job was cancelled (the caller
 // answers it cancelled) or another message with the same job id is running
