@@ -180,26 +180,26 @@ func (c Config) Validate() error {
 
 // Gateway is the HTTP front end. Create it with New, serve it with Serve.
 type Gateway struct {
-	cfg      Config
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	log      *slog.Logger
-	corr     *correlator
+	cfg  Config
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	log  *slog.Logger
+	corr *correlator
 	// positions answers where queued requests stand (queuepos.go).
 	positions *queuePositions
-	metrics  *metrics // nil: none kept
-	echo     *echo.Echo
-	core     *admission.Core // the one way into the queue
-	bodies   jetstream.ObjectStore
-	batches  *batch.Store    // Batch API files and batches
-	jobs     *jobstore.Store // async jobs (jobs.go)
-	created  int64           // the models' "created" time
-	master   []byte          // the master key; nil: none
-	budget   *bodyBudget     // request bodies held in memory (budget.go)
-	watchers atomic.Int64    // long polls waiting (jobs.go)
-	draining atomic.Bool
-	stopping chan struct{} // closed when draining begins: long polls answer at once
-	closing  chan struct{} // closed when the shutdown grace is over
+	metrics   *metrics // nil: none kept
+	echo      *echo.Echo
+	core      *admission.Core // the one way into the queue
+	bodies    jetstream.ObjectStore
+	batches   *batch.Store    // Batch API files and batches
+	jobs      *jobstore.Store // async jobs (jobs.go)
+	created   int64           // the models' "created" time
+	master    []byte          // the master key; nil: none
+	budget    *bodyBudget     // request bodies held in memory (budget.go)
+	watchers  atomic.Int64    // long polls waiting (jobs.go)
+	draining  atomic.Bool
+	stopping  chan struct{} // closed when draining begins: long polls answer at once
+	closing   chan struct{} // closed when the shutdown grace is over
 }
 
 // New subscribes to this instance's replies and builds the routes. The
