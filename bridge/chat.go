@@ -52,6 +52,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	req.Caller, req.Streamable = callerOf(c), true
 	ck, err := g.core.Check(req)
 	obs := observationOf(c)
+	obs.lane = string(req.Lane)
 	if ck.Chat != nil {
 		obs.request(ck.Chat, g.catalog)
 	}
@@ -184,6 +185,9 @@ func (g *Gateway) awaitAnswer(c echo.Context, p *pending) error {
 		if err != nil {
 			return err
 		}
+		if o := observed(c); o != nil && g.access != nil {
+			o.setUsageJSON(rep.Completion)
+		}
 		// The completion goes out as the worker encoded it.
 		return c.JSONBlob(http.StatusOK, rep.Completion)
 	case <-c.Request().Context().Done():
@@ -285,6 +289,9 @@ func (g *Gateway) decodeRawReply(c echo.Context, raw []byte) (*rawReply, error) 
 	h.Set(HeaderQueueMs, strconv.FormatInt(rep.QueueMs, 10))
 	h.Set(HeaderUpstreamMs, strconv.FormatInt(rep.UpstreamMs, 10))
 	h.Set(HeaderAttempts, strconv.Itoa(rep.Attempts))
+	if o := observed(c); o != nil {
+		o.setReply(&rep.Reply)
+	}
 	if err := rep.Err(); err != nil {
 		return nil, err
 	}
