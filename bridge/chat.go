@@ -54,6 +54,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	req.Caller, req.Streamable = callerOf(c), true
 	ck, err := g.core.Check(req)
 	obs := observationOf(c)
+	obs.lane = string(req.Lane)
 	if ck.Chat != nil {
 		obs.request(ck.Chat, g.core.Catalog())
 	}
@@ -186,6 +187,9 @@ func (g *Gateway) awaitAnswer(c echo.Context, p *pending) error {
 		if err != nil {
 			return err
 		}
+		if o := observed(c); o != nil && g.access != nil {
+			o.setUsageJSON(rep.Completion)
+		}
 		// The completion goes out as the worker encoded it.
 		return c.JSONBlob(http.StatusOK, rep.Completion)
 	case <-c.Request().Context().Done():
@@ -287,6 +291,9 @@ func (g *Gateway) decodeRawReply(c echo.Context, raw []byte) (*rawReply, error) 
 	h.Set(HeaderQueueMs, strconv.FormatInt(rep.QueueMs, 10))
 	h.Set(HeaderUpstreamMs, strconv.FormatInt(rep.UpstreamMs, 10))
 	h.Set(HeaderAttempts, strconv.Itoa(rep.Attempts))
+	if o := observed(c); o != nil {
+		o.setReply(&rep.Reply)
+	}
 	if err := rep.Err(); err != nil {
 		return nil, err
 	}

@@ -91,6 +91,10 @@ type Config struct {
 	// batches. The admin (the master key) is not capped. Default
 	// DefaultBatchMaxPerOwner.
 	BatchMaxPerOwner int
+	// AccessLog, when set, gets one line per request answered over HTTP
+	// (health probes and metrics scrapes aside) and over the NATS
+	// endpoint; nil writes none.
+	AccessLog *AccessLog
 }
 
 // DefaultBatchMaxPerOwner is Config.BatchMaxPerOwner's default.
@@ -187,7 +191,8 @@ type Gateway struct {
 	corr *correlator
 	// positions answers where queued requests stand (queuepos.go).
 	positions *queuePositions
-	metrics   *metrics // nil: none kept
+	metrics   *metrics   // nil: none kept
+	access    *AccessLog // nil: no access lines
 	echo      *echo.Echo
 	core      *admission.Core // the one way into the queue
 	bodies    jetstream.ObjectStore
@@ -242,6 +247,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		bodies:   bodies,
 		batches:  batches,
 		jobs:     jobs,
+		access:   cfg.AccessLog,
 		budget:   &bodyBudget{max: cfg.MaxInflightBytes},
 		stopping: make(chan struct{}),
 		created:  time.Now().Unix(),

@@ -107,6 +107,9 @@ func (g *Gateway) submitJob(c echo.Context) error {
 	id := c.Response().Header().Get(HeaderRequestID)
 	ck, err := g.core.Check(admission.Request{ID: id, Body: body, Caller: callerOf(c), Door: admission.DoorJobs, Lane: admission.Batch, Timeout: timeout,
 		Job: &admission.Job{Record: true}, QueueWait: wait})
+	if o := observed(c); o != nil {
+		o.model, o.lane = ck.Model.Alias, string(ck.Lane)
+	}
 	if err != nil {
 		return err
 	}

@@ -102,23 +102,42 @@ func newMetrics(reg prometheus.Registerer, js jetstream.JetStream, budget *bodyB
 	return m, nil
 }
 
-// observation is what a chat request's handler learns for its metrics.
+// observation is what a request's handler learns for its metrics and its
+// access line.
 type observation struct {
-	model  string // a catalogue alias or ModelUnknown
-	stream bool
-	queued bool // the request reached the queue (or a kept answer)
+	model     string // a catalogue alias; "" when unknown
+	stream    bool
+	queued    bool   // the request reached the queue (or a kept answer)
+	lane      string // the lane it was queued in
+	errorCode string // of an error sent inside a streamed answer already under way
+	timing           // from the worker's reply
+	tokens           // the answer's usage
 }
 
-// observationKey holds a chat request's *observation in the echo context.
+// observationKey holds a request's *observation in the echo context.
 const observationKey = "laas_bridge_observation"
 
 // observationOf is the request's observation; a throwaway one when the
-// gateway keeps no metrics.
+// gateway keeps neither metrics nor an access log.
 func observationOf(c echo.Context) *observation {
-	if o, ok := c.Get(observationKey).(*observation); ok {
+	if o := observed(c); o != nil {
 		return o
 	}
 	return &observation{}
+}
+
+// observed is the request's observation, nil when nobody reads it.
+func observed(c echo.Context) *observation {
+	o, _ := c.Get(observationKey).(*observation)
+	return o
+}
+
+// metricsModel is the model label of an observation.
+func (o *observation) metricsModel() string {
+	if o.model == "" {
+		return ModelUnknown
+	}
+	return o.model
 }
 
 // request notes what the decoded request says: the model, when it is a
@@ -138,8 +157,11 @@ func (g *Gateway) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 	return func(c echo.Context) (err error) {
 		start := time.Now()
-		o := &observation{model: ModelUnknown}
-		c.Set(observationKey, o)
+		o := observed(c) // the access log's, when it keeps one
+		if o == nil {
+			o = &observation{}
+			c.Set(observationKey, o)
+		}
 		defer func() {
 			status := c.Response().Status
 			r := recover()
@@ -160,9 +182,9 @@ func (g *Gateway) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			if status == statusClientClosed {
 				g.metrics.cancellations.Inc()
 			}
-			g.metrics.requests.WithLabelValues(o.model, strconv.Itoa(status), strconv.FormatBool(o.stream)).Inc()
+			g.metrics.requests.WithLabelValues(o.metricsModel(), strconv.Itoa(status), strconv.FormatBool(o.stream)).Inc()
 			if o.queued {
-				g.metrics.duration.WithLabelValues(o.model).Observe(time.Since(start).Seconds())
+				g.metrics.duration.WithLabelValues(o.metricsModel()).Observe(time.Since(start).Seconds())
 			}
 			if r != nil {
 				panic(r)

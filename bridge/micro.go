@@ -243,11 +243,14 @@ func (m *microEndpoint) wait(ctx context.Context) error {
 // (a refusal is answered there) and leaves the rest, the multimodal check,
 // the queue and the wait, to a goroutine.
 func (m *microEndpoint) handle(r micro.Request) {
+	a := m.startAccess(r)
 	if reply := r.Reply(); reply != "" && !m.g.cfg.Micro.replyAllowed(reply) {
 		// Answering would publish, with the gateway's rights, wherever the
 		// caller pointed: say nothing there.
 		m.g.log.Warn("NATS request dropped: its reply subject is not in a caller's inbox space", "reply_prefixes", strings.Join(m.g.cfg.Micro.ReplyPrefixes, ","))
-		m.record(ModelUnknown, &schema.Error{Status: http.StatusForbidden, Type: schema.TypeInvalidRequest, Message: "reply subject refused"})
+		err := &schema.Error{Status: http.StatusForbidden, Type: schema.TypeInvalidRequest, Message: "reply subject refused"}
+		m.record(ModelUnknown, err)
+		m.finishAccess(a, "", nil, err, 0)
 		return
 	}
 	id := schema.NewID()
@@ -264,6 +267,10 @@ func (m *microEndpoint) handle(r micro.Request) {
 		m.record(model, err)
 		data, code, desc := m.errorBody(id, err, hdr)
 		_ = r.Error(code, desc, data, micro.WithHeaders(micro.Headers(hdr)))
+		if a != nil {
+			a.requestID = id
+			m.finishAccess(a, model, ck, err, len(data))
+		}
 		return
 	}
 	m.waiting.Add(1)
@@ -271,7 +278,7 @@ func (m *microEndpoint) handle(r micro.Request) {
 	go func() {
 		defer m.calls.done()
 		defer m.waiting.Add(-1)
-		m.answer(reply, ck, hdr)
+		m.answer(reply, ck, hdr, a)
 	}()
 }
 
@@ -305,8 +312,8 @@ func (m *microEndpoint) check(id string, r micro.Request) (ck *admission.Checked
 }
 
 // answer queues a checked request, waits for its answer and sends it.
-func (m *microEndpoint) answer(reply string, ck *admission.Checked, hdr nats.Header) {
-	data, err := m.complete(ck, hdr)
+func (m *microEndpoint) answer(reply string, ck *admission.Checked, hdr nats.Header, a *access) {
+	data, err := m.complete(ck, hdr, a)
 	msg := &nats.Msg{Subject: reply, Header: hdr, Data: data}
 	if err != nil {
 		m.failed.Add(1)
@@ -318,11 +325,15 @@ func (m *microEndpoint) answer(reply string, ck *admission.Checked, hdr nats.Hea
 	if err := m.g.nc.PublishMsg(msg); err != nil {
 		m.g.log.Warn("could not send an answer over NATS", "request_id", ck.ID, "error", err)
 	}
+	if a != nil {
+		a.requestID = ck.ID
+		m.finishAccess(a, ck.Model.Alias, ck, err, len(msg.Data))
+	}
 }
 
 // complete admits the request (multimodal check, a kept idempotent answer,
 // the queue) and waits for its answer.
-func (m *microEndpoint) complete(ck *admission.Checked, hdr nats.Header) ([]byte, error) {
+func (m *microEndpoint) complete(ck *admission.Checked, hdr nats.Header, a *access) ([]byte, error) {
 	g := m.g
 	ctx, cancel := context.WithTimeout(context.Background(), ck.Timeout)
 	defer cancel()
@@ -343,7 +354,7 @@ func (m *microEndpoint) complete(ck *admission.Checked, hdr nats.Header) ([]byte
 	defer timer.Stop()
 	select {
 	case raw := <-p.answer:
-		return m.decode(raw, hdr)
+		return m.decode(raw, hdr, a)
 	case <-timer.C:
 		return nil, p.expired()
 	case <-g.closing:
@@ -356,11 +367,18 @@ func (m *microEndpoint) complete(ck *admission.Checked, hdr nats.Header) ([]byte
 
 // decode turns a worker's reply into the answer's body and headers: the
 // chat.completion JSON, or nil with HeaderCompletionRef set for an answer
-// too large for a message.
-func (m *microEndpoint) decode(raw []byte, hdr nats.Header) ([]byte, error) {
+// too large for a message. It notes the reply's timing and usage in a,
+// when set.
+func (m *microEndpoint) decode(raw []byte, hdr nats.Header, a *access) ([]byte, error) {
 	var rep schema.Reply
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		return nil, fmt.Errorf("decode reply: %w", err)
+	}
+	if a != nil {
+		a.setReply(&rep)
+		if rep.Completion != nil {
+			a.setUsage(rep.Completion.Usage)
+		}
 	}
 	hdr.Set(HeaderQueueMs, strconv.FormatInt(rep.QueueMs, 10))
 	hdr.Set(HeaderUpstreamMs, strconv.FormatInt(rep.UpstreamMs, 10))
@@ -379,7 +397,11 @@ func (m *microEndpoint) decode(raw []byte, hdr nats.Header) ([]byte, error) {
 			hdr.Set(HeaderCompletionRef, rep.CompletionRef)
 			return nil, nil
 		}
-		return m.g.claimCompletion(ctx, rep.CompletionRef)
+		data, err := m.g.claimCompletion(ctx, rep.CompletionRef)
+		if a != nil && err == nil {
+			a.setUsageJSON(data)
+		}
+		return data, err
 	}
 	if rep.Completion == nil {
 		return nil, errors.New("reply has neither completion nor error")
@@ -399,14 +421,7 @@ func (m *microEndpoint) inlineMax() int64 { return m.g.nc.MaxPayload() - 16<<10 
 // headers (and Retry-After) on hdr; code and desc are those headers' values.
 // It logs server errors once, as the HTTP error handler does.
 func (m *microEndpoint) errorBody(id string, err error, hdr nats.Header) (data []byte, code, desc string) {
-	var mbe *http.MaxBytesError
-	var e *schema.Error
-	if errors.As(err, &mbe) {
-		e = &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
-			Message: "The request body is larger than the " + itoa(int(mbe.Limit)) + " bytes this bridge accepts."}
-	} else {
-		e = schema.AsError(err)
-	}
+	e := microError(err)
 	if e.Status >= 500 {
 		m.g.log.Error("request failed", "request_id", id, "status", e.Status, "code", e.Code, "error", e.Message, "cause", e.Cause)
 	}
@@ -432,14 +447,18 @@ func (m *microEndpoint) record(model string, err error) {
 	}
 	status := http.StatusOK
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			status = http.StatusRequestEntityTooLarge
-		} else {
-			status = schema.AsError(err).Status
-		}
+		status = microError(err).Status
 	}
 	m.count.WithLabelValues(model, strconv.Itoa(status)).Inc()
+}
+
+// microError is the OpenAI error a NATS caller gets for err.
+func microError(err error) *schema.Error {
+	if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return &schema.Error{Status: http.StatusRequestEntityTooLarge, Type: schema.TypeInvalidRequest, Code: schema.CodeRequestTooLarge,
+			Message: "The request body is larger than the " + itoa(int(mbe.Limit)) + " bytes this bridge accepts."}
+	}
+	return schema.AsError(err)
 }
 
 // httpHeader copies NATS headers into an http.Header, whose Get ignores

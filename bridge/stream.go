@@ -49,6 +49,9 @@ func (g *Gateway) streamAnswer(c echo.Context, p *pending, opts schema.StreamOpt
 			if err != nil {
 				return g.streamFailed(c, s, err)
 			}
+			if o := observed(c); o != nil {
+				o.setUsage(rep.Completion.Usage)
+			}
 			if err := s.completion(rep.Completion, p, opts.IncludeUsage); err != nil {
 				return clientGone(err)
 			}
@@ -75,6 +78,9 @@ func (g *Gateway) streamFailed(c echo.Context, s *sseWriter, err error) error {
 		return err
 	}
 	e := schema.AsError(err)
+	if o := observed(c); o != nil {
+		o.errorCode = e.Code
+	}
 	if e.Status >= 500 {
 		g.log.Error("stream failed", "request_id", c.Response().Header().Get(HeaderRequestID),
 			"status", e.Status, "code", e.Code, "error", e.Message, "cause", e.Cause)

@@ -35,7 +35,7 @@ const (
 )
 
 // runBridge runs `serve`, `gateway` or `worker`.
-func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer) error {
+func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
 	env, err := readEnv()
 	if err != nil {
 		return err
@@ -53,6 +53,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	fs.StringVar(&env.Config, "config", env.Config, "LiteLLM-format model config (BRIDGE_CONFIG; default config.yaml when present)")
 	if hasGateway {
 		fs.StringVar(&env.Listen, "listen", env.Listen, "HTTP listen address (BRIDGE_LISTEN)")
+		fs.StringVar(&env.AccessLog, "access-log", env.AccessLog, "one JSON line per request: off, stdout or a file path (BRIDGE_ACCESS_LOG)")
 	}
 	if hasWorker {
 		fs.IntVar(&env.Concurrency, "concurrency", env.Concurrency, "LaaS calls this process runs at once (BRIDGE_WORKER_CONCURRENCY)")
@@ -76,10 +77,16 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	log = log.With("role", cmd)
 	memLimit := setMemoryLimit(log) // GOMEMLIMIT from the cgroup, before anything allocates much
 	openAPI := ""
+	var accessLog *bridge.AccessLog
 	if hasGateway {
 		if openAPI, err = apiAuth(cmd, env, demo); err != nil {
 			return err
 		}
+		var closeAccessLog func() error
+		if accessLog, closeAccessLog, err = openAccessLog(env.AccessLog, stdout); err != nil {
+			return err
+		}
+		defer closeAccessLog()
 	}
 	if env.PprofListen != "" {
 		stopPprof, err := servePprof(env.PprofListen, log)
@@ -187,7 +194,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, Keys: store, Usage: keys.UsageReader(keyLimits, store), Limits: keyLimits,
 			MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
 			Micro: micro, MaxInflightBytes: inflightBytes(env, memLimit),
-			BodyReadTimeout: env.BodyReadTimeout, MaxJobWatchers: env.MaxJobWatchers, BatchMaxPerOwner: env.BatchMaxPerOwner}, nc, js, catalog, log); err != nil {
+			BodyReadTimeout: env.BodyReadTimeout, MaxJobWatchers: env.MaxJobWatchers, BatchMaxPerOwner: env.BatchMaxPerOwner, AccessLog: accessLog}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()

@@ -48,7 +48,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "serve", "gateway", "worker":
-		return runBridge(ctx, cmd, rest, stderr)
+		return runBridge(ctx, cmd, rest, stdout, stderr)
 	case "mock-laas":
 		return runMock(ctx, rest, stderr)
 	case "dlq":

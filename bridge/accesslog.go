@@ -1,0 +1,275 @@
+package bridge
+
+// This file holds the access log: one JSON line per request answered, by
+// the HTTP door (accessLog, a middleware) and the NATS door (micro.go).
+// A line says who asked for what and how it went; it never holds a
+// prompt, an answer, a key or its hash.
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/tidwall/gjson"
+
+	"github.com/laas-bridge/laas-bridge/admission"
+	"github.com/laas-bridge/laas-bridge/keys"
+	"github.com/laas-bridge/laas-bridge/schema"
+)
+
+// AccessLog writes one JSON line per request (msg "access"). A nil
+// *AccessLog writes nothing and costs nothing. Safe for concurrent use:
+// each line is one Write on the underlying writer.
+type AccessLog struct {
+	log *slog.Logger
+}
+
+// NewAccessLog writes access lines to w.
+func NewAccessLog(w io.Writer) *AccessLog {
+	return &AccessLog{log: slog.New(slog.NewJSONHandler(w, nil))}
+}
+
+// The door field of an access line: where the request came in.
+const (
+	DoorHTTP = "http"
+	DoorNATS = "nats"
+)
+
+// HeaderTraceparent is W3C Trace Context's header; its trace-id becomes
+// the access line's trace_id.
+const HeaderTraceparent = "traceparent"
+
+// access is one access line. Fields left zero ("" or not replied/usage)
+// are left out of the line.
+type access struct {
+	start     time.Time
+	door      string
+	method    string
+	path      string // the route pattern (or the NATS subject), never the raw URL
+	requestID string
+	traceID   string
+	key       string // the virtual key's alias; "" for the admin or an alias-less key
+	model     string // a catalogue alias
+	lane      string
+	status    int
+	errorCode string
+	stream    bool
+	bytesIn   int64
+	bytesOut  int64
+	timing
+	tokens
+}
+
+// timing is what a worker's reply says of where the time went.
+type timing struct {
+	replied    bool
+	queueMs    int64
+	upstreamMs int64
+	attempts   int
+}
+
+func (t *timing) setReply(r *schema.Reply) {
+	t.replied, t.queueMs, t.upstreamMs, t.attempts = true, r.QueueMs, r.UpstreamMs, r.Attempts
+}
+
+// tokens is the completion's usage, when it has one.
+type tokens struct {
+	usage            bool
+	promptTokens     int64
+	completionTokens int64
+}
+
+func (t *tokens) setUsage(u *schema.Usage) {
+	if u != nil {
+		t.usage, t.promptTokens, t.completionTokens = true, int64(u.PromptTokens), int64(u.CompletionTokens)
+	}
+}
+
+// setUsageJSON reads the usage of a chat.completion's JSON without
+// decoding the rest of it.
+func (t *tokens) setUsageJSON(completion []byte) {
+	u := gjson.GetBytes(completion, "usage")
+	if u.IsObject() {
+		t.usage, t.promptTokens, t.completionTokens = true, u.Get("prompt_tokens").Int(), u.Get("completion_tokens").Int()
+	}
+}
+
+// write logs a; the line's duration runs from a.start to now.
+func (l *AccessLog) write(a *access) {
+	attrs := make([]slog.Attr, 0, 22)
+	str := func(k, v string) {
+		if v != "" {
+			attrs = append(attrs, slog.String(k, v))
+		}
+	}
+	str("request_id", a.requestID)
+	str("trace_id", a.traceID)
+	str("key", a.key)
+	str("model", a.model)
+	str("lane", a.lane)
+	str("door", a.door)
+	str("method", a.method)
+	str("path", a.path)
+	attrs = append(attrs, slog.Int("status", a.status))
+	str("error_code", a.errorCode)
+	if a.replied {
+		attrs = append(attrs, slog.Int64("queue_ms", a.queueMs), slog.Int64("upstream_ms", a.upstreamMs), slog.Int("attempts", a.attempts))
+	}
+	if a.usage {
+		attrs = append(attrs, slog.Int64("prompt_tokens", a.promptTokens), slog.Int64("completion_tokens", a.completionTokens))
+	}
+	attrs = append(attrs,
+		slog.Int64("bytes_in", a.bytesIn),
+		slog.Int64("bytes_out", a.bytesOut),
+		slog.Int64("duration_ms", time.Since(a.start).Milliseconds()),
+		slog.Bool("stream", a.stream))
+	l.log.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+}
+
+// keyAlias is the alias of the caller's virtual key, "" for the admin.
+func keyAlias(who keys.Caller) string {
+	if who.Key == nil {
+		return ""
+	}
+	return who.Key.KeyAlias
+}
+
+// traceID is the trace-id of a W3C traceparent header
+// (version-traceid-parentid-flags, lowercase hex), or "" when the header
+// is absent or invalid.
+func traceID(tp string) string {
+	// 2 + 1 + 32 + 1 + 16 + 1 + 2; a later version may append fields.
+	if len(tp) < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-' || (len(tp) > 55 && tp[55] != '-') {
+		return ""
+	}
+	version, id, parent, flags := tp[:2], tp[3:35], tp[36:52], tp[53:55]
+	if !lowerHex(version) || version == "ff" || (version == "00" && len(tp) != 55) ||
+		!lowerHex(id) || allZero(id) || !lowerHex(parent) || allZero(parent) || !lowerHex(flags) {
+		return ""
+	}
+	return id
+}
+
+func lowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func allZero(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] != '0' {
+			return false
+		}
+	}
+	return true
+}
+
+// accessLog writes an access line for every request but the health probes
+// and metrics scrapes. It answers the request's error itself (echo's
+// HTTPErrorHandler), so the line counts the bytes of the error body too.
+func (g *Gateway) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
+	if g.access == nil {
+		return next
+	}
+	return func(c echo.Context) (err error) {
+		switch c.Path() {
+		case "/health", "/health/liveliness", "/health/liveness", "/healthz", "/health/readiness", "/readyz", "/metrics":
+			return next(c)
+		}
+		r := c.Request()
+		a := &access{start: time.Now(), door: DoorHTTP, method: r.Method, path: c.Path(),
+			requestID: c.Response().Header().Get(HeaderRequestID), traceID: traceID(r.Header.Get(HeaderTraceparent))}
+		body := &countingBody{ReadCloser: r.Body}
+		if r.Body != nil {
+			r.Body = body
+		}
+		o := &observation{}
+		c.Set(observationKey, o)
+		defer func() {
+			if p := recover(); p != nil { // the recover middleware answers 500
+				a.status = http.StatusInternalServerError
+				g.finishAccess(c, a, o, body)
+				panic(p)
+			}
+		}()
+		a.status = c.Response().Status
+		if err = next(c); err != nil {
+			e := g.toError(err, r)
+			// A streamed answer already under way keeps its 200, unless
+			// the caller left.
+			if !c.Response().Committed || e.Status == statusClientClosed {
+				a.status = e.Status
+			}
+			a.errorCode = e.Code
+			c.Error(err)
+		} else {
+			a.status = c.Response().Status
+		}
+		g.finishAccess(c, a, o, body)
+		return nil
+	}
+}
+
+// finishAccess fills a from what the handler learnt and writes it.
+func (g *Gateway) finishAccess(c echo.Context, a *access, o *observation, body *countingBody) {
+	a.key = keyAlias(callerOf(c))
+	a.model, a.lane, a.stream, a.timing, a.tokens = o.model, o.lane, o.stream, o.timing, o.tokens
+	if a.errorCode == "" {
+		a.errorCode = o.errorCode
+	}
+	a.bytesIn, a.bytesOut = body.n, c.Response().Size
+	g.access.write(a)
+}
+
+// countingBody counts the bytes of a request body read.
+type countingBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
+	return n, err
+}
+
+// startAccess begins the access line of a NATS request; nil when the
+// gateway keeps no access log.
+func (m *microEndpoint) startAccess(r micro.Request) *access {
+	if m.g.access == nil {
+		return nil
+	}
+	return &access{start: time.Now(), door: DoorNATS, path: m.g.cfg.Micro.Subject,
+		traceID: traceID(r.Headers().Get(HeaderTraceparent)), bytesIn: int64(len(r.Data()))}
+}
+
+// finishAccess writes a NATS request's access line: model is the
+// catalogue alias (or ModelUnknown), ck what the core checked (nil when
+// it refused the request before), err the error answered, bytesOut the
+// answer's body.
+func (m *microEndpoint) finishAccess(a *access, model string, ck *admission.Checked, err error, bytesOut int) {
+	if a == nil {
+		return
+	}
+	if model != ModelUnknown {
+		a.model = model
+	}
+	if ck != nil {
+		a.key, a.lane = keyAlias(ck.Caller), string(ck.Lane)
+	}
+	a.status = http.StatusOK
+	if err != nil {
+		e := microError(err)
+		a.status, a.errorCode = e.Status, e.Code
+	}
+	a.bytesOut = int64(bytesOut)
+	m.g.access.write(a)
+}
