@@ -21,6 +21,7 @@ func (g *Gateway) routes() *echo.Echo {
 	e.HTTPErrorHandler = g.handleError
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true}))
 	e.Use(requestID)
+	e.Use(g.traceRequests) // a server span per request, with Config.Tracer only (tracing.go)
 
 	// Health: never behind the master key.
 	e.GET("/health", g.health)
