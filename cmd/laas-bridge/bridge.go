@@ -75,6 +75,12 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 	}
 	log = log.With("role", cmd)
 	memLimit := setMemoryLimit(log) // GOMEMLIMIT from the cgroup, before anything allocates much
+	// Traces when OTEL_* asks for them (tracing.go); tracer is nil when off.
+	tracer, stopTracing, err := startTracing(ctx, cmd, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after the roles stop: their last spans are flushed
 	openAPI := ""
 	if hasGateway {
 		if openAPI, err = apiAuth(cmd, env, demo); err != nil {
@@ -173,7 +179,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		defer limiter.Close()
 		// --- end rate limits ---
 		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log,
-			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, store)); err != nil {
+			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, store), worker.WithTracer(tracer)); err != nil {
 			return err
 		}
 	}
@@ -185,7 +191,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stderr io.Writer)
 		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, Keys: store, Usage: keys.UsageReader(keyLimits, store), Limits: keyLimits,
 			MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
 			Micro: micro, MaxInflightBytes: inflightBytes(env, memLimit),
-			BodyReadTimeout: env.BodyReadTimeout, MaxJobWatchers: env.MaxJobWatchers, BatchMaxPerOwner: env.BatchMaxPerOwner}, nc, js, catalog, log); err != nil {
+			BodyReadTimeout: env.BodyReadTimeout, MaxJobWatchers: env.MaxJobWatchers, BatchMaxPerOwner: env.BatchMaxPerOwner, Tracer: tracer}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()
