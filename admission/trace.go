@@ -25,6 +25,8 @@ const (
 	AttrLane      = "laas_bridge.lane"
 	AttrModel     = "laas_bridge.model"
 	AttrOutcome   = "laas_bridge.admission.outcome" // queued, duplicate, answered (a kept answer), refused
+	AttrBatchID   = "laas_bridge.batch_id"
+	AttrBatchLine = "laas_bridge.batch_line" // from 0
 )
 
 // admitTraced is admit in an admission span.
@@ -39,6 +41,12 @@ func (c *Core) admitTraced(ctx context.Context, ck *Checked) (Ticket, error) {
 			attribute.String("messaging.destination.name", ck.Lane.Subject()),
 		))
 	defer span.End()
+	if ck.Line != nil {
+		span.SetAttributes(attribute.String(AttrBatchID, ck.Line.BatchID), attribute.Int(AttrBatchLine, ck.Line.Line))
+		if l, ok := c.cfg.Tracer.LinkTo(ck.Line.Traceparent); ok {
+			span.AddLink(l) // to the span of the request that created the batch
+		}
+	}
 	t, err := c.admit(ctx, ck)
 	outcome := "queued"
 	switch {

@@ -68,3 +68,31 @@ func TestAdmitTracingOnInjectsContext(t *testing.T) {
 		t.Errorf("traceparent %q, want the admission span's %q", got, want)
 	}
 }
+
+// A Batch API line's admission span links to the span of the request that
+// created its batch (BatchLine.Traceparent); it is in a trace of its own.
+func TestAdmitBatchLineLinksToBatch(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tr := tracing.New(sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)))
+	c, _ := openCore(t, queue.Config{Memory: true}, Config{Tracer: tr})
+	const batchTrace, batchSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	ck, err := c.Check(Request{ID: "batch_b1-0", Door: DoorBatch, Lane: Batch, Body: []byte(chat), Timeout: time.Minute,
+		Line: &BatchLine{BatchID: "batch_b1", Line: 0, Traceparent: "00-" + batchTrace + "-" + batchSpan + "-01"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Admit(context.Background(), ck); err != nil {
+		t.Fatal(err)
+	}
+	spans := exp.GetSpans()
+	if len(spans) != 1 || spans[0].Name != SpanAdmission {
+		t.Fatalf("spans %v, want one admission span", spans)
+	}
+	s := spans[0]
+	if len(s.Links) != 1 || s.Links[0].SpanContext.TraceID().String() != batchTrace || s.Links[0].SpanContext.SpanID().String() != batchSpan {
+		t.Errorf("links %+v, want one to %s/%s", s.Links, batchTrace, batchSpan)
+	}
+	if s.SpanContext.TraceID().String() == batchTrace || s.Parent.IsValid() {
+		t.Errorf("the line's span is in the batch's trace (%v) or has a parent (%v)", s.SpanContext.TraceID(), s.Parent)
+	}
+}

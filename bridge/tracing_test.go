@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -124,5 +125,26 @@ func TestChatTracingOffNoHeader(t *testing.T) {
 	}
 	if tp, ok := seen.Load(resp.Header.Get(HeaderRequestID)); !ok || tp != "" {
 		t.Errorf("lane message traceparent %q (seen %v), want none", tp, ok)
+	}
+}
+
+// With tracing on, a batch keeps the trace context of the request that
+// created it, for its lines' admission spans to link to.
+func TestCreateBatchKeepsTraceparent(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	f := newFixture(t, Config{Tracer: tracing.New(sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)))})
+	file := f.upload(t, "any")
+	const callerTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	resp, body := f.do(t, "POST", "/v1/batches", batchRequest(file), "traceparent", "00-"+callerTrace+"-00f067aa0ba902b7-01")
+	var b schema.Batch
+	if resp.StatusCode != 200 || json.Unmarshal(body, &b) != nil {
+		t.Fatalf("create batch: %d %s", resp.StatusCode, body)
+	}
+	rec, _, err := f.gw.batches.Batch(context.Background(), b.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(rec.Traceparent, "00-"+callerTrace+"-") || strings.Contains(rec.Traceparent, "00f067aa0ba902b7") {
+		t.Errorf("batch record traceparent %q, want the create request's server span in trace %s", rec.Traceparent, callerTrace)
 	}
 }

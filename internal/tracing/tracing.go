@@ -135,6 +135,28 @@ func (t *Tracer) ExtractHTTP(ctx context.Context, h propagation.HeaderCarrier) c
 	return t.prop.Extract(ctx, h)
 }
 
+// Traceparent is the W3C traceparent of the span in ctx, to keep with
+// work that outlives the request (a batch): "" when t is nil or ctx holds
+// no valid span context.
+func (t *Tracer) Traceparent(ctx context.Context) string {
+	if t == nil {
+		return ""
+	}
+	c := propagation.MapCarrier{}
+	t.prop.Inject(ctx, c)
+	return c.Get("traceparent")
+}
+
+// LinkTo is a link to the span a kept Traceparent names; false when t is
+// nil or traceparent is empty or malformed.
+func (t *Tracer) LinkTo(traceparent string) (trace.Link, bool) {
+	if t == nil || traceparent == "" {
+		return trace.Link{}, false
+	}
+	sc := trace.SpanContextFromContext(t.prop.Extract(context.Background(), propagation.MapCarrier{"traceparent": traceparent}))
+	return trace.Link{SpanContext: sc}, sc.IsValid()
+}
+
 // headerCarrier is a propagation.TextMapCarrier over NATS headers. NATS
 // header names are case-sensitive: the keys are the propagator's own,
 // lower case (schema.HeaderTraceparent, schema.HeaderTracestate).

@@ -102,3 +102,28 @@ func TestMalformedTraceparentStartsNewTrace(t *testing.T) {
 		span.End()
 	}
 }
+
+// A span's Traceparent, kept and linked to later, names that span; an
+// empty or malformed one links nowhere, and a nil Tracer keeps nothing.
+func TestTraceparentAndLinkTo(t *testing.T) {
+	tr, _ := newTestTracer(t)
+	ctx, span := tr.Start(context.Background(), "create batch")
+	span.End()
+	tp := tr.Traceparent(ctx)
+	l, ok := tr.LinkTo(tp)
+	if !ok || l.SpanContext.TraceID() != span.SpanContext().TraceID() || l.SpanContext.SpanID() != span.SpanContext().SpanID() {
+		t.Errorf("LinkTo(%q) = %v, %v; want the span %v", tp, l.SpanContext, ok, span.SpanContext())
+	}
+	for _, bad := range []string{"", "garbage"} {
+		if _, ok := tr.LinkTo(bad); ok {
+			t.Errorf("LinkTo(%q) links", bad)
+		}
+	}
+	var off *Tracer
+	if off.Traceparent(ctx) != "" {
+		t.Error("a nil Tracer keeps a traceparent")
+	}
+	if _, ok := off.LinkTo(tp); ok {
+		t.Error("a nil Tracer links")
+	}
+}
