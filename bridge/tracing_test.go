@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -146,5 +147,35 @@ func TestCreateBatchKeepsTraceparent(t *testing.T) {
 	}
 	if !strings.HasPrefix(rec.Traceparent, "00-"+callerTrace+"-") || strings.Contains(rec.Traceparent, "00f067aa0ba902b7") {
 		t.Errorf("batch record traceparent %q, want the create request's server span in trace %s", rec.Traceparent, callerTrace)
+	}
+}
+
+// A direct producer's traceparent is the parent of its job's admission
+// span.
+func TestProducerTraceparentContinued(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	f := newFixture(t, Config{Tracer: tracing.New(sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)))})
+	d, err := f.gw.startProducers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.stop()
+	const producerTrace, producerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	data, _ := json.Marshal(schema.Envelope{ID: "job1", Model: "claude-3.5-sonnet", Request: json.RawMessage(chatBody("claude-3.5-sonnet", "hi"))})
+	msg := &nats.Msg{Subject: schema.SubjectSubmit, Data: data, Header: nats.Header{
+		schema.HeaderMsgID: []string{"job1"}, schema.HeaderTraceparent: []string{"00-" + producerTrace + "-" + producerSpan + "-01"}}}
+	if _, err := f.q.JS.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	var adm tracetest.SpanStub
+	for end := time.Now().Add(5 * time.Second); adm.Name == "" && time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		for _, s := range exp.GetSpans() {
+			if s.Name == admission.SpanAdmission {
+				adm = s
+			}
+		}
+	}
+	if adm.SpanContext.TraceID().String() != producerTrace || adm.Parent.SpanID().String() != producerSpan {
+		t.Errorf("admission span %q in trace %v with parent %v, want the producer's %s/%s", adm.Name, adm.SpanContext.TraceID(), adm.Parent.SpanID(), producerTrace, producerSpan)
 	}
 }
