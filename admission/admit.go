@@ -44,8 +44,16 @@ type Ticket struct {
 // a reply subject registers there before calling Admit, so a fast answer is
 // never missed. Errors are *schema.Error: a refusal (4xx), a full queue
 // (429 queue_full) or an unavailable one (503 queue_unavailable), or the
-// caller gone (ctx cancelled, CallerGone).
+// caller gone (ctx cancelled, CallerGone). With tracing on, it runs in
+// an admission span (trace.go) whose context the lane message carries.
 func (c *Core) Admit(ctx context.Context, ck *Checked) (Ticket, error) {
+	if c.cfg.Tracer.Enabled() {
+		return c.admitTraced(ctx, ck)
+	}
+	return c.admit(ctx, ck)
+}
+
+func (c *Core) admit(ctx context.Context, ck *Checked) (Ticket, error) {
 	if !ck.MediaChecked {
 		if err := c.checkMedia(ctx, ck); err != nil {
 			return Ticket{}, err
@@ -156,6 +164,7 @@ func (c *Core) publish(ctx context.Context, ck *Checked, env *schema.Envelope) (
 		msg.Header.Set(schema.HeaderReplyTo, ck.ReplyTo)
 	}
 	msg.Header.Set(schema.HeaderMsgID, msgID(ck))
+	c.cfg.Tracer.Inject(ctx, msg.Header) // traceparent, tracestate; nothing with tracing off
 	pctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
 	defer cancel()
 	// Retried across a stream leader election until PublishTimeout; the

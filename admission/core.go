@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/admission/multimodal"
+	"github.com/laas-bridge/laas-bridge/internal/tracing"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -34,6 +35,10 @@ type Config struct {
 	// Keys finds a caller's key as it is now (the keys store); nil takes
 	// the key the door gave.
 	Keys KeyResolver
+	// Tracer, when not nil, traces each Admit in an admission span and
+	// puts its context on the lane message (traceparent, tracestate);
+	// nil is tracing off.
+	Tracer *tracing.Tracer
 }
 
 // DefaultMaxBodyBytes is Config.MaxBodyBytes's default: LaaS's 32 MB PDF

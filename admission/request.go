@@ -117,4 +117,8 @@ type BatchLine struct {
 	BatchID string
 	// Line is the line's index in the file, from 0.
 	Line int
+	// Traceparent is the trace context of the request that created the
+	// batch (batch.Record.Traceparent), "" for none: with tracing on, the
+	// line's admission span links to it.
+	Traceparent string
 }

@@ -218,6 +218,7 @@ func (d *driver) publish(ctx context.Context, l PlanLine, deadline time.Time) er
 	}
 	req := lineRequest(d.id, l.Line, body, d.record().Creator())
 	req.Timeout, req.MediaChecked = min(left, schema.MaxRequestTimeout), true
+	req.Line.Traceparent = d.record().Traceparent
 	ck, err := d.r.core.Check(req)
 	if err == nil {
 		_, err = d.r.core.Admit(ctx, ck)

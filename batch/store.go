@@ -193,6 +193,10 @@ type Record struct {
 	// Owner is the runner that drives the batch, until LeaseUntil.
 	Owner      string    `json:"owner,omitempty"`
 	LeaseUntil time.Time `json:"lease_until"`
+	// Traceparent is the W3C trace context of the request that created
+	// the batch, when tracing was on: each line's admission span links to
+	// it (admission.BatchLine.Traceparent).
+	Traceparent string `json:"traceparent,omitempty"`
 	// Valid is how many lines passed validation; Published how many of
 	// them (in file order) the queue has stored.
 	Valid     int `json:"valid"`

@@ -15,6 +15,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/tidwall/gjson"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/keys"
@@ -187,6 +188,9 @@ func (g *Gateway) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 		r := c.Request()
 		a := &access{start: time.Now(), door: DoorHTTP, method: r.Method, path: c.Path(),
 			requestID: c.Response().Header().Get(HeaderRequestID), traceID: traceID(r.Header.Get(HeaderTraceparent))}
+		if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
+			a.traceID = sc.TraceID().String() // tracing is on: the request's trace, started here or continued
+		}
 		body := &countingBody{ReadCloser: r.Body}
 		if r.Body != nil {
 			r.Body = body

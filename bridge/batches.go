@@ -83,7 +83,7 @@ func (g *Gateway) createBatch(c echo.Context) error {
 		}
 	}
 	b := batch.NewBatch(in.InputFileID, in.Metadata, time.Now())
-	if err := g.batches.CreateBatch(r.Context(), &batch.Record{Batch: b, CreatedBy: owner}); err != nil {
+	if err := g.batches.CreateBatch(r.Context(), &batch.Record{Batch: b, CreatedBy: owner, Traceparent: g.cfg.Tracer.Traceparent(r.Context())}); err != nil {
 		return batchStoreUnavailable(fmt.Errorf("create batch: %w", err))
 	}
 	g.log.Info("batch created", "request_id", c.Response().Header().Get(HeaderRequestID), "batch_id", b.ID, "input_file_id", b.InputFileID)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/batch"
+	"github.com/laas-bridge/laas-bridge/internal/tracing"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -95,6 +96,11 @@ type Config struct {
 	// (health probes and metrics scrapes aside) and over the NATS
 	// endpoint; nil writes none.
 	AccessLog *AccessLog
+	// Tracer, when not nil, traces every HTTP request in a server span
+	// that continues the caller's traceparent, and the admission core's
+	// work below it, whose context the lane message carries to the
+	// worker. Nil is tracing off.
+	Tracer *tracing.Tracer
 }
 
 // DefaultBatchMaxPerOwner is Config.BatchMaxPerOwner's default.
@@ -221,7 +227,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, fmt.Errorf("large-body store %s: %w", schema.BucketBodies, err)
 	}
-	acfg := admission.Config{AllowPresetOverride: cfg.AllowPresetOverride, MaxBodyBytes: cfg.MaxBodyBytes, PublishTimeout: cfg.PublishTimeout, Limits: cfg.Limits}
+	acfg := admission.Config{AllowPresetOverride: cfg.AllowPresetOverride, MaxBodyBytes: cfg.MaxBodyBytes, PublishTimeout: cfg.PublishTimeout, Limits: cfg.Limits, Tracer: cfg.Tracer}
 	if r, ok := cfg.Keys.(admission.KeyResolver); ok {
 		acfg.Keys = r // the core judges every door's request by its key as it is now
 	}

@@ -87,7 +87,8 @@ func (d *producerDoor) admit(ctx context.Context, msg jetstream.Msg) {
 	log = log.With("request_id", env.ID)
 	ck, err := d.check(&env, msg)
 	if err == nil {
-		_, err = d.g.core.Admit(ctx, ck)
+		// A producer's traceparent, when tracing is on, is the admission span's parent.
+		_, err = d.g.core.Admit(d.g.cfg.Tracer.Extract(ctx, msg.Headers()), ck)
 	}
 	var e *schema.Error
 	switch {

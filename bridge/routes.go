@@ -21,7 +21,8 @@ func (g *Gateway) routes() *echo.Echo {
 	e.HTTPErrorHandler = g.handleError
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true}))
 	e.Use(requestID)
-	e.Use(g.accessLog) // after requestID: the line names the request
+	e.Use(g.traceRequests) // a server span per request, with Config.Tracer only (tracing.go)
+	e.Use(g.accessLog)     // after requestID: the line names the request
 
 	// Health: never behind the master key.
 	e.GET("/health", g.health)

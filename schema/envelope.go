@@ -91,6 +91,12 @@ const (
 	// HeaderMsgID is JetStream's de-duplication header; the bridge sets it to
 	// the request id.
 	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderTraceparent and HeaderTracestate carry the request's trace
+	// context (W3C Trace Context, lower case as the standard spells them)
+	// when tracing is on; a worker continues the trace from them. Absent
+	// when tracing is off; a malformed one starts a new trace.
+	HeaderTraceparent = "traceparent"
+	HeaderTracestate  = "tracestate"
 )
 
 // Envelope is the body of a request message on the queue.

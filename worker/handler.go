@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
@@ -32,6 +33,9 @@ type job struct {
 
 	spent   keys.Spent // what its LaaS call used, for its key
 	settled bool       // its key's usage is counted (settleKey)
+
+	span     trace.Span    // the job's span (step_trace.go); nil with tracing off
+	rateWait time.Duration // its wait for the rate limit, kept for its span
 }
 
 // handlerFunc runs a delivery from one step to its end. Whatever path it
@@ -69,6 +73,7 @@ func (p *Pool) newHandler() handlerFunc {
 	return chain(p.callLaaS,
 		p.recoverPoison,    // a panic terminates the delivery
 		p.decode,           // an envelope that is not a valid request is terminated
+		p.traceJob,         // with tracing on: the queue wait's span and the job's
 		p.keepInProgress,   // InProgress acks until the delivery is settled
 		p.startJobState,    // jobs: a kept result, a duplicate, a cancelled job
 		p.skipCancelled,    // the caller went away before the job started

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/laas-bridge/laas-bridge/internal/tracing"
 	"github.com/laas-bridge/laas-bridge/laas"
 	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
@@ -61,6 +62,10 @@ type Option func(*Pool)
 
 // WithLimiter paces LaaS calls with l.
 func WithLimiter(l Limiter) Option { return func(p *Pool) { p.limiter = l } }
+
+// WithTracer traces each job (step_trace.go) with t; a nil t, the
+// default, is tracing off.
+func WithTracer(t *tracing.Tracer) Option { return func(p *Pool) { p.tracer = t } }
 
 // WithDeadLetters keeps jobs that ran out of attempts in d.
 func WithDeadLetters(d DeadLetterer) Option { return func(p *Pool) { p.dead = d } }
@@ -147,6 +152,8 @@ type Pool struct {
 	// local, when set, hands a reply on a direct subject to a gateway in
 	// this process (see HandRepliesTo); false: not that gateway's.
 	local atomic.Pointer[func(direct string, data []byte) bool]
+	// tracer traces each job (step_trace.go); nil: tracing off.
+	tracer *tracing.Tracer
 	// handler runs one delivery: every step of newHandler.
 	handler handlerFunc
 }

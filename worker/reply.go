@@ -23,8 +23,12 @@ import (
 // body is deleted once the job is acknowledged.
 func (p *Pool) finish(j *job, rep schema.Reply, upstream time.Duration) {
 	rep.Attempts = j.attempt
-	rep.QueueMs = max(0, j.received.Sub(j.env.EnqueuedAt).Milliseconds())
+	rep.QueueMs = queueMs(j) // SpanQueue's duration, from the same two instants
 	rep.UpstreamMs = upstream.Milliseconds()
+	if j.span != nil {
+		span := p.startReplySpan(j, &rep)
+		defer span.End()
+	}
 	p.settleKey(j)
 	if j.env.IdempotencyKey != "" {
 		p.keepAnswer(j, &rep)

@@ -21,6 +21,9 @@ func (p *Pool) callLaaS(ctx context.Context, j *job) {
 	start := time.Now()
 	resp, err := p.up.Complete(ctx, j.laasReq)
 	upstream := time.Since(start)
+	if j.span != nil {
+		p.traceCall(j, start, upstream, err)
+	}
 	p.metrics.called(j.model.Alias, err, upstream)
 	j.spent.Called = true
 	if err != nil {
@@ -72,6 +75,7 @@ func (p *Pool) upstreamFailed(ctx context.Context, j *job, err error, start time
 			if delay, ok := p.retryDelay(j, ue.RetryAfter); ok {
 				j.log.Warn("upstream failed; will retry", "status", ue.Status, "delay", delay, "error", err)
 				p.metrics.retried(j.model.Alias, retryReason(ue))
+				traceRetry(j, delay)
 				_ = j.msg.NakWithDelay(delay)
 				return
 			}

@@ -19,7 +19,15 @@ import (
 func (p *Pool) waitForRateLimit(next handlerFunc) handlerFunc {
 	return func(ctx context.Context, j *job) {
 		if p.limiter != nil {
-			if err := p.limiter.Wait(ctx, j.model, j.lane); err != nil {
+			var start time.Time
+			if j.span != nil {
+				start = time.Now()
+			}
+			err := p.limiter.Wait(ctx, j.model, j.lane)
+			if j.span != nil {
+				j.rateWait = time.Since(start)
+			}
+			if err != nil {
 				p.handBack(ctx, j, err)
 				return
 			}

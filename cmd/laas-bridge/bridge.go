@@ -76,6 +76,12 @@ func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io
 	}
 	log = log.With("role", cmd)
 	memLimit := setMemoryLimit(log) // GOMEMLIMIT from the cgroup, before anything allocates much
+	// Traces when OTEL_* asks for them (tracing.go); tracer is nil when off.
+	tracer, stopTracing, err := startTracing(ctx, cmd, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing() // after the roles stop: their last spans are flushed
 	openAPI := ""
 	var accessLog *bridge.AccessLog
 	if hasGateway {
@@ -182,7 +188,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io
 		defer limiter.Close()
 		// --- end rate limits ---
 		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log,
-			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, store)); err != nil {
+			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, store), worker.WithTracer(tracer)); err != nil {
 			return err
 		}
 	}
@@ -194,7 +200,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io
 		if gw, err = bridge.New(bridge.Config{MasterKey: env.MasterKey, Keys: store, Usage: keys.UsageReader(keyLimits, store), Limits: keyLimits,
 			MaxBodyBytes: env.MaxBody, MaxFileBytes: env.MaxFile, AllowPresetOverride: cfgFile.AllowPresetOverride, Metrics: reg,
 			Micro: micro, MaxInflightBytes: inflightBytes(env, memLimit),
-			BodyReadTimeout: env.BodyReadTimeout, MaxJobWatchers: env.MaxJobWatchers, BatchMaxPerOwner: env.BatchMaxPerOwner, AccessLog: accessLog}, nc, js, catalog, log); err != nil {
+			BodyReadTimeout: env.BodyReadTimeout, MaxJobWatchers: env.MaxJobWatchers, BatchMaxPerOwner: env.BatchMaxPerOwner, AccessLog: accessLog, Tracer: tracer}, nc, js, catalog, log); err != nil {
 			return err
 		}
 		defer gw.Close()
