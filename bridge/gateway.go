@@ -188,6 +188,7 @@ type Gateway struct {
 	metrics  *metrics // nil: none kept
 	echo     *echo.Echo
 	core     *admission.Core // the one way into the queue
+	cache    *responseCache  // the response cache (cache.go)
 	bodies   jetstream.ObjectStore
 	batches  *batch.Store    // Batch API files and batches
 	jobs     *jobstore.Store // async jobs (jobs.go)
@@ -230,6 +231,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, err
 	}
+	cache, err := newResponseCache(ctx, js, cfg.Metrics, log.With("gateway", cfg.InstanceID))
+	if err != nil {
+		return nil, err
+	}
 	corr, err := newCorrelator(nc, cfg.InstanceID)
 	if err != nil {
 		return nil, err
@@ -237,6 +242,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	g := &Gateway{
 		cfg: cfg, nc: nc, js: js, log: log.With("gateway", cfg.InstanceID), corr: corr,
 		core:     core,
+		cache:    cache,
 		bodies:   bodies,
 		batches:  batches,
 		jobs:     jobs,
