@@ -65,7 +65,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	p, replayed, err := g.admit(r.Context(), ck)
+	p, replayed, err := g.admitCached(c, ck) // the response cache, else the queue (cache.go)
 	if err != nil {
 		return err
 	}
@@ -300,6 +300,7 @@ func (g *Gateway) decodeRawReply(c echo.Context, raw []byte) (*rawReply, error) 
 	if len(rep.Completion) == 0 || string(rep.Completion) == "null" {
 		return nil, errors.New("reply has neither completion nor error")
 	}
+	g.keepAnswer(c, &rep)
 	return &rep, nil
 }
 

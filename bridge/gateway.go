@@ -201,6 +201,7 @@ type Gateway struct {
 	access    *AccessLog // nil: no access lines
 	echo      *echo.Echo
 	core      *admission.Core // the one way into the queue
+	cache     *responseCache  // the response cache (cache.go)
 	bodies    jetstream.ObjectStore
 	batches   *batch.Store    // Batch API files and batches
 	jobs      *jobstore.Store // async jobs (jobs.go)
@@ -243,6 +244,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, err
 	}
+	cache, err := newResponseCache(ctx, js, cfg.Metrics, log.With("gateway", cfg.InstanceID))
+	if err != nil {
+		return nil, err
+	}
 	corr, err := newCorrelator(nc, cfg.InstanceID)
 	if err != nil {
 		return nil, err
@@ -250,6 +255,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	g := &Gateway{
 		cfg: cfg, nc: nc, js: js, log: log.With("gateway", cfg.InstanceID), corr: corr, positions: newQueuePositions(js),
 		core:     core,
+		cache:    cache,
 		bodies:   bodies,
 		batches:  batches,
 		jobs:     jobs,

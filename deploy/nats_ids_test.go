@@ -313,6 +313,31 @@ func TestNATSConfigIdentities(t *testing.T) {
 			}
 			return st.Purge(ctx)
 		})
+		// The response cache is the gateways' alone: they read and store
+		// answers; a worker has no business there.
+		if role == "gateway" {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			kv, err := js.KeyValue(ctx, schema.BucketCache)
+			if err == nil {
+				_, err = kv.Create(ctx, "k", []byte(`{}`), jetstream.KeyTTL(time.Minute))
+			}
+			if err == nil {
+				_, err = kv.Get(ctx, "k")
+			}
+			cancel()
+			if err != nil {
+				t.Errorf("gateway: store and read a cached answer: %v", err)
+			}
+		} else {
+			denied(t, nc, errs, "worker: store a cached answer", `Publish to "$KV.LAAS_CACHE.forged"`, func(ctx context.Context) error {
+				kv, err := js.KeyValue(ctx, schema.BucketCache)
+				if err != nil {
+					return err
+				}
+				_, err = kv.Create(ctx, "forged", []byte(`{}`))
+				return err
+			})
+		}
 		if role == "worker" { // workers read keys; only gateways write them
 			denied(t, nc, errs, "worker: write a virtual key", `Publish to "$KV.LAAS_KEYS.forged"`, func(ctx context.Context) error {
 				kv, err := js.KeyValue(ctx, schema.BucketKeys)

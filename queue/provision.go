@@ -353,9 +353,9 @@ func (c Config) LimitsConfig() jetstream.KeyValueConfig {
 // --- end rate limiter ---
 
 // Ensure creates the request, reply and dead-letter streams, the
-// large-body object store, the answers, rate-limit and virtual-key buckets and the two
-// lane consumers when they are missing, and returns the interactive lane's
-// consumer. On what exists it changes only the settings the bridge owns
+// large-body object store, the answers, rate-limit, virtual-key and
+// response cache buckets and the two lane consumers when they are missing,
+// and returns the interactive lane's consumer. On what exists it changes only the settings the bridge owns
 // (subjects, retention, filters, ...) and those set in cfg: a zero field
 // keeps the server's value (the default applies only to what Ensure
 // creates). It is safe to call from every process at once, and it never
@@ -443,6 +443,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 			kind: "key-value bucket", name: keysCfg.Bucket, want: kvStream(keysCfg), set: with(setDescription),
 			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, keysCfg); return err },
 		},
+		cfg.cacheSpec(js, with), // the gateways' response cache (cache.go)
 	} {
 		if err := ensureStream(ctx, js, o.log, spec); err != nil {
 			return nil, err

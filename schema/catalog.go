@@ -26,6 +26,10 @@ type Model struct {
 	Timeout time.Duration
 	// RPM is the model's requests-per-minute limit; zero means none.
 	RPM int
+	// CacheTTL, when set, opts the model into the exact response cache
+	// (config.yaml's litellm_params.cache.ttl): how long an answer is
+	// kept, at most MaxCacheTTL. Zero: its answers are never cached.
+	CacheTTL time.Duration
 	// InputCostPerToken and OutputCostPerToken price a call's tokens for
 	// virtual keys' spend and budgets (config.yaml's model_info, LiteLLM's
 	// names); zero is free.

@@ -46,6 +46,8 @@ type ChatCompletionRequest struct {
 	Params map[string]json.RawMessage `json:"params,omitempty"`
 	// PresetHash overrides the model's preset where the config allows it.
 	PresetHash string `json:"preset_hash,omitempty"`
+	// Cache holds LiteLLM's per-request cache controls (see ParseCache).
+	Cache json.RawMessage `json:"cache,omitempty"`
 }
 
 // Message is one chat message. Content is a string or an array of parts.

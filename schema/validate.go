@@ -34,6 +34,9 @@ func (r *ChatCompletionRequest) Validate() error {
 	if err := r.refuseUnsupported(); err != nil {
 		return err
 	}
+	if err := r.validateCache(); err != nil {
+		return err
+	}
 	for i, m := range r.Messages {
 		if err := validateMessage(i, &m); err != nil {
 			return err
