@@ -6,9 +6,7 @@ package bridge
 // prompt, an answer, a key or its hash.
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"time"
 
@@ -18,26 +16,22 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/laas-bridge/laas-bridge/admission"
+	"github.com/laas-bridge/laas-bridge/internal/accesslog"
 	"github.com/laas-bridge/laas-bridge/keys"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
-// AccessLog writes one JSON line per request (msg "access"). A nil
-// *AccessLog writes nothing and costs nothing. Safe for concurrent use:
-// each line is one Write on the underlying writer.
-type AccessLog struct {
-	log *slog.Logger
-}
+// AccessLog writes one JSON line per request (internal/accesslog). A nil
+// *AccessLog writes nothing and costs nothing.
+type AccessLog = accesslog.Log
 
 // NewAccessLog writes access lines to w.
-func NewAccessLog(w io.Writer) *AccessLog {
-	return &AccessLog{log: slog.New(slog.NewJSONHandler(w, nil))}
-}
+func NewAccessLog(w io.Writer) *AccessLog { return accesslog.New(w) }
 
 // The door field of an access line: where the request came in.
 const (
-	DoorHTTP = "http"
-	DoorNATS = "nats"
+	DoorHTTP = accesslog.DoorHTTP
+	DoorNATS = accesslog.DoorNATS
 )
 
 // HeaderTraceparent is W3C Trace Context's header; its trace-id becomes
@@ -99,36 +93,13 @@ func (t *tokens) setUsageJSON(completion []byte) {
 	}
 }
 
-// write logs a; the line's duration runs from a.start to now.
-func (l *AccessLog) write(a *access) {
-	attrs := make([]slog.Attr, 0, 22)
-	str := func(k, v string) {
-		if v != "" {
-			attrs = append(attrs, slog.String(k, v))
-		}
-	}
-	str("request_id", a.requestID)
-	str("trace_id", a.traceID)
-	str("key", a.key)
-	str("model", a.model)
-	str("lane", a.lane)
-	str("door", a.door)
-	str("method", a.method)
-	str("path", a.path)
-	attrs = append(attrs, slog.Int("status", a.status))
-	str("error_code", a.errorCode)
-	if a.replied {
-		attrs = append(attrs, slog.Int64("queue_ms", a.queueMs), slog.Int64("upstream_ms", a.upstreamMs), slog.Int("attempts", a.attempts))
-	}
-	if a.usage {
-		attrs = append(attrs, slog.Int64("prompt_tokens", a.promptTokens), slog.Int64("completion_tokens", a.completionTokens))
-	}
-	attrs = append(attrs,
-		slog.Int64("bytes_in", a.bytesIn),
-		slog.Int64("bytes_out", a.bytesOut),
-		slog.Int64("duration_ms", time.Since(a.start).Milliseconds()),
-		slog.Bool("stream", a.stream))
-	l.log.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+// line is a as internal/accesslog writes it.
+func (a *access) line() *accesslog.Line {
+	return &accesslog.Line{Start: a.start, Door: a.door, Method: a.method, Path: a.path, RequestID: a.requestID, TraceID: a.traceID,
+		Key: a.key, Model: a.model, Lane: a.lane, Status: a.status, ErrorCode: a.errorCode, Stream: a.stream,
+		BytesIn: a.bytesIn, BytesOut: a.bytesOut,
+		Replied: a.replied, QueueMs: a.queueMs, UpstreamMs: a.upstreamMs, Attempts: a.attempts,
+		Usage: a.usage, PromptTokens: a.promptTokens, CompletionTokens: a.completionTokens}
 }
 
 // keyAlias is the alias of the caller's virtual key, "" for the admin.
@@ -230,7 +201,7 @@ func (g *Gateway) finishAccess(c echo.Context, a *access, o *observation, body *
 		a.errorCode = o.errorCode
 	}
 	a.bytesIn, a.bytesOut = body.n, c.Response().Size
-	g.access.write(a)
+	g.access.Write(a.line())
 }
 
 // countingBody counts the bytes of a request body read.
@@ -275,5 +246,5 @@ func (m *microEndpoint) finishAccess(a *access, model string, ck *admission.Chec
 		a.status, a.errorCode = e.Status, e.Code
 	}
 	a.bytesOut = int64(bytesOut)
-	m.g.access.write(a)
+	m.g.access.Write(a.line())
 }

@@ -1,16 +1,19 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/internal/accesslog"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -310,3 +313,68 @@ func TestJobDuplicateWhileRunning(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestJobAccessLine: with an access log, a job (nobody waits for it over
+// HTTP, so no gateway writes its line) gets one line from the worker, door
+// "batch", with its status, timing and sizes; a request with a caller gets
+// none from the worker (its gateway writes it). Never the prompt.
+func TestJobAccessLine(t *testing.T) {
+	var buf syncBuffer
+	f := startPool(t, &recorder{}, Config{}, WithAccessLog(accesslog.New(&buf)))
+	env := jobEnv("j1", "secret prompt text")
+	publishJob(t, f.q.JS, env, "j1")
+	nextResult(t, f.q.JS, "laas.results.j1")
+	f.publish(t, "c1", "m", time.Minute, hello) // a caller's request
+	if r := f.reply(t); r.ID != "c1" || r.Status != 200 {
+		t.Fatalf("reply %s %d", r.ID, r.Status)
+	}
+	f.drained(t)
+	var lines []map[string]any
+	for line := range strings.Lines(buf.String()) {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not JSON: %q", line)
+		}
+		lines = append(lines, m)
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d access lines, want 1 (the job's):\n%s", len(lines), buf.String())
+	}
+	l := lines[0]
+	want := map[string]any{"msg": "access", "request_id": "j1", "model": "m", "lane": "batch", "door": "batch", "status": 200.0,
+		"attempts": 1.0, "bytes_in": float64(len(env.Request)), "stream": false}
+	for k, v := range want {
+		if l[k] != v {
+			t.Errorf("%s = %v, want %v", k, l[k], v)
+		}
+	}
+	for _, k := range []string{"queue_ms", "upstream_ms", "bytes_out", "duration_ms"} {
+		if _, ok := l[k].(float64); !ok {
+			t.Errorf("%s missing or not a number: %v", k, l[k])
+		}
+	}
+	if out, _ := l["bytes_out"].(float64); out <= 0 {
+		t.Errorf("bytes_out %v, want the completion's size", l["bytes_out"])
+	}
+	if strings.Contains(buf.String(), "secret prompt") || strings.Contains(buf.String(), "answer to") {
+		t.Errorf("the access line holds the prompt or the answer: %s", buf.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the pool's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/laas-bridge/laas-bridge/internal/accesslog"
 	"github.com/laas-bridge/laas-bridge/internal/tracing"
 	"github.com/laas-bridge/laas-bridge/laas"
 	"github.com/laas-bridge/laas-bridge/queue"
@@ -66,6 +67,12 @@ func WithLimiter(l Limiter) Option { return func(p *Pool) { p.limiter = l } }
 // WithTracer traces each job (step_trace.go) with t; a nil t, the
 // default, is tracing off.
 func WithTracer(t *tracing.Tracer) Option { return func(p *Pool) { p.tracer = t } }
+
+// WithAccessLog writes an access line (door "batch") for every job
+// nobody waits for over HTTP (Envelope.Job: async jobs, Batch API lines,
+// direct producers' jobs), as it is answered; a nil l, the default,
+// writes none. Requests with a caller get theirs from the gateway.
+func WithAccessLog(l *accesslog.Log) Option { return func(p *Pool) { p.access = l } }
 
 // WithDeadLetters keeps jobs that ran out of attempts in d.
 func WithDeadLetters(d DeadLetterer) Option { return func(p *Pool) { p.dead = d } }
@@ -154,6 +161,7 @@ type Pool struct {
 	local atomic.Pointer[func(direct string, data []byte) bool]
 	// tracer traces each job (step_trace.go); nil: tracing off.
 	tracer *tracing.Tracer
+	access *accesslog.Log // nil: no access lines
 	// handler runs one delivery: every step of newHandler.
 	handler handlerFunc
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/laas-bridge/laas-bridge/internal/accesslog"
 	"github.com/laas-bridge/laas-bridge/queue/failover"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
@@ -52,6 +53,9 @@ func (p *Pool) finish(j *job, rep schema.Reply, upstream time.Duration) {
 	}
 	p.deleteBody(j)
 	p.metrics.finished(j, &rep)
+	if j.env.Job && p.access != nil {
+		p.accessLine(j, &rep)
+	}
 	j.log.Info("job done", "status", rep.Status, "queue_ms", rep.QueueMs, "upstream_ms", rep.UpstreamMs)
 }
 
@@ -159,4 +163,28 @@ func (p *Pool) sendReply(subject string, data []byte) error {
 	}
 	p.metrics.replied(replyStream)
 	return nil
+}
+
+// accessLine writes a job's access line (WithAccessLog): what the
+// gateway writes for a request with a caller, from the worker's side. The
+// key's alias is not known here; bytes_out is the completion's JSON.
+func (p *Pool) accessLine(j *job, rep *schema.Reply) {
+	line := &accesslog.Line{Start: j.received, Door: accesslog.DoorBatch, RequestID: j.env.ID, Model: j.env.Model,
+		Lane: j.lane.String(), Status: rep.Status, BytesIn: int64(len(j.env.Request)),
+		Replied: true, QueueMs: rep.QueueMs, UpstreamMs: rep.UpstreamMs, Attempts: rep.Attempts}
+	if j.span != nil {
+		line.TraceID = j.span.SpanContext().TraceID().String()
+	}
+	if rep.Error != nil && rep.Error.Code != nil {
+		line.ErrorCode = *rep.Error.Code
+	}
+	if c := rep.Completion; c != nil {
+		if data, err := json.Marshal(c); err == nil {
+			line.BytesOut = int64(len(data))
+		}
+		if c.Usage != nil {
+			line.Usage, line.PromptTokens, line.CompletionTokens = true, int64(c.Usage.PromptTokens), int64(c.Usage.CompletionTokens)
+		}
+	}
+	p.access.Write(line)
 }

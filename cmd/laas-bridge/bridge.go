@@ -53,8 +53,8 @@ func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io
 	fs.StringVar(&env.Config, "config", env.Config, "LiteLLM-format model config (BRIDGE_CONFIG; default config.yaml when present)")
 	if hasGateway {
 		fs.StringVar(&env.Listen, "listen", env.Listen, "HTTP listen address (BRIDGE_LISTEN)")
-		fs.StringVar(&env.AccessLog, "access-log", env.AccessLog, "one JSON line per request: off, stdout or a file path (BRIDGE_ACCESS_LOG)")
 	}
+	fs.StringVar(&env.AccessLog, "access-log", env.AccessLog, "one JSON line per request (a worker: per job): off, stdout or a file path (BRIDGE_ACCESS_LOG)")
 	if hasWorker {
 		fs.IntVar(&env.Concurrency, "concurrency", env.Concurrency, "LaaS calls this process runs at once (BRIDGE_WORKER_CONCURRENCY)")
 		secretFlag(fs, &env.LaaSBaseURL, "laas-base-url", "LaaS base URL (LAAS_BASE_URL; default https://api-laas.wanted.co.kr)")
@@ -83,17 +83,18 @@ func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io
 	}
 	defer stopTracing() // after the roles stop: their last spans are flushed
 	openAPI := ""
-	var accessLog *bridge.AccessLog
 	if hasGateway {
 		if openAPI, err = apiAuth(cmd, env, demo); err != nil {
 			return err
 		}
-		var closeAccessLog func() error
-		if accessLog, closeAccessLog, err = openAccessLog(env.AccessLog, stdout); err != nil {
-			return err
-		}
-		defer closeAccessLog()
 	}
+	// One access log for the process: the gateway's doors and the worker's
+	// jobs (door "batch").
+	accessLog, closeAccessLog, err := openAccessLog(env.AccessLog, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeAccessLog()
 	if env.PprofListen != "" {
 		stopPprof, err := servePprof(env.PprofListen, log)
 		if err != nil {
@@ -188,7 +189,7 @@ func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io
 		defer limiter.Close()
 		// --- end rate limits ---
 		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log,
-			worker.WithDeadLetters(dead), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, store), worker.WithTracer(tracer)); err != nil {
+			worker.WithDeadLetters(dead), worker.WithAccessLog(accessLog), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, store), worker.WithTracer(tracer)); err != nil {
 			return err
 		}
 	}

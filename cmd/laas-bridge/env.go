@@ -34,8 +34,8 @@ type Env struct {
 	MaxFile     int64         `envconfig:"BRIDGE_MAX_FILE_BYTES" default:"209715200"`
 	LogLevel    string        `envconfig:"BRIDGE_LOG_LEVEL" default:"info"`
 	LogFormat   string        `envconfig:"BRIDGE_LOG_FORMAT" default:"text"`
-	// AccessLog is where a gateway writes one JSON line per request:
-	// off, stdout, or a file path (see openAccessLog).
+	// AccessLog is where a gateway writes one JSON line per request, and
+	// a worker one per job: off, stdout, or a file path (see openAccessLog).
 	AccessLog string `envconfig:"BRIDGE_ACCESS_LOG" default:"off"`
 
 	// Auth is "none" to let `serve` and `gateway` start without
