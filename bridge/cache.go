@@ -8,6 +8,7 @@ package bridge
 // access) and before it is queued; a hit answers without queueing.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -19,6 +20,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -58,6 +60,11 @@ type responseCache struct {
 	kv      jetstream.KeyValue     // nil: no bucket, no caching
 	results *prometheus.CounterVec // model, result; nil: no metrics
 	log     *slog.Logger
+	// ran is, by model alias, what the workers ran for this gateway's
+	// latest 200 answer (schema.Reply.Ran): an entry made under anything
+	// else (a reload changed the model's LaaS model or preset, on the
+	// workers or here) is not served, and is replaced.
+	ran sync.Map
 }
 
 // newResponseCache opens the cache bucket (queue.Ensure makes it) and
@@ -216,9 +223,11 @@ func digest(s string) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-// lookup returns the completion kept under key, or nil. A cache that
-// fails is a miss, logged.
-func (rc *responseCache) lookup(ctx context.Context, key string) []byte {
+// lookup returns the completion kept under key for model, or nil. An
+// entry is served only when it was made by what the workers run now for
+// model (as this gateway last saw: none seen yet is a miss); one made by
+// anything else is deleted. A cache that fails is a miss, logged.
+func (rc *responseCache) lookup(ctx context.Context, key, model string) []byte {
 	ctx, cancel := context.WithTimeout(ctx, cacheTimeout)
 	defer cancel()
 	e, err := rc.kv.Get(ctx, key)
@@ -229,21 +238,40 @@ func (rc *responseCache) lookup(ctx context.Context, key string) []byte {
 		rc.log.Warn("response cache read failed; the request is queued", "error", err)
 		return nil
 	}
-	return e.Value()
+	ran, completion, ok := bytes.Cut(e.Value(), []byte{'\n'})
+	current, known := rc.ran.Load(model)
+	switch {
+	case !known: // this gateway has seen no answer for model yet
+		return nil
+	case !ok || string(ran) != current.(string):
+		// Only that entry: one another gateway wrote since stays.
+		if err := rc.kv.Delete(ctx, key, jetstream.LastRevision(e.Revision())); err != nil {
+			rc.log.Debug("response cache: an entry made by an earlier config was not deleted", "model", model, "error", err)
+		}
+		return nil
+	}
+	return completion
 }
 
 // keep stores a 200 answer's completion under the plan's key with its
 // TTL. An entry already there (another gateway stored the same answer
 // first) is left as it is; a completion over MaxCachedCompletion is not
 // stored; a failure is logged, never the caller's.
-func (rc *responseCache) keep(p *cachePlan, completion []byte) {
+func (rc *responseCache) keep(p *cachePlan, ran string, completion []byte) {
+	if ran == "" { // a worker that does not say what it ran
+		return
+	}
+	rc.ran.Store(p.model, ran)
 	if len(completion) > MaxCachedCompletion {
 		rc.log.Debug("answer too large for the response cache; not stored", "model", p.model, "bytes", len(completion))
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cacheTimeout)
 	defer cancel()
-	if _, err := rc.kv.Create(ctx, p.key, completion, jetstream.KeyTTL(p.ttl)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+	// The entry: what ran, a newline, the completion's JSON.
+	entry := append(append(make([]byte, 0, len(ran)+1+len(completion)), ran...), '\n')
+	entry = append(entry, completion...)
+	if _, err := rc.kv.Create(ctx, p.key, entry, jetstream.KeyTTL(p.ttl)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
 		rc.log.Warn("response cache write failed; the answer is not cached", "model", p.model, "error", err)
 	}
 }
@@ -271,7 +299,7 @@ func (g *Gateway) admitCached(c echo.Context, ck *admission.Checked) (p *pending
 	if !plan.read {
 		h.Set(HeaderCache, cacheBypass)
 		g.cache.count(plan.model, cacheBypass)
-	} else if completion := g.cache.lookup(c.Request().Context(), plan.key); completion != nil {
+	} else if completion := g.cache.lookup(c.Request().Context(), plan.key, plan.model); completion != nil {
 		raw, err := json.Marshal(rawReply{Reply: schema.Reply{ID: ck.ID, Status: http.StatusOK}, Completion: completion})
 		if err != nil {
 			return nil, false, err
@@ -297,6 +325,6 @@ func (g *Gateway) admitCached(c echo.Context, ck *admission.Checked) (p *pending
 func (g *Gateway) keepAnswer(c echo.Context, rep *rawReply) {
 	if p, ok := c.Get(cachePlanKey).(*cachePlan); ok && rep.Status == http.StatusOK {
 		c.Set(cachePlanKey, nil) // once
-		g.cache.keep(p, rep.Completion)
+		g.cache.keep(p, rep.Ran, rep.Completion)
 	}
 }

@@ -30,6 +30,7 @@ type cacheFixture struct {
 	store *keys.Store
 	reg   *prometheus.Registry
 	calls atomic.Int64
+	ran   atomic.Value // what the fake worker says it ran (Reply.Ran)
 }
 
 func newCacheFixture(t *testing.T) *cacheFixture {
@@ -59,11 +60,14 @@ func newCacheFixture(t *testing.T) *cacheFixture {
 	srv := httptest.NewServer(gw.Handler())
 	t.Cleanup(srv.Close)
 	f := &cacheFixture{fixture: &fixture{q: q, gw: gw, srv: srv}, store: store, reg: reg}
+	f.ran.Store(schema.RunDigest("claude-4-sonnet", "", "p1"))
 	wctx, stop := context.WithCancel(context.Background())
 	t.Cleanup(stop)
 	f.fakeWorker(t, wctx, 4, func(env schema.Envelope) schema.Reply {
 		f.calls.Add(1)
-		return echoAnswer(env)
+		rep := echoAnswer(env)
+		rep.Ran = f.ran.Load().(string)
+		return rep
 	})
 	return f
 }
@@ -386,4 +390,33 @@ func TestCacheKey(t *testing.T) {
 	if key(img("AAAA"), model) != key(img("AAAA"), model) {
 		t.Error("the same image has two keys")
 	}
+}
+
+// TestCacheEntryOfAnotherConfig: an entry is served only while the workers
+// run what made it. Once an answer shows they run something else for the
+// model (a reload changed its preset), an entry made before is not served
+// but replaced; a worker that does not say what it ran stores nothing.
+func TestCacheEntryOfAnotherConfig(t *testing.T) {
+	f := newCacheFixture(t)
+	hello, other := cacheBody("cached", "hello", ""), cacheBody("cached", "something else", "")
+	f.chat(t, hello)
+	resp, _ := f.chat(t, hello)
+	wantCacheHeader(t, resp, cacheHit, "the same request")
+	f.wantCalls(t, 1, "before the reload")
+
+	f.ran.Store(schema.RunDigest("claude-4-sonnet", "", "p2")) // the workers now run preset p2
+	f.chat(t, other)                                           // a miss: its answer says so
+	resp, _ = f.chat(t, hello)
+	wantCacheHeader(t, resp, cacheMiss, "an entry made by preset p1")
+	f.wantCalls(t, 3, "after the reload")
+	resp, _ = f.chat(t, hello)
+	wantCacheHeader(t, resp, cacheHit, "the entry made again by p2")
+	f.wantCalls(t, 3, "after the entry was made again")
+
+	f.ran.Store("") // a worker older than Reply.Ran
+	third := cacheBody("cached", "a third question", "")
+	f.chat(t, third)
+	resp, _ = f.chat(t, third)
+	wantCacheHeader(t, resp, cacheMiss, "an answer from a worker that does not say what it ran")
+	f.wantCalls(t, 5, "with an older worker")
 }

@@ -30,8 +30,12 @@ const (
 	// positionsEvery is how old a snapshot of the lanes may be; queries in
 	// between share it.
 	positionsEvery = time.Second
-	// positionsScan is how many queued messages of a lane a snapshot reads.
-	positionsScan = 256
+	// positionsScan is how many queued messages of a lane a snapshot reads
+	// (each read is a whole message).
+	positionsScan = 100
+	// positionsTimeout bounds a snapshot's reads; a snapshot that fails is
+	// not tried again before positionsEvery.
+	positionsTimeout = 2 * time.Second
 	// rateWindow is how far back the rate workers take jobs at is
 	// measured; a rate needs two samples at least rateMinSpan apart.
 	rateWindow  = time.Minute
@@ -66,15 +70,20 @@ type deliverySample struct {
 }
 
 // queuePositions answers positions from a snapshot at most positionsEvery
-// old. Safe for concurrent use.
+// old, taken by one goroutine at a time outside the lock, so a slow NATS
+// never holds up a question: a streamed answer's keep-alive uses the
+// snapshot there is, and only a question that may wait (the jobs API)
+// waits for a fresh one, within its context. Safe for concurrent use.
 type queuePositions struct {
 	js    jetstream.JetStream
 	now   func() time.Time
 	every time.Duration // positionsEvery
 
 	mu          sync.Mutex
-	at          time.Time
-	last        uint64 // the stream's last sequence
+	at          time.Time     // when the last snapshot was started
+	ok          bool          // the last snapshot succeeded
+	refreshing  chan struct{} // closed when the snapshot under way is done; nil when none is
+	last        uint64        // the stream's last sequence
 	interactive laneSnapshot
 	batch       laneSnapshot
 	samples     []deliverySample // oldest first, within rateWindow
@@ -86,15 +95,28 @@ func newQueuePositions(js jetstream.JetStream) *queuePositions {
 
 // position returns where the message at stream sequence seq, queued on
 // lane (a lane subject), stands; found is false when no worker is waiting
-// to take it any more (it was taken, or it is not on that lane).
-func (q *queuePositions) position(ctx context.Context, seq uint64, lane string) (pos Position, found bool, err error) {
+// to take it any more (it was taken, or it is not on that lane), or when
+// no snapshot is known. A stale snapshot is refreshed in the background;
+// with wait the question waits for that (within ctx), else it is answered
+// from the snapshot there is.
+func (q *queuePositions) position(ctx context.Context, seq uint64, lane string, wait bool) (pos Position, found bool, err error) {
 	q.mu.Lock()
-	defer q.mu.Unlock()
-	if now := q.now(); now.Sub(q.at) >= q.every {
-		if err := q.refresh(ctx); err != nil {
-			return Position{}, false, err
+	if q.now().Sub(q.at) >= q.every && q.refreshing == nil {
+		q.at, q.refreshing = q.now(), make(chan struct{})
+		go q.refresh(q.refreshing)
+	}
+	if done := q.refreshing; wait && done != nil {
+		q.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return Position{}, false, ctx.Err()
 		}
-		q.at = now
+		q.mu.Lock()
+	}
+	defer q.mu.Unlock()
+	if !q.ok {
+		return Position{}, false, nil
 	}
 	var snap laneSnapshot
 	var before int // queued jobs of the lane workers take first
@@ -158,35 +180,54 @@ func (q *queuePositions) rate() float64 {
 	return float64(last.taken-first.taken) / span.Seconds()
 }
 
-// refresh reads both lanes and adds a delivery sample.
-func (q *queuePositions) refresh(ctx context.Context) error {
-	stream, err := q.js.Stream(ctx, schema.StreamRequests)
+// refresh takes a snapshot of both lanes, puts it in force with a
+// delivery sample, and closes done.
+func (q *queuePositions) refresh(done chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.Background(), positionsTimeout)
+	defer cancel()
+	last, interactive, batch, err := q.read(ctx)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	defer close(done)
+	q.refreshing, q.ok = nil, err == nil
 	if err != nil {
-		return fmt.Errorf("queue position: %w", err)
+		return // no positions until a snapshot succeeds
 	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("queue position: %w", err)
-	}
-	q.last = info.State.LastSeq
-	if q.interactive, err = q.lane(ctx, stream, schema.ConsumerWorkers, schema.SubjectInteractive); err != nil {
-		return err
-	}
-	if q.batch, err = q.lane(ctx, stream, schema.ConsumerBatch, schema.SubjectBatch); err != nil {
-		return err
-	}
-	now := q.now()
-	q.samples = append(q.samples, deliverySample{at: now, taken: q.interactive.taken + q.batch.taken})
+	q.last, q.interactive, q.batch = last, interactive, batch
+	q.sample(q.now(), interactive.taken+batch.taken)
+}
+
+// sample adds the lanes' deliveries so far at now, and forgets samples
+// older than rateWindow: the rate is the last minute's, or unknown.
+func (q *queuePositions) sample(now time.Time, taken uint64) {
+	q.samples = append(q.samples, deliverySample{at: now, taken: taken})
 	drop := 0
-	for drop < len(q.samples)-2 && now.Sub(q.samples[drop].at) > rateWindow {
+	for drop < len(q.samples) && now.Sub(q.samples[drop].at) > rateWindow {
 		drop++
 	}
 	q.samples = q.samples[drop:]
-	return nil
+}
+
+// read reads the stream's last sequence and both lanes.
+func (q *queuePositions) read(ctx context.Context) (last uint64, interactive, batch laneSnapshot, err error) {
+	stream, err := q.js.Stream(ctx, schema.StreamRequests)
+	if err != nil {
+		return 0, interactive, batch, fmt.Errorf("queue position: %w", err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return 0, interactive, batch, fmt.Errorf("queue position: %w", err)
+	}
+	last = info.State.LastSeq
+	if interactive, err = lane(ctx, stream, last, schema.ConsumerWorkers, schema.SubjectInteractive); err != nil {
+		return 0, interactive, batch, err
+	}
+	batch, err = lane(ctx, stream, last, schema.ConsumerBatch, schema.SubjectBatch)
+	return last, interactive, batch, err
 }
 
 // lane reads a lane's consumer and its first queued messages' sequences.
-func (q *queuePositions) lane(ctx context.Context, stream jetstream.Stream, consumer, subject string) (laneSnapshot, error) {
+func lane(ctx context.Context, stream jetstream.Stream, last uint64, consumer, subject string) (laneSnapshot, error) {
 	cons, err := stream.Consumer(ctx, consumer)
 	if err != nil {
 		return laneSnapshot{}, fmt.Errorf("queue position: consumer %s: %w", consumer, err)
@@ -197,7 +238,7 @@ func (q *queuePositions) lane(ctx context.Context, stream jetstream.Stream, cons
 	}
 	s := laneSnapshot{pending: int(info.NumPending), delivered: info.Delivered.Stream, taken: info.Delivered.Consumer}
 	next := s.delivered + 1
-	for len(s.seqs) < min(s.pending, positionsScan) && next <= q.last {
+	for len(s.seqs) < min(s.pending, positionsScan) && next <= last {
 		m, err := stream.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
@@ -211,6 +252,10 @@ func (q *queuePositions) lane(ctx context.Context, stream jetstream.Stream, cons
 	return s, nil
 }
 
+// keepAlivePositionWait bounds how long a keep-alive waits for a fresh
+// snapshot of the queue; past it, it says what the last one said.
+const keepAlivePositionWait = 250 * time.Millisecond
+
 // HeaderQueuePosition, on a 202 answer to a queued job, is how many jobs
 // a worker takes before it (queuePositions).
 const HeaderQueuePosition = "X-Laas-Bridge-Queue-Position"
@@ -222,7 +267,11 @@ func (g *Gateway) keepAliveComment(ctx context.Context, p *pending) string {
 	if p.seq == 0 {
 		return sseKeepAlive
 	}
-	pos, found, err := g.positions.position(ctx, p.seq, p.lane)
+	// A fresh snapshot is waited for briefly, so a slow NATS delays a
+	// keep-alive by keepAlivePositionWait at most.
+	ctx, cancel := context.WithTimeout(ctx, keepAlivePositionWait)
+	defer cancel()
+	pos, found, err := g.positions.position(ctx, p.seq, p.lane, true)
 	if err != nil || !found {
 		return sseKeepAlive
 	}
@@ -240,7 +289,7 @@ func (g *Gateway) place(ctx context.Context, seq uint64, lane string) (position 
 	if seq == 0 {
 		return nil, nil
 	}
-	pos, found, err := g.positions.position(ctx, seq, lane)
+	pos, found, err := g.positions.position(ctx, seq, lane, true)
 	if err != nil {
 		g.log.Warn("could not read the queue's positions", "error", err)
 		return nil, nil

@@ -1,7 +1,10 @@
 package schema
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -160,6 +163,20 @@ type Reply struct {
 	QueueMs int64 `json:"queue_ms"`
 	// UpstreamMs is how long the last LaaS call took.
 	UpstreamMs int64 `json:"upstream_ms"`
+	// Ran is what the worker ran for a 200 answer (RunDigest of the LaaS
+	// model, service type and preset it called): the response cache keeps
+	// an answer only for what runs now. Empty from a worker older than it.
+	Ran string `json:"ran,omitempty"`
+}
+
+// RunDigest names what a LaaS call ran (Reply.Ran): 16 hex characters of
+// the SHA-256 of the LaaS model, the service type and the preset hash.
+func RunDigest(laasModel, serviceType, preset string) string {
+	h := sha256.New()
+	for _, s := range []string{laasModel, serviceType, preset} {
+		fmt.Fprintf(h, "%d:%s", len(s), s)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 // Err returns the reply's error as an *Error, or nil for a success.

@@ -191,3 +191,20 @@ func TestValidRequestIDBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestRunDigest: what a LaaS call ran is named by all three of its parts,
+// which cannot run into each other.
+func TestRunDigest(t *testing.T) {
+	base := schema.RunDigest("claude-4-sonnet", "ANTHROPIC", "p1")
+	if len(base) != 16 || base != schema.RunDigest("claude-4-sonnet", "ANTHROPIC", "p1") {
+		t.Fatalf("RunDigest = %q: want 16 hex characters, the same each time", base)
+	}
+	for _, other := range [][3]string{
+		{"claude-3.5-sonnet", "ANTHROPIC", "p1"}, {"claude-4-sonnet", "", "p1"}, {"claude-4-sonnet", "ANTHROPIC", "p2"},
+		{"claude-4-sonnetA", "NTHROPIC", "p1"},
+	} {
+		if schema.RunDigest(other[0], other[1], other[2]) == base {
+			t.Errorf("RunDigest%q equals RunDigest of claude-4-sonnet/ANTHROPIC/p1", other)
+		}
+	}
+}

@@ -830,12 +830,14 @@ func TestPoolSetCatalog(t *testing.T) {
 	}
 	f.p.SetCatalog(reloaded)
 	f.publish(t, "after", "m", time.Minute, hello)
-	if r := f.reply(t); r.ID != "after" || r.Status != 200 {
-		t.Fatalf("first reply %s %d, want after 200", r.ID, r.Status)
+	// Each reply says what ran (Reply.Ran: the response cache keeps an
+	// answer only for what runs now).
+	if r := f.reply(t); r.ID != "after" || r.Status != 200 || r.Ran != schema.RunDigest("claude-4-sonnet", "", "p2") {
+		t.Fatalf("first reply %s %d ran %q, want after 200 ran p2", r.ID, r.Status, r.Ran)
 	}
 	close(up.release)
-	if r := f.reply(t); r.ID != "before" || r.Status != 200 {
-		t.Fatalf("second reply %s %d, want before 200", r.ID, r.Status)
+	if r := f.reply(t); r.ID != "before" || r.Status != 200 || r.Ran != schema.RunDigest("claude-4-sonnet", "ANTHROPIC", "p1") {
+		t.Fatalf("second reply %s %d ran %q, want before 200 ran p1", r.ID, r.Status, r.Ran)
 	}
 	up.mu.Lock()
 	presets := slices.Clone(up.presets)
@@ -846,7 +848,7 @@ func TestPoolSetCatalog(t *testing.T) {
 	empty, _ := schema.NewCatalog(nil)
 	f.p.SetCatalog(empty)
 	f.publish(t, "removed", "m", time.Minute, hello)
-	if r := f.reply(t); r.ID != "removed" || r.Status != 404 || r.Error == nil || r.Error.Code == nil || *r.Error.Code != schema.CodeModelNotFound {
+	if r := f.reply(t); r.ID != "removed" || r.Status != 404 || r.Error == nil || r.Error.Code == nil || *r.Error.Code != schema.CodeModelNotFound || r.Ran != "" {
 		t.Errorf("reply for a removed model: %+v, want 404 model_not_found", r)
 	}
 }

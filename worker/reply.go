@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -26,6 +27,9 @@ func (p *Pool) finish(j *job, rep schema.Reply, upstream time.Duration) {
 	rep.Attempts = j.attempt
 	rep.QueueMs = queueMs(j) // SpanQueue's duration, from the same two instants
 	rep.UpstreamMs = upstream.Milliseconds()
+	if rep.Status == http.StatusOK && j.laasReq != nil {
+		rep.Ran = schema.RunDigest(j.model.LaaSModel, j.model.ServiceType, j.model.PresetHash)
+	}
 	if j.span != nil {
 		span := p.startReplySpan(j, &rep)
 		defer span.End()

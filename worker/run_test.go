@@ -114,7 +114,7 @@ func TestPoolShutdownHandsBackAbandonedCalls(t *testing.T) {
 // TestRunnersKeepAtMostMaxIdle: after a burst of jobs, at most maxIdle
 // runners stay to wait for the next job; the others exit at once rather
 // than hold their stacks for runnerIdle (an hour here, so only the cap can
-// make them exit). A job that comes next runs on one that stayed.
+// make them exit). After the next job, maxIdle still wait.
 func TestRunnersKeepAtMostMaxIdle(t *testing.T) {
 	const burst, maxIdle = 6, 2
 	f := newStepFixture(t)
@@ -157,7 +157,11 @@ func TestRunnersKeepAtMostMaxIdle(t *testing.T) {
 		t.Fatal("the next job did not run within 10s")
 	}
 	r.wg.Wait()
-	if got := r.alive.Load(); got != maxIdle {
-		t.Errorf("%d runners alive after the next job, want %d (it ran on an idle one)", got, maxIdle)
+	// It ran on an idle runner, or (when it came as one was about to wait)
+	// on a new one that then exits: the idle ones stay at maxIdle.
+	for deadline := time.Now().Add(10 * time.Second); r.alive.Load() != maxIdle; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d runners alive after the next job, want %d", r.alive.Load(), maxIdle)
+		}
 	}
 }

@@ -100,8 +100,11 @@ func (p *Pool) traceCall(j *job, start time.Time, upstream time.Duration, err er
 		span.SetAttributes(attribute.Int("http.response.status_code", status))
 	}
 	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, schema.AsError(err).Code)
+		// The error's code only: its text may quote LaaS's answer, which
+		// may echo the prompt, and traces often leave the company.
+		code := schema.AsError(err).Code
+		span.SetAttributes(attribute.String("error.type", code))
+		span.SetStatus(codes.Error, code)
 	}
 	span.End(trace.WithTimestamp(start.Add(upstream)))
 }

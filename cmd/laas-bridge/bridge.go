@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,6 +38,12 @@ const (
 
 // runBridge runs `serve`, `gateway` or `worker`.
 func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
+	// SIGHUP reloads the config (reload.go); taken from the start, so one
+	// that comes before the reloader runs (or with no file to reload)
+	// does not end the process, as it would by default.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	env, err := readEnv()
 	if err != nil {
 		return err
@@ -243,7 +251,18 @@ func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io
 		}
 		reloadCtx, stopReload := context.WithCancel(ctx)
 		defer stopReload()
-		go r.run(reloadCtx, env.ConfigWatch)
+		go r.run(reloadCtx, hup, env.ConfigWatch)
+	} else {
+		go func() {
+			for {
+				select {
+				case <-hup:
+					log.Warn("SIGHUP: there is no config file to reload (no BRIDGE_CONFIG, no config.yaml)")
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
 	}
 	if env.MetricsListen != "" {
 		stopMetrics, err := serveMetrics(env.MetricsListen, reg, log)

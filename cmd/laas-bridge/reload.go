@@ -13,9 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,12 +79,9 @@ func (r *configReloader) refused(why string, err error) {
 		"error", strings.ReplaceAll(err.Error(), "\n", "; "))
 }
 
-// run reloads on SIGHUP, and every poll when the content changed (poll 0:
-// on SIGHUP only), until ctx is done.
-func (r *configReloader) run(ctx context.Context, poll time.Duration) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// run reloads on each signal from hup (SIGHUP), and every poll when the
+// content changed (poll 0: on SIGHUP only), until ctx is done.
+func (r *configReloader) run(ctx context.Context, hup <-chan os.Signal, poll time.Duration) {
 	var tick <-chan time.Time
 	if poll > 0 {
 		t := time.NewTicker(poll)

@@ -127,6 +127,21 @@ func TestConfigReloadProcess(t *testing.T) {
 		}
 		p.stop(t)
 	})
+	t.Run("no file", func(t *testing.T) {
+		// SIGHUP ends a process by default: with nothing to reload it is
+		// taken, and said so.
+		dir := t.TempDir()
+		p, addr := startProc(t, "serve", dir, baseEnv(), gatewayReady,
+			"serve", "--demo", "--listen", "127.0.0.1:0", "--nats-listen", "", "--data-dir", filepath.Join(dir, "data"))
+		_ = p.cmd.Process.Signal(syscall.SIGHUP)
+		waitFor(t, "the SIGHUP logged", func() bool {
+			return logLines(p.logs.String(), "SIGHUP: there is no config file to reload") == 1
+		})
+		if got := listModels(t, addr); len(got) != 0 {
+			t.Errorf("models %v, want none", got)
+		}
+		p.stop(t)
+	})
 	t.Run("file watch", func(t *testing.T) {
 		dir := t.TempDir()
 		path := filepath.Join(dir, "config.yaml")

@@ -161,7 +161,12 @@ func TestTraceAcrossGatewayAndWorkerProcesses(t *testing.T) {
 		"LAAS_PROJECT_CODE="+project, "LAAS_API_KEY="+apiKey, "LAAS_PRESET_HASH=default-hash", "LAAS_BASE_URL="+mockURL)...),
 		workerReady, "worker", "--concurrency", "2")
 
-	res := <-done
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("no answer within 60s")
+	}
 	resp, err := res.resp, res.err
 	if err != nil {
 		t.Fatal(err)
