@@ -63,16 +63,22 @@ var responsesFields = map[string]func(v json.RawMessage) *Error{
 	"store": refuseIfTrue("store",
 		"The bridge does not store responses yet; set 'store' to false (the official clients send true unless told otherwise)."),
 	"text": func(v json.RawMessage) *Error {
-		var t struct {
-			Format json.RawMessage `json:"format"`
-		}
+		var t map[string]json.RawMessage
 		if !present(v) {
 			return nil
 		}
-		if err := json.Unmarshal(v, &t); err == nil && (!present(t.Format) || compactEqual(t.Format, `{"type":"text"}`)) {
-			return nil
+		if err := json.Unmarshal(v, &t); err != nil {
+			return Invalid("text", CodeInvalidJSON, "Invalid type for 'text': expected an object.")
 		}
-		return unsupported("text.format", `LaaS answers plain text only; 'text.format' must be {"type": "text"} or absent.`)
+		for _, name := range slices.Sorted(maps.Keys(t)) {
+			switch f := t[name]; {
+			case name == "format" && present(f) && !compactEqual(f, `{"type":"text"}`):
+				return unsupported("text.format", `LaaS answers plain text only; 'text.format' must be {"type": "text"} or absent.`)
+			case name != "format" && present(f):
+				return unsupported("text."+name, fmt.Sprintf("The bridge does not support 'text.%s'; remove it.", name))
+			}
+		}
+		return nil
 	},
 	"truncation": oneOf("truncation", "The bridge does not truncate input; 'truncation' must be \"disabled\" or absent.", `"disabled"`),
 	"service_tier": oneOf("service_tier",
@@ -111,11 +117,6 @@ func compactEqual(v json.RawMessage, want string) bool {
 	var b bytes.Buffer
 	return json.Compact(&b, v) == nil && b.String() == want
 }
-
-// ResponsesFields lists the top-level fields of a Responses request the
-// bridge knows (accepted, or refused unless null or a harmless value), in
-// order.
-func ResponsesFields() []string { return slices.Sorted(maps.Keys(responsesFields)) }
 
 // DecodeResponsesRequest parses a Responses request body. Bad JSON or a
 // field of the wrong type is the 400 DecodeChatRequest gives; a field LaaS

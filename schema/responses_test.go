@@ -82,6 +82,7 @@ func TestResponsesRefused(t *testing.T) {
 		{"stream", `{` + in + `,"stream":true}`, unsupported("stream", "Streamed responses are not supported yet; remove 'stream' or set it to false.")},
 		{"store", `{` + in + `,"store":true}`, unsupported("store", "The bridge does not store responses yet; set 'store' to false (the official clients send true unless told otherwise).")},
 		{"text.format", `{` + in + `,"text":{"format":{"type":"json_object"}}}`, unsupported("text.format", `LaaS answers plain text only; 'text.format' must be {"type": "text"} or absent.`)},
+		{"text.verbosity", `{` + in + `,"text":{"format":{"type":"text"},"verbosity":"low"}}`, unsupported("text.verbosity", "The bridge does not support 'text.verbosity'; remove it.")},
 		{"prompt", `{` + in + `,"prompt":{"id":"pmpt_1"}}`, unsupported("prompt", "The bridge does not support stored prompts; remove 'prompt' and send the text in 'input'.")},
 		{"conversation", `{` + in + `,"conversation":"conv_1"}`, unsupported("conversation", "The bridge does not support conversations; remove 'conversation' and send the whole conversation in 'input'.")},
 		{"truncation", `{` + in + `,"truncation":"auto"}`, unsupported("truncation", `The bridge does not truncate input; 'truncation' must be "disabled" or absent.`)},
