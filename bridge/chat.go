@@ -179,25 +179,35 @@ func (g *Gateway) claimCompletion(ctx context.Context, ref string) (json.RawMess
 
 // awaitAnswer waits for the worker's reply and writes it as one JSON answer.
 func (g *Gateway) awaitAnswer(c echo.Context, p *pending) error {
+	rep, err := g.awaitReply(c, p)
+	if err != nil {
+		return err
+	}
+	// The completion goes out as the worker encoded it.
+	return c.JSONBlob(http.StatusOK, rep.Completion)
+}
+
+// awaitReply waits for the worker's reply to p and decodes it
+// (decodeRawReply); a reply that carries an error returns it.
+func (g *Gateway) awaitReply(c echo.Context, p *pending) (*rawReply, error) {
 	timer := time.NewTimer(time.Until(p.deadline))
 	defer timer.Stop()
 	select {
 	case raw := <-p.answer:
 		rep, err := g.decodeRawReply(c, raw)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if o := observed(c); o != nil && g.access != nil {
 			o.setUsageJSON(rep.Completion)
 		}
-		// The completion goes out as the worker encoded it.
-		return c.JSONBlob(http.StatusOK, rep.Completion)
+		return rep, nil
 	case <-c.Request().Context().Done():
-		return clientGone(c.Request().Context().Err())
+		return nil, clientGone(c.Request().Context().Err())
 	case <-timer.C:
-		return p.expired()
+		return nil, p.expired()
 	case <-g.closing:
-		return shuttingDown()
+		return nil, shuttingDown()
 	}
 }
 

@@ -43,6 +43,7 @@ func (g *Gateway) routes() *echo.Echo {
 	// unknown URL into 401 or 404 and hide 405).
 	for _, prefix := range []string{"/v1", ""} {
 		e.POST(prefix+"/chat/completions", g.chatCompletions, g.observe, g.authenticate)
+		e.POST(prefix+"/responses", g.responses, g.observe, g.authenticate) // on the chat path (responses.go)
 		e.GET(prefix+"/models", g.listModels, g.authenticate)
 		e.GET(prefix+"/models/*", g.getModel, g.authenticate)
 		// Batch API (files.go, batches.go)

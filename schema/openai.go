@@ -213,22 +213,28 @@ type ModelList struct {
 func DecodeChatRequest(body []byte) (*ChatCompletionRequest, error) {
 	var req ChatCompletionRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		var syn *json.SyntaxError
-		var typ *json.UnmarshalTypeError
-		switch {
-		case len(bytes.TrimSpace(body)) == 0:
-			return nil, Invalid("", CodeInvalidJSON, "The request body is empty; expected a JSON object.")
-		case errors.As(err, &syn):
-			return nil, Invalid("", CodeInvalidJSON, "The request body is not valid JSON (at byte %d): %s.", syn.Offset, syn.Error())
-		case errors.As(err, &typ) && typ.Field == "":
-			return nil, Invalid("", CodeInvalidJSON, "The request body must be a JSON object, got JSON %s.", typ.Value)
-		case errors.As(err, &typ):
-			return nil, Invalid(typ.Field, CodeInvalidJSON, "Invalid type for '%s': expected %s, got JSON %s.", typ.Field, goTypeKind(typ.Type), typ.Value)
-		default:
-			return nil, Invalid("", CodeInvalidJSON, "The request body could not be parsed: %s.", err.Error())
-		}
+		return nil, decodeError(body, err)
 	}
 	return &req, nil
+}
+
+// decodeError words a failure to decode a request body as a 400 that says
+// where: the same words for every API that takes a JSON body.
+func decodeError(body []byte, err error) *Error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case len(bytes.TrimSpace(body)) == 0:
+		return Invalid("", CodeInvalidJSON, "The request body is empty; expected a JSON object.")
+	case errors.As(err, &syn):
+		return Invalid("", CodeInvalidJSON, "The request body is not valid JSON (at byte %d): %s.", syn.Offset, syn.Error())
+	case errors.As(err, &typ) && typ.Field == "":
+		return Invalid("", CodeInvalidJSON, "The request body must be a JSON object, got JSON %s.", typ.Value)
+	case errors.As(err, &typ):
+		return Invalid(typ.Field, CodeInvalidJSON, "Invalid type for '%s': expected %s, got JSON %s.", typ.Field, goTypeKind(typ.Type), typ.Value)
+	default:
+		return Invalid("", CodeInvalidJSON, "The request body could not be parsed: %s.", err.Error())
+	}
 }
 
 // goTypeKind names what JSON a Go type decodes from, for error messages.
