@@ -52,12 +52,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 		return err
 	}
 	req.Caller, req.Streamable = callerOf(c), true
-	ck, err := g.core.Check(req)
-	obs := observationOf(c)
-	obs.lane = string(req.Lane)
-	if ck.Chat != nil {
-		obs.request(ck.Chat, g.core.Catalog())
-	}
+	ck, obs, err := g.checkRequest(c, req)
 	if err != nil {
 		return err
 	}
@@ -92,6 +87,18 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 		g.cancelJob(p.id, p.deadline)
 	}
 	return err
+}
+
+// checkRequest runs the admission core's check on req and tells the request's
+// observation (metrics, access log) its lane and model, refused or not.
+func (g *Gateway) checkRequest(c echo.Context, req admission.Request) (*admission.Checked, *observation, error) {
+	ck, err := g.core.Check(req)
+	obs := observationOf(c)
+	obs.lane = string(req.Lane)
+	if ck.Chat != nil {
+		obs.request(ck.Chat, g.core.Catalog())
+	}
+	return ck, obs, err
 }
 
 // request is the admission request of a caller who waits on this

@@ -47,12 +47,7 @@ func (g *Gateway) responses(c echo.Context) error {
 		return err
 	}
 	req.Caller = callerOf(c) // not Streamable: stream is refused above
-	ck, err := g.core.Check(req)
-	obs := observationOf(c)
-	obs.lane = string(req.Lane)
-	if ck.Chat != nil {
-		obs.request(ck.Chat, g.core.Catalog())
-	}
+	ck, obs, err := g.checkRequest(c, req)
 	if err != nil {
 		return err
 	}
