@@ -12,13 +12,11 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/tidwall/gjson"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/internal/accesslog"
 	"github.com/laas-bridge/laas-bridge/keys"
-	"github.com/laas-bridge/laas-bridge/schema"
 )
 
 // AccessLog writes one JSON line per request (internal/accesslog). A nil
@@ -38,69 +36,9 @@ const (
 // the access line's trace_id.
 const HeaderTraceparent = "traceparent"
 
-// access is one access line. Fields left zero ("" or not replied/usage)
-// are left out of the line.
-type access struct {
-	start     time.Time
-	door      string
-	method    string
-	path      string // the route pattern (or the NATS subject), never the raw URL
-	requestID string
-	traceID   string
-	key       string // the virtual key's alias; "" for the admin or an alias-less key
-	model     string // a catalogue alias
-	lane      string
-	status    int
-	errorCode string
-	stream    bool
-	bytesIn   int64
-	bytesOut  int64
-	timing
-	tokens
-}
-
-// timing is what a worker's reply says of where the time went.
-type timing struct {
-	replied    bool
-	queueMs    int64
-	upstreamMs int64
-	attempts   int
-}
-
-func (t *timing) setReply(r *schema.Reply) {
-	t.replied, t.queueMs, t.upstreamMs, t.attempts = true, r.QueueMs, r.UpstreamMs, r.Attempts
-}
-
-// tokens is the completion's usage, when it has one.
-type tokens struct {
-	usage            bool
-	promptTokens     int64
-	completionTokens int64
-}
-
-func (t *tokens) setUsage(u *schema.Usage) {
-	if u != nil {
-		t.usage, t.promptTokens, t.completionTokens = true, int64(u.PromptTokens), int64(u.CompletionTokens)
-	}
-}
-
-// setUsageJSON reads the usage of a chat.completion's JSON without
-// decoding the rest of it.
-func (t *tokens) setUsageJSON(completion []byte) {
-	u := gjson.GetBytes(completion, "usage")
-	if u.IsObject() {
-		t.usage, t.promptTokens, t.completionTokens = true, u.Get("prompt_tokens").Int(), u.Get("completion_tokens").Int()
-	}
-}
-
-// line is a as internal/accesslog writes it.
-func (a *access) line() *accesslog.Line {
-	return &accesslog.Line{Start: a.start, Door: a.door, Method: a.method, Path: a.path, RequestID: a.requestID, TraceID: a.traceID,
-		Key: a.key, Model: a.model, Lane: a.lane, Status: a.status, ErrorCode: a.errorCode, Stream: a.stream,
-		BytesIn: a.bytesIn, BytesOut: a.bytesOut,
-		Replied: a.replied, QueueMs: a.queueMs, UpstreamMs: a.upstreamMs, Attempts: a.attempts,
-		Usage: a.usage, PromptTokens: a.promptTokens, CompletionTokens: a.completionTokens}
-}
+// access is one access line (internal/accesslog: fields left zero are
+// left out of it).
+type access = accesslog.Line
 
 // keyAlias is the alias of the caller's virtual key, "" for the admin.
 func keyAlias(who keys.Caller) string {
@@ -157,10 +95,10 @@ func (g *Gateway) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 			return next(c)
 		}
 		r := c.Request()
-		a := &access{start: time.Now(), door: DoorHTTP, method: r.Method, path: c.Path(),
-			requestID: c.Response().Header().Get(HeaderRequestID), traceID: traceID(r.Header.Get(HeaderTraceparent))}
+		a := &access{Start: time.Now(), Door: DoorHTTP, Method: r.Method, Path: c.Path(),
+			RequestID: c.Response().Header().Get(HeaderRequestID), TraceID: traceID(r.Header.Get(HeaderTraceparent))}
 		if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
-			a.traceID = sc.TraceID().String() // tracing is on: the request's trace, started here or continued
+			a.TraceID = sc.TraceID().String() // tracing is on: the request's trace, started here or continued
 		}
 		body := &countingBody{ReadCloser: r.Body}
 		if r.Body != nil {
@@ -170,23 +108,23 @@ func (g *Gateway) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 		c.Set(observationKey, o)
 		defer func() {
 			if p := recover(); p != nil { // the recover middleware answers 500
-				a.status = http.StatusInternalServerError
+				a.Status = http.StatusInternalServerError
 				g.finishAccess(c, a, o, body)
 				panic(p)
 			}
 		}()
-		a.status = c.Response().Status
+		a.Status = c.Response().Status
 		if err = next(c); err != nil {
 			e := g.toError(err, r)
 			// A streamed answer already under way keeps its 200, unless
 			// the caller left.
 			if !c.Response().Committed || e.Status == statusClientClosed {
-				a.status = e.Status
+				a.Status = e.Status
 			}
-			a.errorCode = e.Code
+			a.ErrorCode = e.Code
 			c.Error(err)
 		} else {
-			a.status = c.Response().Status
+			a.Status = c.Response().Status
 		}
 		g.finishAccess(c, a, o, body)
 		return nil
@@ -195,13 +133,13 @@ func (g *Gateway) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 
 // finishAccess fills a from what the handler learnt and writes it.
 func (g *Gateway) finishAccess(c echo.Context, a *access, o *observation, body *countingBody) {
-	a.key = keyAlias(callerOf(c))
-	a.model, a.lane, a.stream, a.timing, a.tokens = o.model, o.lane, o.stream, o.timing, o.tokens
-	if a.errorCode == "" {
-		a.errorCode = o.errorCode
+	a.Key = keyAlias(callerOf(c))
+	a.Model, a.Lane, a.Stream, a.Timing, a.Tokens = o.model, o.lane, o.stream, o.Timing, o.Tokens
+	if a.ErrorCode == "" {
+		a.ErrorCode = o.errorCode
 	}
-	a.bytesIn, a.bytesOut = body.n, c.Response().Size
-	g.access.Write(a.line())
+	a.BytesIn, a.BytesOut = body.n, c.Response().Size
+	g.access.Write(a)
 }
 
 // countingBody counts the bytes of a request body read.
@@ -222,8 +160,8 @@ func (m *microEndpoint) startAccess(r micro.Request) *access {
 	if m.g.access == nil {
 		return nil
 	}
-	return &access{start: time.Now(), door: DoorNATS, path: m.g.cfg.Micro.Subject,
-		traceID: traceID(r.Headers().Get(HeaderTraceparent)), bytesIn: int64(len(r.Data()))}
+	return &access{Start: time.Now(), Door: DoorNATS, Path: m.g.cfg.Micro.Subject,
+		TraceID: traceID(r.Headers().Get(HeaderTraceparent)), BytesIn: int64(len(r.Data()))}
 }
 
 // finishAccess writes a NATS request's access line: model is the
@@ -235,16 +173,16 @@ func (m *microEndpoint) finishAccess(a *access, model string, ck *admission.Chec
 		return
 	}
 	if model != ModelUnknown {
-		a.model = model
+		a.Model = model
 	}
 	if ck != nil {
-		a.key, a.lane = keyAlias(ck.Caller), string(ck.Lane)
+		a.Key, a.Lane = keyAlias(ck.Caller), string(ck.Lane)
 	}
-	a.status = http.StatusOK
+	a.Status = http.StatusOK
 	if err != nil {
 		e := microError(err)
-		a.status, a.errorCode = e.Status, e.Code
+		a.Status, a.ErrorCode = e.Status, e.Code
 	}
-	a.bytesOut = int64(bytesOut)
-	m.g.access.Write(a.line())
+	a.BytesOut = int64(bytesOut)
+	m.g.access.Write(a)
 }

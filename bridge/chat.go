@@ -206,7 +206,7 @@ func (g *Gateway) awaitReply(c echo.Context, p *pending) (*rawReply, error) {
 			return nil, err
 		}
 		if o := observed(c); o != nil && g.access != nil {
-			o.setUsageJSON(rep.Completion)
+			o.SetUsageJSON(rep.Completion)
 		}
 		return rep, nil
 	case <-c.Request().Context().Done():
@@ -309,7 +309,7 @@ func (g *Gateway) decodeRawReply(c echo.Context, raw []byte) (*rawReply, error) 
 	h.Set(HeaderUpstreamMs, strconv.FormatInt(rep.UpstreamMs, 10))
 	h.Set(HeaderAttempts, strconv.Itoa(rep.Attempts))
 	if o := observed(c); o != nil {
-		o.setReply(&rep.Reply)
+		o.SetReply(&rep.Reply)
 	}
 	if err := rep.Err(); err != nil {
 		return nil, err

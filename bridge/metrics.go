@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/laas-bridge/laas-bridge/internal/accesslog"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
@@ -105,13 +106,13 @@ func newMetrics(reg prometheus.Registerer, js jetstream.JetStream, budget *bodyB
 // observation is what a request's handler learns for its metrics and its
 // access line.
 type observation struct {
-	model     string // a catalogue alias; "" when unknown
-	stream    bool
-	queued    bool   // the request reached the queue (or a kept answer)
-	lane      string // the lane it was queued in
-	errorCode string // of an error sent inside a streamed answer already under way
-	timing           // from the worker's reply
-	tokens           // the answer's usage
+	model            string // a catalogue alias; "" when unknown
+	stream           bool
+	queued           bool   // the request reached the queue (or a kept answer)
+	lane             string // the lane it was queued in
+	errorCode        string // of an error sent inside a streamed answer already under way
+	accesslog.Timing        // from the worker's reply
+	accesslog.Tokens        // the answer's usage
 }
 
 // observationKey holds a request's *observation in the echo context.

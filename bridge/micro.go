@@ -268,7 +268,7 @@ func (m *microEndpoint) handle(r micro.Request) {
 		data, code, desc := m.errorBody(id, err, hdr)
 		_ = r.Error(code, desc, data, micro.WithHeaders(micro.Headers(hdr)))
 		if a != nil {
-			a.requestID = id
+			a.RequestID = id
 			m.finishAccess(a, model, ck, err, len(data))
 		}
 		return
@@ -326,7 +326,7 @@ func (m *microEndpoint) answer(reply string, ck *admission.Checked, hdr nats.Hea
 		m.g.log.Warn("could not send an answer over NATS", "request_id", ck.ID, "error", err)
 	}
 	if a != nil {
-		a.requestID = ck.ID
+		a.RequestID = ck.ID
 		m.finishAccess(a, ck.Model.Alias, ck, err, len(msg.Data))
 	}
 }
@@ -375,9 +375,9 @@ func (m *microEndpoint) decode(raw []byte, hdr nats.Header, a *access) ([]byte, 
 		return nil, fmt.Errorf("decode reply: %w", err)
 	}
 	if a != nil {
-		a.setReply(&rep)
+		a.SetReply(&rep)
 		if rep.Completion != nil {
-			a.setUsage(rep.Completion.Usage)
+			a.SetUsage(rep.Completion.Usage)
 		}
 	}
 	hdr.Set(HeaderQueueMs, strconv.FormatInt(rep.QueueMs, 10))
@@ -399,7 +399,7 @@ func (m *microEndpoint) decode(raw []byte, hdr nats.Header, a *access) ([]byte, 
 		}
 		data, err := m.g.claimCompletion(ctx, rep.CompletionRef)
 		if a != nil && err == nil {
-			a.setUsageJSON(data)
+			a.SetUsageJSON(data)
 		}
 		return data, err
 	}

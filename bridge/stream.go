@@ -50,7 +50,7 @@ func (g *Gateway) streamAnswer(c echo.Context, p *pending, opts schema.StreamOpt
 				return g.streamFailed(c, s, err)
 			}
 			if o := observed(c); o != nil {
-				o.setUsage(rep.Completion.Usage)
+				o.SetUsage(rep.Completion.Usage)
 			}
 			if err := s.completion(rep.Completion, p, opts.IncludeUsage); err != nil {
 				return clientGone(err)

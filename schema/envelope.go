@@ -4,7 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -172,11 +172,14 @@ type Reply struct {
 // RunDigest names what a LaaS call ran (Reply.Ran): 16 hex characters of
 // the SHA-256 of the LaaS model, the service type and the preset hash.
 func RunDigest(laasModel, serviceType, preset string) string {
-	h := sha256.New()
-	for _, s := range []string{laasModel, serviceType, preset} {
-		fmt.Fprintf(h, "%d:%s", len(s), s)
+	// Every worker answer carries it: one buffer, one hash, no fmt.
+	buf := make([]byte, 0, 128)
+	for _, s := range [...]string{laasModel, serviceType, preset} {
+		buf = append(strconv.AppendInt(buf, int64(len(s)), 10), ':')
+		buf = append(buf, s...)
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
+	sum := sha256.Sum256(buf)
+	return hex.EncodeToString(sum[:8])
 }
 
 // Err returns the reply's error as an *Error, or nil for a success.

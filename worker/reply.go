@@ -174,8 +174,8 @@ func (p *Pool) sendReply(subject string, data []byte) error {
 // key's alias is not known here; bytes_out is the completion's JSON.
 func (p *Pool) accessLine(j *job, rep *schema.Reply) {
 	line := &accesslog.Line{Start: j.received, Door: accesslog.DoorBatch, RequestID: j.env.ID, Model: j.env.Model,
-		Lane: j.lane.String(), Status: rep.Status, BytesIn: int64(len(j.env.Request)),
-		Replied: true, QueueMs: rep.QueueMs, UpstreamMs: rep.UpstreamMs, Attempts: rep.Attempts}
+		Lane: j.lane.String(), Status: rep.Status, BytesIn: int64(len(j.env.Request))}
+	line.SetReply(rep)
 	if j.span != nil {
 		line.TraceID = j.span.SpanContext().TraceID().String()
 	}
@@ -186,9 +186,7 @@ func (p *Pool) accessLine(j *job, rep *schema.Reply) {
 		if data, err := json.Marshal(c); err == nil {
 			line.BytesOut = int64(len(data))
 		}
-		if c.Usage != nil {
-			line.Usage, line.PromptTokens, line.CompletionTokens = true, int64(c.Usage.PromptTokens), int64(c.Usage.CompletionTokens)
-		}
+		line.SetUsage(c.Usage)
 	}
 	p.access.Write(line)
 }

@@ -10,6 +10,10 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/laas-bridge/laas-bridge/schema"
 )
 
 // Log writes access lines. A nil *Log writes nothing and costs nothing.
@@ -47,17 +51,45 @@ type Line struct {
 	Stream    bool
 	BytesIn   int64
 	BytesOut  int64
+	Timing
+	Tokens
+}
 
-	// Replied: a worker's reply said where the time went.
+// Timing is what a worker's reply says of where the time went; left out of
+// the line unless Replied.
+type Timing struct {
 	Replied    bool
 	QueueMs    int64
 	UpstreamMs int64
 	Attempts   int
+}
 
-	// Usage: the completion had a usage.
+// SetReply takes the timing of a worker's reply.
+func (t *Timing) SetReply(r *schema.Reply) {
+	t.Replied, t.QueueMs, t.UpstreamMs, t.Attempts = true, r.QueueMs, r.UpstreamMs, r.Attempts
+}
+
+// Tokens is the completion's usage; left out of the line unless Usage.
+type Tokens struct {
 	Usage            bool
 	PromptTokens     int64
 	CompletionTokens int64
+}
+
+// SetUsage takes u, when there is one.
+func (t *Tokens) SetUsage(u *schema.Usage) {
+	if u != nil {
+		t.Usage, t.PromptTokens, t.CompletionTokens = true, int64(u.PromptTokens), int64(u.CompletionTokens)
+	}
+}
+
+// SetUsageJSON reads the usage of a chat.completion's JSON without
+// decoding the rest of it.
+func (t *Tokens) SetUsageJSON(completion []byte) {
+	u := gjson.GetBytes(completion, "usage")
+	if u.IsObject() {
+		t.Usage, t.PromptTokens, t.CompletionTokens = true, u.Get("prompt_tokens").Int(), u.Get("completion_tokens").Int()
+	}
 }
 
 // Write logs a; nothing on a nil Log.
