@@ -70,7 +70,8 @@ func (c *Core) Check(r Request) (*Checked, error) {
 	return ck, nil
 }
 
-// resolve fills the fields the core decides: timeout, lane, answer key;
+// resolve fills the fields the core decides: timeout, lane (the batch
+// lane for service_tier flex), answer key;
 // and checks the subjects a door named.
 func (c *Core) resolve(ck *Checked) error {
 	switch {
@@ -80,6 +81,11 @@ func (c *Core) resolve(ck *Checked) error {
 		ck.Timeout = schema.MaxRequestTimeout
 	case ck.Timeout == 0:
 		ck.Timeout = ck.Model.Deadline()
+	}
+	// The flex tier is the batch lane, where a request over its key's rpm
+	// waits for its turn instead of being refused.
+	if ck.Chat != nil && ck.Chat.ServiceTier == schema.ServiceTierFlex {
+		ck.Lane, ck.QueueWait = Batch, true
 	}
 	if ck.Lane == "" {
 		ck.Lane = Interactive

@@ -92,15 +92,25 @@ func TestCheckDecides(t *testing.T) {
 		{"a waiting caller: the model's timeout, interactive", Request{Door: DoorChat}, 90 * time.Second, Interactive},
 		{"a caller's own timeout and lane", Request{Door: DoorChat, Timeout: 5 * time.Second, Lane: Batch}, 5 * time.Second, Batch},
 		{"a job: the longest timeout, batch", Request{Door: DoorJobs, Job: &Job{}}, schema.MaxRequestTimeout, Batch},
+		{"service_tier flex: batch, waiting for the key's rpm", Request{Door: DoorChat, Lane: Interactive,
+			Body: []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"service_tier":"flex"}`)}, 90 * time.Second, Batch},
+		{"service_tier default: as asked", Request{Door: DoorChat,
+			Body: []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"service_tier":"default"}`)}, 90 * time.Second, Interactive},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.req.ID, tc.req.Body = "r1", []byte(chat)
+			tc.req.ID = "r1"
+			if tc.req.Body == nil {
+				tc.req.Body = []byte(chat)
+			}
 			ck, err := c.Check(tc.req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if ck.Timeout != tc.timeout || ck.Lane != tc.lane || ck.Model.Alias != "m" {
 				t.Errorf("timeout %s, lane %s, model %q; want %s, %s, m", ck.Timeout, ck.Lane, ck.Model.Alias, tc.timeout, tc.lane)
+			}
+			if flex := ck.Chat.ServiceTier == "flex"; ck.QueueWait != flex {
+				t.Errorf("QueueWait %v, want %v", ck.QueueWait, flex)
 			}
 		})
 	}

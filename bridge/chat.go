@@ -94,7 +94,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 func (g *Gateway) checkRequest(c echo.Context, req admission.Request) (*admission.Checked, *observation, error) {
 	ck, err := g.core.Check(req)
 	obs := observationOf(c)
-	obs.lane = string(req.Lane)
+	obs.lane = string(ck.Lane) // the core's choice (service_tier flex is the batch lane)
 	if ck.Chat != nil {
 		obs.request(ck.Chat, g.core.Catalog())
 	}

@@ -205,6 +205,7 @@ type Gateway struct {
 	bodies    jetstream.ObjectStore
 	batches   *batch.Store    // Batch API files and batches
 	jobs      *jobstore.Store // async jobs (jobs.go)
+	stored    *responseStore  // stored responses (responses.go)
 	created   int64           // the models' "created" time
 	master    []byte          // the master key; nil: none
 	budget    *bodyBudget     // request bodies held in memory (budget.go)
@@ -248,6 +249,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 	if err != nil {
 		return nil, err
 	}
+	stored, err := openResponseStore(ctx, js, log.With("gateway", cfg.InstanceID))
+	if err != nil {
+		return nil, err
+	}
 	corr, err := newCorrelator(nc, cfg.InstanceID)
 	if err != nil {
 		return nil, err
@@ -259,6 +264,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, catalog *schema.Cata
 		bodies:   bodies,
 		batches:  batches,
 		jobs:     jobs,
+		stored:   stored,
 		access:   cfg.AccessLog,
 		budget:   &bodyBudget{max: cfg.MaxInflightBytes},
 		stopping: make(chan struct{}),

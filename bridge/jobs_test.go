@@ -29,14 +29,20 @@ func decodeJob(t *testing.T, body []byte) Job {
 // result. It returns the envelope and whether Start let it run.
 func (f *fixture) runOneJob(t *testing.T, answer func(schema.Envelope) schema.Reply) (schema.Envelope, bool) {
 	t.Helper()
+	return f.runOneJobOn(t, schema.ConsumerBatch, answer)
+}
+
+// runOneJobOn is runOneJob for the lane of consumer.
+func (f *fixture) runOneJobOn(t *testing.T, consumer string, answer func(schema.Envelope) schema.Reply) (schema.Envelope, bool) {
+	t.Helper()
 	ctx := context.Background()
-	cons, err := f.q.JS.Consumer(ctx, schema.StreamRequests, schema.ConsumerBatch)
+	cons, err := f.q.JS.Consumer(ctx, schema.StreamRequests, consumer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	m, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
 	if err != nil {
-		t.Fatalf("no job in the batch lane: %v", err)
+		t.Fatalf("no job for %s: %v", consumer, err)
 	}
 	var env schema.Envelope
 	if err := json.Unmarshal(m.Data(), &env); err != nil {

@@ -1,25 +1,36 @@
 package bridge
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/laas-bridge/laas-bridge/admission"
+	"github.com/laas-bridge/laas-bridge/queue/jobstore"
 	"github.com/laas-bridge/laas-bridge/schema"
 )
 
-// responses answers POST /v1/responses (OpenAI's Responses API), not
-// streamed, on the chat path: the request is translated to the chat
-// request that runs it (schema.ResponsesRequest.ChatRequest), which the
-// admission core checks and queues, the response cache and the
-// idempotency store keep, and the workers run, as any chat request; the
-// chat completion is then answered as a response object
-// (schema.NewResponse). Errors, timing headers and Retry-After are the
-// chat path's.
+// OpenAI's Responses API, on the chat path: a Responses request is
+// translated to the chat request that runs it (schema.ResponsesRequest.
+// ChatRequest), which the admission core checks and queues, the response
+// cache and the idempotency store keep, and the workers run, as any chat
+// request; the chat completion is then answered as a response object
+// (schema.NewResponse), or streamed as Responses events.
+//
+// A stored response ("store" true, OpenAI's default) is kept in the KV
+// bucket schema.BucketResponses (responsestore.go) for GET, DELETE and
+// previous_response_id. A background response is a job (the jobs API's
+// store): its record is written before it is queued, and its status and
+// answer are its job's until the record has them.
+
+// responses answers POST /v1/responses.
 func (g *Gateway) responses(c echo.Context) error {
 	body, releaseBody, err := g.readBody(c)
 	if err != nil {
@@ -30,7 +41,13 @@ func (g *Gateway) responses(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	chat, err := rr.ChatRequest()
+	var history []schema.Message
+	if rr.PreviousResponseID != "" {
+		if history, err = g.previousTurn(c, rr.PreviousResponseID); err != nil {
+			return err
+		}
+	}
+	chat, err := rr.ChatRequest(history)
 	if err != nil {
 		return err
 	}
@@ -38,15 +55,37 @@ func (g *Gateway) responses(c echo.Context) error {
 	if err != nil {
 		return fmt.Errorf("encode the chat request of a response: %w", err)
 	}
-	body, chat = nil, nil
-	releaseBody()
-	rr.Input = nil // what the answer echoes is kept; the input is on its way
 	id := c.Response().Header().Get(HeaderRequestID)
+	var rec *schema.StoredResponse
+	if rr.Stores() {
+		if !g.stored.ok() {
+			if rr.Background {
+				return g.stored.unavailable(nil)
+			}
+			rr.Store = new(bool) // answered, and said not to be kept
+		} else {
+			rec = &schema.StoredResponse{ID: id, Owner: callerOf(c).Owner(), CreatedAt: time.Now().Unix(), Background: rr.Background,
+				Conversation: rr.Conversation(chat)}
+		}
+	}
+	rr.Input = nil // what the answer echoes is kept; the input is on its way
+	if rec != nil {
+		rec.Request = *rr
+	}
+	body, chat, history = nil, nil, nil
+	releaseBody()
+	if rr.Background {
+		return g.startBackground(c, rr, rec, chatBody)
+	}
+	created := time.Now().Unix()
+	if rec != nil {
+		created = rec.CreatedAt
+	}
 	req, err := g.request(id, admission.DoorChat, c.Request().Header, chatBody)
 	if err != nil {
 		return err
 	}
-	req.Caller = callerOf(c) // not Streamable: stream is refused above
+	req.Caller = callerOf(c) // not Streamable: the chat request never streams
 	ck, obs, err := g.checkRequest(c, req)
 	if err != nil {
 		return err
@@ -65,17 +104,416 @@ func (g *Gateway) responses(c echo.Context) error {
 	}
 	obs.queued = true
 	defer g.metrics.callerWaiting()()
+	var resp *schema.Response
+	if rr.Stream {
+		err = g.streamResponse(c, p, rr, rec, created)
+	} else if resp, err = g.awaitResponse(c, p, rr, rec, created); err == nil {
+		err = c.JSON(http.StatusOK, resp)
+	}
+	// Nobody will read the answer: stop the job (as chatCompletions).
+	if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && answerKey == "" {
+		g.cancelJob(p.id, p.deadline)
+	}
+	return err
+}
+
+// awaitResponse waits for p's reply and makes it the response to rr,
+// stored (rec) when asked.
+func (g *Gateway) awaitResponse(c echo.Context, p *pending, rr *schema.ResponsesRequest, rec *schema.StoredResponse, created int64) (*schema.Response, error) {
 	rep, err := g.awaitReply(c, p)
 	if err != nil {
-		// Nobody will read the answer: stop the job (as chatCompletions).
-		if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && answerKey == "" {
-			g.cancelJob(p.id, p.deadline)
+		return nil, err
+	}
+	return g.answered(c, p.id, rr, rec, created, rep.Completion)
+}
+
+// answered is the response to rr made of the completion the worker
+// answered with; a stored one is kept (rec) before it is answered, so the
+// next turn finds it. A response that could not be kept is answered all
+// the same, with "store": false.
+func (g *Gateway) answered(c echo.Context, id string, rr *schema.ResponsesRequest, rec *schema.StoredResponse, created int64, completion json.RawMessage) (*schema.Response, error) {
+	var cc schema.ChatCompletion
+	if err := json.Unmarshal(completion, &cc); err != nil {
+		return nil, fmt.Errorf("decode reply's completion: %w", err)
+	}
+	resp := schema.NewResponse(id, rr, &cc)
+	resp.CreatedAt = created
+	if rec != nil {
+		rec.Response = resp
+		if err := g.stored.put(c.Request().Context(), rec); err != nil {
+			g.log.Warn("could not keep a response; answered without storing it", "request_id", id, "error", err)
+			resp.Store = false
 		}
+	}
+	return resp, nil
+}
+
+// streamResponse answers a streamed response: its first events
+// (response.created, response.in_progress) once the stream starts (the
+// first keep-alive, as a streamed chat completion starts), then SSE
+// comments while it is queued, then the answer's events. An error before
+// the stream starts is an HTTP error; after, a failed answer is
+// response.failed and a reply that will not come (deadline, shutdown) an
+// "error" event.
+func (g *Gateway) streamResponse(c echo.Context, p *pending, rr *schema.ResponsesRequest, rec *schema.StoredResponse, created int64) error {
+	s := newSSEWriter(c.Response())
+	w := &responseEvents{s: s, start: schema.ResponseShell(p.id, rr, created, schema.ResponseInProgress)}
+	raw, err := g.awaitStreamed(c, s, p, w.head)
+	if err != nil {
+		if callerGone(err) || !s.started {
+			return err
+		}
+		return w.broken(schema.AsError(err))
+	}
+	rep, err := g.decodeRawReply(c, raw)
+	var end *schema.Response
+	if err == nil {
+		if o := observed(c); o != nil && g.access != nil {
+			o.SetUsageJSON(rep.Completion)
+		}
+		end, err = g.answered(c, p.id, rr, rec, created, rep.Completion)
+	}
+	if err != nil {
+		if !s.started {
+			return err
+		}
+		e := schema.AsError(err)
+		if o := observed(c); o != nil {
+			o.errorCode = e.Code
+		}
+		end = schema.ResponseShell(p.id, rr, created, "").Fail(e)
+	}
+	return w.finish(end)
+}
+
+// responseEvents writes a response's events (schema.ResponseEvents) to an
+// event stream, each once, from sequence number sent on.
+type responseEvents struct {
+	s     *sseWriter
+	start *schema.Response
+	sent  int // events below this sequence number are sent (or skipped)
+}
+
+// head sends the events up to response.in_progress.
+func (w *responseEvents) head() error {
+	return w.send(schema.ResponseEvents(w.start, nil, pieceOf))
+}
+
+// finish sends the rest, up to the end of the ended response end.
+func (w *responseEvents) finish(end *schema.Response) error {
+	if err := w.send(schema.ResponseEvents(w.start, end, pieceOf)); err != nil {
+		return clientGone(err)
+	}
+	return nil
+}
+
+// broken ends a stream whose response goes on without it (the gateway is
+// shutting down, the caller's deadline passed) with an "error" event.
+func (w *responseEvents) broken(e *schema.Error) error {
+	ev := schema.ResponseEvent{Type: "error", SequenceNumber: w.sent, Code: e.Code, Message: e.Message}
+	if err := w.write(&ev); err != nil {
+		return clientGone(err)
+	}
+	return nil
+}
+
+func (w *responseEvents) send(evs []schema.ResponseEvent) error {
+	for ; w.sent < len(evs); w.sent++ {
+		if err := w.write(&evs[w.sent]); err != nil {
+			return err
+		}
+	}
+	w.s.start() // a resumed stream past its last event still answers 200
+	return nil
+}
+
+// write sends one event as OpenAI does: its type as the SSE event name.
+func (w *responseEvents) write(ev *schema.ResponseEvent) error {
+	data, err := json.Marshal(ev)
+	if err != nil {
 		return err
 	}
-	var cc schema.ChatCompletion
-	if err := json.Unmarshal(rep.Completion, &cc); err != nil {
-		return fmt.Errorf("decode reply's completion: %w", err)
+	w.s.buf = append(append(append(w.s.buf[:0], "event: "...), ev.Type...), '\n')
+	w.s.buf = append(append(append(w.s.buf, sseData...), data...), sseEnd...)
+	return w.s.flush()
+}
+
+// pieceOf cuts a streamed response's text as a streamed chat completion's.
+func pieceOf(s string) int { return nextPiece(s, maxPieceRunes) }
+
+// startBackground queues a background response as a job and answers it
+// queued at once (streamed, when asked: its events as the job goes).
+// Its record is kept before the job is queued, so every answer names a
+// response that GET finds; a job that could not be queued takes its
+// record with it.
+func (g *Gateway) startBackground(c echo.Context, rr *schema.ResponsesRequest, rec *schema.StoredResponse, chatBody []byte) error {
+	h := c.Request().Header
+	timeout, err := headerTimeout(h)
+	if err != nil {
+		return err
 	}
-	return c.JSON(http.StatusOK, schema.NewResponse(id, rr, &cc))
+	lane, err := g.lane(h) // interactive unless asked (or flex): a background response is not a batch
+	if err != nil {
+		return err
+	}
+	wait, err := queueWait(h)
+	if err != nil {
+		return err
+	}
+	ck, _, err := g.checkRequest(c, admission.Request{ID: rec.ID, Body: chatBody, Caller: callerOf(c), Door: admission.DoorJobs,
+		Lane: lane, Timeout: timeout, Job: &admission.Job{Record: true}, QueueWait: wait})
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	if err := g.stored.put(ctx, rec); err != nil {
+		return g.stored.unavailable(err)
+	}
+	if _, err := g.core.Admit(ctx, ck); err != nil {
+		g.stored.forget(rec.ID)
+		return err
+	}
+	g.log.Info("background response queued", "request_id", rec.ID, "model", ck.Model.Alias)
+	if rr.Stream {
+		return g.streamStored(c, rec, -1)
+	}
+	return c.JSON(http.StatusOK, schema.ResponseShell(rec.ID, rr, rec.CreatedAt, schema.ResponseQueued))
+}
+
+// streamStored streams background response rec's events after sequence
+// number after (-1: all of them): those up to in_progress at once, then
+// SSE comments until its job ends, then the rest. A gateway that shuts
+// down ends the stream with an "error" event; the response goes on, and
+// GET ?stream=true&starting_after= resumes it on any gateway.
+func (g *Gateway) streamStored(c echo.Context, rec *schema.StoredResponse, after int) error {
+	if !g.watch() {
+		g.metrics.refused(limitJobWatchers)
+		return overloaded("streams of background responses")
+	}
+	defer g.watchers.Add(-1)
+	ctx := c.Request().Context()
+	w := &responseEvents{s: newSSEWriter(c.Response()), start: schema.ResponseShell(rec.ID, &rec.Request, rec.CreatedAt, schema.ResponseQueued), sent: after + 1}
+	if err := w.head(); err != nil {
+		return clientGone(err)
+	}
+	end, err := g.awaitStored(c, w.s, rec)
+	if err != nil {
+		if callerGone(err) {
+			return err
+		}
+		return w.broken(schema.AsError(err))
+	}
+	if ctx.Err() != nil {
+		return clientGone(ctx.Err())
+	}
+	return w.finish(end)
+}
+
+// awaitStored waits for background response rec's job to end, sending s
+// a keep-alive comment every Config.KeepAlive, and returns the ended
+// response.
+func (g *Gateway) awaitStored(c echo.Context, s *sseWriter, rec *schema.StoredResponse) (*schema.Response, error) {
+	ctx := c.Request().Context()
+	keepAlive := time.NewTicker(g.cfg.KeepAlive)
+	defer keepAlive.Stop()
+	for {
+		resp, err := g.responseOf(ctx, rec)
+		if err != nil || resp.Final() {
+			return resp, err
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		ended := make(chan struct{})
+		go func() {
+			defer close(ended)
+			_, _, _ = g.jobs.Wait(wctx, rec.ID) // ends when the job does, or wctx
+		}()
+	wait:
+		for {
+			select {
+			case <-ended:
+				break wait
+			case <-ctx.Done():
+				cancel()
+				return nil, clientGone(ctx.Err())
+			case <-g.stopping:
+				cancel()
+				return nil, shuttingDown()
+			case <-keepAlive.C:
+				if err := s.write(sseKeepAlive); err != nil {
+					cancel()
+					return nil, clientGone(err)
+				}
+			}
+		}
+		cancel()
+	}
+}
+
+// responseOf is rec as it stands: its ended response, else (a background
+// response) its job's status, or its answer once it has one, which is
+// then kept in rec.
+func (g *Gateway) responseOf(ctx context.Context, rec *schema.StoredResponse) (*schema.Response, error) {
+	if rec.Response != nil {
+		return rec.Response, nil
+	}
+	st, res, err := g.jobs.Get(ctx, rec.ID)
+	switch {
+	case errors.Is(err, jobstore.ErrNotFound): // kept, and its job not recorded yet
+		return schema.ResponseShell(rec.ID, &rec.Request, rec.CreatedAt, schema.ResponseQueued), nil
+	case err != nil:
+		return nil, g.stored.unavailable(err)
+	}
+	shell := schema.ResponseShell(rec.ID, &rec.Request, rec.CreatedAt, schema.ResponseQueued)
+	var resp *schema.Response
+	switch {
+	case res != nil && res.Status == schema.JobSucceeded && res.Completion != nil:
+		resp = schema.NewResponse(rec.ID, &rec.Request, res.Completion)
+		resp.CreatedAt = rec.CreatedAt
+	case res != nil:
+		e := res.Err()
+		if e == nil {
+			e = &schema.Error{Code: schema.CodeUpstreamError, Message: "The job ended without an answer."}
+		}
+		resp = shell.Fail(e)
+	case st.Status == schema.JobCancelled:
+		resp = shell.Fail(schema.JobCancelledError())
+	case st.Status == schema.JobRunning:
+		shell.Status = schema.ResponseInProgress
+		return shell, nil
+	default:
+		return shell, nil
+	}
+	rec.Response = resp
+	if err := g.stored.put(ctx, rec); err != nil { // the job's result is kept as long: read it again next time
+		g.log.Warn("could not keep a background response's answer", "request_id", rec.ID, "error", err)
+	}
+	return resp, nil
+}
+
+// getResponse answers GET /v1/responses/{id}: the response as it stands;
+// with ?stream=true a background response's events, after
+// ?starting_after= when given.
+func (g *Gateway) getResponse(c echo.Context) error {
+	rec, err := g.ownResponse(c, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	if stream, _ := strconv.ParseBool(c.QueryParam("stream")); stream {
+		if !rec.Background {
+			return schema.Invalid("stream", schema.CodeInvalidValue, "Only a background response can be streamed again; GET it without 'stream'.")
+		}
+		after := -1
+		if v := c.QueryParam("starting_after"); v != "" {
+			if after, err = strconv.Atoi(v); err != nil || after < -1 {
+				return schema.Invalid("starting_after", schema.CodeInvalidValue, "'starting_after' must be an event's sequence number, got %q.", v)
+			}
+		}
+		return g.streamStored(c, rec, after)
+	}
+	resp, err := g.responseOf(c.Request().Context(), rec)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, resp)
+}
+
+// cancelResponse answers POST /v1/responses/{id}/cancel: a background
+// response not ended yet is cancelled (its job: never run, or its LaaS
+// call aborted); it answers the response as it then stands.
+func (g *Gateway) cancelResponse(c echo.Context) error {
+	rec, err := g.ownResponse(c, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	if !rec.Background {
+		return schema.Invalid("", schema.CodeInvalidValue, "Only a background response can be cancelled.")
+	}
+	ctx := c.Request().Context()
+	if rec.Response == nil {
+		if _, err := g.jobs.Cancel(ctx, rec.ID); err != nil && !errors.Is(err, jobstore.ErrNotFound) {
+			return g.stored.unavailable(err)
+		}
+	}
+	resp, err := g.responseOf(ctx, rec)
+	if err != nil {
+		return err
+	}
+	g.log.Info("response cancel requested", "request_id", c.Response().Header().Get(HeaderRequestID), "response_id", resp.ID, "status", resp.Status)
+	return c.JSON(http.StatusOK, resp)
+}
+
+// deleteResponse answers DELETE /v1/responses/{id}: the record goes (and
+// the job of a background response not ended yet is cancelled, since
+// nobody can fetch its answer any more).
+func (g *Gateway) deleteResponse(c echo.Context) error {
+	rec, err := g.ownResponse(c, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	if rec.Background && rec.Response == nil {
+		if _, err := g.jobs.Cancel(ctx, rec.ID); err != nil && !errors.Is(err, jobstore.ErrNotFound) {
+			return g.stored.unavailable(err)
+		}
+	}
+	if err := g.stored.delete(ctx, rec.ID); err != nil {
+		return g.stored.unavailable(err)
+	}
+	return c.JSON(http.StatusOK, map[string]any{"id": "resp_" + rec.ID, "object": "response", "deleted": true})
+}
+
+// previousTurn is what a request with previous_response_id continues: the
+// conversation of that response (the caller's own, ended with an answer)
+// and its answer as an assistant message.
+func (g *Gateway) previousTurn(c echo.Context, respID string) ([]schema.Message, error) {
+	rec, err := g.ownResponse(c, respID)
+	if se, ok := errors.AsType[*schema.Error](err); ok && se.Code == CodeResponseNotFound {
+		return nil, schema.Invalid("previous_response_id", "previous_response_not_found",
+			"Previous response with id %q not found: it was never stored (\"store\": false), was deleted, or is older than the bridge keeps responses.", respID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp, err := g.responseOf(c.Request().Context(), rec)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case resp.Status != schema.ResponseCompleted && resp.Status != schema.ResponseIncomplete:
+		return nil, schema.Invalid("previous_response_id", schema.CodeInvalidValue,
+			"Previous response %q is %s; only a response that has answered can be continued.", respID, resp.Status)
+	case rec.ConversationDropped:
+		return nil, &schema.Error{Status: http.StatusBadRequest, Type: schema.TypeInvalidRequest, Code: schema.CodeUnsupported, Param: "previous_response_id",
+			Message: fmt.Sprintf("Previous response %q was too large to keep its conversation (over %d KiB with its images and files); send the whole conversation in 'input'.", respID, maxStoredResponse>>10)}
+	}
+	return append(rec.Conversation[:len(rec.Conversation):len(rec.Conversation)],
+		schema.Message{Role: "assistant", Content: schema.Content{Text: resp.OutputText()}}), nil
+}
+
+// CodeResponseNotFound is the error code of an unknown response id.
+const CodeResponseNotFound = "response_not_found"
+
+// ownResponse is stored response respID ("resp_<request id>") when the
+// caller sees it (keys.Caller.Sees); another's is not found, as a missing
+// one.
+func (g *Gateway) ownResponse(c echo.Context, respID string) (*schema.StoredResponse, error) {
+	notFound := &schema.Error{Status: http.StatusNotFound, Type: schema.TypeInvalidRequest, Code: CodeResponseNotFound, Param: "response_id",
+		Message: fmt.Sprintf("No response with id %q: it was never stored (\"store\": false), was deleted, or is older than the bridge keeps responses.", respID)}
+	id, ok := strings.CutPrefix(respID, "resp_")
+	if !ok || !schema.ValidRequestID(id) {
+		return nil, notFound
+	}
+	if !g.stored.ok() {
+		return nil, g.stored.unavailable(nil)
+	}
+	rec, err := g.stored.get(c.Request().Context(), id)
+	switch {
+	case errors.Is(err, errNoResponse):
+		return nil, notFound
+	case err != nil:
+		return nil, g.stored.unavailable(err)
+	case !callerOf(c).Sees(rec.Owner):
+		return nil, notFound
+	}
+	return rec, nil
 }

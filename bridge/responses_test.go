@@ -1,12 +1,16 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -37,6 +41,20 @@ func responsesWorker(t *testing.T, f *fixture, text, finish string) (sent func()
 	return func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), got...) }
 }
 
+// createdAt checks that body's created_at is from before on (and not
+// in the future) and returns body with it 0.
+func createdAt(t *testing.T, body []byte, before int64) []byte {
+	t.Helper()
+	m := regexp.MustCompile(`"created_at":(\d+)`).FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("no created_at in %s", body)
+	}
+	if at, _ := strconv.ParseInt(string(m[1]), 10, 64); at < before || at > time.Now().Unix() {
+		t.Errorf("created_at %d, want from %d to now", at, before)
+	}
+	return bytes.Replace(body, m[0], []byte(`"created_at":0`), 1)
+}
+
 // TestResponsesRoundTrip: a Responses request runs as the chat request it
 // translates to (instructions first, max_output_tokens as max_tokens),
 // and its answer is the response object, exactly, with the chat path's
@@ -44,16 +62,18 @@ func responsesWorker(t *testing.T, f *fixture, text, finish string) (sent func()
 func TestResponsesRoundTrip(t *testing.T) {
 	f := newFixture(t, Config{})
 	sent := responsesWorker(t, f, "hello", "stop")
+	before := time.Now().Unix()
 	resp, body := f.do(t, "POST", "/v1/responses",
 		`{"model":"claude-3.5-sonnet","input":"hi","instructions":"be brief","max_output_tokens":50,"metadata":{"k":"v"},"store":false}`)
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
+	body = createdAt(t, body, before) // when the request came, not when LaaS answered
 	id := resp.Header.Get(HeaderRequestID)
-	want := `{"id":"resp_` + id + `","object":"response","created_at":1700000000,"status":"completed","background":false,"error":null,` +
+	want := `{"id":"resp_` + id + `","object":"response","created_at":0,"status":"completed","background":false,"error":null,` +
 		`"incomplete_details":null,"instructions":"be brief","max_output_tokens":50,"model":"claude-3.5-sonnet",` +
 		`"output":[{"type":"message","id":"msg_` + id + `","status":"completed","role":"assistant","content":[{"type":"output_text","text":"hello","annotations":[]}]}],` +
-		`"parallel_tool_calls":false,"previous_response_id":null,"store":false,"temperature":null,"text":{"format":{"type":"text"}},` +
+		`"parallel_tool_calls":false,"previous_response_id":null,"service_tier":"default","store":false,"temperature":null,"text":{"format":{"type":"text"}},` +
 		`"tool_choice":"none","tools":[],"top_p":null,"truncation":"disabled",` +
 		`"usage":{"input_tokens":3,"input_tokens_details":{"cached_tokens":0},"output_tokens":5,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":8},` +
 		`"metadata":{"k":"v"}}`
@@ -126,8 +146,12 @@ func TestResponsesRefused(t *testing.T) {
 	tests := []struct{ name, body, want string }{
 		{"tools", `{"model":"claude-3.5-sonnet","input":"hi","tools":[{"type":"web_search"}]}`,
 			`{"error":{"message":"LaaS does not support tool or function calling; remove 'tools'.","type":"invalid_request_error","param":"tools","code":"unsupported_parameter"}}`},
-		{"stream", `{"model":"claude-3.5-sonnet","input":"hi","stream":true}`,
-			`{"error":{"message":"Streamed responses are not supported yet; remove 'stream' or set it to false.","type":"invalid_request_error","param":"stream","code":"unsupported_parameter"}}`},
+		{"background without store", `{"model":"claude-3.5-sonnet","input":"hi","background":true,"store":false}`,
+			`{"error":{"message":"A background response is kept until it is fetched: 'store' must be true (or absent) with 'background': true.","type":"invalid_request_error","param":"store","code":"invalid_value"}}`},
+		{"unknown previous_response_id", `{"model":"claude-3.5-sonnet","input":"hi","previous_response_id":"resp_nope"}`,
+			`{"error":{"message":"Previous response with id \"resp_nope\" not found: it was never stored (\"store\": false), was deleted, or is older than the bridge keeps responses.","type":"invalid_request_error","param":"previous_response_id","code":"previous_response_not_found"}}`},
+		{"priority tier", `{"model":"claude-3.5-sonnet","input":"hi","service_tier":"priority"}`,
+			`{"error":{"message":"'service_tier' must be \"auto\", \"default\", \"flex\" (the batch lane: slower, waits instead of failing under a rate limit) or absent; LaaS has no priority tier.","type":"invalid_request_error","param":"service_tier","code":"unsupported_parameter"}}`},
 		{"unknown model", `{"model":"nope","input":"hi"}`,
 			`{"error":{"message":"The model 'nope' does not exist or you do not have access to it.","type":"invalid_request_error","param":"model","code":"model_not_found"}}`},
 	}

@@ -44,6 +44,9 @@ func (g *Gateway) routes() *echo.Echo {
 	for _, prefix := range []string{"/v1", ""} {
 		e.POST(prefix+"/chat/completions", g.chatCompletions, g.observe, g.authenticate)
 		e.POST(prefix+"/responses", g.responses, g.observe, g.authenticate) // on the chat path (responses.go)
+		e.GET(prefix+"/responses/:id", g.getResponse, g.authenticate)
+		e.DELETE(prefix+"/responses/:id", g.deleteResponse, g.authenticate)
+		e.POST(prefix+"/responses/:id/cancel", g.cancelResponse, g.authenticate)
 		e.GET(prefix+"/models", g.listModels, g.authenticate)
 		e.GET(prefix+"/models/*", g.getModel, g.authenticate)
 		// Batch API (files.go, batches.go)

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"time"
 	"unicode"
@@ -36,8 +37,34 @@ const (
 // 200; an error then is sent as one {"error": {...}} event and the stream
 // ends without [DONE], as OpenAI does.
 func (g *Gateway) streamAnswer(c echo.Context, p *pending, opts schema.StreamOptions) error {
-	ctx := c.Request().Context()
 	s := newSSEWriter(c.Response())
+	raw, err := g.awaitStreamed(c, s, p, nil)
+	if err != nil {
+		if callerGone(err) {
+			return err
+		}
+		return g.streamFailed(c, s, err)
+	}
+	rep, err := g.decodeReply(c, raw) // the timing headers count only if not yet started
+	if err != nil {
+		return g.streamFailed(c, s, err)
+	}
+	if o := observed(c); o != nil {
+		o.SetUsage(rep.Completion.Usage)
+	}
+	if err := s.completion(rep.Completion, p, opts.IncludeUsage); err != nil {
+		return clientGone(err)
+	}
+	return nil
+}
+
+// awaitStreamed waits for the worker's raw reply to p while it sends the
+// caller an SSE comment every Config.KeepAlive (begin, when set, writes
+// the stream's first events before the first of them). It returns an
+// error only when no reply will come: the caller went away (callerGone),
+// the deadline passed or the gateway is shutting down.
+func (g *Gateway) awaitStreamed(c echo.Context, s *sseWriter, p *pending, begin func() error) ([]byte, error) {
+	ctx := c.Request().Context()
 	deadline := time.NewTimer(time.Until(p.deadline))
 	defer deadline.Stop()
 	keepAlive := time.NewTicker(g.cfg.KeepAlive)
@@ -45,29 +72,30 @@ func (g *Gateway) streamAnswer(c echo.Context, p *pending, opts schema.StreamOpt
 	for {
 		select {
 		case raw := <-p.answer:
-			rep, err := g.decodeReply(c, raw) // the timing headers count only if not yet started
-			if err != nil {
-				return g.streamFailed(c, s, err)
-			}
-			if o := observed(c); o != nil {
-				o.SetUsage(rep.Completion.Usage)
-			}
-			if err := s.completion(rep.Completion, p, opts.IncludeUsage); err != nil {
-				return clientGone(err)
-			}
-			return nil
+			return raw, nil
 		case <-ctx.Done():
-			return clientGone(ctx.Err())
+			return nil, clientGone(ctx.Err())
 		case <-deadline.C:
-			return g.streamFailed(c, s, p.expired())
+			return nil, p.expired()
 		case <-g.closing:
-			return g.streamFailed(c, s, shuttingDown())
+			return nil, shuttingDown()
 		case <-keepAlive.C:
+			if begin != nil && !s.started {
+				if err := begin(); err != nil {
+					return nil, clientGone(err)
+				}
+			}
 			if err := s.write(g.keepAliveComment(ctx, p)); err != nil {
-				return clientGone(err)
+				return nil, clientGone(err)
 			}
 		}
 	}
+}
+
+// callerGone reports whether err is a caller that went away (499).
+func callerGone(err error) bool {
+	se, ok := errors.AsType[*schema.Error](err)
+	return ok && se.Status == statusClientClosed
 }
 
 // streamFailed returns err for the HTTP error handler while nothing has been

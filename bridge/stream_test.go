@@ -98,14 +98,17 @@ func checkPieces(t *testing.T, text string, got []string, maxRunes int) {
 	}
 }
 
-// sseEvent is one event of an event-stream body: a comment or one data line.
+// sseEvent is one event of an event-stream body: a comment or one data
+// line, after an event name line (name) or not.
 type sseEvent struct {
 	comment string
 	data    string
+	name    string
 }
 
 // parseSSE splits a body into events, failing on anything that is not a
-// one-line comment or data event ended by a blank line.
+// one-line comment or data event (after an event line or not) ended by a
+// blank line.
 func parseSSE(t *testing.T, body []byte) []sseEvent {
 	t.Helper()
 	s := string(body)
@@ -117,13 +120,17 @@ func parseSSE(t *testing.T, body []byte) []sseEvent {
 	}
 	var out []sseEvent
 	for block := range strings.SplitSeq(strings.TrimSuffix(s, "\n\n"), "\n\n") {
+		var name string
+		if rest, ok := strings.CutPrefix(block, "event: "); ok {
+			name, block, _ = strings.Cut(rest, "\n")
+		}
 		switch {
 		case strings.Contains(block, "\n"):
 			t.Fatalf("event of more than one line: %q", block)
 		case strings.HasPrefix(block, ": "):
 			out = append(out, sseEvent{comment: block[2:]})
 		case strings.HasPrefix(block, "data: "):
-			out = append(out, sseEvent{data: block[6:]})
+			out = append(out, sseEvent{data: block[6:], name: name})
 		default:
 			t.Fatalf("not an SSE event: %q", block)
 		}

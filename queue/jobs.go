@@ -79,3 +79,19 @@ func (c Config) JobsConfig() jetstream.KeyValueConfig {
 		Replicas:    c.Replicas,
 	}
 }
+
+// ResponsesConfig returns the KV bucket of stored responses (the
+// Responses API's store and background mode): one value per response,
+// kept as long as job results, since a background response's answer is
+// its job's result.
+func (c Config) ResponsesConfig() jetstream.KeyValueConfig {
+	c.setDefaults()
+	return jetstream.KeyValueConfig{
+		Bucket:      schema.BucketResponses,
+		Description: "laas-bridge stored responses (Responses API): request, conversation, final response",
+		History:     1,
+		TTL:         c.resultsTTL(),
+		Storage:     c.storage(),
+		Replicas:    c.Replicas,
+	}
+}

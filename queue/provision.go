@@ -402,7 +402,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 	jobs := setIf(with(setDescription), explicit.ResultsTTL != 0, setMaxAge)
 
 	bodiesCfg, answersCfg, limitsCfg := cfg.BodiesConfig(), cfg.AnswersConfig(), cfg.LimitsConfig()
-	jobsCfg, filesCfg, batchesCfg := cfg.JobsConfig(), cfg.FilesConfig(), cfg.BatchesConfig()
+	jobsCfg, filesCfg, batchesCfg, responsesCfg := cfg.JobsConfig(), cfg.FilesConfig(), cfg.BatchesConfig(), cfg.ResponsesConfig()
 	keyStateCfg, keysCfg := cfg.KeyStateConfig(), cfg.KeysConfig()
 	for _, spec := range []streamSpec{
 		{want: cfg.StreamConfig(), set: requests},
@@ -429,6 +429,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 		{
 			kind: "key-value bucket", name: jobsCfg.Bucket, want: kvStream(jobsCfg), set: jobs,
 			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, jobsCfg); return err },
+		},
+		{ // the Responses API's stored responses (bridge/responses.go), as long as job results
+			kind: "key-value bucket", name: responsesCfg.Bucket, want: kvStream(responsesCfg), set: jobs,
+			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, responsesCfg); return err },
 		},
 		// Batch API (batch.go): files and batch records.
 		{

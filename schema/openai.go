@@ -28,6 +28,10 @@ type ChatCompletionRequest struct {
 	Stop                json.RawMessage `json:"stop,omitempty"`
 	Seed                *int64          `json:"seed,omitempty"`
 	User                string          `json:"user,omitempty"`
+	// ServiceTier "flex" queues the request in the batch lane, where it
+	// waits instead of being refused under a rate limit (admission);
+	// "auto" and "default" keep it interactive.
+	ServiceTier string `json:"service_tier,omitempty"`
 
 	// Fields LaaS cannot honour; read only to refuse them clearly (see
 	// Validate). A JSON null counts as absent.
@@ -170,6 +174,9 @@ type ChatCompletion struct {
 	Choices           []Choice `json:"choices"`
 	Usage             *Usage   `json:"usage,omitempty"`
 	SystemFingerprint *string  `json:"system_fingerprint"`
+	// ServiceTier is the tier that ran it: "flex" (the batch lane) or
+	// "default" (interactive); empty from a worker of an older release.
+	ServiceTier string `json:"service_tier,omitempty"`
 }
 
 // Choice is one answer of a chat completion.

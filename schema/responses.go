@@ -22,6 +22,16 @@ type ResponsesRequest struct {
 	TopP            *float64          `json:"top_p"`
 	Metadata        map[string]string `json:"metadata"`
 	User            string            `json:"user"`
+	// Stream asks for OpenAI's Responses event stream instead of one
+	// answer; Background for a response that runs on without the caller
+	// (polled, cancelled, streamed later); Store (default true, as
+	// OpenAI's) keeps it for GET and previous_response_id.
+	Stream             bool   `json:"stream"`
+	Background         bool   `json:"background"`
+	Store              *bool  `json:"store"`
+	PreviousResponseID string `json:"previous_response_id"`
+	// ServiceTier "flex" runs the response in the batch lane.
+	ServiceTier string `json:"service_tier"`
 
 	// The bridge's extensions, as chat requests take them.
 	Params     map[string]json.RawMessage `json:"params"`
@@ -33,14 +43,12 @@ type ResponsesRequest struct {
 var responsesFields = map[string]func(v json.RawMessage) *Error{
 	"model": nil, "input": nil, "instructions": nil, "max_output_tokens": nil,
 	"temperature": nil, "top_p": nil, "metadata": nil, "user": nil,
-	"params": nil, "preset_hash": nil,
+	"params": nil, "preset_hash": nil, "stream": nil, "background": nil, "store": nil, "previous_response_id": nil,
 	"tools":               refuseIfPresent("tools", "LaaS does not support tool or function calling; remove 'tools'."),
 	"tool_choice":         refuseIfPresent("tool_choice", "LaaS does not support tool or function calling; remove 'tool_choice'."),
 	"parallel_tool_calls": refuseIfPresent("parallel_tool_calls", "LaaS does not support tool or function calling; remove 'parallel_tool_calls'."),
-	"previous_response_id": refuseIfPresent("previous_response_id",
-		"'previous_response_id' is not supported yet: the bridge does not store responses. Send the whole conversation in 'input'."),
-	"prompt":       refuseIfPresent("prompt", "The bridge does not support stored prompts; remove 'prompt' and send the text in 'input'."),
-	"conversation": refuseIfPresent("conversation", "The bridge does not support conversations; remove 'conversation' and send the whole conversation in 'input'."),
+	"prompt":              refuseIfPresent("prompt", "The bridge does not support stored prompts; remove 'prompt' and send the text in 'input'."),
+	"conversation":        refuseIfPresent("conversation", "The bridge does not support conversations; remove 'conversation' and send the whole conversation in 'input'."),
 	"reasoning": func(v json.RawMessage) *Error {
 		if !present(v) {
 			return nil
@@ -58,10 +66,6 @@ var responsesFields = map[string]func(v json.RawMessage) *Error{
 		}
 		return unsupported("include", "The bridge includes no extra output data; 'include' must be empty or absent.")
 	},
-	"background": refuseIfTrue("background", "Background responses are not supported yet; remove 'background' or set it to false."),
-	"stream":     refuseIfTrue("stream", "Streamed responses are not supported yet; remove 'stream' or set it to false."),
-	"store": refuseIfTrue("store",
-		"The bridge does not store responses yet; set 'store' to false (the official clients send true unless told otherwise)."),
 	"text": func(v json.RawMessage) *Error {
 		var t map[string]json.RawMessage
 		if !present(v) {
@@ -80,23 +84,17 @@ var responsesFields = map[string]func(v json.RawMessage) *Error{
 		}
 		return nil
 	},
-	"truncation": oneOf("truncation", "The bridge does not truncate input; 'truncation' must be \"disabled\" or absent.", `"disabled"`),
-	"service_tier": oneOf("service_tier",
-		"LaaS has one service tier; 'service_tier' must be \"auto\", \"default\" or absent.", `"auto"`, `"default"`),
+	"truncation":   oneOf("truncation", "The bridge does not truncate input; 'truncation' must be \"disabled\" or absent.", `"disabled"`),
+	"service_tier": oneOf("service_tier", serviceTierMessage, `"auto"`, `"default"`, `"flex"`),
 }
+
+// Stores reports whether r is kept for GET and previous_response_id:
+// "store" true or absent, as OpenAI's default.
+func (r *ResponsesRequest) Stores() bool { return r.Store == nil || *r.Store }
 
 func refuseIfPresent(param, msg string) func(json.RawMessage) *Error {
 	return func(v json.RawMessage) *Error {
 		if present(v) {
-			return unsupported(param, msg)
-		}
-		return nil
-	}
-}
-
-func refuseIfTrue(param, msg string) func(json.RawMessage) *Error {
-	return func(v json.RawMessage) *Error {
-		if present(v) && !compactEqual(v, "false") {
 			return unsupported(param, msg)
 		}
 		return nil
@@ -164,21 +162,29 @@ type responsePart struct {
 	Filename string `json:"filename"`
 }
 
-// ChatRequest is the chat request that runs r: instructions as a first
-// system message, then the input's messages (developer messages as
-// system ones), max_output_tokens as max_tokens. Input items and parts
-// LaaS cannot take are refused here, named by their place in 'input';
-// the chat path's Validate checks the rest.
-func (r *ResponsesRequest) ChatRequest() (*ChatCompletionRequest, error) {
+// ChatRequest is the chat request that runs r after the conversation
+// history (an earlier turn's input and output, for previous_response_id):
+// instructions as a first system message, then history, then the input's
+// messages (developer messages as system ones), max_output_tokens as
+// max_tokens. Input items and parts LaaS cannot take are refused here,
+// named by their place in 'input'; the chat path's Validate checks the
+// rest. Conversation(chat) is what a stored response keeps of it.
+func (r *ResponsesRequest) ChatRequest(history []Message) (*ChatCompletionRequest, error) {
 	if r.Model == "" {
 		return nil, Invalid("model", CodeInvalidValue, "The 'model' field is required.")
 	}
 	if r.MaxOutputTokens != nil && *r.MaxOutputTokens < 1 {
 		return nil, Invalid("max_output_tokens", CodeInvalidValue, "'max_output_tokens' must be at least 1, got %d.", *r.MaxOutputTokens)
 	}
+	if r.Background && !r.Stores() {
+		return nil, Invalid("store", CodeInvalidValue, "A background response is kept until it is fetched: 'store' must be true (or absent) with 'background': true.")
+	}
 	chat := &ChatCompletionRequest{Model: r.Model, Temperature: r.Temperature, TopP: r.TopP, MaxTokens: r.MaxOutputTokens,
 		User: r.User, Params: r.Params, PresetHash: r.PresetHash}
-	if r.Instructions != nil && *r.Instructions != "" {
+	if r.ServiceTier == ServiceTierFlex { // "auto" and "default" are the chat default
+		chat.ServiceTier = ServiceTierFlex
+	}
+	if r.hasInstructions() {
 		chat.Messages = append(chat.Messages, Message{Role: "system", Content: Content{Text: *r.Instructions}})
 	}
 	input, err := inputMessages(r.Input)
@@ -188,8 +194,22 @@ func (r *ResponsesRequest) ChatRequest() (*ChatCompletionRequest, error) {
 	if len(input) == 0 {
 		return nil, Invalid("input", CodeInvalidValue, "The 'input' field is required and must hold text or at least one message.")
 	}
-	chat.Messages = append(chat.Messages, input...)
+	chat.Messages = append(append(chat.Messages, history...), input...)
 	return chat, nil
+}
+
+func (r *ResponsesRequest) hasInstructions() bool {
+	return r.Instructions != nil && *r.Instructions != ""
+}
+
+// Conversation is what of chat, r's ChatRequest, the next turn continues
+// (previous_response_id): its messages without r's instructions, which
+// OpenAI does not carry over from one turn to the next.
+func (r *ResponsesRequest) Conversation(chat *ChatCompletionRequest) []Message {
+	if r.hasInstructions() {
+		return chat.Messages[1:]
+	}
+	return chat.Messages
 }
 
 func inputMessages(input json.RawMessage) ([]Message, error) {
@@ -292,7 +312,7 @@ type Response struct {
 	CreatedAt          int64              `json:"created_at"`
 	Status             string             `json:"status"`
 	Background         bool               `json:"background"`
-	Error              json.RawMessage    `json:"error"`
+	Error              *ResponseError     `json:"error"`
 	IncompleteDetails  *IncompleteDetails `json:"incomplete_details"`
 	Instructions       *string            `json:"instructions"`
 	MaxOutputTokens    *int               `json:"max_output_tokens"`
@@ -300,6 +320,7 @@ type Response struct {
 	Output             []ResponseOutput   `json:"output"`
 	ParallelToolCalls  bool               `json:"parallel_tool_calls"`
 	PreviousResponseID *string            `json:"previous_response_id"`
+	ServiceTier        string             `json:"service_tier"`
 	Store              bool               `json:"store"`
 	Temperature        *float64           `json:"temperature"`
 	Text               json.RawMessage    `json:"text"`
@@ -309,6 +330,36 @@ type Response struct {
 	Truncation         string             `json:"truncation"`
 	Usage              *ResponseUsage     `json:"usage"`
 	Metadata           map[string]string  `json:"metadata"`
+}
+
+// Response statuses.
+const (
+	ResponseQueued     = "queued"
+	ResponseInProgress = "in_progress"
+	ResponseCompleted  = "completed"
+	ResponseIncomplete = "incomplete"
+	ResponseFailed     = "failed"
+	ResponseCancelled  = "cancelled"
+)
+
+// Final reports whether the response has ended: completed, incomplete,
+// failed or cancelled.
+func (r *Response) Final() bool {
+	return r.Status != ResponseQueued && r.Status != ResponseInProgress
+}
+
+// OutputText is the text of the response's output message ("" without one).
+func (r *Response) OutputText() string {
+	if len(r.Output) == 0 || len(r.Output[0].Content) == 0 {
+		return ""
+	}
+	return r.Output[0].Content[0].Text
+}
+
+// ResponseError is the error of a failed response.
+type ResponseError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
 }
 
 // IncompleteDetails says why a response is incomplete.
@@ -341,28 +392,56 @@ type ResponseUsage struct {
 	TotalTokens         int            `json:"total_tokens"`
 }
 
-// NewResponse is the response object that answers r, request id id,
-// from the chat completion cc that ran it. A completion cut by its token
-// limit is "incomplete" (reason max_output_tokens), one stopped by a
-// content filter "incomplete" (reason content_filter).
-func NewResponse(id string, r *ResponsesRequest, cc *ChatCompletion) *Response {
+// ResponseShell is the response object of r, request id id, created at
+// createdAt (Unix seconds), with status and no output yet: a background
+// response while it waits or runs, the start of a streamed one, or (with
+// Fail) a failed one.
+func ResponseShell(id string, r *ResponsesRequest, createdAt int64, status string) *Response {
 	resp := &Response{
-		ID: "resp_" + id, Object: "response", CreatedAt: cc.Created, Status: "completed",
-		Error: json.RawMessage("null"), Instructions: r.Instructions, MaxOutputTokens: r.MaxOutputTokens,
-		Model: r.Model, Temperature: r.Temperature, Text: json.RawMessage(`{"format":{"type":"text"}}`),
-		ToolChoice: "none", Tools: []json.RawMessage{}, TopP: r.TopP, Truncation: "disabled",
-		Metadata: r.Metadata, Output: []ResponseOutput{},
+		ID: "resp_" + id, Object: "response", CreatedAt: createdAt, Status: status, Background: r.Background,
+		Instructions: r.Instructions, MaxOutputTokens: r.MaxOutputTokens, Model: r.Model, Temperature: r.Temperature,
+		Text: json.RawMessage(`{"format":{"type":"text"}}`), ToolChoice: "none", Tools: []json.RawMessage{}, TopP: r.TopP,
+		Truncation: "disabled", Metadata: r.Metadata, Output: []ResponseOutput{}, Store: r.Stores(), ServiceTier: ServiceTierDefault,
+	}
+	if r.ServiceTier == ServiceTierFlex {
+		resp.ServiceTier = ServiceTierFlex
+	}
+	if r.PreviousResponseID != "" {
+		resp.PreviousResponseID = &r.PreviousResponseID
 	}
 	if resp.Metadata == nil {
 		resp.Metadata = map[string]string{}
+	}
+	return resp
+}
+
+// Fail makes resp failed with e's code and message (cancelled for a
+// cancelled job's error).
+func (r *Response) Fail(e *Error) *Response {
+	r.Status, r.Error = ResponseFailed, &ResponseError{Code: e.Code, Message: e.Message}
+	if e.Code == CodeJobCancelled {
+		r.Status, r.Error = ResponseCancelled, nil
+	}
+	return r
+}
+
+// NewResponse is the response object that answers r, request id id,
+// from the chat completion cc that ran it. A completion cut by its token
+// limit is "incomplete" (reason max_output_tokens), one stopped by a
+// content filter "incomplete" (reason content_filter). The service tier
+// is the one that ran it, when the worker says.
+func NewResponse(id string, r *ResponsesRequest, cc *ChatCompletion) *Response {
+	resp := ResponseShell(id, r, cc.Created, ResponseCompleted)
+	if cc.ServiceTier != "" {
+		resp.ServiceTier = cc.ServiceTier
 	}
 	if len(cc.Choices) > 0 {
 		ch := cc.Choices[0]
 		switch ch.FinishReason {
 		case "length":
-			resp.Status, resp.IncompleteDetails = "incomplete", &IncompleteDetails{Reason: "max_output_tokens"}
+			resp.Status, resp.IncompleteDetails = ResponseIncomplete, &IncompleteDetails{Reason: "max_output_tokens"}
 		case "content_filter":
-			resp.Status, resp.IncompleteDetails = "incomplete", &IncompleteDetails{Reason: "content_filter"}
+			resp.Status, resp.IncompleteDetails = ResponseIncomplete, &IncompleteDetails{Reason: "content_filter"}
 		}
 		resp.Output = append(resp.Output, ResponseOutput{Type: "message", ID: "msg_" + id, Status: resp.Status, Role: "assistant",
 			Content: []ResponseOutputText{{Type: "output_text", Text: ch.Message.Content, Annotations: []json.RawMessage{}}}})
@@ -372,4 +451,117 @@ func NewResponse(id string, r *ResponsesRequest, cc *ChatCompletion) *Response {
 			InputTokensDetails: map[string]int{"cached_tokens": 0}, OutputTokensDetails: map[string]int{"reasoning_tokens": 0}}
 	}
 	return resp
+}
+
+// BucketResponses is the KV bucket of stored responses (StoredResponse),
+// keyed by request id (a response's id without "resp_"), kept as long as
+// job results.
+const BucketResponses = "LAAS_RESPONSES"
+
+// StoredResponse is a response kept for GET /v1/responses/{id}, cancel,
+// DELETE and previous_response_id: what was asked, the conversation so
+// far, and the response once it has ended. A background response runs as
+// a job (its id the request id): until its record has the final response,
+// its status and answer are the job's. Fields are only ever added.
+type StoredResponse struct {
+	// ID is the request id; the response's id is "resp_" + ID.
+	ID string `json:"id"`
+	// Owner is the token of the virtual key that made it ("" the admin's),
+	// as a job's owner.
+	Owner      string `json:"owner,omitempty"`
+	CreatedAt  int64  `json:"created_at"`
+	Background bool   `json:"background"`
+	// Request is the request without its input (in Conversation).
+	Request ResponsesRequest `json:"request"`
+	// Conversation is the messages the next turn continues: the earlier
+	// turns' and this one's input, without instructions. Dropped (and
+	// ConversationDropped set) when too large to keep.
+	Conversation        []Message `json:"conversation,omitempty"`
+	ConversationDropped bool      `json:"conversation_dropped,omitempty"`
+	// Response is the response once it has ended; nil before.
+	Response *Response `json:"response,omitempty"`
+}
+
+// ResponseEvent is one event of a streamed response (OpenAI's Responses
+// streaming events), the fields each type has.
+type ResponseEvent struct {
+	Type           string              `json:"type"`
+	SequenceNumber int                 `json:"sequence_number"`
+	Response       *Response           `json:"response,omitempty"`
+	OutputIndex    *int                `json:"output_index,omitempty"`
+	ItemID         string              `json:"item_id,omitempty"`
+	ContentIndex   *int                `json:"content_index,omitempty"`
+	Item           *ResponseOutput     `json:"item,omitempty"`
+	Part           *ResponseOutputText `json:"part,omitempty"`
+	Delta          *string             `json:"delta,omitempty"`
+	Text           *string             `json:"text,omitempty"`
+	Logprobs       json.RawMessage     `json:"logprobs,omitempty"`
+	// An "error" event's.
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// ResponseEvents is the event stream of a response, numbered from 0:
+// response.created (start as it is), response.queued (a background
+// response), response.in_progress; then, once end (the ended response) is
+// known, for its output message: output_item.added, content_part.added,
+// one output_text.delta per piece of the text (piece returns the length
+// of the next one), output_text.done, content_part.done,
+// output_item.done; and last response.completed, response.incomplete or
+// response.failed, or for a cancelled response an "error" event (code
+// response_cancelled). With end nil it is the events up to in_progress.
+// The same response always gives the same events, so a stream resumes
+// after any sequence number.
+func ResponseEvents(start, end *Response, piece func(string) int) []ResponseEvent {
+	var evs []ResponseEvent
+	add := func(e ResponseEvent) *ResponseEvent {
+		e.SequenceNumber = len(evs)
+		evs = append(evs, e)
+		return &evs[len(evs)-1]
+	}
+	state := func(status string) *Response {
+		r := *start
+		r.Status = status
+		return &r
+	}
+	add(ResponseEvent{Type: "response.created", Response: start})
+	if start.Background {
+		add(ResponseEvent{Type: "response.queued", Response: state(ResponseQueued)})
+	}
+	add(ResponseEvent{Type: "response.in_progress", Response: state(ResponseInProgress)})
+	if end == nil {
+		return evs
+	}
+	zero := new(int)
+	if len(end.Output) > 0 {
+		item := end.Output[0]
+		added := item
+		added.Status, added.Content = ResponseInProgress, []ResponseOutputText{}
+		add(ResponseEvent{Type: "response.output_item.added", OutputIndex: zero, Item: &added})
+		add(ResponseEvent{Type: "response.content_part.added", ItemID: item.ID, OutputIndex: zero, ContentIndex: zero,
+			Part: &ResponseOutputText{Type: "output_text", Annotations: []json.RawMessage{}}})
+		text := end.OutputText()
+		noLogprobs := json.RawMessage("[]")
+		for rest := text; rest != ""; {
+			n := piece(rest)
+			d := rest[:n]
+			rest = rest[n:]
+			add(ResponseEvent{Type: "response.output_text.delta", ItemID: item.ID, OutputIndex: zero, ContentIndex: zero, Delta: &d, Logprobs: noLogprobs})
+		}
+		add(ResponseEvent{Type: "response.output_text.done", ItemID: item.ID, OutputIndex: zero, ContentIndex: zero, Text: &text, Logprobs: noLogprobs})
+		part := item.Content[0]
+		add(ResponseEvent{Type: "response.content_part.done", ItemID: item.ID, OutputIndex: zero, ContentIndex: zero, Part: &part})
+		add(ResponseEvent{Type: "response.output_item.done", OutputIndex: zero, Item: &item})
+	}
+	switch end.Status {
+	case ResponseCompleted:
+		add(ResponseEvent{Type: "response.completed", Response: end})
+	case ResponseIncomplete:
+		add(ResponseEvent{Type: "response.incomplete", Response: end})
+	case ResponseCancelled:
+		add(ResponseEvent{Type: "error", Code: "response_cancelled", Message: "The response was cancelled before it finished."})
+	default:
+		add(ResponseEvent{Type: "response.failed", Response: end})
+	}
+	return evs
 }

@@ -15,7 +15,7 @@ func responsesChat(body string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	chat, err := r.ChatRequest()
+	chat, err := r.ChatRequest(nil)
 	if err != nil {
 		return "", err
 	}
@@ -75,18 +75,18 @@ func TestResponsesRefused(t *testing.T) {
 		{"tool_choice", `{` + in + `,"tool_choice":"auto"}`, unsupported("tool_choice", "LaaS does not support tool or function calling; remove 'tool_choice'.")},
 		{"parallel_tool_calls", `{` + in + `,"parallel_tool_calls":true}`, unsupported("parallel_tool_calls", "LaaS does not support tool or function calling; remove 'parallel_tool_calls'.")},
 		{"reasoning", `{` + in + `,"reasoning":{"effort":"high"}}`, unsupported("reasoning", "LaaS does not expose reasoning controls; remove 'reasoning' or send it as null.")},
-		{"previous_response_id", `{` + in + `,"previous_response_id":"resp_1"}`, unsupported("previous_response_id",
-			"'previous_response_id' is not supported yet: the bridge does not store responses. Send the whole conversation in 'input'.")},
 		{"include", `{` + in + `,"include":["reasoning.encrypted_content"]}`, unsupported("include", "The bridge includes no extra output data; 'include' must be empty or absent.")},
-		{"background", `{` + in + `,"background":true}`, unsupported("background", "Background responses are not supported yet; remove 'background' or set it to false.")},
-		{"stream", `{` + in + `,"stream":true}`, unsupported("stream", "Streamed responses are not supported yet; remove 'stream' or set it to false.")},
-		{"store", `{` + in + `,"store":true}`, unsupported("store", "The bridge does not store responses yet; set 'store' to false (the official clients send true unless told otherwise).")},
 		{"text.format", `{` + in + `,"text":{"format":{"type":"json_object"}}}`, unsupported("text.format", `LaaS answers plain text only; 'text.format' must be {"type": "text"} or absent.`)},
 		{"text.verbosity", `{` + in + `,"text":{"format":{"type":"text"},"verbosity":"low"}}`, unsupported("text.verbosity", "The bridge does not support 'text.verbosity'; remove it.")},
 		{"prompt", `{` + in + `,"prompt":{"id":"pmpt_1"}}`, unsupported("prompt", "The bridge does not support stored prompts; remove 'prompt' and send the text in 'input'.")},
 		{"conversation", `{` + in + `,"conversation":"conv_1"}`, unsupported("conversation", "The bridge does not support conversations; remove 'conversation' and send the whole conversation in 'input'.")},
 		{"truncation", `{` + in + `,"truncation":"auto"}`, unsupported("truncation", `The bridge does not truncate input; 'truncation' must be "disabled" or absent.`)},
-		{"service_tier", `{` + in + `,"service_tier":"flex"}`, unsupported("service_tier", `LaaS has one service tier; 'service_tier' must be "auto", "default" or absent.`)},
+		{"service_tier priority", `{` + in + `,"service_tier":"priority"}`, unsupported("service_tier",
+			`'service_tier' must be "auto", "default", "flex" (the batch lane: slower, waits instead of failing under a rate limit) or absent; LaaS has no priority tier.`)},
+		{"background without store", `{` + in + `,"background":true,"store":false}`,
+			invalidValue("store", "A background response is kept until it is fetched: 'store' must be true (or absent) with 'background': true.")},
+		{"stream of the wrong type", `{` + in + `,"stream":"yes"}`, &schema.Error{Status: 400, Type: schema.TypeInvalidRequest, Code: schema.CodeInvalidJSON,
+			Param: "stream", Message: "Invalid type for 'stream': expected a boolean, got JSON string."}},
 		{"unknown field", `{` + in + `,"max_tool_calls":3}`, unsupported("max_tool_calls",
 			"The bridge does not support the Responses API parameter 'max_tool_calls'; remove it (docs/api.md lists the fields it accepts).")},
 		{"function_call_output item", `{"model":"m","input":[{"type":"function_call_output","call_id":"c","output":"x"}]}`,
@@ -132,7 +132,7 @@ func TestNewResponse(t *testing.T) {
 	want := `{"id":"resp_abc","object":"response","created_at":42,"status":"incomplete","background":false,"error":null,` +
 		`"incomplete_details":{"reason":"max_output_tokens"},"instructions":"i","max_output_tokens":5,"model":"m",` +
 		`"output":[{"type":"message","id":"msg_abc","status":"incomplete","role":"assistant","content":[{"type":"output_text","text":"hello","annotations":[]}]}],` +
-		`"parallel_tool_calls":false,"previous_response_id":null,"store":false,"temperature":0.5,"text":{"format":{"type":"text"}},` +
+		`"parallel_tool_calls":false,"previous_response_id":null,"service_tier":"default","store":true,"temperature":0.5,"text":{"format":{"type":"text"}},` +
 		`"tool_choice":"none","tools":[],"top_p":null,"truncation":"disabled",` +
 		`"usage":{"input_tokens":3,"input_tokens_details":{"cached_tokens":0},"output_tokens":5,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":8},` +
 		`"metadata":{"k":"v"}}`
@@ -142,5 +142,123 @@ func TestNewResponse(t *testing.T) {
 	cc.Choices[0].FinishReason = "stop"
 	if got := marshal(t, schema.NewResponse("abc", r, cc)); !strings.Contains(got, `"status":"completed"`) || !strings.Contains(got, `"incomplete_details":null`) {
 		t.Errorf("finish_reason stop: %s", got)
+	}
+}
+
+// TestResponsesHistoryAndTier: an earlier turn's conversation goes after
+// the instructions and before this input; Conversation is the messages
+// without the instructions; only "flex" reaches the chat request.
+func TestResponsesHistoryAndTier(t *testing.T) {
+	r, err := schema.DecodeResponsesRequest([]byte(`{"model":"m","input":"and?","instructions":"be brief","service_tier":"flex"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	history := []schema.Message{{Role: "user", Content: schema.Content{Text: "hi"}}, {Role: "assistant", Content: schema.Content{Text: "hello"}}}
+	chat, err := r.ChatRequest(history)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},` +
+		`{"role":"user","content":"and?"}],"service_tier":"flex"}`
+	if got := marshal(t, chat); got != want {
+		t.Errorf("chat request\n%s\nwant\n%s", got, want)
+	}
+	if got, want := marshal(t, r.Conversation(chat)), `[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"and?"}]`; got != want {
+		t.Errorf("conversation %s, want %s", got, want)
+	}
+	if resp := schema.ResponseShell("x", r, 1, schema.ResponseQueued); resp.ServiceTier != "flex" || !resp.Store || resp.Background {
+		t.Errorf("shell tier %q store %v background %v, want flex true false", resp.ServiceTier, resp.Store, resp.Background)
+	}
+	for _, tier := range []string{"auto", "default"} {
+		r, _ := schema.DecodeResponsesRequest([]byte(`{"model":"m","input":"x","service_tier":"` + tier + `"}`))
+		if chat, _ := r.ChatRequest(nil); chat.ServiceTier != "" {
+			t.Errorf("%s: chat service_tier %q, want none", tier, chat.ServiceTier)
+		}
+	}
+}
+
+// TestChatServiceTier: chat requests take auto, default and flex, and
+// refuse another tier by name.
+func TestChatServiceTier(t *testing.T) {
+	for _, tier := range []string{"auto", "default", "flex"} {
+		if err := decodeValidate(t, `{"model":"m","messages":[{"role":"user","content":"x"}],"service_tier":"`+tier+`"}`); err != nil {
+			t.Errorf("%s: %v", tier, err)
+		}
+	}
+	err := decodeValidate(t, `{"model":"m","messages":[{"role":"user","content":"x"}],"service_tier":"priority"}`)
+	wantError(t, err, unsupported("service_tier",
+		`'service_tier' must be "auto", "default", "flex" (the batch lane: slower, waits instead of failing under a rate limit) or absent; LaaS has no priority tier.`))
+}
+
+func decodeValidate(t *testing.T, body string) error {
+	t.Helper()
+	req, err := schema.DecodeChatRequest([]byte(body))
+	if err != nil {
+		return err
+	}
+	return req.Validate()
+}
+
+// TestResponseEvents: the event sequence of a streamed response, in
+// OpenAI's order, numbered from 0, for each way a response ends.
+func TestResponseEvents(t *testing.T) {
+	r, _ := schema.DecodeResponsesRequest([]byte(`{"model":"m","input":"hi"}`))
+	cc := &schema.ChatCompletion{Created: 42, Choices: []schema.Choice{{Message: schema.AssistantMessage{Content: "hello big world"}, FinishReason: "stop"}}}
+	words := func(s string) int { // one word and its space a piece
+		if i := strings.IndexByte(s, ' '); i >= 0 {
+			return i + 1
+		}
+		return len(s)
+	}
+	types := func(evs []schema.ResponseEvent) string {
+		var b strings.Builder
+		for i, e := range evs {
+			if e.SequenceNumber != i {
+				t.Errorf("event %d (%s) numbered %d", i, e.Type, e.SequenceNumber)
+			}
+			b.WriteString(e.Type + " ")
+		}
+		return strings.TrimSpace(b.String())
+	}
+	start := schema.ResponseShell("a", r, 42, schema.ResponseInProgress)
+	end := schema.NewResponse("a", r, cc)
+	evs := schema.ResponseEvents(start, end, words)
+	if got, want := types(evs), "response.created response.in_progress response.output_item.added response.content_part.added "+
+		"response.output_text.delta response.output_text.delta response.output_text.delta response.output_text.done "+
+		"response.content_part.done response.output_item.done response.completed"; got != want {
+		t.Errorf("completed:\n%s\nwant\n%s", got, want)
+	}
+	var text strings.Builder
+	for _, e := range evs {
+		if e.Delta != nil {
+			text.WriteString(*e.Delta)
+		}
+	}
+	if text.String() != "hello big world" || *evs[7].Text != "hello big world" || evs[10].Response != end {
+		t.Errorf("deltas %q, done %q", text.String(), *evs[7].Text)
+	}
+	if got, want := marshal(t, evs[4]), `{"type":"response.output_text.delta","sequence_number":4,"output_index":0,"item_id":"msg_a","content_index":0,"delta":"hello ","logprobs":[]}`; got != want {
+		t.Errorf("delta event\n%s\nwant\n%s", got, want)
+	}
+	if got, want := marshal(t, evs[2].Item), `{"type":"message","id":"msg_a","status":"in_progress","role":"assistant","content":[]}`; got != want {
+		t.Errorf("item added %s, want %s", got, want)
+	}
+	if head := schema.ResponseEvents(start, nil, words); types(head) != "response.created response.in_progress" || head[1].Response.Status != "in_progress" {
+		t.Errorf("head: %s", types(head))
+	}
+
+	r.Background = true
+	bg := schema.ResponseShell("a", r, 42, schema.ResponseQueued)
+	failed := schema.ResponseShell("a", r, 42, "").Fail(&schema.Error{Code: "upstream_error", Message: "LaaS failed"})
+	if got, want := types(schema.ResponseEvents(bg, failed, words)), "response.created response.queued response.in_progress response.failed"; got != want {
+		t.Errorf("background failed: %s, want %s", got, want)
+	}
+	if failed.Status != "failed" || failed.Error == nil || failed.Error.Code != "upstream_error" {
+		t.Errorf("failed response %s", marshal(t, failed))
+	}
+	cancelled := schema.ResponseShell("a", r, 42, "").Fail(schema.JobCancelledError())
+	evs = schema.ResponseEvents(bg, cancelled, words)
+	if got, want := marshal(t, evs[len(evs)-1]), `{"type":"error","sequence_number":3,"code":"response_cancelled","message":"The response was cancelled before it finished."}`; got != want || cancelled.Status != "cancelled" {
+		t.Errorf("cancelled: last event %s, want %s; status %s", got, want, cancelled.Status)
 	}
 }

@@ -34,6 +34,9 @@ func (r *ChatCompletionRequest) Validate() error {
 	if err := r.refuseUnsupported(); err != nil {
 		return err
 	}
+	if err := r.validateServiceTier(); err != nil {
+		return err
+	}
 	if err := r.validateCache(); err != nil {
 		return err
 	}
@@ -48,6 +51,23 @@ func (r *ChatCompletionRequest) Validate() error {
 		}
 	}
 	return nil
+}
+
+// Service tiers a request may ask for: ServiceTierFlex runs it in the
+// batch lane; "auto" and ServiceTierDefault interactively.
+const (
+	ServiceTierDefault = "default"
+	ServiceTierFlex    = "flex"
+)
+
+const serviceTierMessage = `'service_tier' must be "auto", "default", "flex" (the batch lane: slower, waits instead of failing under a rate limit) or absent; LaaS has no priority tier.`
+
+func (r *ChatCompletionRequest) validateServiceTier() error {
+	switch r.ServiceTier {
+	case "", "auto", ServiceTierDefault, ServiceTierFlex:
+		return nil
+	}
+	return unsupported("service_tier", serviceTierMessage)
 }
 
 // refuseUnsupported returns a 400 unsupported_parameter for the first

@@ -37,6 +37,10 @@ func (p *Pool) callLaaS(ctx context.Context, j *job) {
 		p.finish(j, schema.ErrorReply(j.env.ID, e), upstream)
 		return
 	}
+	cc.ServiceTier = schema.ServiceTierDefault // the tier that ran it: the lane
+	if j.lane == LaneBatch {
+		cc.ServiceTier = schema.ServiceTierFlex
+	}
 	j.spend(cc.Usage)
 	p.finish(j, schema.Reply{ID: j.env.ID, Status: http.StatusOK, Completion: cc}, upstream)
 }

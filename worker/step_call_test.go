@@ -229,3 +229,17 @@ func TestPoolThrottlesEveryWorkerOn429(t *testing.T) {
 		t.Errorf("another worker started a call %s before the 429's Retry-After was over", early)
 	}
 }
+
+// TestCallReportsTier: an answer says which tier ran it: "default" for
+// the interactive lane, "flex" for the batch lane.
+func TestCallReportsTier(t *testing.T) {
+	for subject, want := range map[string]string{schema.SubjectInteractive: "default", schema.SubjectBatch: "flex"} {
+		f := newStepFixture(t)
+		f.p.limiter, f.p.up = &stepLimiter{}, &recorder{script: []error{nil}}
+		j, _ := stepJob(t, subject, 1)
+		f.p.callLaaS(context.Background(), j)
+		if r := f.onlyReply(t); r.Completion == nil || r.Completion.ServiceTier != want {
+			t.Errorf("%s: reply %+v, want a completion of tier %s", subject, r, want)
+		}
+	}
+}
