@@ -326,3 +326,24 @@ func (t *laneTurn) isHeld() bool {
 	defer t.mu.Unlock()
 	return t.held
 }
+
+// BenchmarkKVCapAcquire is one capped call's slot: take it and give it
+// back, against an embedded NATS server (two bucket writes).
+func BenchmarkKVCapAcquire(b *testing.B) {
+	q := queuetest.Start(b, queue.Config{Memory: true})
+	ctx := context.Background()
+	c, err := NewKVCap(ctx, q.JS, CapConfig{Bucket: queue.BucketSlots, Max: 64}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	m := schema.Model{Alias: "a"}
+	b.ReportAllocs()
+	for b.Loop() {
+		release, err := c.Acquire(ctx, m, LaneInteractive, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		release()
+	}
+}
