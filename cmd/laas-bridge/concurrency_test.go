@@ -7,13 +7,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/laas-bridge/laas-bridge/laas/laasmock"
 	"github.com/laas-bridge/laas-bridge/queue"
+	"github.com/laas-bridge/laas-bridge/worker"
 )
 
 // TestMaxConcurrencyAcrossLanesAndProcesses: two worker processes, a mock
@@ -125,4 +128,90 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// TestMaxConcurrencyWorkerKilledHoldingSlots: a worker process holding all
+// 4 slots of BRIDGE_LAAS_MAX_CONCURRENCY=4 (4 calls in flight at a mock
+// that answers in a minute) is killed with SIGKILL. Its leases expire by
+// the server's TTL (3 s of the default 5 s AckWait), so 4 new requests on
+// the other worker reach the mock, all within AckWait of the kill: the
+// cap's full capacity is back, none leaked.
+func TestMaxConcurrencyWorkerKilledHoldingSlots(t *testing.T) {
+	const slots = 4
+	ackWait := queue.DefaultAckWait
+	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	mock, err := laasmock.New(laasmock.Config{Latency: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstream := httptest.NewServer(mock)
+	t.Cleanup(upstream.Close)
+	cfg, _ := filepath.Abs("testdata/cap-config.yaml")
+	common := []string{"NATS_URL=" + srv.ClientURL(), "BRIDGE_CONFIG=" + cfg, fmt.Sprintf("BRIDGE_LAAS_MAX_CONCURRENCY=%d", slots)}
+	gw, addr := startProc(t, "gateway", t.TempDir(), baseEnv(common...), gatewayReady, "gateway", "--listen", "127.0.0.1:0")
+	workerEnv := baseEnv(append(common, "LAAS_PROJECT_CODE=p", "LAAS_API_KEY=k", "LAAS_PRESET_HASH=h", "LAAS_BASE_URL="+upstream.URL)...)
+	// worker-0 takes no more jobs than the slots it will hold: the new
+	// requests go to worker-1 and wait there.
+	doomed, _ := startProc(t, "worker-0", t.TempDir(), workerEnv, workerReady, "worker", "--concurrency", strconv.Itoa(slots))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	send := func(text string) {
+		body := fmt.Sprintf(`{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":%q}]}`, text)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	arrived := func(prefix string) (n int, last time.Time) {
+		for _, e := range mock.Log() {
+			if strings.HasPrefix(e.LastUser, prefix) {
+				n++
+				last = later(last, e.Time)
+			}
+		}
+		return n, last
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for !cond() {
+			if ctx.Err() != nil {
+				t.Fatalf("waited 2 minutes for %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for i := range slots {
+		go send(fmt.Sprintf("held %d", i))
+	}
+	waitFor("worker-0 to hold every slot", func() bool { n, _ := arrived("held"); return n == slots })
+	survivor, _ := startProc(t, "worker-1", t.TempDir(), workerEnv, workerReady, "worker")
+	for i := range slots {
+		go send(fmt.Sprintf("after %d", i))
+	}
+	// The survivor has the new requests waiting for slots before the kill.
+	time.Sleep(time.Second)
+	if n, _ := arrived("after"); n != 0 {
+		t.Fatalf("%d new calls reached the mock while worker-0 held every slot", n)
+	}
+	killed := time.Now()
+	if err := doomed.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the new requests to reach the mock", func() bool { n, _ := arrived("after"); return n == slots })
+	_, last := arrived("after")
+	back := last.Sub(killed)
+	t.Logf("all %d slots back %s after the SIGKILL (lease TTL %s, AckWait %s)", slots, back.Round(time.Millisecond), worker.LeaseTTL(ackWait), ackWait)
+	if back > ackWait {
+		t.Errorf("the slots came back %s after the holder was killed, want within AckWait %s", back.Round(time.Millisecond), ackWait)
+	}
+	cancel() // the callers go away; their jobs are dropped
+	survivor.stop(t)
+	gw.stop(t)
 }
