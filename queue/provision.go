@@ -353,7 +353,7 @@ func (c Config) LimitsConfig() jetstream.KeyValueConfig {
 // --- end rate limiter ---
 
 // Ensure creates the request, reply and dead-letter streams, the
-// large-body object store, the answers, rate-limit, virtual-key and
+// large-body object store, the answers, rate-limit, concurrency-cap, virtual-key and
 // response cache buckets and the two lane consumers when they are missing,
 // and returns the interactive lane's consumer. On what exists it changes only the settings the bridge owns
 // (subjects, retention, filters, ...) and those set in cfg: a zero field
@@ -403,7 +403,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 
 	bodiesCfg, answersCfg, limitsCfg := cfg.BodiesConfig(), cfg.AnswersConfig(), cfg.LimitsConfig()
 	jobsCfg, filesCfg, batchesCfg, responsesCfg := cfg.JobsConfig(), cfg.FilesConfig(), cfg.BatchesConfig(), cfg.ResponsesConfig()
-	keyStateCfg, keysCfg := cfg.KeyStateConfig(), cfg.KeysConfig()
+	keyStateCfg, keysCfg, slotsCfg := cfg.KeyStateConfig(), cfg.KeysConfig(), cfg.SlotsConfig()
 	for _, spec := range []streamSpec{
 		{want: cfg.StreamConfig(), set: requests},
 		{want: cfg.RepliesConfig(), set: with(append(owned, setMaxAge, setMaxBytes)...)},
@@ -419,6 +419,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Ens
 		{ // rate limiter
 			kind: "key-value bucket", name: limitsCfg.Bucket, want: kvStream(limitsCfg), set: with(setDescription, setMaxAge, setMaxMsgsPerSubject),
 			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, limitsCfg); return err },
+		},
+		{ // concurrency cap (worker.KVCap): leases with their own TTL
+			kind: "key-value bucket", name: slotsCfg.Bucket, want: kvStream(slotsCfg), set: with(setDescription, setMaxAge, setMaxMsgsPerSubject),
+			create: func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, slotsCfg); return err },
 		},
 		{ // virtual keys' limits (package keys)
 			kind: "key-value bucket", name: keyStateCfg.Bucket, want: kvStream(keyStateCfg), set: with(setDescription),

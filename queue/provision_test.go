@@ -615,7 +615,7 @@ func TestEnsureConcurrent(t *testing.T) {
 	streams := names(t, sl.Name(), sl.Err)
 	want := []string{"KV_" + queue.BucketLimits, "KV_" + schema.BucketAnswers, schema.StreamDead, schema.StreamReplies, schema.StreamRequests, "OBJ_" + schema.BucketBodies,
 		schema.StreamResults, "KV_" + schema.BucketJobs, "OBJ_" + schema.BucketFiles, "KV_" + schema.BucketBatches, "KV_" + schema.BucketKeyState, "KV_" + schema.BucketKeys,
-		"KV_" + schema.BucketCache, "KV_" + schema.BucketResponses}
+		"KV_" + schema.BucketCache, "KV_" + schema.BucketResponses, "KV_" + queue.BucketSlots}
 	slices.Sort(want)
 	if !slices.Equal(streams, want) {
 		t.Errorf("streams %q, want %q", streams, want)

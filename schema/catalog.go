@@ -26,6 +26,11 @@ type Model struct {
 	Timeout time.Duration
 	// RPM is the model's requests-per-minute limit; zero means none.
 	RPM int
+	// MaxParallelRequests caps the model's LaaS calls in flight at once,
+	// over every worker process (config.yaml's
+	// litellm_params.max_parallel_requests, LiteLLM's name); zero means
+	// no cap of its own.
+	MaxParallelRequests int
 	// CacheTTL, when set, opts the model into the exact response cache
 	// (config.yaml's litellm_params.cache.ttl): how long an answer is
 	// kept, at most MaxCacheTTL. Zero: its answers are never cached.

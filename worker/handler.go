@@ -68,23 +68,33 @@ var errAbandoned = errors.New("shutdown abandoned the call")
 // call. The order is the contract. Nothing reaches LaaS unless it decoded,
 // is not a duplicate or a job answered already, nobody cancelled it, its
 // deadline has not passed, it has no kept answer, its body is at hand, it
-// translates, and the limiter let it start.
+// translates, it holds its concurrency slots, and the limiter let it
+// start.
+//
+// With a concurrency cap (WithConcurrencyCap), the call first holds its
+// slots (waitForSlot) and then waits for the rate limit, so a slot of the
+// rate schedule is not claimed while the call still waits for a slot of
+// the cap. Without one, the step is not in the chain at all.
 func (p *Pool) newHandler() handlerFunc {
-	return chain(p.callLaaS,
-		p.recoverPoison,    // a panic terminates the delivery
-		p.decode,           // an envelope that is not a valid request is terminated
-		p.traceJob,         // with tracing on: the queue wait's span and the job's
-		p.keepInProgress,   // InProgress acks until the delivery is settled
-		p.startJobState,    // jobs: a kept result, a duplicate, a cancelled job
-		p.skipCancelled,    // the caller went away before the job started
-		p.refuseLate,       // the deadline passed in the queue
-		p.holdForSlot,      // its key's rpm slot, reserved ahead
-		p.answerFromStore,  // an Idempotency-Key whose answer is kept
-		p.claimBody,        // a large body from the object store
-		p.prepare,          // the catalogue and the translation to LaaS
-		p.scopeCall,        // the call's context: its deadline, the caller's cancel
-		p.waitForRateLimit, // the shared rate limit
-	)
+	steps := []middleware{
+		p.recoverPoison,   // a panic terminates the delivery
+		p.decode,          // an envelope that is not a valid request is terminated
+		p.traceJob,        // with tracing on: the queue wait's span and the job's
+		p.keepInProgress,  // InProgress acks until the delivery is settled
+		p.startJobState,   // jobs: a kept result, a duplicate, a cancelled job
+		p.skipCancelled,   // the caller went away before the job started
+		p.refuseLate,      // the deadline passed in the queue
+		p.holdForSlot,     // its key's rpm slot, reserved ahead
+		p.answerFromStore, // an Idempotency-Key whose answer is kept
+		p.claimBody,       // a large body from the object store
+		p.prepare,         // the catalogue and the translation to LaaS
+		p.scopeCall,       // the call's context: its deadline, the caller's cancel
+	}
+	if p.caps != nil {
+		steps = append(steps, p.waitForSlot) // the shared concurrency cap
+	}
+	steps = append(steps, p.waitForRateLimit) // the shared rate limit
+	return chain(p.callLaaS, steps...)
 }
 
 // handle runs one delivery through the pool's steps.

@@ -55,3 +55,12 @@ func benchHandle(b *testing.B, p *Pool) {
 // traceparent is not read. Compare with the same benchmark before tracing
 // existed, and with BenchmarkHandleTracingOn.
 func BenchmarkHandleTracingOff(b *testing.B) { benchHandle(b, benchHandlerPool(b)) }
+
+// BenchmarkHandleNoConcurrencyCap is BenchmarkHandleTracingOff with the
+// concurrency-cap step in place, as every worker runs it, and no cap set
+// (no BRIDGE_LAAS_MAX_CONCURRENCY, no max_parallel_requests): the step
+// must cost nothing a benchmark can see, no allocation and no bucket
+// round trip (the zero KVCap has no bucket at all).
+func BenchmarkHandleNoConcurrencyCap(b *testing.B) {
+	benchHandle(b, benchHandlerPool(b, WithConcurrencyCap(&KVCap{})))
+}

@@ -80,7 +80,10 @@ type poolMetrics struct {
 	cancelDrops   prometheus.Counter
 	tokens        *prometheus.CounterVec // model, direction
 	inFlight      prometheus.Gauge
-	replies       *prometheus.CounterVec // path
+	capInUse      *prometheus.GaugeVec     // model, lane
+	capWaitingNow *prometheus.GaugeVec     // model, lane
+	capWait       *prometheus.HistogramVec // model, lane
+	replies       *prometheus.CounterVec   // path
 }
 
 // newPoolMetrics registers a pool's metrics in reg; nil reg means none.
@@ -122,11 +125,20 @@ func newPoolMetrics(reg prometheus.Registerer, catalog *atomic.Pointer[schema.Ca
 			[]string{"model", "direction"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts(opts("in_flight",
 			"Jobs this process is working on (including the rate-limit wait and the LaaS call)."))),
+		capInUse: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("concurrency_slots_in_use",
+			"LaaS calls this process runs holding concurrency-cap slots (BRIDGE_LAAS_MAX_CONCURRENCY, a model's max_parallel_requests), by model alias and lane; sum over processes for the whole cap.")),
+			[]string{"model", "lane"}),
+		capWaitingNow: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("concurrency_waiting",
+			"LaaS calls this process has waiting for a concurrency-cap slot now, by model alias and lane.")),
+			[]string{"model", "lane"}),
+		capWait: prometheus.NewHistogramVec(hist("concurrency_wait_seconds",
+			"Time LaaS calls waited for their concurrency-cap slots (however the wait ended), by model alias and lane; its _count is the waits.", limiterBuckets),
+			[]string{"model", "lane"}),
 		replies: prometheus.NewCounterVec(prometheus.CounterOpts(opts("replies_total",
 			"Replies handed to gateways, by path: direct (the gateway took it at once; not stored) or stream (stored in the replies stream).")),
 			[]string{"path"}),
 	}
-	for _, c := range []prometheus.Collector{m.jobs, m.queueWait, m.upstream, m.retries, m.limiterWait, m.cancellations, m.cancelDrops, m.tokens, m.inFlight, m.replies} {
+	for _, c := range []prometheus.Collector{m.jobs, m.queueWait, m.upstream, m.retries, m.limiterWait, m.cancellations, m.cancelDrops, m.tokens, m.inFlight, m.replies, m.capInUse, m.capWaitingNow, m.capWait} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("worker metrics: %w", err)
 		}
@@ -171,6 +183,32 @@ func (m *poolMetrics) handling() (done func()) {
 	}
 	m.inFlight.Inc()
 	return m.inFlight.Dec
+}
+
+// capWaiting counts a call waiting for its concurrency slots until the
+// returned func is called with how long it waited.
+func (m *poolMetrics) capWaiting(alias string, lane Lane) (done func(time.Duration)) {
+	if m == nil {
+		return func(time.Duration) {}
+	}
+	model := m.model(alias)
+	g := m.capWaitingNow.WithLabelValues(model, lane.String())
+	g.Inc()
+	return func(d time.Duration) {
+		g.Dec()
+		m.capWait.WithLabelValues(model, lane.String()).Observe(d.Seconds())
+	}
+}
+
+// capHolding counts a call holding its concurrency slots until the
+// returned func is called.
+func (m *poolMetrics) capHolding(alias string, lane Lane) (done func()) {
+	if m == nil {
+		return func() {}
+	}
+	g := m.capInUse.WithLabelValues(m.model(alias), lane.String())
+	g.Inc()
+	return g.Dec
 }
 
 // taken records how long a job waited in the queue for its first delivery.

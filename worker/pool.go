@@ -64,6 +64,12 @@ type Option func(*Pool)
 // WithLimiter paces LaaS calls with l.
 func WithLimiter(l Limiter) Option { return func(p *Pool) { p.limiter = l } }
 
+// WithConcurrencyCap holds every LaaS call to c's caps (KVCap: the
+// project's BRIDGE_LAAS_MAX_CONCURRENCY and each model's
+// max_parallel_requests, over every worker process). Without it, the
+// default, no step is added to a job's path.
+func WithConcurrencyCap(c ConcurrencyCap) Option { return func(p *Pool) { p.caps = c } }
+
 // WithTracer traces each job (step_trace.go) with t; a nil t, the
 // default, is tracing off.
 func WithTracer(t *tracing.Tracer) Option { return func(p *Pool) { p.tracer = t } }
@@ -142,8 +148,9 @@ type Pool struct {
 	ackWait    time.Duration
 	maxDeliver int
 	cancels    *cancels
-	limiter    Limiter      // nil: no pacing
-	dead       DeadLetterer // nil: none kept
+	limiter    Limiter        // nil: no pacing
+	caps       ConcurrencyCap // nil: no concurrency cap
+	dead       DeadLetterer   // nil: none kept
 	metricsReg prometheus.Registerer
 	metrics    *poolMetrics // nil: none kept
 	ledger     KeyLedger    // nil: keys' usage is not counted

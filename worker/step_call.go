@@ -62,6 +62,11 @@ func (p *Pool) upstreamFailed(ctx context.Context, j *job, err error, start time
 		j.log.Warn("call abandoned at shutdown; job handed back", "error", err)
 		_ = j.msg.Nak()
 		return
+	case errors.Is(cause, errSlotLost):
+		j.log.Warn("call stopped: its concurrency slot was lost; job handed back", "error", err)
+		p.metrics.retried(j.model.Alias, retryHandedBack)
+		_ = j.msg.Nak()
+		return
 	case errors.Is(cause, errCallerGone):
 		j.log.Info("LaaS call aborted: its caller went away", "upstream_ms", upstream.Milliseconds())
 		p.metrics.cancelled(cancelledDuringCall)

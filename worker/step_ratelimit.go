@@ -36,9 +36,10 @@ func (p *Pool) waitForRateLimit(next handlerFunc) handlerFunc {
 	}
 }
 
-// handBack settles a job whose rate-limit wait ended with err before the
-// call could start: dropped if its caller went away, answered 504 if its
-// deadline passed, else handed back to the queue (retryLater).
+// handBack settles a job whose rate-limit or concurrency-slot wait ended
+// with err before the call could start: dropped if its caller went away,
+// answered 504 if its deadline passed, else handed back to the queue
+// (retryLater).
 func (p *Pool) handBack(callCtx context.Context, j *job, err error) {
 	switch {
 	case errors.Is(context.Cause(callCtx), errCallerGone):
@@ -47,7 +48,7 @@ func (p *Pool) handBack(callCtx context.Context, j *job, err error) {
 	case errors.Is(err, context.DeadlineExceeded) && !time.Now().Before(j.env.Deadline):
 		p.finish(j, schema.ErrorReply(j.env.ID, &schema.Error{
 			Status: http.StatusGatewayTimeout, Type: schema.TypeTimeout, Code: schema.CodeDeadlineExceeded,
-			Message: fmt.Sprintf("The request passed its deadline waiting for the LaaS rate limit, %s after it was queued.",
+			Message: fmt.Sprintf("The request passed its deadline waiting for the LaaS rate limit or concurrency cap, %s after it was queued.",
 				time.Since(j.env.EnqueuedAt).Round(time.Millisecond)),
 		}), 0)
 	default:

@@ -196,8 +196,21 @@ func runBridge(ctx context.Context, cmd string, args []string, stdout, stderr io
 		}
 		defer limiter.Close()
 		// --- end rate limits ---
+		// The concurrency cap shared by every worker process (LAAS_SLOTS):
+		// BRIDGE_LAAS_MAX_CONCURRENCY and each model's max_parallel_requests.
+		capCtx, cancelCap := context.WithTimeout(ctx, 30*time.Second)
+		caps, err := worker.NewKVCap(capCtx, js, worker.CapConfig{Bucket: queue.BucketSlots, Max: env.LaaSMaxConcurrency, AckWait: cons.CachedInfo().Config.AckWait}, log)
+		cancelCap()
+		if err != nil {
+			return err
+		}
+		defer caps.Close()
+		// Always in place, so a reloaded config may cap a model; a call no
+		// cap applies to passes with two comparisons (docs/performance.md).
+		poolOpts := []worker.Option{worker.WithDeadLetters(dead), worker.WithAccessLog(accessLog), worker.WithLimiter(limiter), worker.WithMetrics(reg),
+			worker.WithKeyLedger(keyLimits, store), worker.WithTracer(tracer), worker.WithConcurrencyCap(caps)}
 		if pool, err = worker.NewPool(worker.Config{Concurrency: env.Concurrency, AllowPresetOverride: cfgFile.AllowPresetOverride}, js, cons, up, catalog, log,
-			worker.WithDeadLetters(dead), worker.WithAccessLog(accessLog), worker.WithLimiter(limiter), worker.WithMetrics(reg), worker.WithKeyLedger(keyLimits, store), worker.WithTracer(tracer)); err != nil {
+			poolOpts...); err != nil {
 			return err
 		}
 	}

@@ -81,8 +81,8 @@ type Env struct {
 	MicroReplyPrefixes string `envconfig:"BRIDGE_MICRO_REPLY_PREFIXES"`
 
 	// LaaSRPM is the LaaS project's requests per minute over every worker
-	// process (0: none); LaaSMaxConcurrency caps its calls in flight (the
-	// consumer's MaxAckPending; 0: queue.DefaultMaxAckPending).
+	// process (0: none); LaaSMaxConcurrency caps its calls in flight over
+	// every worker process and both lanes (worker.KVCap; 0: no cap).
 	LaaSRPM            int `envconfig:"BRIDGE_LAAS_RPM" default:"0"`
 	LaaSMaxConcurrency int `envconfig:"BRIDGE_LAAS_MAX_CONCURRENCY" default:"0"`
 
@@ -112,7 +112,14 @@ type Env struct {
 // queueConfig is the stream and consumer settings set in e; the zero
 // fields are left to queue.Ensure (keep what exists, default what is new).
 func (e Env) queueConfig() queue.Config {
-	c := queue.Config{MaxMsgs: e.QueueMsgs, MaxBytes: e.QueueBytes, MaxAckPending: e.LaaSMaxConcurrency, AckWait: e.AckWait, ResultsTTL: e.ResultsTTL}
+	c := queue.Config{MaxMsgs: e.QueueMsgs, MaxBytes: e.QueueBytes, AckWait: e.AckWait, ResultsTTL: e.ResultsTTL}
+	if e.LaaSMaxConcurrency > 0 {
+		// The cap is the shared concurrency cap's (worker.KVCap), not the
+		// lanes' MaxAckPending: that only bounds the jobs each lane hands
+		// out at once, and must not be below the cap. Set here, it also
+		// lifts a MaxAckPending an older release set to the cap.
+		c.MaxAckPending = max(queue.DefaultMaxAckPending, e.LaaSMaxConcurrency)
+	}
 	if e.StreamReplicas != nil {
 		c.Replicas = *e.StreamReplicas
 	}
@@ -143,7 +150,7 @@ func readEnv() (Env, error) {
 		return e, fmt.Errorf("BRIDGE_AUTH=%q: the only value is none, which lets serve and gateway run without BRIDGE_MASTER_KEY (an API anyone can call); leave it unset to require the key", e.Auth)
 	}
 	if e.LaaSMaxConcurrency < 0 {
-		return e, fmt.Errorf("BRIDGE_LAAS_MAX_CONCURRENCY must be 0 (the default, %d) or more, got %d", queue.DefaultMaxAckPending, e.LaaSMaxConcurrency)
+		return e, fmt.Errorf("BRIDGE_LAAS_MAX_CONCURRENCY must be 0 (the default: no cap) or more, got %d", e.LaaSMaxConcurrency)
 	}
 	return e, nil
 }

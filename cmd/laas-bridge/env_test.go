@@ -18,11 +18,14 @@ func TestQueueConfigFromEnv(t *testing.T) {
 	}{
 		{"nothing set", nil, queue.Config{}},
 		{"one replica", []string{"BRIDGE_STREAM_REPLICAS", "1"}, queue.Config{Replicas: 1}},
+		// The cap is the workers' shared one; the lanes' MaxAckPending is
+		// never below it.
+		{"cap above the default", []string{"BRIDGE_LAAS_MAX_CONCURRENCY", "5000"}, queue.Config{MaxAckPending: 5000}},
 		{
 			"everything set",
 			[]string{"BRIDGE_STREAM_REPLICAS", "3", "BRIDGE_QUEUE_MAX_MSGS", "500", "BRIDGE_QUEUE_MAX_BYTES", "2097152",
 				"BRIDGE_ACK_WAIT", "45s", "BRIDGE_LAAS_MAX_CONCURRENCY", "16"},
-			queue.Config{Replicas: 3, MaxMsgs: 500, MaxBytes: 2 << 20, AckWait: 45 * time.Second, MaxAckPending: 16},
+			queue.Config{Replicas: 3, MaxMsgs: 500, MaxBytes: 2 << 20, AckWait: 45 * time.Second, MaxAckPending: queue.DefaultMaxAckPending},
 		},
 	}
 	for _, tc := range tests {

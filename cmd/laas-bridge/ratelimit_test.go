@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -16,10 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/laas-bridge/laas-bridge/queue"
-	"github.com/laas-bridge/laas-bridge/schema"
 )
 
 // rlCall is one call in the mock's access log.
@@ -199,92 +195,5 @@ func TestRateLimitAcrossWorkerProcesses(t *testing.T) {
 			t.Errorf("%s ran none of %d calls: the limit was not shared by three processes", w.name, len(calls))
 		}
 		t.Logf("%s ran %d calls", w.name, n)
-	}
-}
-
-// TestRateLimitMaxConcurrency: BRIDGE_LAAS_MAX_CONCURRENCY becomes the
-// workers' consumer's MaxAckPending, also when the consumer already exists
-// with the default, and the server holds the three worker processes (16
-// calls each) to it: the mock never has more calls in flight at once, and
-// does have that many.
-func TestRateLimitMaxConcurrency(t *testing.T) {
-	const maxConcurrency, requests = 3, 30
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	// A consumer from an earlier start, with the default.
-	nc, err := queue.Connect(srv.ClientURL(), "test", slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cons, err := queue.Ensure(ctx, js, queue.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := cons.CachedInfo().Config.MaxAckPending; got != queue.DefaultMaxAckPending {
-		t.Fatalf("MaxAckPending %d before, want the default %d", got, queue.DefaultMaxAckPending)
-	}
-
-	s := startRLStack(t, srv.ClientURL(), []string{"--latency", "300ms"}, fmt.Sprintf("BRIDGE_LAAS_MAX_CONCURRENCY=%d", maxConcurrency))
-	info, err := js.Consumer(ctx, schema.StreamRequests, schema.ConsumerWorkers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := info.CachedInfo().Config.MaxAckPending; got != maxConcurrency {
-		t.Errorf("MaxAckPending %d after start, want %d", got, maxConcurrency)
-	}
-
-	var wg sync.WaitGroup
-	for i := range requests {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if status, err := rlPost(ctx, http.DefaultClient, s.gwURL, fmt.Sprintf("request %d", i)); err != nil || status != http.StatusOK {
-				t.Errorf("request %d: status %d, %v", i, status, err)
-			}
-		}()
-	}
-	wg.Wait()
-	s.stop(t)
-
-	calls := rlAccessLog(t, s.mock.logs.String())
-	if len(calls) != requests {
-		t.Errorf("the mock logged %d calls, want %d", len(calls), requests)
-	}
-	// The most calls in flight at once: sweep over starts and ends.
-	type edge struct {
-		at    time.Time
-		delta int
-	}
-	var edges []edge
-	for _, c := range calls {
-		edges = append(edges, edge{c.start, 1}, edge{c.end, -1})
-	}
-	slices.SortFunc(edges, func(a, b edge) int {
-		if c := a.at.Compare(b.at); c != 0 {
-			return c
-		}
-		return a.delta - b.delta // an end before a start at the same instant
-	})
-	inFlight, most := 0, 0
-	for _, e := range edges {
-		inFlight += e.delta
-		most = max(most, inFlight)
-	}
-	t.Logf("%d calls, at most %d in flight at once (limit %d, worker slots %d)", len(calls), most, maxConcurrency, 3*16)
-	if most > maxConcurrency {
-		t.Errorf("%d calls in flight at once, limit %d", most, maxConcurrency)
-	}
-	if most < maxConcurrency {
-		t.Errorf("at most %d calls in flight at once: the limit %d was not used", most, maxConcurrency)
 	}
 }

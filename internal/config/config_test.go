@@ -369,6 +369,16 @@ func TestParseErrors(t *testing.T) {
 			want: "config.yaml:5: model_list[0].litellm_params.rpm -1 must not be negative",
 		},
 		{
+			name: "max_parallel_requests not a number",
+			yaml: "model_list:\n  - model_name: a\n    litellm_params:\n      model: laas/a\n      max_parallel_requests: many\n",
+			want: "config.yaml:5: model_list[0].litellm_params.max_parallel_requests \"many\" must be a whole number of requests in flight",
+		},
+		{
+			name: "max_parallel_requests negative",
+			yaml: "model_list:\n  - model_name: a\n    litellm_params:\n      model: laas/a\n      max_parallel_requests: -2\n",
+			want: "config.yaml:5: model_list[0].litellm_params.max_parallel_requests -2 must not be negative",
+		},
+		{
 			name: "rpm too large",
 			yaml: "model_list:\n  - model_name: a\n    litellm_params:\n      model: laas/a\n      rpm: 99999999999999999999\n",
 			want: "config.yaml:5: model_list[0].litellm_params.rpm 99999999999999999999 is too large",
@@ -489,6 +499,9 @@ func TestParseValues(t *testing.T) {
 		{name: "rpm", yaml: "      rpm: 600\n", want: schema.Model{RPM: 600}},
 		{name: "rpm quoted", yaml: "      rpm: \"42\"\n", want: schema.Model{RPM: 42}},
 		{name: "rpm null", yaml: "      rpm:\n", want: schema.Model{}},
+		{name: "max_parallel_requests", yaml: "      max_parallel_requests: 2\n", want: schema.Model{MaxParallelRequests: 2}},
+		{name: "max_parallel_requests from environment", yaml: "      max_parallel_requests: os.environ/MPR\n", env: map[string]string{"MPR": "8"}, want: schema.Model{MaxParallelRequests: 8}},
+		{name: "max_parallel_requests zero is no cap", yaml: "      max_parallel_requests: 0\n", want: schema.Model{}},
 		{name: "service_type lower case", yaml: "      service_type: upstage\n", want: schema.Model{ServiceType: "UPSTAGE"}},
 		{name: "service_type from environment", yaml: "      service_type: os.environ/ST\n", env: map[string]string{"ST": "Ncp"}, want: schema.Model{ServiceType: "NCP"}},
 		{name: "preset_hash from environment", yaml: "      preset_hash: os.environ/P\n", env: map[string]string{"P": "hash-1"}, want: schema.Model{PresetHash: "hash-1"}},

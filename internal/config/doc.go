@@ -6,7 +6,7 @@
 // litellm_params.model "laas/<LaaS model>", plus LiteLLM's own sections
 // (litellm_settings, general_settings, router_settings, ...). Such a file loads
 // unchanged. The bridge reads, per model, litellm_params model, preset_hash,
-// service_type, timeout and rpm, and its own optional bridge_settings section;
+// service_type, timeout, rpm and max_parallel_requests, and its own optional bridge_settings section;
 // every other key is reported in File.Ignored rather than rejected, so the
 // caller can tell the operator, in one log line, which settings do not take
 // effect.

@@ -177,7 +177,7 @@ func (p *parser) params(kv pair, path string, m *schema.Model) {
 	}
 	var model *pair
 	if v.Kind == yaml.MappingNode {
-		for _, f := range p.pairs(v, path, "model", "preset_hash", "service_type", "timeout", "rpm", "cache") {
+		for _, f := range p.pairs(v, path, "model", "preset_hash", "service_type", "timeout", "rpm", "max_parallel_requests", "cache") {
 			key := path + "." + f.key.Value
 			switch f.key.Value {
 			case "model":
@@ -192,6 +192,8 @@ func (p *parser) params(kv pair, path string, m *schema.Model) {
 				m.Timeout = p.timeout(f.val, key)
 			case "rpm":
 				m.RPM = p.rpm(f.val, key)
+			case "max_parallel_requests":
+				m.MaxParallelRequests = p.maxParallel(f.val, key)
 			case "cache":
 				m.CacheTTL = p.cache(f, key)
 			default:

@@ -96,6 +96,17 @@ func (p *parser) timeout(v *yaml.Node, path string) time.Duration {
 
 // rpm reads litellm_params.rpm: a whole number of requests per minute, >= 0.
 func (p *parser) rpm(v *yaml.Node, path string) int {
+	return p.count(v, path, "requests per minute")
+}
+
+// maxParallel reads litellm_params.max_parallel_requests: a whole number
+// of LaaS calls in flight at once, >= 0 (0: no cap).
+func (p *parser) maxParallel(v *yaml.Node, path string) int {
+	return p.count(v, path, "requests in flight")
+}
+
+// count reads a whole number >= 0 of what (for the error).
+func (p *parser) count(v *yaml.Node, path, what string) int {
 	s, ok := p.scalar(v, path, true)
 	if !ok || s.text == "" {
 		return 0
@@ -113,7 +124,7 @@ func (p *parser) rpm(v *yaml.Node, path string) int {
 			if errors.Is(err, strconv.ErrRange) {
 				p.errorf(s.node.Line, "%s %s is too large", path, s)
 			} else {
-				p.errorf(s.node.Line, "%s %s must be a whole number of requests per minute", path, s)
+				p.errorf(s.node.Line, "%s %s must be a whole number of %s", path, s, what)
 			}
 			return 0
 		}
@@ -123,7 +134,7 @@ func (p *parser) rpm(v *yaml.Node, path string) int {
 			p.errorf(s.node.Line, "%s %s is too large", path, s)
 			return 0
 		}
-		p.errorf(s.node.Line, "%s %s must be a whole number of requests per minute", path, s)
+		p.errorf(s.node.Line, "%s %s must be a whole number of %s", path, s, what)
 		return 0
 	}
 	if n < 0 {

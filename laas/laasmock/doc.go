@@ -127,7 +127,10 @@
 // and Log keeps the last LogCapacity answer-stage requests in arrival order.
 // With Config.AccessLog set, one JSON line per request (every request, not
 // only answer-stage ones) is written: {"time", "status", "hash",
-// "latency_ms"}. All of these are updated before the answer is written, so a
+// "latency_ms", "in_flight", "max_in_flight"}: in_flight is how many
+// requests the mock was handling when this one arrived (itself included),
+// max_in_flight the most at once so far (also MaxInFlight()); each Log
+// entry has its InFlight. All of these are updated before the answer is written, so a
 // client holding its answer sees them current. Neither the project nor the
 // apiKey header value is ever logged or echoed.
 package laasmock

@@ -136,19 +136,19 @@ func (m *Mock) statusApplies(f *fault, body []byte) bool {
 // is the request's log entry. The log, the counters and the access log
 // are set before anything is written, as for a normal answer; a hang's
 // once its client has gone (status StatusClientClosed).
-func (m *Mock) serveFault(w http.ResponseWriter, r *http.Request, start time.Time, seq uint64, hash string, f *fault, answer []byte) {
+func (m *Mock) serveFault(w http.ResponseWriter, r *http.Request, start time.Time, seq uint64, hash string, f *fault, answer []byte, inFlight int) {
 	half := answer[:len(answer)/2]
 	switch f.kind {
 	case FaultHang:
 		<-r.Context().Done()
 		m.finish(seq, StatusClientClosed)
-		m.access(start, StatusClientClosed, hash)
+		m.access(start, StatusClientClosed, hash, inFlight)
 		return
 	case FaultTrickle:
 		m.served.Add(1)
 	}
 	m.finish(seq, http.StatusOK)
-	m.access(start, http.StatusOK, hash)
+	m.access(start, http.StatusOK, hash, inFlight)
 
 	switch f.kind {
 	case FaultStall:

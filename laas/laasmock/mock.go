@@ -89,6 +89,10 @@ type Entry struct {
 	// Status is the status answered: 200, 429, 500 or StatusClientClosed; 0
 	// while the request is still being handled.
 	Status int
+	// InFlight is how many requests the mock was handling when this one
+	// arrived, itself included: requests in flight at once, as LaaS sees
+	// them.
+	InFlight int
 }
 
 // Mock is a LaaS look-alike http.Handler. It is safe for concurrent use.
@@ -97,6 +101,9 @@ type Mock struct {
 
 	calls  atomic.Int64
 	served atomic.Int64
+
+	inFlight    atomic.Int64 // requests being handled now
+	maxInFlight atomic.Int64 // the most at once
 
 	rngMu sync.Mutex
 	rng   *rand.Rand
@@ -136,6 +143,9 @@ func New(cfg Config) (*Mock, error) {
 	}, nil
 }
 
+// MaxInFlight returns the most requests the mock handled at once.
+func (m *Mock) MaxInFlight() int { return int(m.maxInFlight.Load()) }
+
 // Calls returns how many requests reached the answer stage: authenticated and
 // valid, including those answered with an injected failure and those whose
 // client went away.
@@ -168,12 +178,19 @@ func (m *Mock) Log() []Entry {
 // written, so a client that has its answer sees them up to date.
 func (m *Mock) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	out := m.serve(w, r)
+	// Counted out before the answer leaves: net/http sends a small body
+	// when the handler returns, so a client never holds an answer while
+	// its request still counts.
+	n := m.inFlight.Add(1)
+	defer m.inFlight.Add(-1)
+	for most := m.maxInFlight.Load(); n > most && !m.maxInFlight.CompareAndSwap(most, n); most = m.maxInFlight.Load() {
+	}
+	out := m.serve(w, r, int(n))
 	if out.fault != nil {
-		m.serveFault(w, r, start, out.seq, out.hash, out.fault, out.body)
+		m.serveFault(w, r, start, out.seq, out.hash, out.fault, out.body, int(n))
 		return
 	}
-	m.access(start, out.status, out.hash)
+	m.access(start, out.status, out.hash, int(n))
 	if out.status == StatusClientClosed {
 		return // nobody is listening
 	}
@@ -206,7 +223,7 @@ func failure(status int, msg, hash string) outcome {
 
 // serve checks r and decides its answer; it writes nothing to w (which only
 // the body size limit uses).
-func (m *Mock) serve(w http.ResponseWriter, r *http.Request) outcome {
+func (m *Mock) serve(w http.ResponseWriter, r *http.Request, inFlight int) outcome {
 	if r.URL.Path != schema.LaaSChatPath {
 		return failure(http.StatusNotFound, "no route for "+r.URL.Path, "")
 	}
@@ -235,7 +252,7 @@ func (m *Mock) serve(w http.ResponseWriter, r *http.Request) outcome {
 	}
 
 	m.calls.Add(1)
-	seq := m.record(Entry{Time: time.Now(), Hash: req.Hash, LastUser: lastUser})
+	seq := m.record(Entry{Time: time.Now(), Hash: req.Hash, LastUser: lastUser, InFlight: inFlight})
 	if f != nil {
 		switch {
 		case f.status == 0:
@@ -365,16 +382,18 @@ func (m *Mock) finish(seq uint64, status int) {
 }
 
 // access writes one access-log line.
-func (m *Mock) access(start time.Time, status int, hash string) {
+func (m *Mock) access(start time.Time, status int, hash string, inFlight int) {
 	if m.cfg.AccessLog == nil {
 		return
 	}
 	line, err := json.Marshal(struct {
-		Time      time.Time `json:"time"`
-		Status    int       `json:"status"`
-		Hash      string    `json:"hash"`
-		LatencyMs float64   `json:"latency_ms"`
-	}{start.UTC(), status, hash, float64(time.Since(start).Microseconds()) / 1000})
+		Time        time.Time `json:"time"`
+		Status      int       `json:"status"`
+		Hash        string    `json:"hash"`
+		LatencyMs   float64   `json:"latency_ms"`
+		InFlight    int       `json:"in_flight"`
+		MaxInFlight int64     `json:"max_in_flight"`
+	}{start.UTC(), status, hash, float64(time.Since(start).Microseconds()) / 1000, inFlight, m.maxInFlight.Load()})
 	if err != nil {
 		return
 	}

@@ -7,6 +7,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -685,11 +687,14 @@ func TestAccessLog(t *testing.T) {
 					}
 				}
 			})
-			if !slices.Equal(keys, []string{"hash", "latency_ms", "status", "time"}) {
+			if !slices.Equal(keys, []string{"hash", "in_flight", "latency_ms", "max_in_flight", "status", "time"}) {
 				t.Errorf("keys = %q", keys)
 			}
 			if got["status"] != float64(tc.status) || got["hash"] != tc.hash {
 				t.Errorf("line = %s, want status %d hash %q", line, tc.status, tc.hash)
+			}
+			if got["in_flight"] != float64(1) || got["max_in_flight"] != float64(1) {
+				t.Errorf("line = %s, want one request in flight, at most one", line)
 			}
 			if ms, _ := got["latency_ms"].(float64); ms < 0 {
 				t.Errorf("latency_ms = %v", ms)
@@ -912,5 +917,49 @@ func TestDigest(t *testing.T) {
 		if got := multimodaltest.Digest([]byte(in)); got != want {
 			t.Errorf("multimodaltest.Digest(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// TestInFlight: the mock counts the requests it handles at once, in each
+// log entry (at its arrival, itself included) and at most; a request that
+// got its answer no longer counts.
+func TestInFlight(t *testing.T) {
+	m := newMock(t, Config{Latency: 300 * time.Millisecond})
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+	post := func(text string) {
+		body := fmt.Sprintf(`{"hash":"h","messages":[{"role":"user","content":%q}]}`, text)
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+schema.LaaSChatPath, strings.NewReader(body))
+		req.Header.Set(schema.LaaSHeaderProject, "p")
+		req.Header.Set(schema.LaaSHeaderAPIKey, "k")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Go(func() { post(fmt.Sprintf("at once %d", i)) })
+	}
+	wg.Wait()
+	post("alone")
+	if got := m.MaxInFlight(); got != 3 {
+		t.Errorf("MaxInFlight = %d, want 3", got)
+	}
+	counts := map[int]int{}
+	for _, e := range m.Log() {
+		if e.LastUser == "alone" {
+			if e.InFlight != 1 {
+				t.Errorf("the call made alone has InFlight %d, want 1", e.InFlight)
+			}
+			continue
+		}
+		counts[e.InFlight]++
+	}
+	if counts[1] != 1 || counts[2] != 1 || counts[3] != 1 {
+		t.Errorf("InFlight of the three calls at once: %v, want one each of 1, 2 and 3", counts)
 	}
 }
