@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -398,7 +399,7 @@ func (g *Gateway) getResponse(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if stream, _ := strconv.ParseBool(c.QueryParam("stream")); stream {
+	if streamAsked(c) {
 		if !rec.Background {
 			return schema.Invalid("stream", schema.CodeInvalidValue, "Only a background response can be streamed again; GET it without 'stream'.")
 		}
@@ -415,6 +416,22 @@ func (g *Gateway) getResponse(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, resp)
+}
+
+// streamAsked reports whether a GET asks for a stream: ?stream=true, or
+// a JSON body {"stream": true}, which the OpenAI SDKs send on a GET.
+func streamAsked(c echo.Context) bool {
+	if stream, err := strconv.ParseBool(c.QueryParam("stream")); err == nil {
+		return stream
+	}
+	body, err := io.ReadAll(io.LimitReader(c.Request().Body, 4<<10))
+	if err != nil || len(body) == 0 {
+		return false
+	}
+	var b struct {
+		Stream bool `json:"stream"`
+	}
+	return json.Unmarshal(body, &b) == nil && b.Stream
 }
 
 // cancelResponse answers POST /v1/responses/{id}/cancel: a background
