@@ -339,3 +339,45 @@ func TestChatFlexTier(t *testing.T) {
 	}
 	<-done // the 300 ms model times out: no worker here
 }
+
+// TestResponsesRefusedAsChat: the same bad input is refused with the same
+// error, word for word, by chat completions and the Responses API.
+func TestResponsesRefusedAsChat(t *testing.T) {
+	f := newFixture(t, Config{})
+	user := func(content string) (chat, resp string) {
+		return `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":` + content + `}]}`,
+			`{"model":"claude-3.5-sonnet","input":[{"role":"user","content":` + strings.NewReplacer(`"type":"text"`, `"type":"input_text"`).Replace(content) + `}]}`
+	}
+	type pair struct{ name, chat, resp string }
+	var pairs []pair
+	add := func(name, chat, resp string) { pairs = append(pairs, pair{name, chat, resp}) }
+	add("unknown model", `{"model":"nope","messages":[{"role":"user","content":"hi"}]}`, `{"model":"nope","input":"hi"}`)
+	add("object param", `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"hi"}],"params":{"a":{"b":1}}}`,
+		`{"model":"claude-3.5-sonnet","input":"hi","params":{"a":{"b":1}}}`)
+	add("preset override not allowed", `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"hi"}],"preset_hash":"x"}`,
+		`{"model":"claude-3.5-sonnet","input":"hi","preset_hash":"x"}`)
+	add("priority tier", `{"model":"claude-3.5-sonnet","messages":[{"role":"user","content":"hi"}],"service_tier":"priority"}`,
+		`{"model":"claude-3.5-sonnet","input":"hi","service_tier":"priority"}`)
+	c, r := user(`[{"type":"text","text":"look"},{"type":"image_url","image_url":{"url":"data:image/png;base64,not-base64!"}}]`)
+	r = strings.Replace(r, `{"type":"image_url","image_url":{"url":"data:image/png;base64,not-base64!"}}`, `{"type":"input_image","image_url":"data:image/png;base64,not-base64!"}`, 1)
+	add("image that is not base64", c, r)
+	c, r = user(`[{"type":"file","file":{"file_data":"data:application/pdf;base64,aGVsbG8=","filename":"a.pdf"}}]`)
+	r = strings.Replace(r, `{"type":"file","file":{"file_data":"data:application/pdf;base64,aGVsbG8=","filename":"a.pdf"}}`,
+		`{"type":"input_file","file_data":"data:application/pdf;base64,aGVsbG8=","filename":"a.pdf"}`, 1)
+	add("a PDF that is not a PDF", c, r)
+	for _, p := range pairs {
+		t.Run(p.name, func(t *testing.T) {
+			cr, cbody := f.do(t, "POST", "/v1/chat/completions", p.chat)
+			rr, rbody := f.do(t, "POST", "/v1/responses", p.resp)
+			if cr.StatusCode < 400 || cr.StatusCode >= 500 {
+				t.Fatalf("chat completions took it: %d %s", cr.StatusCode, cbody)
+			}
+			if rr.StatusCode != cr.StatusCode || !bytes.Equal(rbody, cbody) {
+				t.Errorf("responses: %d %s\nchat:      %d %s", rr.StatusCode, rbody, cr.StatusCode, cbody)
+			}
+		})
+	}
+	if ci, err := f.q.Consumer.Info(context.Background()); err != nil || ci.NumPending != 0 {
+		t.Errorf("queued jobs: %+v (%v), want none", ci, err)
+	}
+}
