@@ -146,6 +146,23 @@ func responsesSuite(t *testing.T, c *openai.Client, preset string) {
 			t.Errorf("resumed stream: sequence numbers %v, last %s", seqs, last)
 		}
 	})
+	t.Run("flex", func(t *testing.T) {
+		r, err := c.Responses.New(ctx, responses.ResponseNewParams{Model: "claude-3.5-sonnet", ServiceTier: responses.ResponseNewParamsServiceTierFlex,
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("no hurry")}})
+		if err != nil || r.ServiceTier != responses.ResponseServiceTierFlex || r.OutputText() != answer("no hurry") {
+			t.Errorf("response: %v, tier %q, %q", err, r.ServiceTier, r.OutputText())
+		}
+		cc, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "claude-3.5-sonnet", ServiceTier: openai.ChatCompletionNewParamsServiceTierFlex,
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("no hurry")}})
+		if err != nil || cc.ServiceTier != openai.ChatCompletionServiceTierFlex || cc.Choices[0].Message.Content != answer("no hurry") {
+			t.Errorf("chat completion: %v, tier %q", err, cc.ServiceTier)
+		}
+		plain, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "claude-3.5-sonnet",
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("now")}})
+		if err != nil || plain.ServiceTier != openai.ChatCompletionServiceTierDefault {
+			t.Errorf("chat completion without a tier: %v, tier %q", err, plain.ServiceTier)
+		}
+	})
 	t.Run("delete", func(t *testing.T) {
 		if first == nil {
 			t.Skip("create failed")
