@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/laas-bridge/laas-bridge/admission"
 	"github.com/laas-bridge/laas-bridge/queue/jobstore"
@@ -317,11 +318,22 @@ func (g *Gateway) awaitStored(c echo.Context, s *sseWriter, rec *schema.StoredRe
 	ctx := c.Request().Context()
 	keepAlive := time.NewTicker(g.cfg.KeepAlive)
 	defer keepAlive.Stop()
+	var watched time.Time // when the last watch began
 	for {
 		resp, err := g.responseOf(ctx, rec)
 		if err != nil || resp.Final() {
 			return resp, err
 		}
+		// A watch that ended early without the job's end (its watch
+		// failed) is not begun again at once.
+		if early := time.Until(watched.Add(100 * time.Millisecond)); early > 0 {
+			select {
+			case <-time.After(early):
+			case <-ctx.Done():
+				return nil, clientGone(ctx.Err())
+			}
+		}
+		watched = time.Now()
 		wctx, cancel := context.WithCancel(ctx)
 		ended := make(chan struct{})
 		go func() {
@@ -385,7 +397,9 @@ func (g *Gateway) responseOf(ctx context.Context, rec *schema.StoredResponse) (*
 		return shell, nil
 	}
 	rec.Response = resp
-	if err := g.stored.put(ctx, rec); err != nil { // the job's result is kept as long: read it again next time
+	// Kept with the record, unless it was deleted or kept meanwhile;
+	// else the job's result is read again next time.
+	if err := g.stored.put(ctx, rec); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
 		g.log.Warn("could not keep a background response's answer", "request_id", rec.ID, "error", err)
 	}
 	return resp, nil

@@ -381,3 +381,33 @@ func TestResponsesRefusedAsChat(t *testing.T) {
 		t.Errorf("queued jobs: %+v (%v), want none", ci, err)
 	}
 }
+
+// TestResponseStoreNoResurrection: a record written over the revision it
+// was read at is refused once the record was deleted (or written)
+// meanwhile: a GET that keeps a background response's answer does not
+// bring back a response deleted under it, nor overwrite a newer one.
+func TestResponseStoreNoResurrection(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	st := f.gw.stored
+	if err := st.put(ctx, &schema.StoredResponse{ID: "r1", Background: true}); err != nil {
+		t.Fatal(err)
+	}
+	read, err := st.get(ctx, "r1")
+	if err != nil || read.Revision == 0 {
+		t.Fatalf("get: %+v %v", read, err)
+	}
+	if err := st.put(ctx, &schema.StoredResponse{ID: "r1"}); err == nil {
+		t.Error("a second new record with the same id was written")
+	}
+	if err := st.delete(ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	read.Response = &schema.Response{Status: "completed"}
+	if err := st.put(ctx, read); err == nil {
+		t.Error("a deleted record was written again")
+	}
+	if _, err := st.get(ctx, "r1"); err != errNoResponse {
+		t.Errorf("after delete and a stale write: %v, want errNoResponse", err)
+	}
+}

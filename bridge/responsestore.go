@@ -51,7 +51,10 @@ func (s *responseStore) unavailable(cause error) *schema.Error {
 }
 
 // put keeps rec, without its conversation when the record would be larger
-// than maxStoredResponse.
+// than maxStoredResponse: a new record (Revision 0) only if its id is
+// not taken, else only over the revision it was read at, so that a
+// record deleted (or changed) meanwhile is not brought back or
+// overwritten (jetstream.ErrKeyExists then).
 func (s *responseStore) put(ctx context.Context, rec *schema.StoredResponse) error {
 	data, err := json.Marshal(rec)
 	if err != nil {
@@ -65,8 +68,17 @@ func (s *responseStore) put(ctx context.Context, rec *schema.StoredResponse) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err = s.kv.Put(ctx, rec.ID, data)
-	return err
+	var rev uint64
+	if rec.Revision == 0 {
+		rev, err = s.kv.Create(ctx, rec.ID, data)
+	} else {
+		rev, err = s.kv.Update(ctx, rec.ID, data, rec.Revision)
+	}
+	if err != nil {
+		return err
+	}
+	rec.Revision = rev
+	return nil
 }
 
 func (s *responseStore) get(ctx context.Context, id string) (*schema.StoredResponse, error) {
@@ -81,6 +93,7 @@ func (s *responseStore) get(ctx context.Context, id string) (*schema.StoredRespo
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return nil, fmt.Errorf("decode stored response %s: %w", id, err)
 	}
+	rec.Revision = e.Revision()
 	return &rec, nil
 }
 

@@ -480,6 +480,9 @@ type StoredResponse struct {
 	ConversationDropped bool      `json:"conversation_dropped,omitempty"`
 	// Response is the response once it has ended; nil before.
 	Response *Response `json:"response,omitempty"`
+	// Revision is the record's revision in the bucket, as last read or
+	// written (0: not written yet); not stored.
+	Revision uint64 `json:"-"`
 }
 
 // ResponseEvent is one event of a streamed response (OpenAI's Responses
