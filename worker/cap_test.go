@@ -35,6 +35,12 @@ func newCapFleet(t *testing.T) *capFleet {
 func (f *capFleet) start(t *testing.T, cfg CapConfig) (*KVCap, *nats.Conn) {
 	t.Helper()
 	nc := f.q.Connect(t)
+	return f.startOn(t, nc, cfg), nc
+}
+
+// startOn opens one more cap on nc.
+func (f *capFleet) startOn(t *testing.T, nc *nats.Conn, cfg CapConfig) *KVCap {
+	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +53,7 @@ func (f *capFleet) start(t *testing.T, cfg CapConfig) (*KVCap, *nats.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	return c, nc
+	return c
 }
 
 // inFlight counts callers holding slots and keeps the most at once.
