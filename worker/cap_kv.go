@@ -97,7 +97,9 @@ type ConcurrencyCap interface {
 // watch sees every write.
 //
 // All processes should run with the same caps: a process with a larger
-// cap uses more slot keys than the others.
+// cap uses more slot keys than the others, so the calls in flight are
+// bounded by the largest cap of any running process (a process that sees
+// a project slot beyond its own cap says so in its log, once).
 type KVCap struct {
 	js   jetstream.JetStream
 	kv   jetstream.KeyValue
@@ -186,6 +188,7 @@ type capScope struct {
 	interactive atomic.Int32 // interactive callers of this process waiting for a slot
 	advMu       sync.Mutex   // held while this process's wait key is written
 	advertised  bool         // this process's wait key is in the bucket
+	larger      atomic.Bool  // another process's cap was seen to be larger (warned)
 }
 
 type modelCapKey struct {

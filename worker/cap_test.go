@@ -395,3 +395,31 @@ func BenchmarkKVCapAcquire(b *testing.B) {
 		release()
 	}
 }
+
+// TestKVCapWarnsOfALargerCap: two processes with different
+// BRIDGE_LAAS_MAX_CONCURRENCY share the slots 0..n-1, so the larger cap
+// bounds the calls in flight. The process with the smaller cap, seeing a
+// slot beyond its own held, says so in its log, once.
+func TestKVCapWarnsOfALargerCap(t *testing.T) {
+	f := newCapFleet(t)
+	small, _ := f.start(t, CapConfig{Max: 2, Process: "small"})
+	large, _ := f.start(t, CapConfig{Max: 4, Process: "large"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m := schema.Model{Alias: "a"}
+	for range 4 {
+		r, err := large.Acquire(ctx, m, LaneInteractive, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r()
+	}
+	const warning = "another worker runs with a larger BRIDGE_LAAS_MAX_CONCURRENCY"
+	waitUntil(t, "the smaller cap's process to warn", func() bool { return strings.Contains(f.logs.String(), warning) })
+	if n := strings.Count(f.logs.String(), warning); n != 1 {
+		t.Errorf("warned %d times, want once", n)
+	}
+	if !small.project.larger.Load() || large.project.larger.Load() {
+		t.Errorf("warned: small %v, large %v; want only the smaller cap's process", small.project.larger.Load(), large.project.larger.Load())
+	}
+}
