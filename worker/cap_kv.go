@@ -69,9 +69,10 @@ type ConcurrencyCap interface {
 // also takes over a lease it has not seen rewritten for LeaseTTL and one
 // beat (by compare-and-set on the revision it saw, which fails if the
 // holder did rewrite it), in case the expiry's marker never reached it.
-// A process that cannot
-// rewrite a lease for LeaseTTL (cut off from NATS, or stalled) takes it as
-// lost: it calls lost, and the pool stops the call and hands the job back.
+// Every held lease is rewritten at once. A process that cannot rewrite a
+// lease (cut off from NATS) takes it as lost half a beat before the server
+// may remove it, by a timer of the lease's own however long the writes
+// hang: it calls lost, and the pool stops the call and hands the job back.
 //
 // # Lanes: interactive calls first
 //

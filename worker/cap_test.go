@@ -423,3 +423,25 @@ func TestKVCapWarnsOfALargerCap(t *testing.T) {
 		t.Errorf("warned: small %v, large %v; want only the smaller cap's process", small.project.larger.Load(), large.project.larger.Load())
 	}
 }
+
+// TestKVCapModelAliasesAnyCharacters: a model's cap is keyed by its alias
+// encoded, so aliases with characters a key may not hold ("/", " ") or
+// that a key gives meaning to (".") each get their own cap, exactly.
+func TestKVCapModelAliasesAnyCharacters(t *testing.T) {
+	f := newCapFleet(t)
+	c, _ := f.start(t, CapConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, alias := range []string{"team/fast", "team.fast", "team fast", "team.*.>", ""} {
+		m := schema.Model{Alias: alias, MaxParallelRequests: 1}
+		if _, err := c.Acquire(ctx, m, LaneInteractive, nil); err != nil {
+			t.Fatalf("%q: %v", alias, err)
+		}
+		short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+		_, err := c.Acquire(short, m, LaneInteractive, nil)
+		cancelShort()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%q: a second call got a slot of a cap of 1 (err %v)", alias, err)
+		}
+	}
+}
