@@ -69,9 +69,10 @@ type ConcurrencyCap interface {
 // also takes over a lease it has not seen rewritten for LeaseTTL and one
 // beat (by compare-and-set on the revision it saw, which fails if the
 // holder did rewrite it), in case the expiry's marker never reached it.
-// A process that cannot
-// rewrite a lease for LeaseTTL (cut off from NATS, or stalled) takes it as
-// lost: it calls lost, and the pool stops the call and hands the job back.
+// Every held lease is rewritten at once. A process that cannot rewrite a
+// lease (cut off from NATS) takes it as lost half a beat before the server
+// may remove it, by a timer of the lease's own however long the writes
+// hang: it calls lost, and the pool stops the call and hands the job back.
 //
 // # Lanes: interactive calls first
 //
@@ -97,7 +98,9 @@ type ConcurrencyCap interface {
 // watch sees every write.
 //
 // All processes should run with the same caps: a process with a larger
-// cap uses more slot keys than the others.
+// cap uses more slot keys than the others, so the calls in flight are
+// bounded by the largest cap of any running process (a process that sees
+// a project slot beyond its own cap says so in its log, once).
 type KVCap struct {
 	js   jetstream.JetStream
 	kv   jetstream.KeyValue
@@ -186,6 +189,7 @@ type capScope struct {
 	interactive atomic.Int32 // interactive callers of this process waiting for a slot
 	advMu       sync.Mutex   // held while this process's wait key is written
 	advertised  bool         // this process's wait key is in the bucket
+	larger      atomic.Bool  // another process's cap was seen to be larger (warned)
 }
 
 type modelCapKey struct {

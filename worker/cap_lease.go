@@ -21,8 +21,9 @@ type lease struct {
 
 	mu      sync.Mutex // held while the lease is written
 	rev     uint64
-	renewed time.Time // the last write the server accepted (this process's clock)
-	gone    bool      // released, or lost
+	renewed time.Time   // when the last write the server accepted was sent (this process's clock)
+	gone    bool        // released, or lost
+	expiry  *time.Timer // calls expire once the lease is not renewed for lostAfter
 }
 
 // claim writes key, expected at revision rev (0: absent), with the lease's
@@ -35,8 +36,35 @@ func (c *KVCap) claim(ctx context.Context, key string, rev uint64, lost func()) 
 	}
 	c.seen(key, slotState{rev: next, live: true, seen: now})
 	l := &lease{key: key, lost: lost, rev: next, renewed: now}
+	l.mu.Lock()
+	l.expiry = time.AfterFunc(c.lostAfter()-c.now().Sub(now), func() { c.expire(l) })
+	l.mu.Unlock()
 	c.held.Store(l, struct{}{})
 	return l, nil
+}
+
+// lostAfter is how long after a lease's last accepted write was sent this
+// process takes it as lost, if no renewal was accepted since: half a beat
+// before the server may remove it (its TTL runs from when the server got
+// the write, which is later), so the call stops before another process
+// can take the slot.
+func (c *KVCap) lostAfter() time.Duration { return c.ttl - c.beat/2 }
+
+// expire takes l as lost if it has not been renewed for lostAfter (l's
+// timer), whatever the keeper is doing: a renewal that hangs on a
+// connection cut off from NATS, or a keeper that falls behind, does not
+// delay it.
+func (c *KVCap) expire(l *lease) {
+	l.mu.Lock()
+	if l.gone || c.now().Sub(l.renewed) < c.lostAfter() {
+		l.mu.Unlock()
+		return
+	}
+	l.gone = true
+	l.mu.Unlock()
+	c.held.Delete(l)
+	c.log.Warn("concurrency cap: a slot's lease was lost (not renewed within its TTL); its call is stopped", "key", l.key, "lease_ttl", c.ttl)
+	l.lost()
 }
 
 // release gives l's slot back: a delete marker, expected at l's revision
@@ -50,6 +78,7 @@ func (c *KVCap) release(l *lease) {
 		return
 	}
 	l.gone = true
+	l.expiry.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), kvOpTimeout)
 	defer cancel()
 	rev := l.rev
@@ -139,43 +168,56 @@ func (c *KVCap) keep() {
 			renew = true
 		case <-c.kick:
 		}
+		// Every lease at once: one after the other, n leases would need
+		// n round trips each beat, and a slow link would lose them.
+		var renewals sync.WaitGroup
 		if renew {
 			c.held.Range(func(k, _ any) bool {
-				c.renew(k.(*lease))
+				renewals.Go(func() { c.renew(k.(*lease)) })
 				return true
 			})
 		}
 		c.eachScope(func(s *capScope) { c.advertiseTick(s, renew) })
+		renewals.Wait()
 	}
 }
 
-// renew rewrites l with a fresh TTL; a lease the server no longer has as
-// written, or one not renewed for its TTL, is lost.
+// renew rewrites l with a fresh TTL. A lease the server no longer has as
+// written is lost at once; one that cannot be rewritten is retried next
+// beat, and lost when its timer fires (expire).
 func (c *KVCap) renew(l *lease) {
 	l.mu.Lock()
 	if l.gone {
 		l.mu.Unlock()
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(kvOpTimeout, c.beat))
-	rev := l.rev
 	now := c.now()
+	// The write must not outlast the lease: expire waits for it.
+	left := l.renewed.Add(c.lostAfter()).Sub(now)
+	if left <= 0 {
+		l.mu.Unlock()
+		return // expire takes it
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(kvOpTimeout, c.beat, left))
+	rev := l.rev
 	next, err := c.write(ctx, l.key, &rev, false)
 	cancel()
 	lost := false
 	switch {
 	case err == nil:
 		l.rev, l.renewed = next, now
+		l.expiry.Reset(c.lostAfter() - c.now().Sub(now))
 		c.seen(l.key, slotState{rev: next, live: true, seen: now})
-	case isWrongLastSeq(err) || c.now().Sub(l.renewed) >= c.ttl:
+	case isWrongLastSeq(err):
 		l.gone, lost = true, true
+		l.expiry.Stop()
 	default:
 		c.warnEvery("concurrency cap: could not renew a slot's lease; retrying", "key", l.key, "error", err)
 	}
 	l.mu.Unlock()
 	if lost {
 		c.held.Delete(l)
-		c.log.Warn("concurrency cap: a slot's lease was lost (not renewed within its TTL); its call is stopped", "key", l.key, "lease_ttl", c.ttl, "error", err)
+		c.log.Warn("concurrency cap: a slot's lease was lost (another process holds it now); its call is stopped", "key", l.key, "lease_ttl", c.ttl, "error", err)
 		l.lost()
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,12 @@ func newCapFleet(t *testing.T) *capFleet {
 func (f *capFleet) start(t *testing.T, cfg CapConfig) (*KVCap, *nats.Conn) {
 	t.Helper()
 	nc := f.q.Connect(t)
+	return f.startOn(t, nc, cfg), nc
+}
+
+// startOn opens one more cap on nc.
+func (f *capFleet) startOn(t *testing.T, nc *nats.Conn, cfg CapConfig) *KVCap {
+	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +54,7 @@ func (f *capFleet) start(t *testing.T, cfg CapConfig) (*KVCap, *nats.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	return c, nc
+	return c
 }
 
 // inFlight counts callers holding slots and keeps the most at once.
@@ -134,12 +141,17 @@ func TestKVCapHoldsAcrossProcessesAndLanes(t *testing.T) {
 // waits; only then do the batch callers get slots. The batch callers'
 // process holds the slots and frees them, so it learns of each free slot
 // first: without the other process's wait key it would take them.
+//
+// The order is the server's: the claims as the bucket's stream has them
+// (a watch of the bucket), not the order the callers' goroutines happened
+// to run in after Acquire returned, so the test is exact.
 func TestKVCapInteractiveFirstAcrossProcesses(t *testing.T) {
 	const slots, waiters = 2, 4
 	f := newCapFleet(t)
-	batch, _ := f.start(t, CapConfig{Max: slots})
+	claims := watchClaims(t, f)
+	batch, _ := f.start(t, CapConfig{Max: slots, Process: "batch"})
 	holder := batch
-	inter, _ := f.start(t, CapConfig{Max: slots})
+	inter, _ := f.start(t, CapConfig{Max: slots, Process: "inter"})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	m := schema.Model{Alias: "a"}
@@ -151,8 +163,6 @@ func TestKVCapInteractiveFirstAcrossProcesses(t *testing.T) {
 		}
 		held = append(held, r)
 	}
-	var mu sync.Mutex
-	var order []Lane
 	var wg sync.WaitGroup
 	got := make(chan func(), 2*waiters)
 	wait := func(c *KVCap, lane Lane) {
@@ -162,9 +172,6 @@ func TestKVCapInteractiveFirstAcrossProcesses(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			mu.Lock()
-			order = append(order, lane)
-			mu.Unlock()
 			got <- r
 		})
 	}
@@ -181,22 +188,63 @@ func TestKVCapInteractiveFirstAcrossProcesses(t *testing.T) {
 		defer batch.mu.Unlock()
 		return len(batch.waits["project"]) == 1
 	})
-	// Free the slots one at a time; each caller that gets one frees it.
+	// Free the slots; each caller that gets one frees it.
 	held[0]()
 	held[1]()
-	for range 2 * waiters {
+	for i := range 2 * waiters {
 		select {
 		case r := <-got:
 			r()
 		case <-ctx.Done():
-			t.Fatalf("only %d of %d callers got a slot: %v", len(order), 2*waiters, order)
+			t.Fatalf("only %d of %d callers got a slot", i, 2*waiters)
 		}
 	}
 	wg.Wait()
-	for i, lane := range order {
-		if want := Lane(min(1, i/waiters)); lane != want {
-			t.Fatalf("slots went to %v, want the %d interactive callers first", order, waiters)
+	want := []string{"batch", "batch", "inter", "inter", "inter", "inter", "batch", "batch", "batch", "batch"}
+	waitUntil(t, "every claim to be watched", func() bool { return len(claims()) >= len(want) })
+	if got := claims(); !slices.Equal(got, want) {
+		t.Fatalf("the bucket has the slots claimed by %v, want the holder's 2, then the %d interactive callers, then the batch callers: %v", got, waiters, want)
+	}
+}
+
+// watchClaims watches f's bucket and returns the processes whose leases
+// took a slot (not a renewal of their own), in the bucket's order.
+func watchClaims(t *testing.T, f *capFleet) (claims func() []string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := f.q.JS.KeyValue(ctx, queue.BucketSlots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := kv.WatchAll(context.Background(), jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var order []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		live := map[string]bool{}
+		for e := range w.Updates() {
+			if e == nil || !strings.Contains(e.Key(), ".slot.") {
+				continue
+			}
+			put := e.Operation() == jetstream.KeyValuePut
+			if put && !live[e.Key()] {
+				mu.Lock()
+				order = append(order, string(e.Value()))
+				mu.Unlock()
+			}
+			live[e.Key()] = put
 		}
+	}()
+	t.Cleanup(func() { _ = w.Stop(); <-done })
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(order)
 	}
 }
 
@@ -345,5 +393,55 @@ func BenchmarkKVCapAcquire(b *testing.B) {
 			b.Fatal(err)
 		}
 		release()
+	}
+}
+
+// TestKVCapWarnsOfALargerCap: two processes with different
+// BRIDGE_LAAS_MAX_CONCURRENCY share the slots 0..n-1, so the larger cap
+// bounds the calls in flight. The process with the smaller cap, seeing a
+// slot beyond its own held, says so in its log, once.
+func TestKVCapWarnsOfALargerCap(t *testing.T) {
+	f := newCapFleet(t)
+	small, _ := f.start(t, CapConfig{Max: 2, Process: "small"})
+	large, _ := f.start(t, CapConfig{Max: 4, Process: "large"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m := schema.Model{Alias: "a"}
+	for range 4 {
+		r, err := large.Acquire(ctx, m, LaneInteractive, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r()
+	}
+	const warning = "another worker runs with a larger BRIDGE_LAAS_MAX_CONCURRENCY"
+	waitUntil(t, "the smaller cap's process to warn", func() bool { return strings.Contains(f.logs.String(), warning) })
+	if n := strings.Count(f.logs.String(), warning); n != 1 {
+		t.Errorf("warned %d times, want once", n)
+	}
+	if !small.project.larger.Load() || large.project.larger.Load() {
+		t.Errorf("warned: small %v, large %v; want only the smaller cap's process", small.project.larger.Load(), large.project.larger.Load())
+	}
+}
+
+// TestKVCapModelAliasesAnyCharacters: a model's cap is keyed by its alias
+// encoded, so aliases with characters a key may not hold ("/", " ") or
+// that a key gives meaning to (".") each get their own cap, exactly.
+func TestKVCapModelAliasesAnyCharacters(t *testing.T) {
+	f := newCapFleet(t)
+	c, _ := f.start(t, CapConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, alias := range []string{"team/fast", "team.fast", "team fast", "team.*.>", ""} {
+		m := schema.Model{Alias: alias, MaxParallelRequests: 1}
+		if _, err := c.Acquire(ctx, m, LaneInteractive, nil); err != nil {
+			t.Fatalf("%q: %v", alias, err)
+		}
+		short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+		_, err := c.Acquire(short, m, LaneInteractive, nil)
+		cancelShort()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%q: a second call got a slot of a cap of 1 (err %v)", alias, err)
+		}
 	}
 }

@@ -5,6 +5,7 @@ package worker
 // each slot key's state and the other processes' wait keys.
 
 import (
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,6 +38,9 @@ func (c *KVCap) apply(e jetstream.KeyValueEntry, initial bool) {
 		c.wake()
 		return
 	}
+	if live && c.project != nil {
+		c.checkProjectSize(key)
+	}
 	st := slotState{rev: e.Revision(), live: live, seen: c.now()}
 	if initial {
 		c.force(key, st)
@@ -68,4 +72,21 @@ func (c *KVCap) force(key string, st slotState) {
 func (c *KVCap) wake() {
 	close(c.changed)
 	c.changed = make(chan struct{})
+}
+
+// checkProjectSize warns, once, when key is a project slot this process's
+// cap does not have: another process runs with a larger
+// BRIDGE_LAAS_MAX_CONCURRENCY, and the calls in flight are bounded by the
+// largest cap of any process, not by this one's.
+func (c *KVCap) checkProjectSize(key string) {
+	idx, ok := strings.CutPrefix(key, c.project.prefix+".slot.")
+	if !ok {
+		return
+	}
+	i, err := strconv.Atoi(idx)
+	if err != nil || i < c.project.n || c.project.larger.Swap(true) {
+		return
+	}
+	c.log.Warn("concurrency cap: another worker runs with a larger BRIDGE_LAAS_MAX_CONCURRENCY; the calls in flight are bounded by the largest cap of any worker, give every worker the same",
+		"max_concurrency", c.project.n, "slot_seen", i)
 }

@@ -36,6 +36,8 @@ type job struct {
 
 	span     trace.Span    // the job's span (step_trace.go); nil with tracing off
 	rateWait time.Duration // its wait for the rate limit, kept for its span
+
+	slots func() // gives back its concurrency slots (waitForSlot); nil: none held
 }
 
 // handlerFunc runs a delivery from one step to its end. Whatever path it

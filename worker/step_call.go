@@ -16,11 +16,13 @@ import (
 
 // callLaaS runs the job's LaaS call under ctx (the call's context, see
 // scopeCall) and answers with LaaS's completion; a failed call is settled
-// by upstreamFailed.
+// by upstreamFailed. The call's concurrency slots are given back as soon
+// as LaaS answers, before the job is settled.
 func (p *Pool) callLaaS(ctx context.Context, j *job) {
 	start := time.Now()
 	resp, err := p.up.Complete(ctx, j.laasReq)
 	upstream := time.Since(start)
+	j.endCall() // LaaS is done with it: the slot is free before the reply goes out
 	if j.span != nil {
 		p.traceCall(j, start, upstream, err)
 	}
