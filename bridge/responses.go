@@ -34,48 +34,10 @@ import (
 
 // responses answers POST /v1/responses.
 func (g *Gateway) responses(c echo.Context) error {
-	body, releaseBody, err := g.readBody(c)
+	rr, chatBody, rec, err := g.translateResponse(c)
 	if err != nil {
 		return err
 	}
-	defer releaseBody()
-	rr, err := schema.DecodeResponsesRequest(body)
-	if err != nil {
-		return err
-	}
-	var history []schema.Message
-	if rr.PreviousResponseID != "" {
-		if history, err = g.previousTurn(c, rr.PreviousResponseID); err != nil {
-			return err
-		}
-	}
-	chat, err := rr.ChatRequest(history)
-	if err != nil {
-		return err
-	}
-	chatBody, err := json.Marshal(chat)
-	if err != nil {
-		return fmt.Errorf("encode the chat request of a response: %w", err)
-	}
-	id := c.Response().Header().Get(HeaderRequestID)
-	var rec *schema.StoredResponse
-	if rr.Stores() {
-		if !g.stored.ok() {
-			if rr.Background {
-				return g.stored.unavailable(nil)
-			}
-			rr.Store = new(bool) // answered, and said not to be kept
-		} else {
-			rec = &schema.StoredResponse{ID: id, Owner: callerOf(c).Owner(), CreatedAt: time.Now().Unix(), Background: rr.Background,
-				Conversation: rr.Conversation(chat)}
-		}
-	}
-	rr.Input = nil // what the answer echoes is kept; the input is on its way
-	if rec != nil {
-		rec.Request = *rr
-	}
-	body, chat, history = nil, nil, nil
-	releaseBody()
 	if rr.Background {
 		return g.startBackground(c, rr, rec, chatBody)
 	}
@@ -83,7 +45,7 @@ func (g *Gateway) responses(c echo.Context) error {
 	if rec != nil {
 		created = rec.CreatedAt
 	}
-	req, err := g.request(id, admission.DoorChat, c.Request().Header, chatBody)
+	req, err := g.request(c.Response().Header().Get(HeaderRequestID), admission.DoorChat, c.Request().Header, chatBody)
 	if err != nil {
 		return err
 	}
@@ -117,6 +79,53 @@ func (g *Gateway) responses(c echo.Context) error {
 		g.cancelJob(p.id, p.deadline)
 	}
 	return err
+}
+
+// translateResponse reads and decodes a Responses request, and returns
+// it with the chat request that runs it (after the previous response's
+// conversation, with previous_response_id) and, when it is to be
+// stored, its record. The request keeps what the answer echoes, not its
+// input.
+func (g *Gateway) translateResponse(c echo.Context) (*schema.ResponsesRequest, []byte, *schema.StoredResponse, error) {
+	body, releaseBody, err := g.readBody(c)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer releaseBody()
+	rr, err := schema.DecodeResponsesRequest(body)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var history []schema.Message
+	if rr.PreviousResponseID != "" {
+		if history, err = g.previousTurn(c, rr.PreviousResponseID); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	chat, err := rr.ChatRequest(history)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	chatBody, err := json.Marshal(chat)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("encode the chat request of a response: %w", err)
+	}
+	var rec *schema.StoredResponse
+	switch {
+	case !rr.Stores():
+	case !g.stored.ok() && rr.Background:
+		return nil, nil, nil, g.stored.unavailable(nil)
+	case !g.stored.ok():
+		rr.Store = new(bool) // answered, and said not to be kept
+	default:
+		rec = &schema.StoredResponse{ID: c.Response().Header().Get(HeaderRequestID), Owner: callerOf(c).Owner(),
+			CreatedAt: time.Now().Unix(), Background: rr.Background, Conversation: rr.Conversation(chat)}
+	}
+	rr.Input = nil // what the answer echoes is kept; the input is on its way
+	if rec != nil {
+		rec.Request = *rr
+	}
+	return rr, chatBody, rec, nil
 }
 
 // awaitResponse waits for p's reply and makes it the response to rr,
