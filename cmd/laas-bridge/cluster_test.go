@@ -238,14 +238,23 @@ func TestNATSClusterNodeKilledMidLoad(t *testing.T) {
 	}
 	t.Logf("new leader of %s: %s", schema.StreamRequests, s.CachedInfo().Cluster.Leader)
 
-	// At least one LaaS call per request; count the jobs run twice.
-	calls := logLines(mock.logs.String(), `"status":200`)
+	// At least one LaaS call per request; count the jobs run twice. A
+	// worker logs "job done" after its ack, which may wait out the
+	// election while its caller already has the answer: wait (at most
+	// 30 s) for every job's line.
 	runs := map[string]int{}
-	for _, w := range workers {
-		for _, m := range jobDoneID.FindAllStringSubmatch(w.logs.String(), -1) {
-			runs[m[1]]++
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		clear(runs)
+		for _, w := range workers {
+			for _, m := range jobDoneID.FindAllStringSubmatch(w.logs.String(), -1) {
+				runs[m[1]]++
+			}
+		}
+		if len(runs) >= requests || time.Now().After(deadline) {
+			break
 		}
 	}
+	calls := logLines(mock.logs.String(), `"status":200`)
 	twice := 0
 	for _, n := range runs {
 		if n > 1 {
