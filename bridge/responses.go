@@ -258,21 +258,15 @@ func pieceOf(s string) int { return nextPiece(s, maxPieceRunes) }
 // response that GET finds; a job that could not be queued takes its
 // record with it.
 func (g *Gateway) startBackground(c echo.Context, rr *schema.ResponsesRequest, rec *schema.StoredResponse, chatBody []byte) error {
-	h := c.Request().Header
-	timeout, err := headerTimeout(h)
+	// The headers as for a waiting caller's request (timeout, lane:
+	// interactive unless asked or flex, queue wait), but a job: nobody
+	// waits on a reply subject, its id is its key.
+	req, err := g.request(rec.ID, admission.DoorJobs, c.Request().Header, chatBody)
 	if err != nil {
 		return err
 	}
-	lane, err := g.lane(h) // interactive unless asked (or flex): a background response is not a batch
-	if err != nil {
-		return err
-	}
-	wait, err := queueWait(h)
-	if err != nil {
-		return err
-	}
-	ck, _, err := g.checkRequest(c, admission.Request{ID: rec.ID, Body: chatBody, Caller: callerOf(c), Door: admission.DoorJobs,
-		Lane: lane, Timeout: timeout, Job: &admission.Job{Record: true}, QueueWait: wait})
+	req.Caller, req.ReplyTo, req.IdempotencyKey, req.Job = callerOf(c), "", "", &admission.Job{Record: true}
+	ck, _, err := g.checkRequest(c, req)
 	if err != nil {
 		return err
 	}
