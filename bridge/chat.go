@@ -68,6 +68,20 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	stream, answerKey := ck.Chat.Stream, ck.AnswerKey
 	body, req, ck = nil, admission.Request{}, nil
 	releaseBody()
+	return g.answerWaiting(c, p, obs, replayed, answerKey, func() error {
+		if stream {
+			return g.streamAnswer(c, p, opts)
+		}
+		return g.awaitAnswer(c, p)
+	})
+}
+
+// answerWaiting answers the caller of admitted request p with answer,
+// while it counts as a caller waiting; then p is released, and a job
+// nobody will read the answer of (the caller went away, the gateway shuts
+// down) is stopped. A caller with an Idempotency-Key (answerKey) will come
+// back for it, so its job keeps running.
+func (g *Gateway) answerWaiting(c echo.Context, p *pending, obs *observation, replayed bool, answerKey string, answer func() error) error {
 	if replayed {
 		c.Response().Header().Set(HeaderIdempotentReplayed, "true")
 	}
@@ -76,13 +90,7 @@ func (g *Gateway) chatCompletions(c echo.Context) error {
 	}
 	obs.queued = true
 	defer g.metrics.callerWaiting()()
-	if stream {
-		err = g.streamAnswer(c, p, opts)
-	} else {
-		err = g.awaitAnswer(c, p)
-	}
-	// Nobody will read the answer: stop the job. A caller with an
-	// Idempotency-Key will come back for it, so its job keeps running.
+	err := answer()
 	if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && answerKey == "" {
 		g.cancelJob(p.id, p.deadline)
 	}

@@ -34,12 +34,13 @@ import (
 
 // responses answers POST /v1/responses.
 func (g *Gateway) responses(c echo.Context) error {
-	rr, chatBody, rec, err := g.translateResponse(c)
+	rr, chatBody, rec, releaseBody, err := g.translateResponse(c)
 	if err != nil {
 		return err
 	}
+	defer releaseBody()
 	if rr.Background {
-		return g.startBackground(c, rr, rec, chatBody)
+		return g.startBackground(c, rr, rec, chatBody, releaseBody)
 	}
 	created := time.Now().Unix()
 	if rec != nil {
@@ -60,61 +61,57 @@ func (g *Gateway) responses(c echo.Context) error {
 	}
 	answerKey := ck.AnswerKey
 	chatBody, req, ck = nil, admission.Request{}, nil
-	if replayed {
-		c.Response().Header().Set(HeaderIdempotentReplayed, "true")
-	}
-	if p.release != nil {
-		defer p.release()
-	}
-	obs.queued = true
-	defer g.metrics.callerWaiting()()
-	var resp *schema.Response
-	if rr.Stream {
-		err = g.streamResponse(c, p, rr, rec, created)
-	} else if resp, err = g.awaitResponse(c, p, rr, rec, created); err == nil {
-		err = c.JSON(http.StatusOK, resp)
-	}
-	// Nobody will read the answer: stop the job (as chatCompletions).
-	if se, ok := errors.AsType[*schema.Error](err); ok && (se.Status == statusClientClosed || se.Code == CodeShuttingDown) && answerKey == "" {
-		g.cancelJob(p.id, p.deadline)
-	}
-	return err
+	releaseBody() // queued (or answered): hold none of it while waiting
+	return g.answerWaiting(c, p, obs, replayed, answerKey, func() error {
+		if rr.Stream {
+			return g.streamResponse(c, p, rr, rec, created)
+		}
+		resp, err := g.awaitResponse(c, p, rr, rec, created)
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, resp)
+	})
 }
 
 // translateResponse reads and decodes a Responses request, and returns
 // it with the chat request that runs it (after the previous response's
-// conversation, with previous_response_id) and, when it is to be
-// stored, its record. The request keeps what the answer echoes, not its
-// input.
-func (g *Gateway) translateResponse(c echo.Context) (*schema.ResponsesRequest, []byte, *schema.StoredResponse, error) {
-	body, releaseBody, err := g.readBody(c)
+// conversation, with previous_response_id), its record when it is to be
+// stored, and the release of the body's claim on the bodies in memory,
+// held until the chat request is queued. The request keeps what the
+// answer echoes, not its input.
+func (g *Gateway) translateResponse(c echo.Context) (rr *schema.ResponsesRequest, chatBody []byte, rec *schema.StoredResponse, releaseBody func(), err error) {
+	body, release, err := g.readBody(c)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	defer releaseBody()
-	rr, err := schema.DecodeResponsesRequest(body)
+	defer func() {
+		if err != nil { // the results are cleared by then: release is the claim's
+			release()
+		}
+	}()
+	rr, err = schema.DecodeResponsesRequest(body)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	var history []schema.Message
 	if rr.PreviousResponseID != "" {
 		if history, err = g.previousTurn(c, rr.PreviousResponseID); err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 	}
 	chat, err := rr.ChatRequest(history)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	chatBody, err := json.Marshal(chat)
+	chatBody, err = json.Marshal(chat)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("encode the chat request of a response: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("encode the chat request of a response: %w", err)
 	}
-	var rec *schema.StoredResponse
 	switch {
 	case !rr.Stores():
 	case !g.stored.ok() && rr.Background:
-		return nil, nil, nil, g.stored.unavailable(nil)
+		return nil, nil, nil, nil, g.stored.unavailable(nil)
 	case !g.stored.ok():
 		rr.Store = new(bool) // answered, and said not to be kept
 	default:
@@ -125,7 +122,7 @@ func (g *Gateway) translateResponse(c echo.Context) (*schema.ResponsesRequest, [
 	if rec != nil {
 		rec.Request = *rr
 	}
-	return rr, chatBody, rec, nil
+	return rr, chatBody, rec, release, nil
 }
 
 // awaitResponse waits for p's reply and makes it the response to rr,
@@ -174,7 +171,7 @@ func (g *Gateway) streamResponse(c echo.Context, p *pending, rr *schema.Response
 		if callerGone(err) || !s.started {
 			return err
 		}
-		return w.broken(schema.AsError(err))
+		return g.broken(c, w, schema.AsError(err))
 	}
 	rep, err := g.decodeRawReply(c, raw)
 	var end *schema.Response
@@ -189,9 +186,7 @@ func (g *Gateway) streamResponse(c echo.Context, p *pending, rr *schema.Response
 			return err
 		}
 		e := schema.AsError(err)
-		if o := observed(c); o != nil {
-			o.errorCode = e.Code
-		}
+		g.observeStreamError(c, e)
 		end = schema.ResponseShell(p.id, rr, created, "").Fail(e)
 	}
 	return w.finish(end)
@@ -218,10 +213,14 @@ func (w *responseEvents) finish(end *schema.Response) error {
 	return nil
 }
 
-// broken ends a stream whose response goes on without it (the gateway is
-// shutting down, the caller's deadline passed) with an "error" event.
-func (w *responseEvents) broken(e *schema.Error) error {
-	ev := schema.ResponseEvent{Type: "error", SequenceNumber: w.sent, Code: e.Code, Message: e.Message}
+// broken ends a stream cut off from its response (the gateway is
+// shutting down, the caller's deadline passed) with an "error" event. It
+// bears the number of the last event sent, so that a resume after the
+// last number seen misses nothing. The stream's request is observed as
+// failed (and logged, for a 5xx), as streamFailed does for chat.
+func (g *Gateway) broken(c echo.Context, w *responseEvents, e *schema.Error) error {
+	g.observeStreamError(c, e)
+	ev := schema.ErrorEvent(w.sent-1, e.Code, e.Message)
 	if err := w.write(&ev); err != nil {
 		return clientGone(err)
 	}
@@ -257,7 +256,7 @@ func pieceOf(s string) int { return nextPiece(s, maxPieceRunes) }
 // Its record is kept before the job is queued, so every answer names a
 // response that GET finds; a job that could not be queued takes its
 // record with it.
-func (g *Gateway) startBackground(c echo.Context, rr *schema.ResponsesRequest, rec *schema.StoredResponse, chatBody []byte) error {
+func (g *Gateway) startBackground(c echo.Context, rr *schema.ResponsesRequest, rec *schema.StoredResponse, chatBody []byte, releaseBody func()) error {
 	// The headers as for a waiting caller's request (timeout, lane:
 	// interactive unless asked or flex, queue wait), but a job: nobody
 	// waits on a reply subject, its id is its key.
@@ -270,6 +269,13 @@ func (g *Gateway) startBackground(c echo.Context, rr *schema.ResponsesRequest, r
 	if err != nil {
 		return err
 	}
+	if rr.Stream { // its watch slot before it is queued: a refusal queues nothing
+		release, err := g.streamSlot()
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	ctx := c.Request().Context()
 	if err := g.stored.put(ctx, rec); err != nil {
 		return g.stored.unavailable(err)
@@ -278,9 +284,10 @@ func (g *Gateway) startBackground(c echo.Context, rr *schema.ResponsesRequest, r
 		g.stored.forget(rec.ID)
 		return err
 	}
+	releaseBody()
 	g.log.Info("background response queued", "request_id", rec.ID, "model", ck.Model.Alias)
 	if rr.Stream {
-		return g.streamStored(c, rec, -1)
+		return g.streamStoredHeld(c, rec, -1)
 	}
 	return c.JSON(http.StatusOK, schema.ResponseShell(rec.ID, rr, rec.CreatedAt, schema.ResponseQueued))
 }
@@ -291,11 +298,27 @@ func (g *Gateway) startBackground(c echo.Context, rr *schema.ResponsesRequest, r
 // down ends the stream with an "error" event; the response goes on, and
 // GET ?stream=true&starting_after= resumes it on any gateway.
 func (g *Gateway) streamStored(c echo.Context, rec *schema.StoredResponse, after int) error {
+	release, err := g.streamSlot()
+	if err != nil {
+		return err
+	}
+	defer release()
+	return g.streamStoredHeld(c, rec, after)
+}
+
+// streamSlot takes one of Config.MaxJobWatchers for a stream of a
+// background response (it holds a watch on the jobs bucket); the caller
+// gives it back with release.
+func (g *Gateway) streamSlot() (release func(), err error) {
 	if !g.watch() {
 		g.metrics.refused(limitJobWatchers)
-		return overloaded("streams of background responses")
+		return nil, overloaded("streams of background responses")
 	}
-	defer g.watchers.Add(-1)
+	return func() { g.watchers.Add(-1) }, nil
+}
+
+// streamStoredHeld is streamStored with its watch slot taken.
+func (g *Gateway) streamStoredHeld(c echo.Context, rec *schema.StoredResponse, after int) error {
 	ctx := c.Request().Context()
 	w := &responseEvents{s: newSSEWriter(c.Response()), start: schema.ResponseShell(rec.ID, &rec.Request, rec.CreatedAt, schema.ResponseQueued), sent: after + 1}
 	if err := w.head(); err != nil {
@@ -306,7 +329,11 @@ func (g *Gateway) streamStored(c echo.Context, rec *schema.StoredResponse, after
 		if callerGone(err) {
 			return err
 		}
-		return w.broken(schema.AsError(err))
+		e := *schema.AsError(err)
+		if e.Code == CodeShuttingDown { // the response goes on: follow it, do not ask again
+			e.Message = fmt.Sprintf("This gateway is shutting down; the response goes on: resume its stream with GET /v1/responses/resp_%s?stream=true&starting_after=%d.", rec.ID, w.sent-1)
+		}
+		return g.broken(c, w, &e)
 	}
 	if ctx.Err() != nil {
 		return clientGone(ctx.Err())
@@ -365,21 +392,30 @@ func (g *Gateway) awaitStored(c echo.Context, s *sseWriter, rec *schema.StoredRe
 	}
 }
 
+// neverQueuedAfter is how long after its creation a background response
+// whose job the job store does not know is still taken as on its way
+// (its record is written just before the job is queued).
+const neverQueuedAfter = time.Minute
+
 // responseOf is rec as it stands: its ended response, else (a background
 // response) its job's status, or its answer once it has one, which is
-// then kept in rec.
+// then kept in rec. A job final without a result kept, or unknown to the
+// job store a minute after the response was made, is a failed response:
+// it never ends otherwise.
 func (g *Gateway) responseOf(ctx context.Context, rec *schema.StoredResponse) (*schema.Response, error) {
 	if rec.Response != nil {
 		return rec.Response, nil
 	}
 	st, res, err := g.jobs.Get(ctx, rec.ID)
+	shell := schema.ResponseShell(rec.ID, &rec.Request, rec.CreatedAt, schema.ResponseQueued)
 	switch {
-	case errors.Is(err, jobstore.ErrNotFound): // kept, and its job not recorded yet
-		return schema.ResponseShell(rec.ID, &rec.Request, rec.CreatedAt, schema.ResponseQueued), nil
+	case errors.Is(err, jobstore.ErrNotFound) && time.Since(time.Unix(rec.CreatedAt, 0)) < neverQueuedAfter:
+		return shell, nil // kept, and its job not recorded yet
+	case errors.Is(err, jobstore.ErrNotFound): // its gateway stopped between the two, or its job is gone
+		return shell.Fail(&schema.Error{Code: schema.CodeQueueUnavailable, Message: "The response's job was never queued, or is no longer kept; send the request again."}), nil
 	case err != nil:
 		return nil, g.stored.unavailable(err)
 	}
-	shell := schema.ResponseShell(rec.ID, &rec.Request, rec.CreatedAt, schema.ResponseQueued)
 	var resp *schema.Response
 	switch {
 	case res != nil && res.Status == schema.JobSucceeded && res.Completion != nil:
@@ -392,7 +428,11 @@ func (g *Gateway) responseOf(ctx context.Context, rec *schema.StoredResponse) (*
 		}
 		resp = shell.Fail(e)
 	case st.Status == schema.JobCancelled:
-		resp = shell.Fail(schema.JobCancelledError())
+		// Cancelled; its worker may still write what it answered, which
+		// is what is kept.
+		return shell.Fail(schema.JobCancelledError()), nil
+	case st.Status.Final(): // its result is no longer kept (the results stream's bound)
+		return shell.Fail(&schema.Error{Code: schema.CodeUpstreamError, Message: "The response ended, but its answer is no longer kept."}), nil
 	case st.Status == schema.JobRunning:
 		shell.Status = schema.ResponseInProgress
 		return shell, nil

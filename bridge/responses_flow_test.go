@@ -13,7 +13,8 @@ import (
 )
 
 // responseEventsOf checks that every event's name is its type and its
-// sequence numbers run on from first, and returns the events (comments
+// sequence numbers run on from first (an "error" event of a stream cut
+// off bears the last number sent), and returns the events (comments
 // left out) and their types.
 func responseEventsOf(t *testing.T, body []byte, first int) ([]schema.ResponseEvent, string) {
 	t.Helper()
@@ -27,8 +28,12 @@ func responseEventsOf(t *testing.T, body []byte, first int) ([]schema.ResponseEv
 		if err := json.Unmarshal([]byte(e.data), &ev); err != nil {
 			t.Fatalf("event %q: %v", e.data, err)
 		}
-		if ev.Type != e.name || ev.SequenceNumber != first+len(evs) {
-			t.Errorf("event %q named %q, numbered %d; want its type, %d", ev.Type, e.name, ev.SequenceNumber, first+len(evs))
+		want := first + len(evs)
+		if ev.Type == "error" && ev.Code != "response_cancelled" { // a stream cut off: the last number sent again
+			want--
+		}
+		if ev.Type != e.name || ev.SequenceNumber != want {
+			t.Errorf("event %q named %q, numbered %d; want its type, %d", ev.Type, e.name, ev.SequenceNumber, want)
 		}
 		evs = append(evs, ev)
 		types = append(types, ev.Type)
@@ -409,5 +414,105 @@ func TestResponseStoreNoResurrection(t *testing.T) {
 	}
 	if _, err := st.get(ctx, "r1"); err != errNoResponse {
 		t.Errorf("after delete and a stale write: %v, want errNoResponse", err)
+	}
+}
+
+// TestResponsesBackgroundEnds: a background response always ends: a job
+// final whose result is no longer kept is failed, as is one the job store
+// does not know a minute after the response was made (its gateway
+// stopped between keeping it and queueing it); before that minute it is
+// queued.
+func TestResponsesBackgroundEnds(t *testing.T) {
+	f := newFixture(t, Config{})
+	ctx := context.Background()
+	keep := func(id string, created time.Time) {
+		t.Helper()
+		if err := f.gw.stored.put(ctx, &schema.StoredResponse{ID: id, Background: true, CreatedAt: created.Unix(),
+			Request: schema.ResponsesRequest{Model: "claude-3.5-sonnet", Background: true}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status := func(id string) string {
+		t.Helper()
+		_, body := f.do(t, "GET", "/v1/responses/resp_"+id, "")
+		var r schema.Response
+		if err := json.Unmarshal(body, &r); err != nil {
+			t.Fatalf("GET %s: %s", id, body)
+		}
+		if r.Error != nil {
+			return r.Status + " " + r.Error.Code
+		}
+		return r.Status
+	}
+	keep("fresh", time.Now())
+	keep("stale", time.Now().Add(-2*neverQueuedAfter))
+	if got := status("fresh"); got != "queued" {
+		t.Errorf("a response just kept, no job yet: %s, want queued", got)
+	}
+	if got := status("stale"); got != "failed queue_unavailable" {
+		t.Errorf("no job a minute on: %s, want failed queue_unavailable", got)
+	}
+	// A job the store says succeeded, with its result gone.
+	keep("lost", time.Now())
+	st := schema.JobState{ID: "lost", Status: schema.JobSucceeded, ResultsSubject: schema.ResultsSubject("lost"), CreatedAt: time.Now(), UpdatedAt: time.Now()}
+	data, _ := json.Marshal(st)
+	kv, err := f.q.JS.KeyValue(ctx, schema.BucketJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "lost", data); err != nil {
+		t.Fatal(err)
+	}
+	if got := status("lost"); got != "failed upstream_error" {
+		t.Errorf("succeeded without a result kept: %s, want failed upstream_error", got)
+	}
+}
+
+// TestResponsesBackgroundStreamRefusedQueuesNothing: a streamed
+// background response refused for want of a watch slot is not queued.
+func TestResponsesBackgroundStreamRefusedQueuesNothing(t *testing.T) {
+	f := newFixture(t, Config{MaxJobWatchers: 1})
+	f.gw.watchers.Add(1) // the one slot is taken
+	resp, body := f.do(t, "POST", "/v1/responses", `{"model":"claude-3.5-sonnet","input":"hi","background":true,"stream":true}`)
+	if resp.StatusCode != 503 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	for _, cons := range []string{schema.ConsumerWorkers, schema.ConsumerBatch} {
+		c, err := f.q.JS.Consumer(context.Background(), schema.StreamRequests, cons)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ci, err := c.Info(context.Background()); err != nil || ci.NumPending != 0 {
+			t.Errorf("%s: %d pending (%v), want none", cons, ci.NumPending, err)
+		}
+	}
+}
+
+// TestResponsesBackgroundLaneDeleteAndCancelRace: the lane header puts a
+// background response in the batch lane; DELETE of one not ended cancels
+// its job; a cancel that comes while a worker runs the job, which then
+// answers, leaves the answer (what the job did), not "cancelled".
+func TestResponsesBackgroundLaneDeleteAndCancelRace(t *testing.T) {
+	f := newFixture(t, Config{})
+	_, body := f.do(t, "POST", "/v1/responses", `{"model":"claude-3.5-sonnet","input":"to delete","background":true}`, HeaderLane, "batch")
+	var r schema.Response
+	_ = json.Unmarshal(body, &r)
+	if got, dbody := f.do(t, "DELETE", "/v1/responses/"+r.ID, ""); got.StatusCode != 200 {
+		t.Fatalf("DELETE: %d %s", got.StatusCode, dbody)
+	}
+	if env, run := f.runOneJobOn(t, schema.ConsumerBatch, helloWorld); run || !strings.Contains(string(env.Request), "to delete") {
+		t.Errorf("the deleted response's job ran (%v), or is not in the batch lane: %s", run, env.Request)
+	}
+
+	_, body = f.do(t, "POST", "/v1/responses", `{"model":"claude-3.5-sonnet","input":"raced","background":true}`)
+	_ = json.Unmarshal(body, &r)
+	f.runOneJobOn(t, schema.ConsumerWorkers, func(env schema.Envelope) schema.Reply {
+		if got, cbody := f.do(t, "POST", "/v1/responses/"+r.ID+"/cancel", ""); !strings.Contains(string(cbody), `"status":"cancelled"`) {
+			t.Errorf("cancel while running: %d %s", got.StatusCode, cbody)
+		}
+		return helloWorld(env) // its LaaS call had answered already
+	})
+	if got, gbody := f.do(t, "GET", "/v1/responses/"+r.ID, ""); !strings.Contains(string(gbody), `"status":"completed"`) {
+		t.Errorf("after the job answered: %d %s", got.StatusCode, gbody)
 	}
 }

@@ -106,6 +106,18 @@ func (g *Gateway) streamFailed(c echo.Context, s *sseWriter, err error) error {
 		return err
 	}
 	e := schema.AsError(err)
+	g.observeStreamError(c, e)
+	if werr := s.error(e); werr != nil {
+		return clientGone(werr)
+	}
+	return nil
+}
+
+// observeStreamError records e, the error that ends a stream already
+// started (its 200 sent), for the request's metrics and access line, and
+// logs it when it is the bridge's fault (5xx): the HTTP error handler no
+// longer sees it.
+func (g *Gateway) observeStreamError(c echo.Context, e *schema.Error) {
 	if o := observed(c); o != nil {
 		o.errorCode = e.Code
 	}
@@ -113,10 +125,6 @@ func (g *Gateway) streamFailed(c echo.Context, s *sseWriter, err error) error {
 		g.log.Error("stream failed", "request_id", c.Response().Header().Get(HeaderRequestID),
 			"status", e.Status, "code", e.Code, "error", e.Message, "cause", e.Cause)
 	}
-	if werr := s.error(e); werr != nil {
-		return clientGone(werr)
-	}
-	return nil
 }
 
 // sseWriter writes one response's server-sent events through a buffer it

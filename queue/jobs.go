@@ -82,15 +82,16 @@ func (c Config) JobsConfig() jetstream.KeyValueConfig {
 
 // ResponsesConfig returns the KV bucket of stored responses (the
 // Responses API's store and background mode): one value per response,
-// kept as long as job results, since a background response's answer is
-// its job's result.
+// kept as long as job results plus the longest a job may wait
+// (schema.MaxRequestTimeout), since a background response's record is
+// written when it is queued and its answer is its job's result.
 func (c Config) ResponsesConfig() jetstream.KeyValueConfig {
 	c.setDefaults()
 	return jetstream.KeyValueConfig{
 		Bucket:      schema.BucketResponses,
 		Description: "laas-bridge stored responses (Responses API): request, conversation, final response",
 		History:     1,
-		TTL:         c.resultsTTL(),
+		TTL:         c.resultsTTL() + schema.MaxRequestTimeout,
 		Storage:     c.storage(),
 		Replicas:    c.Replicas,
 	}

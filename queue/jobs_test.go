@@ -51,3 +51,17 @@ func TestJobsConfigValidate(t *testing.T) {
 		t.Errorf("Validate() = %v, want %q", err, want)
 	}
 }
+
+// TestResponsesOutliveTheirJobs: a stored response is kept as long as a
+// job may wait plus as long as its result is kept, so a background
+// response's record (written when it is queued) is there when its answer
+// is.
+func TestResponsesOutliveTheirJobs(t *testing.T) {
+	for _, results := range []time.Duration{0, time.Minute, 72 * time.Hour} {
+		c := queue.Config{ResultsTTL: results}
+		want := c.ResultsConfig().MaxAge + schema.MaxRequestTimeout
+		if got := c.ResponsesConfig().TTL; got != want {
+			t.Errorf("results TTL %s: responses kept %s, want %s", results, got, want)
+		}
+	}
+}

@@ -499,20 +499,27 @@ type ResponseEvent struct {
 	Delta          *string             `json:"delta,omitempty"`
 	Text           *string             `json:"text,omitempty"`
 	Logprobs       json.RawMessage     `json:"logprobs,omitempty"`
-	// An "error" event's.
-	Code    string `json:"code,omitempty"`
-	Message string `json:"message,omitempty"`
+	// An "error" event's; Param is null there, absent elsewhere.
+	Code    string          `json:"code,omitempty"`
+	Message string          `json:"message,omitempty"`
+	Param   json.RawMessage `json:"param,omitempty"`
+}
+
+// ErrorEvent is an "error" event numbered seq.
+func ErrorEvent(seq int, code, message string) ResponseEvent {
+	return ResponseEvent{Type: "error", SequenceNumber: seq, Code: code, Message: message, Param: json.RawMessage("null")}
 }
 
 // ResponseEvents is the event stream of a response, numbered from 0:
 // response.created (start as it is), response.queued (a background
-// response), response.in_progress; then, once end (the ended response) is
-// known, for its output message: output_item.added, content_part.added,
-// one output_text.delta per piece of the text (piece returns the length
-// of the next one), output_text.done, content_part.done,
-// output_item.done; and last response.completed, response.incomplete or
-// response.failed, or for a cancelled response an "error" event (code
-// response_cancelled). With end nil it is the events up to in_progress.
+// response), response.in_progress (a background response's only once it
+// has ended); then, for end's output message (end is the ended
+// response): output_item.added, content_part.added, one
+// output_text.delta per piece of the text (piece returns the length of
+// the next one), output_text.done, content_part.done, output_item.done;
+// and last response.completed, response.incomplete or response.failed,
+// or for a cancelled response an "error" event (code
+// response_cancelled). With end nil it is the events before the output's.
 // The same response always gives the same events, so a stream resumes
 // after any sequence number.
 func ResponseEvents(start, end *Response, piece func(string) int) []ResponseEvent {
@@ -530,6 +537,9 @@ func ResponseEvents(start, end *Response, piece func(string) int) []ResponseEven
 	add(ResponseEvent{Type: "response.created", Response: start})
 	if start.Background {
 		add(ResponseEvent{Type: "response.queued", Response: state(ResponseQueued)})
+		if end == nil { // in progress once it has answered: it may wait long
+			return evs
+		}
 	}
 	add(ResponseEvent{Type: "response.in_progress", Response: state(ResponseInProgress)})
 	if end == nil {
@@ -562,7 +572,7 @@ func ResponseEvents(start, end *Response, piece func(string) int) []ResponseEven
 	case ResponseIncomplete:
 		add(ResponseEvent{Type: "response.incomplete", Response: end})
 	case ResponseCancelled:
-		add(ResponseEvent{Type: "error", Code: "response_cancelled", Message: "The response was cancelled before it finished."})
+		add(ErrorEvent(0, "response_cancelled", "The response was cancelled before it finished."))
 	default:
 		add(ResponseEvent{Type: "response.failed", Response: end})
 	}

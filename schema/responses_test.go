@@ -253,12 +253,17 @@ func TestResponseEvents(t *testing.T) {
 	if got, want := types(schema.ResponseEvents(bg, failed, words)), "response.created response.queued response.in_progress response.failed"; got != want {
 		t.Errorf("background failed: %s, want %s", got, want)
 	}
+	// A background response is in progress only once it has ended: its
+	// head stops at queued, and the numbers after it do not move.
+	if got, want := types(schema.ResponseEvents(bg, nil, words)), "response.created response.queued"; got != want {
+		t.Errorf("background head: %s, want %s", got, want)
+	}
 	if failed.Status != "failed" || failed.Error == nil || failed.Error.Code != "upstream_error" {
 		t.Errorf("failed response %s", marshal(t, failed))
 	}
 	cancelled := schema.ResponseShell("a", r, 42, "").Fail(schema.JobCancelledError())
 	evs = schema.ResponseEvents(bg, cancelled, words)
-	if got, want := marshal(t, evs[len(evs)-1]), `{"type":"error","sequence_number":3,"code":"response_cancelled","message":"The response was cancelled before it finished."}`; got != want || cancelled.Status != "cancelled" {
+	if got, want := marshal(t, evs[len(evs)-1]), `{"type":"error","sequence_number":3,"code":"response_cancelled","message":"The response was cancelled before it finished.","param":null}`; got != want || cancelled.Status != "cancelled" {
 		t.Errorf("cancelled: last event %s, want %s; status %s", got, want, cancelled.Status)
 	}
 }
