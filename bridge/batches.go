@@ -155,8 +155,14 @@ func batchError(id string, err error) error {
 }
 
 func batchStoreUnavailable(cause error) *schema.Error {
+	return storeUnavailable("The store of files and batches", cause)
+}
+
+// storeUnavailable is the 503 of a JetStream store (what names it) that
+// did not answer: try again in a second.
+func storeUnavailable(what string, cause error) *schema.Error {
 	return &schema.Error{
 		Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
-		Message: "The store of files and batches is unavailable; try again shortly.", RetryAfter: 1, Cause: cause,
+		Message: what + " is unavailable; try again shortly.", RetryAfter: 1, Cause: cause,
 	}
 }

@@ -232,8 +232,7 @@ func (g *Gateway) jobError(ctx context.Context, id string, err error) error {
 	case ctx.Err() != nil:
 		return clientGone(err)
 	}
-	return &schema.Error{Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
-		Message: "The job store is unavailable; try again shortly.", RetryAfter: 1, Cause: err}
+	return storeUnavailable("The job store", err)
 }
 
 // parseWait reads ?wait=: a Go duration ("30s", "1m") or seconds ("30");

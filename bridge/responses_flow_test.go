@@ -490,8 +490,9 @@ func TestResponsesBackgroundStreamRefusedQueuesNothing(t *testing.T) {
 
 // TestResponsesBackgroundLaneDeleteAndCancelRace: the lane header puts a
 // background response in the batch lane; DELETE of one not ended cancels
-// its job; a cancel that comes while a worker runs the job, which then
-// answers, leaves the answer (what the job did), not "cancelled".
+// its job; while a worker runs one, GET says in_progress; a cancel that
+// comes then, the job answering all the same, leaves the answer (what the
+// job did), not "cancelled".
 func TestResponsesBackgroundLaneDeleteAndCancelRace(t *testing.T) {
 	f := newFixture(t, Config{})
 	_, body := f.do(t, "POST", "/v1/responses", `{"model":"claude-3.5-sonnet","input":"to delete","background":true}`, HeaderLane, "batch")
@@ -507,6 +508,10 @@ func TestResponsesBackgroundLaneDeleteAndCancelRace(t *testing.T) {
 	_, body = f.do(t, "POST", "/v1/responses", `{"model":"claude-3.5-sonnet","input":"raced","background":true}`)
 	_ = json.Unmarshal(body, &r)
 	f.runOneJobOn(t, schema.ConsumerWorkers, func(env schema.Envelope) schema.Reply {
+		// A worker has it: in progress.
+		if got, gbody := f.do(t, "GET", "/v1/responses/"+r.ID, ""); !strings.Contains(string(gbody), `"status":"in_progress"`) {
+			t.Errorf("GET while a worker runs it: %d %s", got.StatusCode, gbody)
+		}
 		if got, cbody := f.do(t, "POST", "/v1/responses/"+r.ID+"/cancel", ""); !strings.Contains(string(cbody), `"status":"cancelled"`) {
 			t.Errorf("cancel while running: %d %s", got.StatusCode, cbody)
 		}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,8 +45,7 @@ func (s *responseStore) ok() bool { return s.kv != nil }
 
 // unavailable is the 503 of a store that cannot answer (cause may be nil).
 func (s *responseStore) unavailable(cause error) *schema.Error {
-	return &schema.Error{Status: http.StatusServiceUnavailable, Type: schema.TypeServer, Code: schema.CodeQueueUnavailable,
-		Message: "The response store is unavailable; try again shortly.", RetryAfter: 1, Cause: cause}
+	return storeUnavailable("The response store", cause)
 }
 
 // put keeps rec, without its conversation when the record would be larger

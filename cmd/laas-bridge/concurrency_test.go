@@ -40,11 +40,7 @@ func TestMaxConcurrencyAcrossLanesAndProcesses(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			const perLane = 10
-			srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+			srv := listeningNATS(t)
 			// The mock runs in the test: its log names each call's lane
 			// and counts the calls in flight when it arrived.
 			mock, err := laasmock.New(laasmock.Config{Latency: time.Second})
@@ -139,11 +135,7 @@ func later(a, b time.Time) time.Time {
 func TestMaxConcurrencyWorkerKilledHoldingSlots(t *testing.T) {
 	const slots = 4
 	ackWait := queue.DefaultAckWait
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := listeningNATS(t)
 	mock, err := laasmock.New(laasmock.Config{Latency: time.Minute})
 	if err != nil {
 		t.Fatal(err)

@@ -405,11 +405,7 @@ func TestDLQNeedsNATS(t *testing.T) {
 	}
 
 	// A server where no worker ever ran has no dead-letter stream.
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := listeningNATS(t)
 	_, _, err = runDLQCmd(t, "list", "--nats-url", srv.ClientURL())
 	if err == nil || !strings.Contains(err.Error(), "no dead-letter stream LAAS_DEAD on ") {
 		t.Errorf("list on a server without the stream: %v", err)

@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/laas-bridge/laas-bridge/queue"
 )
 
 const testMasterKey = "sk-master-for-tests"
@@ -101,11 +99,7 @@ type keyStack struct {
 
 func startKeyStack(t *testing.T, gateways, workers int) *keyStack {
 	t.Helper()
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := listeningNATS(t)
 	cfg, _ := filepath.Abs("testdata/config.yaml")
 	s := &keyStack{}
 	var mockURL string

@@ -13,8 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/laas-bridge/laas-bridge/queue"
 )
 
 // TestGatewayMemoryBudgetProcess: 40 callers upload 60 MiB each at once
@@ -35,11 +33,7 @@ func TestGatewayMemoryBudgetProcess(t *testing.T) {
 		fits     = budget / bodySize // 8
 		margin   = 256 * mib
 	)
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := listeningNATS(t)
 	// GOMEMLIMIT as a cgroup limit would set it (memlimit.go); the budget
 	// is given, not derived.
 	gw, addr := startProc(t, "gateway", t.TempDir(), baseEnv("NATS_URL="+srv.ClientURL(), "BRIDGE_MAX_INFLIGHT_BYTES="+strconv.Itoa(budget),

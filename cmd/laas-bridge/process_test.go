@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/openai/openai-go/v3"
 
 	"github.com/laas-bridge/laas-bridge/queue"
@@ -128,6 +129,19 @@ func (p *proc) stop(t *testing.T) {
 	}
 }
 
+// listeningNATS starts a NATS server with JetStream (file store in a
+// temporary directory) on a free local port, for processes to connect
+// to; it is shut down at cleanup.
+func listeningNATS(t *testing.T) *server.Server {
+	t.Helper()
+	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	return srv
+}
+
 var (
 	gatewayReady = regexp.MustCompile(`msg="gateway listening".* addr=(\S+)`)
 	workerReady  = regexp.MustCompile(`msg="worker pool started"()`)
@@ -141,11 +155,7 @@ var (
 // credentials appear in no process's output.
 func TestGatewayAndTwoWorkerProcesses(t *testing.T) {
 	const project, apiKey = "proj-SECRET-4711", "key-SECRET-0815"
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := listeningNATS(t)
 	natsURL := srv.ClientURL()
 	cfg, _ := filepath.Abs("testdata/config.yaml")
 

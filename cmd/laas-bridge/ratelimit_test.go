@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/laas-bridge/laas-bridge/queue"
 )
 
 // rlCall is one call in the mock's access log.
@@ -123,11 +121,7 @@ func TestRateLimitAcrossWorkerProcesses(t *testing.T) {
 		load     = 12 * time.Second // callers keep sending this long
 		callers  = 40               // each waits for its answer: ~4 s of backlog
 	)
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := listeningNATS(t)
 	s := startRLStack(t, srv.ClientURL(), []string{"--latency", "50ms"}, fmt.Sprintf("BRIDGE_LAAS_RPM=%d", rpm))
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: callers}, Timeout: time.Minute}

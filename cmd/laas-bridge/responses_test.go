@@ -11,8 +11,6 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/responses"
-
-	"github.com/laas-bridge/laas-bridge/queue"
 )
 
 // responsesConfig is a config.yaml with the demo model and "slow", whose
@@ -80,7 +78,7 @@ func responsesSuite(t *testing.T, c *openai.Client, preset string) {
 	})
 	t.Run("previous_response_id", func(t *testing.T) {
 		if first == nil {
-			t.Skip("create failed")
+			t.Fatal("create failed: no response to continue or delete")
 		}
 		r, err := c.Responses.New(ctx, responses.ResponseNewParams{Model: "claude-3.5-sonnet", PreviousResponseID: openai.String(first.ID),
 			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("and again")}})
@@ -165,7 +163,7 @@ func responsesSuite(t *testing.T, c *openai.Client, preset string) {
 	})
 	t.Run("delete", func(t *testing.T) {
 		if first == nil {
-			t.Skip("create failed")
+			t.Fatal("create failed: no response to continue or delete")
 		}
 		if err := c.Responses.Delete(ctx, first.ID); err != nil {
 			t.Fatal(err)
@@ -215,11 +213,7 @@ func TestResponsesDemo(t *testing.T) {
 // fetched from another gateway.
 func TestResponsesGatewayKilled(t *testing.T) {
 	const project, apiKey = "proj-R", "key-R"
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := listeningNATS(t)
 	cfg := writeResponsesConfig(t)
 	_, mockURL := startProc(t, "mock-laas", t.TempDir(), baseEnv(), mockReady,
 		"mock-laas", "--listen", "127.0.0.1:0", "--project", project, "--api-key", apiKey)

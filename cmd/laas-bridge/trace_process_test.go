@@ -21,7 +21,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/laas-bridge/laas-bridge/admission"
-	"github.com/laas-bridge/laas-bridge/queue"
 	"github.com/laas-bridge/laas-bridge/worker"
 )
 
@@ -124,11 +123,7 @@ func (rc *otlpReceiver) snapshot() (map[string][]otlpSpan, []otlpSpan, []error) 
 func TestTraceAcrossGatewayAndWorkerProcesses(t *testing.T) {
 	const project, apiKey = "proj-trace", "key-trace"
 	const callerTrace, callerSpan = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
-	srv, err := queue.StartEmbedded(queue.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := listeningNATS(t)
 	rc := &otlpReceiver{}
 	collector := httptest.NewServer(rc)
 	t.Cleanup(collector.Close)
